@@ -5,6 +5,24 @@ import type { StorageDType } from '../backends/backend.js';
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
+/** Every dtype a safetensors header may name that Peregrine knows (others are rejected). */
+export const STORAGE_DTYPES: readonly StorageDType[] = ['F32', 'F16', 'BF16', 'F64', 'I64', 'I32', 'I8', 'U8', 'F8_E4M3', 'F8_E5M2'];
+
+/** dtypes `toFloat32` decodes; the rest (FP8, I64) are handed on as raw bytes. */
+const F32_CONVERTIBLE: ReadonlySet<StorageDType> = new Set(['F32', 'F16', 'BF16', 'F64', 'I32', 'I8', 'U8']);
+
+export function isStorageDType(s: unknown): s is StorageDType {
+  return typeof s === 'string' && (STORAGE_DTYPES as readonly string[]).includes(s);
+}
+
+export function canConvertToF32(dtype: StorageDType): boolean {
+  return F32_CONVERTIBLE.has(dtype);
+}
+
+// Typed-array views read in host order; safetensors data is little-endian.
+const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+let f16Table: Float32Array | undefined;
+
 export function storageBytesPerElement(dtype: StorageDType): number {
   switch (dtype) {
     case 'F64': case 'I64': return 8;
@@ -67,6 +85,7 @@ export function toFloat32(dtype: StorageDType, bytes: Uint8Array): Float32Array 
   const n = bytes.byteLength / storageBytesPerElement(dtype);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(n);
+  if (HOST_IS_LITTLE_ENDIAN && toFloat32Fast(dtype, bytes, out)) return out;
   switch (dtype) {
     case 'F32':
       for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true);
@@ -92,4 +111,37 @@ export function toFloat32(dtype: StorageDType, bytes: Uint8Array): Float32Array 
     default:
       throw new PeregrineError('PGN_ERR_WEIGHTS_DTYPE', `cannot convert ${dtype} to f32 here`, { dtype });
   }
+}
+
+/** Typed-array fast path for aligned input on little-endian hosts; false if it does not apply. */
+function toFloat32Fast(dtype: StorageDType, bytes: Uint8Array, out: Float32Array): boolean {
+  const n = out.length;
+  switch (dtype) {
+    case 'F32':
+      if (bytes.byteOffset % 4 !== 0) return false;
+      out.set(new Float32Array(bytes.buffer, bytes.byteOffset, n));
+      return true;
+    case 'BF16': {
+      if (bytes.byteOffset % 2 !== 0) return false;
+      const src = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+      const dst = new Uint32Array(out.buffer, out.byteOffset, n);
+      for (let i = 0; i < n; i++) dst[i] = src[i]! << 16;
+      return true;
+    }
+    case 'F16': {
+      if (bytes.byteOffset % 2 !== 0) return false;
+      const src = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+      const table = (f16Table ??= buildF16Table());
+      for (let i = 0; i < n; i++) out[i] = table[src[i]!]!;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+function buildF16Table(): Float32Array {
+  const table = new Float32Array(1 << 16);
+  for (let h = 0; h < table.length; h++) table[h] = f16ToF32(h);
+  return table;
 }
