@@ -1,0 +1,60 @@
+/**
+ * Row-wise data movement and elementwise ops: embedding, gatherRows, copy, add.
+ */
+import type { Tensor } from '../../backend.js';
+import { f32Of, i32Of, internal, lastDim, requireCount, requireLength, requireRows } from '../cpu-tensor.js';
+
+/** out [T, H] = table[ids[t]]; table [V, H]. */
+export function embedding(out: Tensor, table: Tensor, ids: Tensor, numTokens: number): void {
+  gather('embedding', out, table, ids, numTokens, 'table', 'ids');
+}
+
+/** out [R, H] = x[indices[r]]. */
+export function gatherRows(out: Tensor, x: Tensor, indices: Tensor, numRows: number): void {
+  gather('gatherRows', out, x, indices, numRows, 'x', 'indices');
+}
+
+function gather(op: string, out: Tensor, src: Tensor, index: Tensor, numRows: number, srcName: string, indexName: string): void {
+  requireCount(numRows, op, 'numRows');
+  const H = lastDim(src);
+  const sd = f32Of(src, op, srcName);
+  const od = f32Of(out, op, 'out');
+  const id = i32Of(index, op, indexName);
+  requireRows(out, od, numRows, H, op, 'out');
+  requireLength(index, id, numRows, op, indexName);
+  const numSrcRows = H === 0 ? 0 : Math.floor(sd.length / H);
+  for (let r = 0; r < numRows; r++) {
+    const row = id[r];
+    if (row < 0 || row >= numSrcRows) {
+      throw internal(`${op}: ${indexName}[${r}] = ${row} is outside ${srcName} rows 0..${numSrcRows - 1}`, { op, index: r, row, numSrcRows });
+    }
+    od.set(sd.subarray(row * H, row * H + H), r * H);
+  }
+}
+
+/** out = x over the first numTokens rows. */
+export function copy(out: Tensor, x: Tensor, numTokens: number): void {
+  const op = 'copy';
+  requireCount(numTokens, op, 'numTokens');
+  const H = lastDim(x);
+  const xd = f32Of(x, op, 'x');
+  const od = f32Of(out, op, 'out');
+  requireRows(x, xd, numTokens, H, op, 'x');
+  requireRows(out, od, numTokens, H, op, 'out');
+  od.set(xd.subarray(0, numTokens * H));
+}
+
+/** out = a + b over the first numTokens rows; out may alias a or b. */
+export function add(out: Tensor, a: Tensor, b: Tensor, numTokens: number): void {
+  const op = 'add';
+  requireCount(numTokens, op, 'numTokens');
+  const H = lastDim(out);
+  const od = f32Of(out, op, 'out');
+  const ad = f32Of(a, op, 'a');
+  const bd = f32Of(b, op, 'b');
+  requireRows(out, od, numTokens, H, op, 'out');
+  requireRows(a, ad, numTokens, H, op, 'a');
+  requireRows(b, bd, numTokens, H, op, 'b');
+  const n = numTokens * H;
+  for (let i = 0; i < n; i++) od[i] = ad[i] + bd[i];
+}
