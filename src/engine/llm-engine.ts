@@ -1,0 +1,291 @@
+/**
+ * The engine loop over a model executor: one step is schedule -> execute (forward +
+ * sample) -> postprocess -> stop checks and detokenization -> outputs. Sequences that
+ * finish leave the batch in the same step and their blocks are freed.
+ */
+import { PeregrineError } from '../errors.js';
+import { BlockManager } from '../kvcache/block-manager.js';
+import type { SamplingParams } from '../sampling/params.js';
+import type { SampleResult } from '../sampling/sampler.js';
+import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import type { ModelExecutor } from './executor.js';
+import { Scheduler } from './scheduler.js';
+import { Sequence } from './sequence.js';
+import { StopChecker, type FinishReason } from './stop-checker.js';
+
+export const DEFAULT_MAX_NUM_SEQS = 256;
+export const DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192;
+
+export interface LLMEngineOptions {
+  /** detokenizes outputs; without one every text field is '' */
+  tokenizer?: Tokenizer | null;
+  /** default {@link DEFAULT_MAX_NUM_SEQS} */
+  maxNumSeqs?: number;
+  /** default {@link DEFAULT_MAX_NUM_BATCHED_TOKENS} */
+  maxNumBatchedTokens?: number;
+  /** default true */
+  enablePrefixCaching?: boolean;
+  /** default true */
+  enableChunkedPrefill?: boolean;
+  /** requests allowed to wait for admission; more throw PGN_ERR_QUEUE_FULL (default unlimited) */
+  maxWaiting?: number;
+}
+
+export interface AddRequestInit {
+  requestId: string;
+  promptTokenIds: readonly number[];
+  params: SamplingParams;
+  /** added to params.seed (the n-th choice of a request uses n) */
+  seedOffset?: number;
+  /** ms, performance.now() clock */
+  arrivalTime?: number;
+}
+
+/** What one step reports for one request. */
+export interface RequestOutput {
+  requestId: string;
+  /** tokens sampled in this step */
+  newTokenIds: number[];
+  /** text released in this step ('' without a tokenizer, or while a stop string may be forming) */
+  newText: string;
+  /** one per new token when params.logprobs is set, else null */
+  newLogprobs: SampleResult[] | null;
+  finished: boolean;
+  finishReason: FinishReason | null;
+  /** the stop string or token id that ended the sequence */
+  stopReason: string | number | null;
+  numPromptTokens: number;
+  /** prompt tokens found in the prefix cache when the request was admitted */
+  numCachedPromptTokens: number;
+  /** every output token so far */
+  outputTokenIds: number[];
+}
+
+export interface EngineStats {
+  numRunning: number;
+  numWaiting: number;
+  numKvBlocksTotal: number;
+  numKvBlocksUsed: number;
+  /** empty blocks; cached ones can be taken too (used + free + cached = total) */
+  numKvBlocksFree: number;
+  /** unreferenced blocks kept for prefix reuse, evicted LRU when free ones run out */
+  numKvBlocksCached: number;
+  prefixCacheHitRate: number;
+  numPreemptions: number;
+  /** prompt tokens of requests that produced their first token */
+  numPromptTokens: number;
+  numGeneratedTokens: number;
+}
+
+interface RequestState {
+  readonly seq: Sequence;
+  readonly stopChecker: StopChecker;
+  readonly detokenizer: IncrementalDetokenizer | null;
+}
+
+/**
+ * In-flight batching over a {@link ModelExecutor}: requests join and leave between steps.
+ * Not re-entrant: one step() at a time; addRequest/abortRequest may be called between
+ * or during steps (aborts take effect at the start of the next step).
+ * @example
+ * const engine = new LLMEngine(executor, { tokenizer, maxNumSeqs: 64 });
+ * engine.addRequest({ requestId: 'a', promptTokenIds: ids, params: makeSamplingParams({ maxTokens: 32 }) });
+ * while (engine.hasUnfinishedRequests()) for (const out of await engine.step()) process.stdout.write(out.newText);
+ */
+export class LLMEngine {
+  readonly executor: ModelExecutor;
+  readonly blockManager: BlockManager;
+  readonly scheduler: Scheduler;
+  private readonly tokenizer: Tokenizer | null;
+  private readonly maxWaiting: number;
+  private readonly requests = new Map<string, RequestState>();
+  private readonly pendingAborts = new Set<string>();
+  private stepping = false;
+  private dead: { cause: unknown } | null = null;
+  private numPromptTokens = 0;
+  private numGeneratedTokens = 0;
+
+  constructor(executor: ModelExecutor, options: LLMEngineOptions = {}) {
+    this.executor = executor;
+    this.tokenizer = options.tokenizer ?? null;
+    this.maxWaiting = options.maxWaiting ?? Infinity;
+    this.blockManager = new BlockManager(executor.numBlocks, executor.blockSize, {
+      enablePrefixCaching: options.enablePrefixCaching ?? true,
+    });
+    this.scheduler = new Scheduler(
+      {
+        maxNumSeqs: options.maxNumSeqs ?? DEFAULT_MAX_NUM_SEQS,
+        maxNumBatchedTokens: options.maxNumBatchedTokens ?? DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        maxModelLen: executor.maxModelLen,
+        enableChunkedPrefill: options.enableChunkedPrefill ?? true,
+      },
+      this.blockManager,
+    );
+  }
+
+  /**
+   * Queues a request. The engine runs one sequence per request: a caller wanting
+   * params.n choices adds n requests with seedOffset 0..n-1.
+   * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT (bad or duplicate requestId, empty or
+   *   non-integer prompt), PGN_ERR_QUEUE_FULL, PGN_ERR_PROMPT_TOO_LONG,
+   *   PGN_ERR_KV_CACHE_EXHAUSTED, PGN_ERR_ENGINE_DEAD
+   */
+  addRequest(init: AddRequestInit): void {
+    this.checkAlive();
+    const { requestId, promptTokenIds, params } = init;
+    if (typeof requestId !== 'string' || requestId.length === 0) {
+      throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'requestId must be a non-empty string', { param: 'requestId' });
+    }
+    if (this.requests.has(requestId)) {
+      throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `request ${requestId} is already running`, { param: 'requestId', requestId });
+    }
+    if (!Array.isArray(promptTokenIds) || promptTokenIds.length === 0) {
+      throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `request ${requestId} has an empty prompt`, { param: 'prompt', requestId });
+    }
+    const bad = promptTokenIds.findIndex((id) => !Number.isSafeInteger(id) || id < 0);
+    if (bad >= 0) {
+      throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `prompt token ${bad} of request ${requestId} is not a token id: ${promptTokenIds[bad]}`, {
+        param: 'prompt',
+        requestId,
+        index: bad,
+      });
+    }
+    if (this.scheduler.numWaiting >= this.maxWaiting) {
+      throw new PeregrineError('PGN_ERR_QUEUE_FULL', `the waiting queue is full (${this.maxWaiting} requests)`, { maxWaiting: this.maxWaiting });
+    }
+    const { eosTokenIds, maxModelLen } = this.executor;
+    const seq = new Sequence({ requestId, promptTokenIds, params, seedOffset: init.seedOffset, eosTokenIds, arrivalTime: init.arrivalTime });
+    this.scheduler.add(seq);
+    const tok = this.tokenizer;
+    this.requests.set(requestId, {
+      seq,
+      stopChecker: new StopChecker(params, eosTokenIds, maxModelLen, seq.numPromptTokens),
+      detokenizer: tok ? new IncrementalDetokenizer(tok, promptTokenIds, { skipSpecialTokens: params.skipSpecialTokens }) : null,
+    });
+  }
+
+  /**
+   * Aborts a request; its blocks are freed and its final output (finishReason 'abort')
+   * comes out of the next step. Returns false for an unknown or finished request.
+   */
+  abortRequest(requestId: string): boolean {
+    if (!this.requests.has(requestId)) return false;
+    this.pendingAborts.add(requestId);
+    return true;
+  }
+
+  hasUnfinishedRequests(): boolean {
+    return this.requests.size > 0;
+  }
+
+  /**
+   * Runs one iteration and returns an output for every request that sampled a token,
+   * finished or was aborted in it.
+   * @throws the executor's error; the engine is then dead (PGN_ERR_ENGINE_DEAD afterwards)
+   */
+  async step(): Promise<RequestOutput[]> {
+    this.checkAlive();
+    if (this.stepping) throw new PeregrineError('PGN_ERR_INTERNAL', 'step() called while another step is running');
+    this.stepping = true;
+    try {
+      const outputs = this.applyAborts();
+      const batch = this.scheduler.schedule();
+      if (batch.entries.length === 0) return outputs;
+      let results: Array<SampleResult | null>;
+      try {
+        results = await this.executor.execute(batch);
+        this.scheduler.postprocess(batch, results);
+      } catch (e) {
+        this.dead = { cause: e };
+        throw e;
+      }
+      batch.entries.forEach(({ seq }, i) => {
+        const result = results[i];
+        if (result != null && seq.status === 'running') outputs.push(this.processSample(seq, result));
+      });
+      return outputs;
+    } finally {
+      this.stepping = false;
+    }
+  }
+
+  stats(): EngineStats {
+    const bm = this.blockManager;
+    return {
+      numRunning: this.scheduler.numRunning,
+      numWaiting: this.scheduler.numWaiting,
+      numKvBlocksTotal: bm.numBlocks,
+      numKvBlocksUsed: bm.numUsedBlocks,
+      numKvBlocksFree: bm.numFreeBlocks,
+      numKvBlocksCached: bm.numCachedBlocks,
+      prefixCacheHitRate: bm.prefixHitRate,
+      numPreemptions: this.scheduler.numPreemptions,
+      numPromptTokens: this.numPromptTokens,
+      numGeneratedTokens: this.numGeneratedTokens,
+    };
+  }
+
+  /** Throws PGN_ERR_INTERNAL unless block ref counts match the block tables of the live sequences. */
+  checkInvariants(): void {
+    this.blockManager.checkInvariants([...this.scheduler.running, ...this.scheduler.waiting]);
+  }
+
+  private processSample(seq: Sequence, result: SampleResult): RequestOutput {
+    const state = this.requests.get(seq.requestId) as RequestState;
+    const textDelta = state.detokenizer ? state.detokenizer.push(result.tokenId) : '';
+    const decision = state.stopChecker.onToken(result.tokenId, textDelta, seq.numOutputTokens);
+    this.numGeneratedTokens++;
+    if (seq.numOutputTokens === 1) this.numPromptTokens += seq.numPromptTokens;
+    if (decision.finished) this.retire(seq);
+    return {
+      ...this.outputBase(seq),
+      newTokenIds: [result.tokenId],
+      newText: decision.emitText,
+      newLogprobs: seq.params.logprobs != null ? [result] : null,
+      finished: decision.finished,
+      finishReason: decision.reason,
+      stopReason: decision.stopReason,
+    };
+  }
+
+  private applyAborts(): RequestOutput[] {
+    const outputs: RequestOutput[] = [];
+    for (const requestId of this.pendingAborts) {
+      const state = this.requests.get(requestId);
+      if (state === undefined) continue; // finished meanwhile
+      this.retire(state.seq);
+      outputs.push({
+        ...this.outputBase(state.seq),
+        newTokenIds: [],
+        newText: state.stopChecker.flush(),
+        newLogprobs: state.seq.params.logprobs != null ? [] : null,
+        finished: true,
+        finishReason: 'abort',
+        stopReason: null,
+      });
+    }
+    this.pendingAborts.clear();
+    return outputs;
+  }
+
+  private retire(seq: Sequence): void {
+    this.scheduler.finish(seq);
+    this.requests.delete(seq.requestId);
+  }
+
+  private outputBase(seq: Sequence): Pick<RequestOutput, 'requestId' | 'numPromptTokens' | 'numCachedPromptTokens' | 'outputTokenIds'> {
+    return {
+      requestId: seq.requestId,
+      numPromptTokens: seq.numPromptTokens,
+      numCachedPromptTokens: seq.numCachedPromptTokens,
+      outputTokenIds: [...seq.outputTokenIds],
+    };
+  }
+
+  private checkAlive(): void {
+    if (this.dead !== null) {
+      throw new PeregrineError('PGN_ERR_ENGINE_DEAD', 'the engine stopped after a failed step; restart it', {}, { cause: this.dead.cause });
+    }
+  }
+}

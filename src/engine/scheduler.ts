@@ -1,0 +1,200 @@
+/**
+ * In-flight batching (vLLM v1's policy, nano-vllm's shape). Every step:
+ *   1. running sequences in admission order: a decode takes 1 token, an unfinished
+ *      prefill its next chunk; a sequence that cannot get a block preempts the newest
+ *      running one (recompute: blocks freed, back to the front of the queue);
+ *   2. then, if nothing was preempted, waiting sequences first come first served while
+ *      the token budget, maxNumSeqs and free blocks allow; a prompt longer than the
+ *      remaining budget is split into chunks across steps.
+ * An entry computes tokens [seq.numCachedTokens, seq.numCachedTokens + numNewTokens) and
+ * samples one token iff that range reaches seq.numTokens.
+ */
+import { PeregrineError } from '../errors.js';
+import type { BlockManager } from '../kvcache/block-manager.js';
+import type { SampleResult } from '../sampling/sampler.js';
+import type { Sequence } from './sequence.js';
+
+export interface SchedulerConfig {
+  /** most sequences running at once */
+  maxNumSeqs: number;
+  /** token budget of one step (prefill chunks + decodes) */
+  maxNumBatchedTokens: number;
+  /** longest prompt + output a sequence may reach */
+  maxModelLen: number;
+  /** split prompts over steps; without it a prompt is admitted only when it fits the budget whole */
+  enableChunkedPrefill: boolean;
+}
+
+export interface ScheduledEntry {
+  readonly seq: Sequence;
+  readonly numNewTokens: number;
+}
+
+export interface ScheduledBatch {
+  readonly entries: ScheduledEntry[];
+  readonly numBatchedTokens: number;
+  /** sequences preempted in this step (now waiting, no blocks) */
+  readonly preempted: Sequence[];
+}
+
+export class Scheduler {
+  readonly config: Readonly<SchedulerConfig>;
+  readonly blockManager: BlockManager;
+  readonly waiting: Sequence[] = [];
+  readonly running: Sequence[] = [];
+  numPreemptions = 0;
+
+  constructor(config: SchedulerConfig, blockManager: BlockManager) {
+    for (const key of ['maxNumSeqs', 'maxNumBatchedTokens', 'maxModelLen'] as const) {
+      if (!Number.isInteger(config[key]) || config[key] < 1) {
+        throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `${key} must be a positive integer, got ${config[key]}`, { param: key });
+      }
+    }
+    if (!config.enableChunkedPrefill && config.maxNumBatchedTokens < config.maxModelLen) {
+      throw new PeregrineError(
+        'PGN_ERR_INVALID_ARGUMENT',
+        `without chunked prefill maxNumBatchedTokens (${config.maxNumBatchedTokens}) must be at least maxModelLen (${config.maxModelLen})`,
+        { param: 'maxNumBatchedTokens' },
+      );
+    }
+    this.config = { ...config };
+    this.blockManager = blockManager;
+  }
+
+  get numWaiting(): number {
+    return this.waiting.length;
+  }
+
+  get numRunning(): number {
+    return this.running.length;
+  }
+
+  hasUnfinished(): boolean {
+    return this.waiting.length > 0 || this.running.length > 0;
+  }
+
+  /**
+   * Queues `seq`.
+   * @throws PeregrineError PGN_ERR_PROMPT_TOO_LONG when the prompt exceeds maxModelLen;
+   *   PGN_ERR_KV_CACHE_EXHAUSTED when prompt + max_tokens cannot fit the whole KV pool.
+   */
+  add(seq: Sequence): void {
+    const { maxModelLen } = this.config;
+    const { blockSize, numBlocks } = this.blockManager;
+    const numPromptTokens = seq.numPromptTokens;
+    if (numPromptTokens > maxModelLen) {
+      throw new PeregrineError(
+        'PGN_ERR_PROMPT_TOO_LONG',
+        `prompt of request ${seq.requestId} has ${numPromptTokens} tokens, more than the maximum context length of ${maxModelLen}`,
+        { requestId: seq.requestId, numPromptTokens, maxModelLen },
+      );
+    }
+    // the last sampled token is never computed: a sequence ends holding maxLen - 1 tokens of KV
+    const maxLen = Math.min(numPromptTokens + seq.params.maxTokens, maxModelLen);
+    const numBlocksNeeded = Math.ceil(Math.max(numPromptTokens, maxLen - 1) / blockSize);
+    if (numBlocksNeeded > numBlocks) {
+      throw new PeregrineError(
+        'PGN_ERR_KV_CACHE_EXHAUSTED',
+        `request ${seq.requestId} may need ${numBlocksNeeded} KV blocks of ${blockSize} tokens ` +
+          `(${numPromptTokens} prompt tokens + max_tokens ${seq.params.maxTokens}), but the KV cache holds ${numBlocks}`,
+        { requestId: seq.requestId, numBlocksNeeded, numBlocks, blockSize },
+      );
+    }
+    seq.status = 'waiting';
+    this.waiting.push(seq);
+  }
+
+  /** Removes the sequence with `seqId` wherever it is and frees its blocks; returns it, or null if unknown. */
+  abort(seqId: number): Sequence | null {
+    const seq = this.running.find((s) => s.seqId === seqId) ?? this.waiting.find((s) => s.seqId === seqId);
+    if (seq === undefined) return null;
+    this.finish(seq);
+    return seq;
+  }
+
+  schedule(): ScheduledBatch {
+    const entries: ScheduledEntry[] = [];
+    const preempted: Sequence[] = [];
+    let budget = this.config.maxNumBatchedTokens;
+
+    for (let i = 0; i < this.running.length && budget > 0; i++) {
+      const seq = this.running[i];
+      while (!this.blockManager.canAppend(seq)) {
+        const victim = this.running.pop() as Sequence;
+        this.preempt(victim);
+        preempted.push(victim);
+        if (victim === seq) break;
+      }
+      if (seq.status !== 'running') break;
+      this.blockManager.appendSlot(seq);
+      const numNewTokens = Math.min(seq.numTokens - seq.numCachedTokens, budget);
+      entries.push({ seq, numNewTokens });
+      budget -= numNewTokens;
+    }
+
+    if (preempted.length === 0) {
+      while (this.waiting.length > 0 && budget > 0 && this.running.length < this.config.maxNumSeqs) {
+        const seq = this.waiting[0];
+        if (!this.config.enableChunkedPrefill && seq.numTokens > budget) break;
+        if (!this.blockManager.canAllocate(seq)) break;
+        this.blockManager.allocate(seq);
+        if (seq.numPreemptions === 0) seq.numCachedPromptTokens = seq.numCachedTokens;
+        this.waiting.shift();
+        seq.status = 'running';
+        this.running.push(seq);
+        const numNewTokens = Math.min(seq.numTokens - seq.numCachedTokens, budget);
+        entries.push({ seq, numNewTokens });
+        budget -= numNewTokens;
+      }
+    }
+    return { entries, numBatchedTokens: this.config.maxNumBatchedTokens - budget, preempted };
+  }
+
+  /**
+   * Advances each entry's computed tokens, registers newly full blocks for prefix reuse
+   * and appends the sampled tokens. `results[i]` belongs to `batch.entries[i]`: a
+   * SampleResult where the entry reaches the end of its sequence, null elsewhere.
+   */
+  postprocess(batch: ScheduledBatch, results: ReadonlyArray<SampleResult | null>): void {
+    if (results.length !== batch.entries.length) {
+      throw new PeregrineError('PGN_ERR_INTERNAL', `executor returned ${results.length} results for ${batch.entries.length} scheduled sequences`);
+    }
+    batch.entries.forEach(({ seq, numNewTokens }, i) => {
+      if (seq.status !== 'running') return; // aborted while the step ran
+      seq.numCachedTokens += numNewTokens;
+      this.blockManager.cacheFullBlocks(seq);
+      const result = results[i];
+      const samples = seq.numCachedTokens === seq.numTokens;
+      if (samples !== (result != null)) {
+        throw new PeregrineError(
+          'PGN_ERR_INTERNAL',
+          `executor ${samples ? 'returned no token' : 'sampled a token'} for request ${seq.requestId} at ${seq.numCachedTokens}/${seq.numTokens} tokens`,
+        );
+      }
+      if (result != null) seq.appendToken(result.tokenId);
+    });
+  }
+
+  /** Frees the blocks of `seq` and drops it from the queues. */
+  finish(seq: Sequence): void {
+    removeFrom(this.running, seq) || removeFrom(this.waiting, seq);
+    this.blockManager.free(seq);
+    seq.status = 'finished';
+  }
+
+  /** Recompute preemption: blocks freed, cached tokens reset; outputs stay, so the re-prefill covers prompt + outputs. */
+  private preempt(seq: Sequence): void {
+    this.blockManager.free(seq);
+    seq.status = 'waiting';
+    this.waiting.unshift(seq);
+    seq.numPreemptions++;
+    this.numPreemptions++;
+  }
+}
+
+function removeFrom(list: Sequence[], seq: Sequence): boolean {
+  const i = list.indexOf(seq);
+  if (i < 0) return false;
+  list.splice(i, 1);
+  return true;
+}
