@@ -1,0 +1,278 @@
+/**
+ * The library API.
+ *
+ * @example
+ * const llm = await LLM.load('models/demo');
+ * const [out] = await llm.generate('Once upon a time', { maxTokens: 32, temperature: 0 });
+ * console.log(out.outputs[0].text);
+ * for await (const d of llm.stream('Hello', { maxTokens: 16 })) process.stdout.write(d.text);
+ * await llm.close();
+ */
+import { randomUUID } from 'node:crypto';
+import type { Backend } from '../backends/backend.js';
+import { createBackend, type DeviceName } from '../backends/index.js';
+import { LLMEngine } from '../engine/llm-engine.js';
+import { PeregrineError } from '../errors.js';
+import { loadGenerationConfig } from '../models/generation-config.js';
+import { loadModel } from '../models/load-model.js';
+import type { ModelSpec } from '../models/spec.js';
+import { DEFAULT_BLOCK_SIZE, KvCachePool } from '../runner/kv-cache.js';
+import { ModelRunner } from '../runner/model-runner.js';
+import { makeSamplingParams, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
+import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.js';
+import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { AsyncQueue } from './async-queue.js';
+import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
+
+/** A prompt: text (needs a tokenizer) or token ids. */
+export type Prompt = string | readonly number[];
+
+export interface LLMOptions {
+  /** 'cpu' (default) or 'cuda' */
+  readonly device?: DeviceName;
+  readonly deviceId?: number;
+  /** longest prompt + output; default: the model's max_position_embeddings */
+  readonly maxModelLen?: number;
+  /** most sequences in one step (default 64) */
+  readonly maxNumSeqs?: number;
+  /** token budget of one step (default 2048; at least maxNumSeqs) */
+  readonly maxNumBatchedTokens?: number;
+  /** tokens per KV block (default 16) */
+  readonly blockSize?: number;
+  /** KV blocks in the pool; default: from kvCacheMemoryBytes (CPU) or gpuMemoryUtilization (CUDA) */
+  readonly numKvBlocks?: number;
+  /** CPU KV budget in bytes (default 256 MiB) */
+  readonly kvCacheMemoryBytes?: number;
+  /** fraction of the GPU memory left after weights and activations given to the KV pool (default 0.9) */
+  readonly gpuMemoryUtilization?: number;
+  readonly enablePrefixCaching?: boolean;
+  /** most requests waiting for admission before addRequest fails with PGN_ERR_QUEUE_FULL */
+  readonly maxWaiting?: number;
+  readonly onLoadProgress?: (loaded: number, total: number) => void;
+}
+
+const DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024;
+
+export class LLM {
+  private readonly listeners = new Map<string, { onOutput: (o: EngineStepOutput) => void; onError: (e: PeregrineError) => void }>();
+  private pumping = false;
+  private closed = false;
+
+  private constructor(
+    readonly spec: ModelSpec,
+    readonly tokenizer: Tokenizer | null,
+    readonly backend: Backend,
+    readonly runner: ModelRunner,
+    readonly engine: LLMEngine,
+    readonly defaults: Partial<SamplingParamsInit>,
+  ) {}
+
+  /** Loads a Hugging Face checkpoint folder (config.json + safetensors, tokenizer optional). */
+  static async load(dir: string, options: LLMOptions = {}): Promise<LLM> {
+    const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
+    try {
+      const loaded = loadModel(dir, backend, options.onLoadProgress);
+      const gen = loadGenerationConfig(dir);
+      const tokenizer = Tokenizer.exists(dir) ? await Tokenizer.load(dir) : null;
+      const eos = new Set<number>([...loaded.spec.eosTokenIds, ...(gen?.eosTokenIds ?? [])]);
+      if (tokenizer?.eosTokenId != null) eos.add(tokenizer.eosTokenId);
+      const spec: ModelSpec = { ...loaded.spec, eosTokenIds: [...eos] };
+
+      const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
+      if (maxModelLen > spec.maxPositionEmbeddings) {
+        throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
+      }
+      const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+      const maxNumSeqs = options.maxNumSeqs ?? 64;
+      const maxNumBatchedTokens = Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs);
+      const maxBlocksPerSeq = Math.ceil(maxModelLen / blockSize);
+      const numKvBlocks = options.numKvBlocks ?? Math.max(
+        maxBlocksPerSeq,
+        Math.min(maxNumSeqs * maxBlocksPerSeq, Math.floor((options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES) / KvCachePool.bytesPerBlock(spec, blockSize, backend))),
+      );
+      const runner = new ModelRunner(backend, spec, loaded.weights, { numBlocks: numKvBlocks, blockSize, maxModelLen, maxNumBatchedTokens, maxNumSeqs });
+      const engine = new LLMEngine(runner, {
+        tokenizer,
+        maxNumSeqs,
+        maxNumBatchedTokens,
+        enablePrefixCaching: options.enablePrefixCaching ?? true,
+        maxWaiting: options.maxWaiting,
+      });
+      const defaults: Partial<SamplingParamsInit> = {};
+      if (gen?.temperature !== undefined) defaults.temperature = gen.temperature;
+      if (gen?.topP !== undefined) defaults.topP = gen.topP;
+      if (gen?.topK !== undefined) defaults.topK = gen.topK;
+      if (gen?.repetitionPenalty !== undefined) defaults.repetitionPenalty = gen.repetitionPenalty;
+      return new LLM(spec, tokenizer, backend, runner, engine, defaults);
+    } catch (e) {
+      backend.dispose();
+      throw e;
+    }
+  }
+
+  /** Sampling parameters with the model's generation_config defaults under the caller's. */
+  samplingParams(init: SamplingParamsInit = {}): SamplingParams {
+    return makeSamplingParams({ ...this.defaults, ...init });
+  }
+
+  /** Token ids of a prompt (text is tokenized with the model's special tokens, e.g. BOS). */
+  encodePrompt(prompt: Prompt): number[] {
+    if (typeof prompt !== 'string') {
+      const ids = [...prompt];
+      for (const id of ids) {
+        if (!Number.isInteger(id) || id < 0 || id >= this.spec.vocabSize) {
+          throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `token id ${id} is outside the vocabulary [0, ${this.spec.vocabSize})`, { param: 'prompt' });
+        }
+      }
+      if (ids.length === 0) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'the prompt is empty', { param: 'prompt' });
+      return ids;
+    }
+    if (!this.tokenizer) throw new PeregrineError('PGN_ERR_TOKENIZER_MISSING', 'this model has no tokenizer: pass the prompt as token ids');
+    const ids = this.tokenizer.encode(prompt);
+    if (ids.length === 0) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'the prompt is empty', { param: 'prompt' });
+    return ids;
+  }
+
+  /** Generates for one or many prompts at once (all go through the batching engine together). */
+  async generate(prompts: Prompt | readonly Prompt[], params: SamplingParamsInit = {}): Promise<RequestOutput[]> {
+    const list: Prompt[] = isPromptList(prompts) ? [...prompts] : [prompts as Prompt];
+    return Promise.all(list.map((p) => this.collect(p, params)));
+  }
+
+  /** Chat completion with the model's chat template. */
+  async chat(messages: ChatMessage[], params: SamplingParamsInit = {}): Promise<RequestOutput> {
+    if (!this.tokenizer) throw new PeregrineError('PGN_ERR_TOKENIZER_MISSING', 'this model has no tokenizer, so it has no chat template');
+    const { tokenIds } = applyChatTemplate(this.tokenizer, messages, { addGenerationPrompt: true });
+    return this.collect(tokenIds, params);
+  }
+
+  /** Streams the increments of every completion of one prompt. Breaking out of the loop aborts the request. */
+  stream(prompt: Prompt, params: SamplingParamsInit = {}, requestId: string = randomUUID()): AsyncIterable<StreamDelta> {
+    const sp = this.samplingParams(params);
+    const promptTokenIds = this.encodePrompt(prompt);
+    const childIds = Array.from({ length: sp.n }, (_, i) => `${requestId}-${i}`);
+    const queue = new AsyncQueue<StreamDelta>(() => childIds.forEach((id) => this.abort(id)));
+    let live = sp.n;
+    childIds.forEach((childId, index) => {
+      this.listeners.set(childId, { onError: (e) => queue.fail(e), onOutput: (o) => {
+        if (o.finished) this.listeners.delete(childId);
+        const failure = (o as { error?: unknown }).error;
+        if (failure !== undefined) return queue.fail(failure); // the engine died: the stream throws it
+        queue.push({
+          requestId,
+          index,
+          text: o.newText,
+          tokenIds: o.newTokenIds,
+          logprobs: this.toLogprobs(o.newLogprobs),
+          finished: o.finished,
+          finishReason: o.finishReason,
+          stopReason: o.stopReason,
+        });
+        if (o.finished && --live === 0) queue.close();
+      } });
+    });
+    try {
+      childIds.forEach((childId, i) => {
+        this.engine.addRequest({ requestId: childId, promptTokenIds, params: { ...sp, n: 1, seed: sp.seed === null ? null : sp.seed + i } });
+      });
+    } catch (e) {
+      childIds.forEach((id) => { this.listeners.delete(id); this.engine.abortRequest(id); });
+      throw e;
+    }
+    this.pump();
+    return queue;
+  }
+
+  abort(requestId: string): void {
+    this.engine.abortRequest(requestId);
+  }
+
+  private async collect(prompt: Prompt, params: SamplingParamsInit): Promise<RequestOutput> {
+    const requestId = randomUUID();
+    const promptTokenIds = this.encodePrompt(prompt);
+    const sp = this.samplingParams(params);
+    const outs: Array<{ text: string; tokenIds: number[]; logprobs: OutputLogprob[] | null; finishReason: CompletionOutput['finishReason']; stopReason: string | number | null }> =
+      Array.from({ length: sp.n }, () => ({ text: '', tokenIds: [], logprobs: sp.logprobs === null ? null : [], finishReason: null, stopReason: null }));
+    for await (const d of this.stream(promptTokenIds, params, requestId)) {
+      const o = outs[d.index]!;
+      o.text += d.text;
+      o.tokenIds.push(...d.tokenIds);
+      if (d.logprobs && o.logprobs) o.logprobs.push(...d.logprobs);
+      if (d.finished) { o.finishReason = d.finishReason; o.stopReason = d.stopReason; }
+    }
+    const stats = this.lastCached.get(requestId) ?? 0;
+    this.lastCached.delete(requestId);
+    return {
+      requestId,
+      prompt: typeof prompt === 'string' ? prompt : null,
+      promptTokenIds,
+      numCachedTokens: stats,
+      finished: true,
+      outputs: outs.map((o, index) => ({
+        index,
+        text: o.text,
+        tokenIds: o.tokenIds,
+        finishReason: o.finishReason,
+        stopReason: o.stopReason,
+        logprobs: o.logprobs,
+        cumulativeLogprob: o.logprobs ? o.logprobs.reduce((a, l) => a + l.logprob, 0) : null,
+      })),
+    };
+  }
+
+  private readonly lastCached = new Map<string, number>();
+
+  private toLogprobs(l: EngineStepOutput['newLogprobs']): OutputLogprob[] | null {
+    if (!l) return null;
+    const tokenText = (id: number) => (this.tokenizer ? this.tokenizer.decode([id], { skipSpecialTokens: false }) : null);
+    return l.map((r) => ({
+      tokenId: r.tokenId,
+      token: tokenText(r.tokenId),
+      logprob: r.logprob,
+      topLogprobs: (r.topLogprobs ?? []).map((t) => ({ tokenId: t.tokenId, token: tokenText(t.tokenId), logprob: t.logprob })),
+    }));
+  }
+
+  /** Drives the engine while any request is unfinished, yielding to the event loop between steps. */
+  private pump(): void {
+    if (this.pumping || this.closed) return;
+    this.pumping = true;
+    void (async () => {
+      try {
+        while (this.engine.hasUnfinishedRequests() && !this.closed) {
+          const outs = await this.engine.step();
+          for (const o of outs) {
+            if (o.finished) this.lastCached.set(o.requestId.replace(/-\d+$/, ''), o.numCachedPromptTokens);
+            this.listeners.get(o.requestId)?.onOutput(o);
+          }
+          await new Promise((r) => setImmediate(r));
+        }
+      } catch (e) {
+        const err = e instanceof PeregrineError ? e : new PeregrineError('PGN_ERR_ENGINE_DEAD', `engine step failed: ${(e as Error).message}`, {}, { cause: e });
+        const failed = [...this.listeners.values()];
+        this.listeners.clear();
+        for (const l of failed) l.onError(err);
+      } finally {
+        this.pumping = false;
+      }
+    })();
+  }
+
+  /** Counters of the engine (running, waiting, KV blocks, prefix hit rate, preemptions). */
+  stats(): ReturnType<LLMEngine['stats']> {
+    return this.engine.stats();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.backend.synchronize();
+    this.runner.dispose();
+    this.backend.dispose();
+  }
+}
+
+type EngineStepOutput = Awaited<ReturnType<LLMEngine['step']>>[number];
+
+function isPromptList(p: Prompt | readonly Prompt[]): p is readonly Prompt[] {
+  return Array.isArray(p) && (p.length === 0 || typeof p[0] !== 'number');
+}
