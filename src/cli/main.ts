@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+/** The `peregrine` command. */
+import { describeError, UsageError } from './args.js';
+
+const HELP = `peregrine <command> [options]
+
+Commands:
+  generate   generate a completion for one prompt
+  info       describe a checkpoint folder
+  start      the quick-start job (npm start): generate on the bundled model
+  serve      OpenAI-compatible HTTP server
+  bench      benchmarks
+
+Run "peregrine <command> --help" for the options of a command.
+`;
+
+type Command = (argv: string[]) => Promise<void>;
+
+const commands: Record<string, () => Promise<Command>> = {
+  generate: async () => (await import('./generate.js')).runGenerate,
+  info: async () => (await import('./info.js')).runInfo,
+  start: async () => (await import('./start.js')).runStart,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(HELP);
+    return name ? 0 : 2;
+  }
+  const load = commands[name];
+  if (!load) {
+    process.stderr.write(`unknown command "${name}"\n\n${HELP}`);
+    return 2;
+  }
+  try {
+    await (await load())(rest);
+    return 0;
+  } catch (e) {
+    process.stderr.write(describeError(e) + '\n');
+    return e instanceof UsageError ? 2 : 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});
