@@ -15,6 +15,8 @@ import { LLMEngine } from '../engine/llm-engine.js';
 import { PeregrineError } from '../errors.js';
 import { loadGenerationConfig } from '../models/generation-config.js';
 import { loadModel } from '../models/load-model.js';
+import { parseModelConfig, type HfConfig } from '../models/config.js';
+import type { ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import { DEFAULT_BLOCK_SIZE, KvCachePool } from '../runner/kv-cache.js';
 import { ModelRunner } from '../runner/model-runner.js';
@@ -52,6 +54,30 @@ export interface LLMOptions {
 }
 
 const DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024;
+const DEFAULT_GPU_MEMORY_UTILIZATION = 0.9;
+
+/**
+ * KV blocks for the pool. CPU: a byte budget. GPU: a fraction of the device memory
+ * still free after the weights, less the step's activations. Never more than every
+ * sequence at full length needs, never less than one full-length sequence.
+ */
+function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: { blockSize: number; maxModelLen: number; maxNumSeqs: number; maxNumBatchedTokens: number }, options: LLMOptions): number {
+  const perBlock = KvCachePool.bytesPerBlock(spec, lim.blockSize, backend);
+  const maxBlocksPerSeq = Math.ceil(lim.maxModelLen / lim.blockSize);
+  let budget = options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES;
+  if (backend.memoryInfo) {
+    const { freeBytes } = backend.memoryInfo();
+    const H = spec.hiddenSize, T = lim.maxNumBatchedTokens;
+    const rowElems = 3 * H + (spec.numHeads + 2 * spec.numKvHeads) * spec.headDim + spec.numHeads * spec.headDim + 3 * spec.intermediateSize;
+    const activationBytes = T * rowElems * 4 + lim.maxNumSeqs * spec.vocabSize * 4 + spec.maxPositionEmbeddings * (spec.rope?.rotaryDim ?? 0) * 4;
+    budget = (freeBytes - activationBytes) * (options.gpuMemoryUtilization ?? DEFAULT_GPU_MEMORY_UTILIZATION);
+  }
+  const fit = Math.floor(budget / perBlock);
+  if (fit < maxBlocksPerSeq && backend.memoryInfo) {
+    throw new PeregrineError('PGN_ERR_OUT_OF_MEMORY', `the KV cache would hold ${fit} blocks of ${lim.blockSize} tokens, fewer than one sequence of maxModelLen ${lim.maxModelLen} needs (${maxBlocksPerSeq}); lower maxModelLen or raise gpuMemoryUtilization`);
+  }
+  return Math.max(maxBlocksPerSeq, Math.min(lim.maxNumSeqs * maxBlocksPerSeq, fit));
+}
 
 export class LLM {
   private readonly listeners = new Map<string, { onOutput: (o: EngineStepOutput) => void; onError: (e: PeregrineError) => void }>();
@@ -77,37 +103,52 @@ export class LLM {
       const eos = new Set<number>([...loaded.spec.eosTokenIds, ...(gen?.eosTokenIds ?? [])]);
       if (tokenizer?.eosTokenId != null) eos.add(tokenizer.eosTokenId);
       const spec: ModelSpec = { ...loaded.spec, eosTokenIds: [...eos] };
-
-      const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
-      if (maxModelLen > spec.maxPositionEmbeddings) {
-        throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
-      }
-      const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-      const maxNumSeqs = options.maxNumSeqs ?? 64;
-      const maxNumBatchedTokens = Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs);
-      const maxBlocksPerSeq = Math.ceil(maxModelLen / blockSize);
-      const numKvBlocks = options.numKvBlocks ?? Math.max(
-        maxBlocksPerSeq,
-        Math.min(maxNumSeqs * maxBlocksPerSeq, Math.floor((options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES) / KvCachePool.bytesPerBlock(spec, blockSize, backend))),
-      );
-      const runner = new ModelRunner(backend, spec, loaded.weights, { numBlocks: numKvBlocks, blockSize, maxModelLen, maxNumBatchedTokens, maxNumSeqs });
-      const engine = new LLMEngine(runner, {
-        tokenizer,
-        maxNumSeqs,
-        maxNumBatchedTokens,
-        enablePrefixCaching: options.enablePrefixCaching ?? true,
-        maxWaiting: options.maxWaiting,
-      });
       const defaults: Partial<SamplingParamsInit> = {};
       if (gen?.temperature !== undefined) defaults.temperature = gen.temperature;
       if (gen?.topP !== undefined) defaults.topP = gen.topP;
       if (gen?.topK !== undefined) defaults.topK = gen.topK;
       if (gen?.repetitionPenalty !== undefined) defaults.repetitionPenalty = gen.repetitionPenalty;
-      return new LLM(spec, tokenizer, backend, runner, engine, defaults);
+      return LLM.assemble(backend, spec, loaded.weights, tokenizer, defaults, options);
     } catch (e) {
       backend.dispose();
       throw e;
     }
+  }
+
+  /**
+   * A model of a real shape with random weights and no tokenizer, for benchmarks.
+   * @param config an HF config.json object (see src/bench/shapes.ts)
+   */
+  static async random(config: HfConfig, options: LLMOptions = {}, seed = 0): Promise<LLM> {
+    const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
+    try {
+      const spec = parseModelConfig(config);
+      const { randomModelWeights } = await import('../bench/random-weights.js');
+      return LLM.assemble(backend, spec, randomModelWeights(spec, backend, seed), null, {}, options);
+    } catch (e) {
+      backend.dispose();
+      throw e;
+    }
+  }
+
+  private static assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions): LLM {
+    const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
+    if (maxModelLen > spec.maxPositionEmbeddings) {
+      throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
+    }
+    const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+    const maxNumSeqs = options.maxNumSeqs ?? 64;
+    const maxNumBatchedTokens = Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs);
+    const numKvBlocks = options.numKvBlocks ?? defaultNumKvBlocks(backend, spec, { blockSize, maxModelLen, maxNumSeqs, maxNumBatchedTokens }, options);
+    const runner = new ModelRunner(backend, spec, weights, { numBlocks: numKvBlocks, blockSize, maxModelLen, maxNumBatchedTokens, maxNumSeqs });
+    const engine = new LLMEngine(runner, {
+      tokenizer,
+      maxNumSeqs,
+      maxNumBatchedTokens,
+      enablePrefixCaching: options.enablePrefixCaching ?? true,
+      maxWaiting: options.maxWaiting,
+    });
+    return new LLM(spec, tokenizer, backend, runner, engine, defaults);
   }
 
   /** Sampling parameters with the model's generation_config defaults under the caller's. */
@@ -156,8 +197,6 @@ export class LLM {
     childIds.forEach((childId, index) => {
       this.listeners.set(childId, { onError: (e) => queue.fail(e), onOutput: (o) => {
         if (o.finished) this.listeners.delete(childId);
-        const failure = (o as { error?: unknown }).error;
-        if (failure !== undefined) return queue.fail(failure); // the engine died: the stream throws it
         queue.push({
           requestId,
           index,
@@ -193,12 +232,18 @@ export class LLM {
     const sp = this.samplingParams(params);
     const outs: Array<{ text: string; tokenIds: number[]; logprobs: OutputLogprob[] | null; finishReason: CompletionOutput['finishReason']; stopReason: string | number | null }> =
       Array.from({ length: sp.n }, () => ({ text: '', tokenIds: [], logprobs: sp.logprobs === null ? null : [], finishReason: null, stopReason: null }));
-    for await (const d of this.stream(promptTokenIds, params, requestId)) {
-      const o = outs[d.index]!;
-      o.text += d.text;
-      o.tokenIds.push(...d.tokenIds);
-      if (d.logprobs && o.logprobs) o.logprobs.push(...d.logprobs);
-      if (d.finished) { o.finishReason = d.finishReason; o.stopReason = d.stopReason; }
+    this.lastCached.set(requestId, 0);
+    try {
+      for await (const d of this.stream(promptTokenIds, params, requestId)) {
+        const o = outs[d.index]!;
+        o.text += d.text;
+        o.tokenIds.push(...d.tokenIds);
+        if (d.logprobs && o.logprobs) o.logprobs.push(...d.logprobs);
+        if (d.finished) { o.finishReason = d.finishReason; o.stopReason = d.stopReason; }
+      }
+    } catch (e) {
+      this.lastCached.delete(requestId);
+      throw e;
     }
     const stats = this.lastCached.get(requestId) ?? 0;
     this.lastCached.delete(requestId);
@@ -242,7 +287,9 @@ export class LLM {
         while (this.engine.hasUnfinishedRequests() && !this.closed) {
           const outs = await this.engine.step();
           for (const o of outs) {
-            if (o.finished) this.lastCached.set(o.requestId.replace(/-\d+$/, ''), o.numCachedPromptTokens);
+            const parentId = o.requestId.replace(/-\d+$/, '');
+            // only collect() reads it back: stream() callers (the server) would leave one entry per request
+            if (o.finished && this.lastCached.has(parentId)) this.lastCached.set(parentId, o.numCachedPromptTokens);
             this.listeners.get(o.requestId)?.onOutput(o);
           }
           await new Promise((r) => setImmediate(r));

@@ -98,6 +98,8 @@ export interface Backend {
   synchronize(): Promise<void>;
   /** Release everything the backend holds. */
   dispose(): void;
+  /** Device memory, where the backend has a fixed pool (CUDA); absent on the CPU. */
+  memoryInfo?(): { freeBytes: number; totalBytes: number };
 
   // ---- ops (outputs first) ------------------------------------------------------
   /** out[t] = table[ids[t]]; out [T, H], table [V, H], ids i32 [T]. */

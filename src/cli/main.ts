@@ -20,6 +20,7 @@ const commands: Record<string, () => Promise<Command>> = {
   generate: async () => (await import('./generate.js')).runGenerate,
   info: async () => (await import('./info.js')).runInfo,
   start: async () => (await import('./start.js')).runStart,
+  bench: async () => (await import('./bench.js')).runBench,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -1,0 +1,125 @@
+/**
+ * Latency of the model itself on one backend: decode ms/step at several batch sizes
+ * (after an `isl`-token prefill of each sequence), prefill time and TFLOP/s, and the
+ * achieved memory bandwidth of a decode step against a device copy measured in the same run.
+ * Greedy argmax on the host; no scheduler, so this is the runner's own cost.
+ */
+import { bytesPerElement } from '../backends/backend.js';
+import type { LLM } from '../api/llm.js';
+import { buildForwardBatch } from '../runner/input-builder.js';
+import type { ModelRunner } from '../runner/model-runner.js';
+import { formatTable, median, randomPrompts } from './stats.js';
+
+export interface LatencyOptions {
+  readonly batchSizes: readonly number[];
+  readonly isl: number;
+  readonly osl: number;
+  readonly prefillLens: readonly number[];
+}
+
+export interface DecodeRow { batch: number; msPerStep: number; tokPerS: number; weightBytes: number; kvBytes: number; achievedTBs: number }
+export interface PrefillRow { tokens: number; ms: number; tflops: number }
+export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[] }
+
+function paramCount(r: ModelRunner): number {
+  const s = r.spec;
+  const H = s.hiddenSize, q = s.numHeads * s.headDim, kv = s.numKvHeads * s.headDim, F = s.intermediateSize;
+  const perLayer = H * (q + 2 * kv) + q * H + (s.gatedMlp ? 3 : 2) * H * F;
+  return s.numLayers * perLayer + s.vocabSize * H; // LM head read per step; the embedding is a lookup
+}
+
+async function timeMs(r: ModelRunner, fn: () => Promise<unknown>): Promise<number> {
+  await r.backend.synchronize();
+  const t0 = performance.now();
+  await fn();
+  await r.backend.synchronize();
+  return performance.now() - t0;
+}
+
+/** device-to-device copy bandwidth (bytes read + written) over a 1 GiB (CPU: 64 MiB) buffer */
+async function copyBandwidth(r: ModelRunner): Promise<number> {
+  const b = r.backend;
+  const rows = b.device === 'cuda' ? 32768 : 1024;
+  const cols = 16384;
+  const x = b.empty([rows, cols], b.activationDtype), y = b.empty([rows, cols], b.activationDtype);
+  b.copy(y, x, rows);
+  const times: number[] = [];
+  for (let i = 0; i < 5; i++) times.push(await timeMs(r, async () => b.copy(y, x, rows)));
+  b.free(x); b.free(y);
+  return (2 * rows * cols * bytesPerElement(b.activationDtype)) / (median(times) / 1000) / 1e12;
+}
+
+function argmaxRows(logits: Float32Array, V: number): number[] {
+  const out: number[] = [];
+  for (let r = 0; r * V < logits.length; r++) {
+    let best = 0, bv = -Infinity;
+    for (let i = 0; i < V; i++) if (logits[r * V + i]! > bv) { bv = logits[r * V + i]!; best = i; }
+    out.push(best);
+  }
+  return out;
+}
+
+export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyResult> {
+  const r = llm.runner;
+  const s = r.spec;
+  const bs = r.blockSize;
+  const V = s.vocabSize;
+  const bpe = bytesPerElement(r.backend.activationDtype);
+  const copyTBs = await copyBandwidth(r);
+  const decode: DecodeRow[] = [];
+  for (const B of o.batchSizes) {
+    const perSeq = Math.ceil((o.isl + o.osl) / bs);
+    if (B * perSeq > r.numBlocks || B > r.config.maxNumSeqs) { decode.push({ batch: B, msPerStep: NaN, tokPerS: NaN, weightBytes: 0, kvBytes: 0, achievedTBs: NaN }); continue; }
+    const seqs = randomPrompts(B, o.isl, 10, V - 1, B).map((p, i) => ({ tokenIds: p, numCachedTokens: 0, blockTable: Array.from({ length: perSeq }, (_, j) => i * perSeq + j) }));
+    // prefill in chunks under the token budget
+    const budget = r.config.maxNumBatchedTokens;
+    for (let i = 0; i < B; i += Math.max(1, Math.floor(budget / o.isl))) {
+      const group = seqs.slice(i, i + Math.max(1, Math.floor(budget / o.isl)));
+      const logits = await r.forward(buildForwardBatch(group.map((seq) => ({ seq, numNewTokens: o.isl })), bs, r.maxBlocksPerSeq));
+      argmaxRows(logits, V).forEach((t, k) => { group[k]!.numCachedTokens = o.isl; group[k]!.tokenIds.push(t); });
+    }
+    const stepMs: number[] = [];
+    for (let step = 0; step < o.osl - 1; step++) {
+      const fb = buildForwardBatch(seqs.map((seq) => ({ seq, numNewTokens: 1 })), bs, r.maxBlocksPerSeq);
+      let logits: Float32Array = new Float32Array(0);
+      stepMs.push(await timeMs(r, async () => { logits = await r.forward(fb); }));
+      argmaxRows(logits, V).forEach((t, k) => { seqs[k]!.numCachedTokens++; seqs[k]!.tokenIds.push(t); });
+    }
+    const ms = median(stepMs.slice(Math.min(3, stepMs.length - 1)));
+    const weightBytes = paramCount(r) * bpe;
+    const avgCtx = o.isl + o.osl / 2;
+    const kvBytes = B * avgCtx * 2 * s.numLayers * s.numKvHeads * s.headDim * bpe;
+    decode.push({ batch: B, msPerStep: ms, tokPerS: (B * 1000) / ms, weightBytes, kvBytes, achievedTBs: (weightBytes + kvBytes) / (ms / 1000) / 1e12 });
+  }
+  const prefill: PrefillRow[] = [];
+  for (const T of o.prefillLens) {
+    if (T > r.config.maxNumBatchedTokens || Math.ceil(T / bs) > r.numBlocks) { prefill.push({ tokens: T, ms: NaN, tflops: NaN }); continue; }
+    const seq = { tokenIds: randomPrompts(1, T, 10, V - 1, T)[0]!, numCachedTokens: 0, blockTable: Array.from({ length: Math.ceil(T / bs) }, (_, j) => j) };
+    const fb = buildForwardBatch([{ seq, numNewTokens: T }], bs, r.maxBlocksPerSeq);
+    await r.forward(fb);
+    const times: number[] = [];
+    for (let i = 0; i < 3; i++) times.push(await timeMs(r, () => r.forward(fb)));
+    const ms = median(times);
+    const flops = 2 * paramCount(r) * T + 2 * s.numLayers * s.numHeads * s.headDim * T * T; // GEMMs + causal attention (QK^T and PV, half masked)
+    prefill.push({ tokens: T, ms, tflops: flops / (ms / 1000) / 1e12 });
+  }
+  return { copyTBs, decode, prefill };
+}
+
+export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, number>): string {
+  const dec = formatTable([
+    ['batch', 'decode ms/step', 'tok/s', 'weights+KV GB/step', 'achieved TB/s', '% of copy BW', 'floor ms', 'vs HF'],
+    ...res.decode.map((d) => {
+      const gb = (d.weightBytes + d.kvBytes) / 1e9;
+      const floorMs = ((d.weightBytes + d.kvBytes) / (res.copyTBs * 1e12)) * 1000;
+      const hf = hfMsPerStep?.get(d.batch);
+      return [d.batch, d.msPerStep, d.tokPerS, gb, d.achievedTBs, (100 * d.achievedTBs) / res.copyTBs, floorMs, hf ? `${(hf / d.msPerStep).toFixed(1)}x` : '-'];
+    }),
+  ]);
+  const pre = formatTable([
+    ['prefill tokens', 'ms', 'TFLOP/s'],
+    ...res.prefill.map((p) => [p.tokens, p.ms, p.tflops]),
+  ]);
+  return `device copy bandwidth: ${res.copyTBs.toFixed(3)} TB/s (read + write)\n\n${dec}\n\n${pre}`;
+}
+

@@ -1,0 +1,53 @@
+/**
+ * Offline throughput (like trtllm-bench / vLLM benchmark_throughput): every request is
+ * submitted at once with ignore_eos; reports total output tok/s and requests/s.
+ */
+import { LLM, type LLMOptions } from '../api/llm.js';
+import { formatTable, randomPrompts } from './stats.js';
+
+export interface ThroughputOptions extends LLMOptions {
+  readonly numRequests: number;
+  readonly isl: number;
+  readonly osl: number;
+  readonly temperature?: number;
+}
+
+export interface ThroughputResult {
+  readonly numRequests: number;
+  readonly isl: number;
+  readonly osl: number;
+  readonly elapsedS: number;
+  readonly outputTokPerS: number;
+  readonly totalTokPerS: number;
+  readonly requestsPerS: number;
+  readonly numPreemptions: number;
+}
+
+export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<ThroughputResult> {
+  const lo = Math.min(1000, Math.floor(llm.spec.vocabSize / 4));
+  const prompts = randomPrompts(o.numRequests, o.isl, lo, llm.spec.vocabSize - 1);
+  // warm-up: one short request so lazy initialisation is not timed
+  await llm.generate([prompts[0]!.slice(0, Math.min(16, o.isl))], { maxTokens: 2, ignoreEos: true });
+  const before = llm.stats().numPreemptions;
+  const t0 = performance.now();
+  const outs = await llm.generate(prompts, { maxTokens: o.osl, ignoreEos: true, temperature: o.temperature ?? 1, topP: 1 });
+  const elapsedS = (performance.now() - t0) / 1000;
+  const outTokens = outs.reduce((a, r) => a + r.outputs[0]!.tokenIds.length, 0);
+  return {
+    numRequests: o.numRequests,
+    isl: o.isl,
+    osl: o.osl,
+    elapsedS,
+    outputTokPerS: outTokens / elapsedS,
+    totalTokPerS: (outTokens + o.numRequests * o.isl) / elapsedS,
+    requestsPerS: o.numRequests / elapsedS,
+    numPreemptions: llm.stats().numPreemptions - before,
+  };
+}
+
+export function throughputTable(r: ThroughputResult, label: string): string {
+  return formatTable([
+    ['model', 'requests', 'isl/osl', 'elapsed s', 'output tok/s', 'total tok/s', 'req/s', 'preemptions'],
+    [label, r.numRequests, `${r.isl}/${r.osl}`, r.elapsedS, r.outputTokPerS, r.totalTokPerS, r.requestsPerS, r.numPreemptions],
+  ]);
+}

@@ -1,0 +1,107 @@
+/** `peregrine bench throughput | latency | serve`. */
+import { LLM, type LLMOptions } from '../api/llm.js';
+import { SHAPES, shapeNames } from '../bench/shapes.js';
+import { deviceArg, floatArg, intArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
+
+export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
+
+  throughput   offline: all requests at once with ignore_eos; total output tok/s, req/s
+               (--model DIR | --shape NAME --random-weights) [--isl 128] [--osl 128]
+               [--num-requests 256] [--max-num-seqs 256] [--max-num-batched-tokens 8192]
+  latency      decode ms/step per batch size, prefill TFLOP/s, bandwidth against a device copy
+               (--model DIR | --shape NAME --random-weights) [--batch 1,8,64,256]
+               [--isl 128] [--osl 128] [--prefill 128,2048]
+  serve        client against a running server: Poisson arrivals, TTFT / TPOT / ITL
+               --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
+               [--model NAME] [--api-key KEY] [--vocab-size 32000]
+
+Common: --device cpu|cuda, --json. Shapes: ${shapeNames().join(', ')}.
+`;
+
+const MODEL_OPTS: OptionSpec = {
+  model: { type: 'string' }, shape: { type: 'string' }, 'random-weights': { type: 'boolean' },
+  device: { type: 'string' }, isl: { type: 'string' }, osl: { type: 'string' }, json: { type: 'boolean' },
+  'max-num-seqs': { type: 'string' }, 'max-num-batched-tokens': { type: 'string' }, 'max-model-len': { type: 'string' },
+};
+
+async function loadBenchModel(a: Record<string, string | boolean | undefined>, defaults: LLMOptions): Promise<{ llm: LLM; label: string }> {
+  const options: LLMOptions = {
+    ...defaults,
+    device: deviceArg(a.device),
+    maxNumSeqs: intArg(a['max-num-seqs'], 'max-num-seqs') ?? defaults.maxNumSeqs,
+    maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens') ?? defaults.maxNumBatchedTokens,
+    maxModelLen: intArg(a['max-model-len'], 'max-model-len') ?? defaults.maxModelLen,
+  };
+  if (typeof a.model === 'string') return { llm: await LLM.load(a.model, options), label: a.model };
+  if (typeof a.shape !== 'string' || !a['random-weights']) throw new UsageError('give --model DIR, or --shape NAME with --random-weights');
+  const cfg = SHAPES[a.shape];
+  if (!cfg) throw new UsageError(`unknown --shape "${a.shape}" (known: ${shapeNames().join(', ')})`);
+  return { llm: await LLM.random(cfg, options), label: `${a.shape} (random weights)` };
+}
+
+function list(v: string | boolean | undefined, def: number[], name: string): number[] {
+  if (v === undefined) return def;
+  return String(v).split(',').map((x) => {
+    const n = Number(x);
+    if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name}: "${x}" is not a positive integer`);
+    return n;
+  });
+}
+
+export async function runBench(argv: string[]): Promise<void> {
+  const [sub, ...rest] = argv;
+  if (!sub || sub === '--help' || sub === '-h') {
+    process.stdout.write(BENCH_HELP);
+    return;
+  }
+  if (sub === 'throughput') {
+    const a = parse(rest, { ...MODEL_OPTS, 'num-requests': { type: 'string' }, temperature: { type: 'string' } });
+    if (a.help) return void process.stdout.write(BENCH_HELP);
+    const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
+    const { llm, label } = await loadBenchModel(a, { maxNumSeqs: 256, maxNumBatchedTokens: 8192, maxModelLen: isl + osl + 16 });
+    const { runThroughput, throughputTable } = await import('../bench/throughput.js');
+    try {
+      const r = await runThroughput(llm, { numRequests: intArg(a['num-requests'], 'num-requests') ?? 256, isl, osl, temperature: floatArg(a.temperature, 'temperature') });
+      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : throughputTable(r, label) + '\n');
+    } finally {
+      await llm.close();
+    }
+    return;
+  }
+  if (sub === 'latency') {
+    const a = parse(rest, { ...MODEL_OPTS, batch: { type: 'string' }, prefill: { type: 'string' } });
+    if (a.help) return void process.stdout.write(BENCH_HELP);
+    const batchSizes = list(a.batch, [1, 8, 64, 256], 'batch');
+    const prefillLens = list(a.prefill, [128, 2048], 'prefill');
+    const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
+    const maxB = Math.max(...batchSizes);
+    const { llm, label } = await loadBenchModel(a, { maxNumSeqs: maxB, maxNumBatchedTokens: Math.max(...prefillLens, isl, maxB), maxModelLen: Math.max(isl + osl, ...prefillLens) + 16 });
+    const { runLatency, latencyTables } = await import('../bench/latency.js');
+    try {
+      const r = await runLatency(llm, { batchSizes, isl, osl, prefillLens });
+      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : `${label} on ${llm.backend.device}\n\n${latencyTables(r)}\n`);
+    } finally {
+      await llm.close();
+    }
+    return;
+  }
+  if (sub === 'serve') {
+    const a = parse(rest, {
+      url: { type: 'string' }, model: { type: 'string' }, 'api-key': { type: 'string' }, 'num-prompts': { type: 'string' },
+      rate: { type: 'string' }, isl: { type: 'string' }, osl: { type: 'string' }, 'vocab-size': { type: 'string' }, json: { type: 'boolean' },
+    });
+    if (a.help) return void process.stdout.write(BENCH_HELP);
+    const { runServeBench, serveBenchTable } = await import('../bench/serve-client.js');
+    const rate = a.rate === undefined || a.rate === 'inf' ? Infinity : floatArg(a.rate, 'rate')!;
+    const numPrompts = intArg(a['num-prompts'], 'num-prompts') ?? 200;
+    const r = await runServeBench({
+      url: requireString(a.url, 'url'), model: typeof a.model === 'string' ? a.model : undefined, apiKey: typeof a['api-key'] === 'string' ? a['api-key'] : undefined,
+      numPrompts, rate, isl: intArg(a.isl, 'isl') ?? 128, osl: intArg(a.osl, 'osl') ?? 128, vocabSize: intArg(a['vocab-size'], 'vocab-size'),
+      onProgress: a.json ? undefined : (d, n) => process.stderr.write(`\r[${'#'.repeat(Math.round((30 * d) / n)).padEnd(30)}] ${d}/${n}`),
+    });
+    if (!a.json) process.stderr.write('\n');
+    process.stdout.write(a.json ? JSON.stringify(r) + '\n' : serveBenchTable(r) + '\n');
+    return;
+  }
+  throw new UsageError(`unknown bench "${sub}" (throughput, latency, serve)`);
+}
