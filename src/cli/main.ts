@@ -21,6 +21,7 @@ const commands: Record<string, () => Promise<Command>> = {
   info: async () => (await import('./info.js')).runInfo,
   start: async () => (await import('./start.js')).runStart,
   bench: async () => (await import('./bench.js')).runBench,
+  serve: async () => (await import('./serve.js')).runServe,
 };
 
 async function main(argv: string[]): Promise<number> {

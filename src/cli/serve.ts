@@ -1,0 +1,108 @@
+/** `peregrine serve`: the OpenAI-compatible HTTP server. */
+import type { LLMOptions } from '../api/llm.js';
+import { startServer } from '../server/start-server.js';
+import { deviceArg, floatArg, intArg, parse, requireString, UsageError } from './args.js';
+
+export const SERVE_HELP = `peregrine serve --model DIR [options]
+
+Serves the model over an OpenAI-compatible HTTP API:
+  GET /v1/models, POST /v1/completions, POST /v1/chat/completions (stream: true for SSE),
+  GET /health, GET /metrics (Prometheus).
+
+  --model DIR                    Hugging Face checkpoint folder (config.json + *.safetensors)
+  --host HOST                    address to listen on (default 127.0.0.1)
+  --port N                       port (default 8000; 0 picks a free one)
+  --api-key KEY                  require "Authorization: Bearer KEY" on /v1/* (default: env
+                                 PEREGRINE_API_KEY, else no key)
+  --served-model-name NAME       the model name clients send (default: the folder's name)
+  --device cpu|cuda              backend (default cpu)
+  --max-model-len N              longest prompt + output (default: the model's context)
+  --max-num-seqs N               most sequences in one engine step (default 64)
+  --max-num-batched-tokens N     token budget of one engine step (default 2048)
+  --gpu-memory-utilization F     share of free GPU memory for the KV cache (default 0.9)
+  --num-kv-blocks N              KV cache size in blocks (default: from the memory budget)
+  --max-waiting-requests N       requests allowed to wait for admission; more get 503
+  --no-prefix-caching            do not reuse the KV blocks of repeated prompt prefixes
+
+SIGTERM or SIGINT stops admitting (new requests get 503), lets running requests finish,
+then exits; a second signal exits at once.
+`;
+
+/** @param hooks.onListening runs once the server accepts requests (npm start uses it for a first answer); resolving true shuts the server down */
+export async function runServe(argv: string[], hooks: { onListening?: (url: string, modelName: string) => Promise<boolean> } = {}): Promise<void> {
+  const a = parse(argv, {
+    model: { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'api-key': { type: 'string' },
+    'served-model-name': { type: 'string' },
+    device: { type: 'string' },
+    'max-model-len': { type: 'string' },
+    'max-num-seqs': { type: 'string' },
+    'max-num-batched-tokens': { type: 'string' },
+    'gpu-memory-utilization': { type: 'string' },
+    'num-kv-blocks': { type: 'string' },
+    'max-waiting-requests': { type: 'string' },
+    'no-prefix-caching': { type: 'boolean' },
+  });
+  if (a.help) {
+    process.stdout.write(SERVE_HELP);
+    return;
+  }
+  const port = intArg(a.port, 'port') ?? 8000;
+  if (port < 0 || port > 65535) throw new UsageError(`--port must be in [0, 65535], got ${port}`);
+  const engine: Omit<LLMOptions, 'onLoadProgress'> = {
+    device: deviceArg(a.device),
+    maxModelLen: intArg(a['max-model-len'], 'max-model-len'),
+    maxNumSeqs: intArg(a['max-num-seqs'], 'max-num-seqs'),
+    maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens'),
+    gpuMemoryUtilization: floatArg(a['gpu-memory-utilization'], 'gpu-memory-utilization'),
+    numKvBlocks: intArg(a['num-kv-blocks'], 'num-kv-blocks'),
+    maxWaiting: intArg(a['max-waiting-requests'], 'max-waiting-requests'),
+    enablePrefixCaching: a['no-prefix-caching'] ? false : undefined,
+  };
+  const server = await startServer({
+    modelDir: requireString(a.model, 'model'),
+    host: typeof a.host === 'string' ? a.host : undefined,
+    port,
+    apiKey: typeof a['api-key'] === 'string' ? a['api-key'] : process.env.PEREGRINE_API_KEY || undefined,
+    servedModelName: typeof a['served-model-name'] === 'string' ? a['served-model-name'] : undefined,
+    engine: Object.fromEntries(Object.entries(engine).filter(([, v]) => v !== undefined)),
+  });
+  const { info } = server.engine;
+  const name = server.app.context.servedModelName;
+  process.stdout.write(
+    `peregrine serve: ${name} (${info.architecture}, max_model_len ${info.maxModelLen}, ${info.numKvBlocks} KV blocks of ${info.blockSize} tokens)\n` +
+      `listening on ${server.url}\n`,
+  );
+  let stopping = false;
+  if (hooks.onListening) {
+    const stop = await hooks.onListening(server.url, name).catch((e) => {
+      process.stderr.write(`peregrine: ${(e as Error).message}\n`);
+      return true;
+    });
+    if (stop) return server.shutdown();
+  }
+  void server.engine.died.then((reason) => {
+    if (!stopping) process.stderr.write(`peregrine serve: ${reason}; answering 503 until restarted\n`);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        process.stderr.write(`peregrine serve: ${signal} again, exiting now\n`);
+        process.exit(1);
+      }
+      stopping = true;
+      process.stderr.write(`peregrine serve: ${signal}: admitting no new requests, finishing ${server.app.inFlight} running\n`);
+      server.shutdown().then(() => {
+        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal);
+        process.stderr.write('peregrine serve: stopped\n');
+        resolve();
+      }, reject);
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}

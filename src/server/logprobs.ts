@@ -1,0 +1,76 @@
+/** The engine's per-token logprobs in the two OpenAI shapes (legacy completions and chat). */
+import type { OutputLogprob, TokenLogprob } from '../api/outputs.js';
+
+/** JSON has no -Infinity: a token the model rules out gets this (as vLLM). */
+const MIN_LOGPROB = -9999;
+
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: Array<number | null>;
+  top_logprobs: Array<Record<string, number> | null>;
+  text_offset: number[];
+}
+
+export interface ChatTokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs: Array<{ token: string; logprob: number; bytes: number[] }>;
+}
+
+const clamp = (lp: number) => (Number.isFinite(lp) ? lp : MIN_LOGPROB);
+
+/**
+ * The token's text, or `token_id:<id>` for a model without a tokenizer or when the client asked
+ * for ids (vLLM's `return_tokens_as_token_ids`).
+ */
+export const tokenText = (t: TokenLogprob, asIds = false) => (asIds ? null : t.token) ?? `token_id:${t.tokenId}`;
+
+export function emptyCompletionLogprobs(): CompletionLogprobs {
+  return { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+}
+
+/**
+ * Appends `entries` to `out`, offsets continuing from `textOffset`; returns the offset after them.
+ * top_logprobs holds the alternatives and the chosen token, as vLLM.
+ */
+export function appendCompletionLogprobs(out: CompletionLogprobs, entries: readonly OutputLogprob[], textOffset: number, asIds = false): number {
+  for (const e of entries) {
+    const token = tokenText(e, asIds);
+    out.tokens.push(token);
+    out.token_logprobs.push(clamp(e.logprob));
+    const top: Record<string, number> = {};
+    for (const t of e.topLogprobs) top[tokenText(t, asIds)] = clamp(t.logprob);
+    top[token] = clamp(e.logprob);
+    out.top_logprobs.push(top);
+    out.text_offset.push(textOffset);
+    textOffset += token.length;
+  }
+  return textOffset;
+}
+
+/** Prompt tokens echoed back: their text, no logprob (prompt logprobs are not computed). */
+export function appendPromptTokens(out: CompletionLogprobs, tokens: readonly string[], textOffset: number): number {
+  for (const token of tokens) {
+    out.tokens.push(token);
+    out.token_logprobs.push(null);
+    out.top_logprobs.push(null);
+    out.text_offset.push(textOffset);
+    textOffset += token.length;
+  }
+  return textOffset;
+}
+
+const utf8Bytes = (s: string) => [...Buffer.from(s, 'utf8')];
+
+export function chatLogprobs(entries: readonly OutputLogprob[], asIds = false): ChatTokenLogprob[] {
+  return entries.map((e) => {
+    const token = tokenText(e, asIds);
+    return {
+      token,
+      logprob: clamp(e.logprob),
+      bytes: utf8Bytes(token),
+      top_logprobs: e.topLogprobs.map((t) => ({ token: tokenText(t, asIds), logprob: clamp(t.logprob), bytes: utf8Bytes(tokenText(t, asIds)) })),
+    };
+  });
+}
