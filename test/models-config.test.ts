@@ -281,9 +281,13 @@ test('RoPE variants: linear / dynamic (4.x "type"), partial_rotary_factor, unkno
 });
 
 test('supportedArchitectures and getFamily', () => {
-  assert.deepEqual(supportedArchitectures(), ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM']);
+  assert.deepEqual(supportedArchitectures(), [
+    'BloomForCausalLM', 'FalconForCausalLM', 'GPT2LMHeadModel', 'GPTJForCausalLM', 'GPTNeoXForCausalLM', 'Gemma2ForCausalLM',
+    'GemmaForCausalLM', 'LlamaForCausalLM', 'MistralForCausalLM', 'MixtralForCausalLM', 'MptForCausalLM', 'OPTForCausalLM',
+    'Phi3ForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Starcoder2ForCausalLM',
+  ]);
   assert.equal(getFamily('Qwen2ForCausalLM').name, 'qwen2');
-  throwsCode(() => getFamily('GPT2LMHeadModel'), 'PGN_ERR_UNKNOWN_ARCHITECTURE');
+  throwsCode(() => getFamily('GPTBigCodeForCausalLM'), 'PGN_ERR_UNKNOWN_ARCHITECTURE');
 });
 
 test('errors: unknown architecture lists the supported ones', () => {

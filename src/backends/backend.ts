@@ -111,8 +111,12 @@ export interface Backend {
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual?: Tensor | null, weightOffset?: number): void;
   /** LayerNorm with optional bias and the same fused residual add as rmsNorm. */
   layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, eps: number, numTokens: number, residual?: Tensor | null): void;
-  /** out [T, N] = x [T, K] @ w[N, K]^T (+ bias [N]). out may be f32 (logits) or activationDtype. */
-  linear(out: Tensor, x: Tensor, w: Tensor, bias: Tensor | null, numTokens: number): void;
+  /**
+   * out [T, N] = x [T, K] @ w[N, K]^T (+ bias [N]). out may be f32 (logits) or activationDtype.
+   * `w` may be a QuantizedWeight (issue 6); a backend without kernels for its kind throws
+   * PGN_ERR_UNSUPPORTED_FEATURE.
+   */
+  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): void;
   /**
    * qkv [T, (numHeads + 2 * numKvHeads) * headDim] holds q | k | v per token.
    * Rotates q in place (when `cosSin` is given) and writes rotated k and v into the
@@ -136,6 +140,75 @@ export interface Backend {
   gatherRows(out: Tensor, x: Tensor, indices: Tensor, numRows: number): void;
   /** out = x (first numTokens rows). */
   copy(out: Tensor, x: Tensor, numTokens: number): void;
+
+  // ---- ops of the model zoo (issue 5) ---------------------------------------------
+  /** out = x * factor (elementwise over the first numTokens rows; Gemma's embedding scale). out may alias x. */
+  scale(out: Tensor, x: Tensor, factor: number, numTokens: number): void;
+  /** out = cap * tanh(x / cap) (Gemma 2 final logits; f32 or activationDtype). out may alias x. */
+  softcap(out: Tensor, x: Tensor, cap: number, numTokens: number): void;
+  /** out = min(max(x, min), max) (MPT clip_qkv). out may alias x. */
+  clamp(out: Tensor, x: Tensor, min: number, max: number, numTokens: number): void;
+  /**
+   * In place on the q and k blocks of qkv [T, (numHeads + 2 * numKvHeads) * headDim]: RMSNorm over
+   * each head's headDim values, times (weight + weightOffset); qWeight and kWeight are [headDim]
+   * (Qwen3 q_norm / k_norm). v is untouched.
+   */
+  qkRmsNorm(qkv: Tensor, qWeight: Tensor, kWeight: Tensor, eps: number, numTokens: number, p: QkNormParams): void;
+  /**
+   * MoE routing: per token, softmax over routerLogits [T, numExperts] (f32), the topK largest
+   * (ties: lower expert id first), optionally rescaled to sum to 1. Writes topkIds i32 [T, topK]
+   * and topkWeights f32 [T, topK], best first.
+   */
+  moeRoute(topkIds: Tensor, topkWeights: Tensor, routerLogits: Tensor, numTokens: number, topK: number, renormalize: boolean): void;
+  /**
+   * SiLU-gated experts: out[t] = sum_k topkWeights[t,k] * down_e(silu(gate_e x[t]) * up_e x[t]),
+   * e = topkIds[t,k]. gateUp [E, 2I, H] (gate rows then up rows per expert), down [E, H, I],
+   * x and out [T, H]. out must not alias x.
+   */
+  moeExperts(out: Tensor, x: Tensor, gateUp: Tensor, down: Tensor, topkIds: Tensor, topkWeights: Tensor, numTokens: number): void;
+}
+
+export interface QkNormParams {
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  /** added to the weights (1 for Gemma-style (1 + w) norms); default 0 */
+  readonly weightOffset?: number;
+}
+
+/**
+ * A linear weight w [N, K] stored quantized (issue 6). Every tensor holds an existing dtype:
+ * the packed codes travel as i32 words, so no backend needs a storage dtype to hold one.
+ *
+ * Dequantized: w[n, k] = (q[n, k] - zero) * scale, scale and zero those of row n, group
+ * floor(k / groupSize); numGroups = ceil(K / groupSize).
+ * - fp8:  qweight i32 [N, K/4]: the [N, K] E4M3 bytes (OCP e4m3fn), element k in byte k % 4 of
+ *         word k / 4 (little-endian). scales f32 [1] (per tensor) or [N, 1] (per channel);
+ *         zeros null; groupSize K. Activations are quantized to E4M3 too: statically with
+ *         inputScale f32 [1], or dynamically per token (inputScale null; scale = rowAmax / 448).
+ * - int8: qweight i32 [N, K/4]: two's-complement bytes, same byte order as fp8. Symmetric
+ *         (zeros null); scales f32 [N, numGroups] (groupSize K = per channel). Weight-only.
+ * - int4: qweight i32 [N, K/8]: unsigned nibbles, q[n, k] in bits 4*(k % 8) .. +3 of word
+ *         [n, k / 8] (GPTQ's order along K, and compressed-tensors' pack-quantized layout).
+ *         scales f32 [N, numGroups]; zeros f32 [N, numGroups] holding integers 0..15
+ *         (asymmetric) or null (symmetric: zero = 8). Weight-only.
+ * Made by `src/weights/quant/load.ts` (loadLinearWeight); the CPU backend dequantizes it.
+ */
+export interface QuantizedWeight {
+  readonly kind: 'fp8' | 'int8' | 'int4';
+  /** [out N, in K] of the dequantized weight */
+  readonly shape: readonly [number, number];
+  readonly qweight: Tensor;
+  readonly scales: Tensor;
+  readonly zeros: Tensor | null;
+  /** K for per-channel (and per-tensor) scales */
+  readonly groupSize: number;
+  /** fp8 static activation scale f32 [1]; null = dynamic per token (and for int8 / int4) */
+  readonly inputScale: Tensor | null;
+}
+
+export function isQuantizedWeight(w: Tensor | QuantizedWeight | null | undefined): w is QuantizedWeight {
+  return typeof w === 'object' && w !== null && 'qweight' in w && 'kind' in w;
 }
 
 export function numel(shape: readonly number[]): number {

@@ -55,7 +55,19 @@ const TORCH_DTYPES: Readonly<Record<string, ModelSpec['torchDtype']>> = {
  */
 export function parseModelConfig(raw: HfConfig): ModelSpec {
   const { architecture, family } = resolveFamily(raw);
-  return family.spec(raw, parseCommonFields(raw, family, architecture));
+  const cfg = withLegacyKeys(raw, family);
+  return family.spec(cfg, parseCommonFields(cfg, family, architecture));
+}
+
+/** `raw` with each absent canonical key filled from the first legacy spelling present. */
+function withLegacyKeys(raw: HfConfig, family: ModelFamily): HfConfig {
+  const out: HfConfig = { ...raw };
+  for (const [key, legacy] of Object.entries(family.legacyKeys ?? {})) {
+    if (get(out, key) !== undefined) continue;
+    const found = legacy.find((k) => get(raw, k) !== undefined);
+    if (found !== undefined) out[key] = raw[found];
+  }
+  return out;
 }
 
 /**

@@ -1,12 +1,15 @@
 /**
  * The generic decoder: one forward pass for every family, driven by ModelSpec.
- * Read it top to bottom: embed -> N x (norm, attention, norm, MLP) -> norm -> LM head.
+ * Read it top to bottom: embed -> N x layer -> final norm -> LM head. A layer is pre-norm
+ * (x += attn(norm(x)); x += mlp(norm(x)), or both blocks from the same input when the residual
+ * is parallel) or post-norm (x = norm(x + attn(x)); x = norm(x + mlp(x))).
  *
  * The batch is flattened: `numTokens` rows from `numSeqs` sequences, each sequence's
  * queries attending to its own paged KV history (prefill, chunked prefill and decode alike).
  * Work buffers are allocated once, sized for `maxNumTokens` / `maxNumSeqs`.
  */
-import type { AttentionMetadata, AttentionParams, Backend, LayerKvCache, RopeParams, Tensor } from '../backends/backend.js';
+import type { AttentionMetadata, AttentionParams, Backend, DType, LayerKvCache, QkNormParams, RopeParams, Tensor } from '../backends/backend.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../weights/dtype.js';
 import { buildCosSinTable } from './rope.js';
 import type { ModelSpec } from './spec.js';
 import type { LayerWeights, ModelWeights } from './model-weights.js';
@@ -34,17 +37,28 @@ export class DecoderModel {
   readonly kvSize: number;
   private readonly cosSin: Tensor | null;
   private readonly ropeParams: RopeParams;
-  private readonly attnParams: AttentionParams;
+  private readonly qkNormParams: QkNormParams;
+  /** spec.embeddingScale in the activation dtype, as HF casts it to the weights' dtype (Gemma: sqrt(3072) -> 55.5 in bf16) */
+  private readonly embeddingScale: number;
+  /** one per layer (sliding window or not) */
+  private readonly attnParams: readonly AttentionParams[];
   // work buffers
-  private readonly hidden: Tensor;
-  private readonly residual: Tensor;
-  private readonly normed: Tensor;
+  private readonly hidden: Tensor;   // [T, H] a block's output
+  private readonly branch: Tensor;   // [T, H] the other block's output (parallel MLP, sandwich norms)
+  private readonly residual: Tensor; // [T, H] the residual stream
+  private readonly normed: Tensor;   // [T, H] a block's input
+  private readonly normed2: Tensor | null;  // [T, H] the MLP's input in parallel layers with two norms
+  private readonly embedded: Tensor | null; // [T, wordEmbedDim] before project_in
   private readonly qkv: Tensor;
   private readonly attnOut: Tensor;
-  private readonly mlpUp: Tensor;
-  private readonly mlpAct: Tensor;
+  private readonly mlpUp: Tensor | null;  // dense MLPs only
+  private readonly mlpAct: Tensor | null;
+  private readonly routerLogits: Tensor | null; // f32 [T, numExperts]
+  private readonly topkIds: Tensor | null;      // i32 [T, topK]
+  private readonly topkWeights: Tensor | null;  // f32 [T, topK]
   private readonly lastHidden: Tensor;
   private readonly lastNormed: Tensor;
+  private readonly lastProjected: Tensor | null; // [R, wordEmbedDim] after project_out
   readonly logits: Tensor; // f32 [maxNumLogits, vocab]
   private readonly ownTensors: Tensor[] = [];
 
@@ -55,7 +69,6 @@ export class DecoderModel {
     readonly limits: DecoderLimits,
   ) {
     const s = spec;
-    if (s.positional === 'alibi') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `${s.architecture}: ALiBi is not supported by the decoder yet`);
     this.qSize = s.numHeads * s.headDim;
     this.kvSize = s.numKvHeads * s.headDim;
     const dt = backend.activationDtype;
@@ -66,15 +79,24 @@ export class DecoderModel {
       this.ownTensors.push(t);
       return t;
     };
-    this.hidden = buf([T, s.hiddenSize]);
-    this.residual = buf([T, s.hiddenSize]);
-    this.normed = buf([T, s.hiddenSize]);
+    const H = s.hiddenSize;
+    const projected = s.wordEmbedDim !== H;
+    this.hidden = buf([T, H]);
+    this.branch = buf([T, H]);
+    this.residual = buf([T, H]);
+    this.normed = buf([T, H]);
+    this.normed2 = s.parallelResidual ? buf([T, H]) : null;
+    this.embedded = projected ? buf([T, s.wordEmbedDim]) : null;
     this.qkv = buf([T, this.qSize + 2 * this.kvSize]);
     this.attnOut = buf([T, this.qSize]);
-    this.mlpUp = buf([T, (s.gatedMlp ? 2 : 1) * s.intermediateSize]);
-    this.mlpAct = buf([T, s.intermediateSize]);
-    this.lastHidden = buf([R, s.hiddenSize]);
-    this.lastNormed = buf([R, s.hiddenSize]);
+    this.mlpUp = s.moe ? null : buf([T, (s.gatedMlp ? 2 : 1) * s.intermediateSize]);
+    this.mlpAct = s.moe ? null : buf([T, s.intermediateSize]);
+    this.routerLogits = s.moe ? buf([T, s.moe.numExperts], 'f32') : null;
+    this.topkIds = s.moe ? buf([T, s.moe.topK], 'i32') : null;
+    this.topkWeights = s.moe ? buf([T, s.moe.topK], 'f32') : null;
+    this.lastHidden = buf([R, H]);
+    this.lastNormed = buf([R, H]);
+    this.lastProjected = projected ? buf([R, s.wordEmbedDim]) : null;
     this.logits = buf([R, s.vocabSize], 'f32');
 
     this.cosSin = null;
@@ -83,23 +105,20 @@ export class DecoderModel {
       this.cosSin = backend.fromF32([s.maxPositionEmbeddings, s.rope.rotaryDim], table, 'f32');
       this.ownTensors.push(this.cosSin);
     }
-    this.ropeParams = {
-      numHeads: s.numHeads,
-      numKvHeads: s.numKvHeads,
-      headDim: s.headDim,
-      rotaryDim: s.rope?.rotaryDim ?? s.headDim,
-      style: s.rope?.style ?? 'neox',
-    };
-    this.attnParams = {
-      numHeads: s.numHeads,
-      numKvHeads: s.numKvHeads,
-      headDim: s.headDim,
+    const heads = { numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim };
+    this.ropeParams = { ...heads, rotaryDim: s.rope?.rotaryDim ?? s.headDim, style: s.rope?.style ?? 'neox' };
+    this.qkNormParams = { ...heads, weightOffset: s.norm.weightOffset };
+    this.embeddingScale = roundToDtype(s.embeddingScale, dt);
+    const alibiSlopes = s.alibiSlopes ? buf([s.numHeads], 'f32') : null;
+    if (alibiSlopes) backend.writeF32(alibiSlopes, Float32Array.from(s.alibiSlopes!));
+    this.attnParams = Array.from({ length: s.numLayers }, (_, i) => ({
+      ...heads,
       blockSize: limits.blockSize,
       scale: s.attentionScale,
-      slidingWindow: s.slidingWindow,
-      alibiSlopes: null,
+      slidingWindow: s.slidingLayers === null || s.slidingLayers[i] ? s.slidingWindow : null,
+      alibiSlopes,
       logitSoftcap: s.attnLogitSoftcap,
-    };
+    }));
   }
 
   /** Runs the batch; returns the f32 logits tensor whose first `numLogits` rows belong to `logitsIndices`. */
@@ -111,60 +130,139 @@ export class DecoderModel {
       throw new PeregrineError('PGN_ERR_INTERNAL', `batch of ${T} tokens / ${S} seqs / ${numLogits} logits exceeds the model's buffers (${this.limits.maxNumTokens} / ${this.limits.maxNumSeqs} / ${this.limits.maxNumLogits})`);
     }
 
-    b.embedding(this.hidden, w.embedTokens, inp.tokenIds, T);
+    this.embed(inp, T); // -> residual
+
+    // `pending` is a block output not yet added to the residual stream: the next norm adds it
+    let pending: Tensor | null = null;
+    for (let i = 0; i < s.numLayers; i++) {
+      const lw = w.layers[i]!;
+      pending = s.normPlacement === 'post'
+        ? this.postNormLayer(i, lw, kvCache[i]!, inp, T)
+        : this.preNormLayer(i, lw, kvCache[i]!, inp, T, pending);
+    }
+    if (pending) b.add(this.residual, this.residual, pending, T);
+
+    // only the rows that yield logits: final norm, project_out, LM head, soft-capping
+    b.gatherRows(this.lastHidden, this.residual, inp.logitsIndices, numLogits);
+    let h = this.lastHidden;
+    if (w.norm) {
+      this.norm(this.lastNormed, h, w.norm, w.normBias, numLogits, null);
+      h = this.lastNormed;
+    }
+    if (w.projectOut && this.lastProjected) {
+      b.linear(this.lastProjected, h, w.projectOut, null, numLogits);
+      h = this.lastProjected;
+    }
+    b.linear(this.logits, h, w.lmHead, w.lmHeadBias, numLogits);
+    if (s.finalLogitSoftcap !== null) b.softcap(this.logits, this.logits, s.finalLogitSoftcap, numLogits);
+    return this.logits;
+  }
+
+  /** residual = [norm](scale * embed(ids) [-> project_in] [+ embed_positions(positions)]) */
+  private embed(inp: DeviceInputs, T: number): void {
+    const { backend: b, weights: w } = this;
+    if (w.projectIn && this.embedded) {
+      b.embedding(this.embedded, w.embedTokens, inp.tokenIds, T);
+      b.linear(this.hidden, this.embedded, w.projectIn, null, T);
+    } else {
+      b.embedding(this.hidden, w.embedTokens, inp.tokenIds, T);
+    }
+    if (this.embeddingScale !== 1) b.scale(this.hidden, this.hidden, this.embeddingScale, T);
     if (w.embedPositions) {
       b.embedding(this.normed, w.embedPositions, inp.positions, T);
       b.add(this.hidden, this.hidden, this.normed, T);
     }
-    b.copy(this.residual, this.hidden, T);
-
-    for (let i = 0; i < s.numLayers; i++) {
-      const lw = w.layers[i]!;
-      // residual already holds this layer's input; `hidden` holds the previous block's output (layer > 0)
-      this.norm(this.normed, i === 0 ? this.residual : this.hidden, lw.inputNorm, lw.inputNormBias, T, i === 0 ? null : this.residual);
-      this.attention(lw, kvCache[i]!, inp, T);
-      this.norm(this.normed, this.hidden, lw.postNorm!, lw.postNormBias, T, this.residual);
-      this.mlp(lw, T);
-    }
-
-    // final residual add, then only the rows that yield logits
-    b.add(this.residual, this.residual, this.hidden, T);
-    b.gatherRows(this.lastHidden, this.residual, inp.logitsIndices, numLogits);
-    this.norm(this.lastNormed, this.lastHidden, w.norm, w.normBias, numLogits, null);
-    b.linear(this.logits, this.lastNormed, w.lmHead, w.lmHeadBias, numLogits);
-    return this.logits;
+    if (w.embedNorm) this.norm(this.residual, this.hidden, w.embedNorm, w.embedNormBias ?? null, T, null);
+    else b.copy(this.residual, this.hidden, T);
   }
 
-  /** attention block: hidden = o_proj(attn(rope(qkv(normed)))) */
-  private attention(lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number): void {
+  /**
+   * Pre-norm layer. Sequential: x += attn(norm1(x)); x += mlp(norm2(x)) (Gemma 2 norms each block
+   * output again). Parallel (GPT-J, NeoX, Falcon): x += attn(norm1(x)) + mlp(norm2(x) or norm1(x)).
+   * Returns the last block output, which the next norm adds to the residual.
+   */
+  private preNormLayer(i: number, lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number, pending: Tensor | null): Tensor {
     const b = this.backend;
-    b.linear(this.qkv, this.normed, lw.qkv, lw.qkvBias, T);
+    this.norm(this.normed, pending ?? this.residual, lw.inputNorm, lw.inputNormBias, T, pending ? this.residual : null);
+    this.attention(i, lw, this.normed, cache, inp, T); // -> hidden
+
+    if (this.spec.parallelResidual) {
+      let mlpIn = this.normed;
+      if (lw.postNorm && this.normed2) {
+        this.norm(this.normed2, this.residual, lw.postNorm, lw.postNormBias, T, null);
+        mlpIn = this.normed2;
+      }
+      this.mlp(lw, mlpIn, this.branch, T);
+      b.add(this.hidden, this.hidden, this.branch, T);
+      return this.hidden;
+    }
+
+    let attnOut = this.hidden;
+    if (lw.attnOutNorm) {
+      this.norm(this.branch, this.hidden, lw.attnOutNorm, null, T, null);
+      attnOut = this.branch;
+    }
+    this.norm(this.normed, attnOut, lw.postNorm!, lw.postNormBias, T, this.residual);
+    this.mlp(lw, this.normed, this.hidden, T);
+    if (lw.mlpOutNorm) {
+      this.norm(this.branch, this.hidden, lw.mlpOutNorm, null, T, null);
+      return this.branch;
+    }
+    return this.hidden;
+  }
+
+  /** Post-norm layer (OPT-350m): x = norm1(x + attn(x)); x = norm2(x + mlp(x)). Adds everything itself. */
+  private postNormLayer(i: number, lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number): null {
+    const b = this.backend;
+    this.attention(i, lw, this.residual, cache, inp, T); // -> hidden
+    this.norm(this.normed, this.hidden, lw.inputNorm, lw.inputNormBias, T, this.residual);
+    b.copy(this.residual, this.normed, T);
+    this.mlp(lw, this.normed, this.hidden, T);
+    this.norm(this.normed, this.hidden, lw.postNorm!, lw.postNormBias, T, this.residual);
+    b.copy(this.residual, this.normed, T);
+    return null;
+  }
+
+  /** attention block: hidden = o_proj(attn(rope([qkNorm]([clip](qkv(x)))))) */
+  private attention(i: number, lw: LayerWeights, x: Tensor, cache: LayerKvCache, inp: DeviceInputs, T: number): void {
+    const { backend: b, spec: s } = this;
+    b.linear(this.qkv, x, lw.qkv, lw.qkvBias, T);
+    if (s.clipQkv !== null) b.clamp(this.qkv, this.qkv, -s.clipQkv, s.clipQkv, T);
+    if (lw.qNorm && lw.kNorm) b.qkRmsNorm(this.qkv, lw.qNorm, lw.kNorm, s.norm.eps, T, this.qkNormParams);
     b.ropeWriteKv(this.qkv, inp.positions, this.cosSin, cache, inp.slotMapping, T, this.ropeParams);
-    b.attention(this.attnOut, this.qkv, cache, inp.meta, this.attnParams);
+    b.attention(this.attnOut, this.qkv, cache, inp.meta, this.attnParams[i]!);
     b.linear(this.hidden, this.attnOut, lw.o, lw.oBias, T);
   }
 
-  /** MLP block: hidden = down(act(gate) * up) or down(act(up)) */
-  private mlp(lw: LayerWeights, T: number): void {
-    const b = this.backend;
-    b.linear(this.mlpUp, this.normed, lw.up, lw.upBias, T);
-    switch (this.spec.activation) {
+  /** MLP block: out = down(act(gate) * up) or down(act(up)); MoE: the router's top-k experts */
+  private mlp(lw: LayerWeights, x: Tensor, out: Tensor, T: number): void {
+    const { backend: b, spec: s } = this;
+    if (s.moe && lw.router && this.routerLogits && this.topkIds && this.topkWeights) {
+      b.linear(this.routerLogits, x, lw.router, null, T);
+      b.moeRoute(this.topkIds, this.topkWeights, this.routerLogits, T, s.moe.topK, s.moe.renormalize);
+      b.moeExperts(out, x, lw.up, lw.down, this.topkIds, this.topkWeights, T);
+      return;
+    }
+    const up = this.mlpUp!, act = this.mlpAct!;
+    b.linear(up, x, lw.up, lw.upBias, T);
+    switch (s.activation) {
       case 'silu':
-        if (!this.spec.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'ungated SiLU MLP');
-        b.siluMul(this.mlpAct, this.mlpUp, T);
+        if (!s.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'ungated SiLU MLP');
+        b.siluMul(act, up, T);
         break;
       case 'gelu':
       case 'gelu_tanh': {
-        const approx = this.spec.activation === 'gelu_tanh' ? 'tanh' : 'none';
-        if (this.spec.gatedMlp) b.geluMul(this.mlpAct, this.mlpUp, T, approx);
-        else b.gelu(this.mlpAct, this.mlpUp, T, approx);
+        const approx = s.activation === 'gelu_tanh' ? 'tanh' : 'none';
+        if (s.gatedMlp) b.geluMul(act, up, T, approx);
+        else b.gelu(act, up, T, approx);
         break;
       }
       case 'relu':
-        b.relu(this.mlpAct, this.mlpUp, T);
+        if (s.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'gated ReLU MLP');
+        b.relu(act, up, T);
         break;
     }
-    b.linear(this.hidden, this.mlpAct, lw.down, lw.downBias, T);
+    b.linear(out, act, lw.down, lw.downBias, T);
   }
 
   /** out = norm(x), or with `residual`: residual += x; out = norm(residual) */
@@ -178,4 +276,10 @@ export class DecoderModel {
     for (const t of this.ownTensors) this.backend.free(t);
     this.ownTensors.length = 0;
   }
+}
+
+function roundToDtype(x: number, dtype: DType): number {
+  if (dtype === 'bf16') return bf16ToF32(f32ToBf16(x));
+  if (dtype === 'f16') return f16ToF32(f32ToF16(x));
+  return Math.fround(x);
 }

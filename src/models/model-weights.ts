@@ -1,12 +1,16 @@
 /**
  * Loads a checkpoint's tensors onto a backend under the canonical names of the
- * generic decoder, following a family's WeightMap (packed q|k|v and gate|up are
- * concatenated along dim 0 as they are read).
+ * generic decoder, following a family's WeightMap: packed q|k|v and gate|up are
+ * concatenated along dim 0 as they are read, load-time transforms (transposed Conv1D,
+ * per-head fused QKV, ...) are applied to the raw bytes, and a name missing from the
+ * checkpoint is tried without the base model prefix, then in the entry's fallback layout.
  */
 import type { Backend, Tensor } from '../backends/backend.js';
 import { PeregrineError } from '../errors.js';
 import type { Checkpoint } from '../weights/checkpoint.js';
-import type { GlobalWeight, LayerWeight, ModelSpec, WeightMap } from './spec.js';
+import type { RawTensor } from '../weights/safetensors.js';
+import type { GlobalWeight, LayerWeight, ModelSpec, WeightEntry, WeightMap, WeightSource, WeightTransform } from './spec.js';
+import { applyWeightTransforms } from './weight-transform.js';
 
 export interface LayerWeights {
   readonly inputNorm: Tensor;
@@ -15,20 +19,36 @@ export interface LayerWeights {
   readonly qkvBias: Tensor | null;
   readonly o: Tensor;
   readonly oBias: Tensor | null;
-  /** absent in parallel-residual families that share one norm */
+  /** the MLP's input norm; in parallel-residual families, absent when one norm feeds both blocks */
   readonly postNorm: Tensor | null;
   readonly postNormBias: Tensor | null;
-  /** gate|up when spec.gatedMlp, else the up projection */
+  /** gate|up when spec.gatedMlp, else the up projection; MoE: every expert's gate|up [E, 2I, H] */
   readonly up: Tensor;
   readonly upBias: Tensor | null;
+  /** MoE: every expert's down projection [E, H, I] */
   readonly down: Tensor;
   readonly downBias: Tensor | null;
+  /** spec.qkNorm: RMSNorm weights [headDim] of the q and k heads */
+  readonly qNorm?: Tensor | null;
+  readonly kNorm?: Tensor | null;
+  /** spec.sandwichNorms: norms on the attention / MLP outputs */
+  readonly attnOutNorm?: Tensor | null;
+  readonly mlpOutNorm?: Tensor | null;
+  /** spec.moe: router [numExperts, hidden] */
+  readonly router?: Tensor | null;
 }
 
 export interface ModelWeights {
   readonly embedTokens: Tensor;
   readonly embedPositions: Tensor | null;
-  readonly norm: Tensor;
+  /** spec.embeddingNorm */
+  readonly embedNorm?: Tensor | null;
+  readonly embedNormBias?: Tensor | null;
+  /** spec.wordEmbedDim != hiddenSize: [hidden, wordEmbedDim] and [wordEmbedDim, hidden] */
+  readonly projectIn?: Tensor | null;
+  readonly projectOut?: Tensor | null;
+  /** null with post-norm layers (no final norm) */
+  readonly norm: Tensor | null;
   readonly normBias: Tensor | null;
   /** the embedding table itself when embeddings are tied */
   readonly lmHead: Tensor;
@@ -38,47 +58,65 @@ export interface ModelWeights {
 
 export type LoadProgress = (loaded: number, total: number) => void;
 
+/** A resolved entry: checkpoint names that exist, and the transforms to apply. */
+interface Resolved {
+  readonly names: readonly string[];
+  readonly concat: boolean;
+  readonly transforms: readonly WeightTransform[];
+}
+
 /** Reads every weight the spec needs; a tensor missing from the checkpoint is PGN_ERR_WEIGHTS_MISSING_TENSOR. */
 export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightMap, backend: Backend, onProgress?: LoadProgress): ModelWeights {
   const dtype = backend.activationDtype;
-  const total = 4 + spec.numLayers * 12;
+  const total = Object.keys(map.global).length + spec.numLayers * Object.keys(map.layer).length;
   let loaded = 0;
-  const load = (names: string | readonly string[]): Tensor => {
-    const raw = typeof names === 'string' ? ckpt.read(names) : ckpt.readConcat(names);
+
+  /** the names as given, or without the base prefix when only that form is in the checkpoint */
+  const present = (n: string): string | null => {
+    if (ckpt.has(n)) return n;
+    const p = map.basePrefix === undefined ? '' : `${map.basePrefix}.`;
+    return p && n.startsWith(p) && ckpt.has(n.slice(p.length)) ? n.slice(p.length) : null;
+  };
+  const resolve = (entry: WeightEntry, layer: number): Resolved | null => {
+    const src = asSource(entry);
+    const names = namesOf(src, layer).map(present);
+    if (names.every((n) => n !== null)) return { names: names as string[], concat: typeof src.names !== 'string', transforms: src.transforms ?? [] };
+    return src.fallback === undefined ? null : resolve(src.fallback, layer);
+  };
+  /** the first name of the entry's main layout that the checkpoint lacks, for the error message */
+  const firstMissing = (entry: WeightEntry, layer: number): string => {
+    const names = namesOf(asSource(entry), layer);
+    return names.find((n) => present(n) === null) ?? names[0]!;
+  };
+  const read = (r: Resolved): RawTensor => {
+    const raw = r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!);
+    return applyWeightTransforms(raw, r.transforms);
+  };
+  const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean): Tensor | null => {
+    if (entry === undefined) {
+      if (required) throw unmapped(key);
+      return null;
+    }
+    const r = resolve(entry, layer);
+    if (r === null) {
+      if (required) ckpt.info(firstMissing(entry, layer)); // throws the checkpoint's missing-tensor error (file, near matches)
+      return null;
+    }
+    const raw = read(r);
     onProgress?.(++loaded, total);
     return backend.fromBytes(raw.shape, raw.dtype, raw.bytes, dtype);
   };
-  const names = (entry: string | readonly string[] | undefined, layer: number): string | readonly string[] | undefined => {
-    if (entry === undefined) return undefined;
-    const sub = (s: string) => s.replaceAll('{i}', String(layer));
-    return typeof entry === 'string' ? sub(entry) : entry.map(sub);
-  };
-  const exists = (n: string | readonly string[]) => (typeof n === 'string' ? ckpt.has(n) : n.every((x) => ckpt.has(x)));
-
-  const global = (key: GlobalWeight, required: boolean): Tensor | null => {
-    const n = map.global[key];
-    if (n === undefined || (!required && !exists(n))) {
-      if (required) throw missing(key);
-      return null;
-    }
-    return load(n);
-  };
-  const layerW = (i: number, key: LayerWeight, required: boolean): Tensor | null => {
-    const n = names(map.layer[key], i);
-    if (n === undefined || (!required && !exists(n))) {
-      if (required) throw missing(`layers.${i}.${key}`);
-      return null;
-    }
-    return load(n);
-  };
+  const global = (key: GlobalWeight, required: boolean): Tensor | null => fetch(key, map.global[key], 0, required);
+  const layerW = (i: number, key: LayerWeight, required: boolean): Tensor | null => fetch(`layers.${i}.${key}`, map.layer[key], i, required);
 
   const embedTokens = global('embed_tokens.weight', true)!;
-  const lmHeadNames = map.global['lm_head.weight'];
-  const tied = spec.tieWordEmbeddings || lmHeadNames === undefined || !exists(lmHeadNames);
+  const lmHeadEntry = map.global['lm_head.weight'];
+  const tied = spec.tieWordEmbeddings || lmHeadEntry === undefined || resolve(lmHeadEntry, 0) === null;
   const isLayerNorm = spec.norm.type === 'layer';
   const layers: LayerWeights[] = [];
   for (let i = 0; i < spec.numLayers; i++) {
-    const gated = spec.gatedMlp;
+    const gated = spec.gatedMlp || spec.moe !== null;
+    const mlpBias = spec.bias.mlp && spec.moe === null;
     layers.push({
       inputNorm: layerW(i, 'input_layernorm.weight', true)!,
       inputNormBias: isLayerNorm ? layerW(i, 'input_layernorm.bias', false) : null,
@@ -89,30 +127,53 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
       postNorm: layerW(i, 'post_attention_layernorm.weight', !spec.parallelResidual),
       postNormBias: isLayerNorm ? layerW(i, 'post_attention_layernorm.bias', false) : null,
       up: layerW(i, gated ? 'mlp.gate_up_proj.weight' : 'mlp.up_proj.weight', true)!,
-      upBias: spec.bias.mlp ? layerW(i, gated ? 'mlp.gate_up_proj.bias' : 'mlp.up_proj.bias', true) : null,
+      upBias: mlpBias ? layerW(i, gated ? 'mlp.gate_up_proj.bias' : 'mlp.up_proj.bias', true) : null,
       down: layerW(i, 'mlp.down_proj.weight', true)!,
-      downBias: spec.bias.mlp ? layerW(i, 'mlp.down_proj.bias', true) : null,
+      downBias: mlpBias ? layerW(i, 'mlp.down_proj.bias', true) : null,
+      qNorm: spec.qkNorm ? layerW(i, 'self_attn.q_norm.weight', true) : null,
+      kNorm: spec.qkNorm ? layerW(i, 'self_attn.k_norm.weight', true) : null,
+      attnOutNorm: spec.sandwichNorms ? layerW(i, 'attn_output_layernorm.weight', true) : null,
+      mlpOutNorm: spec.sandwichNorms ? layerW(i, 'mlp_output_layernorm.weight', true) : null,
+      router: spec.moe ? layerW(i, 'mlp.router.weight', true) : null,
     });
   }
-  return {
+  const projected = spec.wordEmbedDim !== spec.hiddenSize;
+  const finalNorm = spec.normPlacement === 'pre';
+  const weights: ModelWeights = {
     embedTokens,
     embedPositions: spec.positional === 'learned' ? global('embed_positions.weight', true) : null,
-    norm: global('norm.weight', true)!,
-    normBias: isLayerNorm ? global('norm.bias', false) : null,
+    embedNorm: spec.embeddingNorm ? global('embed_layernorm.weight', true) : null,
+    embedNormBias: spec.embeddingNorm ? global('embed_layernorm.bias', false) : null,
+    projectIn: projected ? global('project_in.weight', true) : null,
+    projectOut: projected ? global('project_out.weight', true) : null,
+    norm: finalNorm ? global('norm.weight', true) : null,
+    normBias: finalNorm && isLayerNorm ? global('norm.bias', false) : null,
     lmHead: tied ? embedTokens : global('lm_head.weight', true)!,
     lmHeadBias: spec.bias.lmHead ? global('lm_head.bias', true) : null,
     layers,
   };
+  onProgress?.(total, total);
+  return weights;
 }
 
-function missing(name: string): PeregrineError {
+function asSource(entry: WeightEntry): WeightSource {
+  return typeof entry === 'string' || Array.isArray(entry) ? { names: entry as string | readonly string[] } : (entry as WeightSource);
+}
+
+/** the source's tensor names for layer `layer` */
+function namesOf(src: WeightSource, layer: number): string[] {
+  const sub = (n: string) => n.replaceAll('{i}', String(layer));
+  return typeof src.names === 'string' ? [sub(src.names)] : src.names.map(sub);
+}
+
+function unmapped(name: string): PeregrineError {
   return new PeregrineError('PGN_ERR_WEIGHTS_MISSING_TENSOR', `the weight map names no tensor for "${name}"`, { tensor: name });
 }
 
 /** Every tensor a ModelWeights holds, each once (tied heads are not freed twice). */
 export function allTensors(w: ModelWeights): Tensor[] {
-  const set = new Set<Tensor>([w.embedTokens, w.norm, w.lmHead]);
-  for (const t of [w.embedPositions, w.normBias, w.lmHeadBias]) if (t) set.add(t);
+  const set = new Set<Tensor>([w.embedTokens, w.lmHead]);
+  for (const t of [w.embedPositions, w.embedNorm, w.embedNormBias, w.projectIn, w.projectOut, w.norm, w.normBias, w.lmHeadBias]) if (t) set.add(t);
   for (const l of w.layers) for (const t of Object.values(l)) if (t) set.add(t as Tensor);
   return [...set];
 }

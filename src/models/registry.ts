@@ -27,6 +27,12 @@ export interface ModelFamily {
   readonly architectures: readonly string[];
   /** HF `attribute_map`: canonical key -> the key this family's config.json uses (GPT-2: hidden_size -> n_embd) */
   readonly attributeMap?: Readonly<Record<string, string>>;
+  /**
+   * Keys older config.json files use instead (canonical key -> legacy spellings), read when the
+   * canonical key is absent: BLOOM's `n_embed` for `hidden_size`, NeoX's `rotary_pct` for
+   * `partial_rotary_factor`.
+   */
+  readonly legacyKeys?: Readonly<Record<string, readonly string[]>>;
   readonly defaults?: FamilyDefaults;
   /** family-specific switches on top of the common fields parsed by config.ts */
   spec(raw: HfConfig, common: CommonFields): ModelSpec;

@@ -147,8 +147,9 @@ export function buildCosSinTable(rope: RopeSpec, maxPositions: number): Float32A
 }
 
 /**
- * ALiBi slopes, one per head (BLOOM's `build_alibi_tensor`; MPT's `gen_slopes` with
- * alibi_bias_max = 8 gives the same values). For a non-power-of-2 head count the first
+ * ALiBi slopes, one per head (BLOOM's `build_alibi_tensor`; MPT's `build_mpt_alibi_tensor`
+ * gives the same values: its odd-then-even reordering of the next power of two's slopes
+ * is this series). For a non-power-of-2 head count the first
  * 2^floor(log2 n) heads get the geometric series and the rest take every other slope of
  * the series for twice as many heads.
  */
@@ -161,3 +162,4 @@ export function alibiSlopes(numHeads: number, maxBias = 8): Float32Array {
   for (let i = closest; i < numHeads; i++) slopes[i] = extraBase ** (2 * (i - closest) + 1);
   return slopes;
 }
+

@@ -34,6 +34,20 @@ export interface RopeSpec {
 export type NormType = 'rms' | 'layer';
 export type Activation = 'silu' | 'gelu' | 'gelu_tanh' | 'relu';
 export type Positional = 'rope' | 'learned' | 'alibi' | 'none';
+/**
+ * Where a layer's norms sit. 'pre': x += block(norm(x)), and a final norm before the LM head
+ * (almost every model). 'post': x = norm(x + block(x)), no final norm (OPT with
+ * `do_layer_norm_before: false`, e.g. OPT-350m).
+ */
+export type NormPlacement = 'pre' | 'post';
+
+/** Mixture of experts in place of the MLP: a router picks `topK` of `numExperts` SiLU-gated experts. */
+export interface MoeSpec {
+  readonly numExperts: number;
+  readonly topK: number;
+  /** rescale the chosen experts' softmax weights to sum to 1 (Mixtral) */
+  readonly renormalize: boolean;
+}
 
 export interface ModelSpec {
   /** the HF `architectures[0]`, e.g. "LlamaForCausalLM" */
@@ -67,6 +81,24 @@ export interface ModelSpec {
   readonly finalLogitSoftcap: number | null;
   readonly attnLogitSoftcap: number | null;
 
+  /** see NormPlacement; 'post' implies no final norm */
+  readonly normPlacement: NormPlacement;
+  /** Gemma 2: the attention and MLP outputs are normed again before their residual add */
+  readonly sandwichNorms: boolean;
+  /** LayerNorm on the (scaled) embeddings before layer 0 (BLOOM's word_embeddings_layernorm) */
+  readonly embeddingNorm: boolean;
+  /** width of the token embeddings; != hiddenSize means project_in / project_out around the layers (OPT) */
+  readonly wordEmbedDim: number;
+  /** ALiBi slope per head, already multiplied into the score scale the model uses (null without ALiBi) */
+  readonly alibiSlopes: readonly number[] | null;
+  /** clamp q|k|v to [-clipQkv, clipQkv] after the projection (MPT `clip_qkv`) */
+  readonly clipQkv: number | null;
+  /** RMSNorm over each head of q and k before RoPE (Qwen3 q_norm / k_norm) */
+  readonly qkNorm: boolean;
+  /** which layers use `slidingWindow` (Gemma 2 alternates); null = every layer */
+  readonly slidingLayers: readonly boolean[] | null;
+  readonly moe: MoeSpec | null;
+
   readonly bosTokenId: number | null;
   readonly eosTokenIds: readonly number[];
   readonly padTokenId: number | null;
@@ -75,7 +107,19 @@ export interface ModelSpec {
 }
 
 /** Canonical per-model weight names the decoder reads (HF submodule names, `model.` prefix dropped). */
-export type GlobalWeight = 'embed_tokens.weight' | 'embed_positions.weight' | 'norm.weight' | 'norm.bias' | 'lm_head.weight' | 'lm_head.bias';
+export type GlobalWeight =
+  | 'embed_tokens.weight'
+  | 'embed_positions.weight'
+  /** BLOOM's word_embeddings_layernorm */
+  | 'embed_layernorm.weight'
+  | 'embed_layernorm.bias'
+  /** OPT's project_in [hidden, wordEmbedDim] / project_out [wordEmbedDim, hidden] */
+  | 'project_in.weight'
+  | 'project_out.weight'
+  | 'norm.weight'
+  | 'norm.bias'
+  | 'lm_head.weight'
+  | 'lm_head.bias';
 export type LayerWeight =
   | 'input_layernorm.weight'
   | 'input_layernorm.bias'
@@ -90,15 +134,58 @@ export type LayerWeight =
   | 'mlp.up_proj.weight'
   | 'mlp.up_proj.bias'
   | 'mlp.down_proj.weight'
-  | 'mlp.down_proj.bias';
+  | 'mlp.down_proj.bias'
+  /** Qwen3: RMSNorm weights [headDim] applied to every q / k head */
+  | 'self_attn.q_norm.weight'
+  | 'self_attn.k_norm.weight'
+  /** Gemma 2 sandwich norms: HF post_attention_layernorm / post_feedforward_layernorm */
+  | 'attn_output_layernorm.weight'
+  | 'mlp_output_layernorm.weight'
+  /** MoE router [numExperts, hidden]; the experts are mlp.gate_up_proj [E, 2I, H] and mlp.down_proj [E, H, I] */
+  | 'mlp.router.weight';
 
 /**
- * Where each canonical weight lives in the HF checkpoint. A list means "concatenate
- * these tensors along dim 0" (packed q|k|v, gate|up). `{i}` is the layer index.
- * Entries that a spec does not use (biases it lacks) are ignored; an optional
- * entry (`optional`) may be absent from the checkpoint.
+ * A load-time reshaping of a checkpoint tensor, applied to its raw bytes whatever the dtype
+ * (so F32/F16/BF16 alike, and before any backend upload).
+ */
+export type WeightTransform =
+  /** [a, b] -> [b, a]: GPT-2's Conv1D stores linear weights [in, out] */
+  | { readonly kind: 'transpose' }
+  /**
+   * dim 0 read as `order.length` blocks of `blockRows` rows; output block k is input block
+   * order[k]. Fused QKV stored per head ([numHeads, 3, headDim] rows) becomes q | k | v.
+   */
+  | { readonly kind: 'permuteBlocks'; readonly blockRows: number; readonly order: readonly number[] }
+  /** drop the first `start` rows (OPT's learned positions begin at row 2) */
+  | { readonly kind: 'sliceRows'; readonly start: number }
+  /** same bytes, another shape (per-expert tensors concatenated into [numExperts, ...]) */
+  | { readonly kind: 'reshape'; readonly shape: readonly number[] };
+
+/** A weight read with transforms, or from another layout when the first is absent. */
+export interface WeightSource {
+  /** one tensor, or several concatenated along dim 0 */
+  readonly names: string | readonly string[];
+  /** applied in order to the (concatenated) tensor */
+  readonly transforms?: readonly WeightTransform[];
+  /** where to look when `names` are not in the checkpoint (e.g. transformers 5 fused experts) */
+  readonly fallback?: WeightEntry;
+}
+
+/** A tensor name, names to concatenate along dim 0 (packed q|k|v, gate|up), or a WeightSource. */
+export type WeightEntry = string | readonly string[] | WeightSource;
+
+/**
+ * Where each canonical weight lives in the HF checkpoint. `{i}` is the layer index.
+ * Entries that a spec does not use (biases it lacks) are ignored; optional weights
+ * (LayerNorm biases) may be absent from the checkpoint.
  */
 export interface WeightMap {
-  readonly global: Partial<Record<GlobalWeight, string | readonly string[]>>;
-  readonly layer: Partial<Record<LayerWeight, string | readonly string[]>>;
+  readonly global: Partial<Record<GlobalWeight, WeightEntry>>;
+  readonly layer: Partial<Record<LayerWeight, WeightEntry>>;
+  /**
+   * The base model's prefix in the names above (`model`, `transformer`, `gpt_neox`). A name
+   * missing from the checkpoint is also looked up without it: checkpoints saved from the base
+   * model class (GPT-2, BLOOM, OPT on the Hub) lack it.
+   */
+  readonly basePrefix?: string;
 }

@@ -4,13 +4,15 @@
  * ops run synchronously, so `synchronize` and the downloads resolve at once.
  */
 import type {
-  AttentionMetadata, AttentionParams, Backend, DType, GeluApprox, LayerKvCache, RopeParams, StorageDType, Tensor,
+  AttentionMetadata, AttentionParams, Backend, DType, GeluApprox, LayerKvCache, QkNormParams, RopeParams, StorageDType, Tensor,
 } from '../backend.js';
 import { storageBytesPerElement, toFloat32 } from '../../weights/dtype.js';
 import { asCpu, checkShape, CpuTensor, f32Of, i32Of, internal } from './cpu-tensor.js';
 import * as act from './ops/activations.js';
 import * as attn from './ops/attention.js';
+import * as elementwise from './ops/elementwise.js';
 import * as gemm from './ops/gemm.js';
+import * as moe from './ops/moe.js';
 import * as norm from './ops/norm.js';
 import * as rope from './ops/rope.js';
 import * as rows from './ops/rows.js';
@@ -138,6 +140,30 @@ export class CpuBackend implements Backend {
 
   copy(out: Tensor, x: Tensor, numTokens: number): void {
     rows.copy(out, x, numTokens);
+  }
+
+  scale(out: Tensor, x: Tensor, factor: number, numTokens: number): void {
+    elementwise.scale(out, x, factor, numTokens);
+  }
+
+  softcap(out: Tensor, x: Tensor, cap: number, numTokens: number): void {
+    elementwise.softcap(out, x, cap, numTokens);
+  }
+
+  clamp(out: Tensor, x: Tensor, min: number, max: number, numTokens: number): void {
+    elementwise.clamp(out, x, min, max, numTokens);
+  }
+
+  qkRmsNorm(qkv: Tensor, qWeight: Tensor, kWeight: Tensor, eps: number, numTokens: number, p: QkNormParams): void {
+    norm.qkRmsNorm(qkv, qWeight, kWeight, eps, numTokens, p);
+  }
+
+  moeRoute(topkIds: Tensor, topkWeights: Tensor, routerLogits: Tensor, numTokens: number, topK: number, renormalize: boolean): void {
+    moe.moeRoute(topkIds, topkWeights, routerLogits, numTokens, topK, renormalize);
+  }
+
+  moeExperts(out: Tensor, x: Tensor, gateUp: Tensor, down: Tensor, topkIds: Tensor, topkWeights: Tensor, numTokens: number): void {
+    moe.moeExperts(out, x, gateUp, down, topkIds, topkWeights, numTokens);
   }
 }
 

@@ -11,6 +11,11 @@ export function configInvalid(field: string, message: string): PeregrineError {
   return new PeregrineError('PGN_ERR_CONFIG_INVALID', `config.json: ${message}`, { field });
 }
 
+/** A config value Peregrine reads but does not implement: PGN_ERR_UNSUPPORTED_FEATURE naming the key. */
+export function unsupported(field: string, message: string): PeregrineError {
+  return new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `config.json: ${message}`, { field });
+}
+
 function describe(v: unknown): string {
   return v === undefined ? 'missing' : `got ${JSON.stringify(v)}`;
 }

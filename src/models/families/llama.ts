@@ -6,43 +6,20 @@
 import type { ModelSpec, WeightMap } from '../spec.js';
 import type { CommonFields } from '../config.js';
 import type { ModelFamily } from '../registry.js';
-import { configInvalid, optionalBool, optionalNumber, parseActivation, type HfConfig } from './fields.js';
+import { optionalBool, optionalNumber, parseActivation, type HfConfig } from './fields.js';
+import { baseSpec, requireIntermediate } from './base.js';
 
 const LLAMA_RMS_NORM_EPS = 1e-6;
 
 /** A pre-norm RMSNorm decoder with a gated SiLU MLP and RoPE, no biases: Llama's switches. */
 export function llamaSpec(raw: HfConfig, c: CommonFields): ModelSpec {
-  if (c.intermediateSize === null) throw configInvalid('intermediate_size', '"intermediate_size" must be a positive integer (missing)');
   const attentionBias = optionalBool(raw, 'attention_bias') ?? false;
   const mlpBias = optionalBool(raw, 'mlp_bias') ?? false;
   return {
-    architecture: c.architecture,
-    family: c.family,
-    vocabSize: c.vocabSize,
-    hiddenSize: c.hiddenSize,
-    numLayers: c.numLayers,
-    numHeads: c.numHeads,
-    numKvHeads: c.numKvHeads,
-    headDim: c.headDim,
-    intermediateSize: c.intermediateSize,
-    maxPositionEmbeddings: c.maxPositionEmbeddings,
+    ...baseSpec(c, requireIntermediate(c)),
     norm: { type: 'rms', eps: optionalNumber(raw, 'rms_norm_eps') ?? LLAMA_RMS_NORM_EPS, weightOffset: 0 },
     activation: parseActivation(raw, 'hidden_act', 'silu'),
-    gatedMlp: true,
     bias: { qkv: attentionBias, o: attentionBias, mlp: mlpBias, lmHead: false },
-    positional: 'rope',
-    rope: c.rope,
-    tieWordEmbeddings: c.tieWordEmbeddings,
-    parallelResidual: false,
-    slidingWindow: null,
-    attentionScale: 1 / Math.sqrt(c.headDim),
-    embeddingScale: 1,
-    finalLogitSoftcap: null,
-    attnLogitSoftcap: null,
-    bosTokenId: c.bosTokenId,
-    eosTokenIds: c.eosTokenIds,
-    padTokenId: c.padTokenId,
-    torchDtype: c.torchDtype,
   };
 }
 

@@ -16,7 +16,7 @@ const QWEN2_DEFAULT_MAX_WINDOW_LAYERS = 28;
  * `layer_types` marks "sliding_attention" (default: layers >= `max_window_layers`).
  * The spec has one window for all layers, so a mix of sliding and full layers is refused.
  */
-function qwen2SlidingWindow(raw: HfConfig, numLayers: number): number | null {
+export function qwen2SlidingWindow(raw: HfConfig, numLayers: number): number | null {
   if (!(optionalBool(raw, 'use_sliding_window') ?? false)) return null;
   const window = 'sliding_window' in raw ? optionalPositiveInt(raw, 'sliding_window') ?? null : QWEN2_DEFAULT_SLIDING_WINDOW;
   if (window === null) return null;

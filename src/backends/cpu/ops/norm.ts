@@ -3,7 +3,7 @@
  * add: residual += x (in place), then out = norm(residual). `out` may alias `x`.
  * Statistics are accumulated in f64.
  */
-import type { Tensor } from '../../backend.js';
+import type { QkNormParams, Tensor } from '../../backend.js';
 import { f32Of, requireCount, requireLength, requireRows } from '../cpu-tensor.js';
 
 interface NormRows {
@@ -58,5 +58,31 @@ export function layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor |
     }
     const inv = 1 / Math.sqrt(sumSq / H + eps);
     for (let i = 0; i < H; i++) od[o + i] = (src[o + i] - mean) * inv * wd[i] + (bd ? bd[i] : 0);
+  }
+}
+
+/** In place: RMSNorm over each q and k head of the qkv rows (v untouched); see Backend.qkRmsNorm. */
+export function qkRmsNorm(qkv: Tensor, qWeight: Tensor, kWeight: Tensor, eps: number, numTokens: number, p: QkNormParams): void {
+  const op = 'qkRmsNorm';
+  requireCount(numTokens, op, 'numTokens');
+  const { numHeads, numKvHeads, headDim } = p;
+  const offset = p.weightOffset ?? 0;
+  const rowWidth = (numHeads + 2 * numKvHeads) * headDim;
+  const d = f32Of(qkv, op, 'qkv');
+  requireRows(qkv, d, numTokens, rowWidth, op, 'qkv');
+  const qw = f32Of(qWeight, op, 'qWeight');
+  const kw = f32Of(kWeight, op, 'kWeight');
+  requireLength(qWeight, qw, headDim, op, 'qWeight');
+  requireLength(kWeight, kw, headDim, op, 'kWeight');
+  const normHead = (o: number, w: Float32Array): void => {
+    let sumSq = 0;
+    for (let i = 0; i < headDim; i++) sumSq += d[o + i] * d[o + i];
+    const inv = 1 / Math.sqrt(sumSq / headDim + eps);
+    for (let i = 0; i < headDim; i++) d[o + i] = d[o + i] * inv * (w[i] + offset);
+  };
+  for (let t = 0; t < numTokens; t++) {
+    const row = t * rowWidth;
+    for (let h = 0; h < numHeads; h++) normHead(row + h * headDim, qw);
+    for (let h = 0; h < numKvHeads; h++) normHead(row + (numHeads + h) * headDim, kw);
   }
 }
