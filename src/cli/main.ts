@@ -7,8 +7,9 @@ const HELP = `peregrine <command> [options]
 Commands:
   generate   generate a completion for one prompt
   info       describe a checkpoint folder
-  start      the quick-start job (npm start): generate on the bundled model
+  start      the quick-start job (npm start): serve the bundled demo model
   serve      OpenAI-compatible HTTP server
+  build      quantize a checkpoint (fp8, int8, int4) into a new folder
   bench      benchmarks
 
 Run "peregrine <command> --help" for the options of a command.
@@ -22,6 +23,7 @@ const commands: Record<string, () => Promise<Command>> = {
   start: async () => (await import('./start.js')).runStart,
   bench: async () => (await import('./bench.js')).runBench,
   serve: async () => (await import('./serve.js')).runServe,
+  build: async () => (await import('./build.js')).runBuild,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -8,7 +8,7 @@
  * queries attending to its own paged KV history (prefill, chunked prefill and decode alike).
  * Work buffers are allocated once, sized for `maxNumTokens` / `maxNumSeqs`.
  */
-import type { AttentionMetadata, AttentionParams, Backend, DType, LayerKvCache, QkNormParams, RopeParams, Tensor } from '../backends/backend.js';
+import { isQuantizedWeight, type AttentionMetadata, type AttentionParams, type Backend, type DType, type LayerKvCache, type QkNormParams, type RopeParams, type Tensor } from '../backends/backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../weights/dtype.js';
 import { buildCosSinTable } from './rope.js';
 import type { ModelSpec } from './spec.js';
@@ -240,6 +240,7 @@ export class DecoderModel {
     if (s.moe && lw.router && this.routerLogits && this.topkIds && this.topkWeights) {
       b.linear(this.routerLogits, x, lw.router, null, T);
       b.moeRoute(this.topkIds, this.topkWeights, this.routerLogits, T, s.moe.topK, s.moe.renormalize);
+      if (isQuantizedWeight(lw.up) || isQuantizedWeight(lw.down)) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'quantized MoE experts are not supported yet');
       b.moeExperts(out, x, lw.up, lw.down, this.topkIds, this.topkWeights, T);
       return;
     }

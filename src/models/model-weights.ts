@@ -5,28 +5,33 @@
  * per-head fused QKV, ...) are applied to the raw bytes, and a name missing from the
  * checkpoint is tried without the base model prefix, then in the entry's fallback layout.
  */
-import type { Backend, Tensor } from '../backends/backend.js';
+import { isQuantizedWeight, type Backend, type QuantizedWeight, type Tensor } from '../backends/backend.js';
 import { PeregrineError } from '../errors.js';
 import type { Checkpoint } from '../weights/checkpoint.js';
 import type { RawTensor } from '../weights/safetensors.js';
 import type { GlobalWeight, LayerWeight, ModelSpec, WeightEntry, WeightMap, WeightSource, WeightTransform } from './spec.js';
 import { applyWeightTransforms } from './weight-transform.js';
+import { linearWeightExists, loadLinearWeight } from '../weights/quant/load.js';
+import type { QuantConfig } from '../weights/quant/index.js';
+
+/** A linear layer's weight: plain, or quantized (FP8 / INT8 / INT4) when the checkpoint stores it so. */
+export type LinearWeight = Tensor | QuantizedWeight;
 
 export interface LayerWeights {
   readonly inputNorm: Tensor;
   readonly inputNormBias: Tensor | null;
-  readonly qkv: Tensor;
+  readonly qkv: LinearWeight;
   readonly qkvBias: Tensor | null;
-  readonly o: Tensor;
+  readonly o: LinearWeight;
   readonly oBias: Tensor | null;
   /** the MLP's input norm; in parallel-residual families, absent when one norm feeds both blocks */
   readonly postNorm: Tensor | null;
   readonly postNormBias: Tensor | null;
-  /** gate|up when spec.gatedMlp, else the up projection; MoE: every expert's gate|up [E, 2I, H] */
-  readonly up: Tensor;
+  /** gate|up when spec.gatedMlp, else the up projection; MoE: every expert's gate|up [E, 2I, H] (never quantized) */
+  readonly up: LinearWeight;
   readonly upBias: Tensor | null;
-  /** MoE: every expert's down projection [E, H, I] */
-  readonly down: Tensor;
+  /** MoE: every expert's down projection [E, H, I] (never quantized) */
+  readonly down: LinearWeight;
   readonly downBias: Tensor | null;
   /** spec.qkNorm: RMSNorm weights [headDim] of the q and k heads */
   readonly qNorm?: Tensor | null;
@@ -51,7 +56,7 @@ export interface ModelWeights {
   readonly norm: Tensor | null;
   readonly normBias: Tensor | null;
   /** the embedding table itself when embeddings are tied */
-  readonly lmHead: Tensor;
+  readonly lmHead: LinearWeight;
   readonly lmHeadBias: Tensor | null;
   readonly layers: readonly LayerWeights[];
 }
@@ -65,17 +70,21 @@ interface Resolved {
   readonly transforms: readonly WeightTransform[];
 }
 
-/** Reads every weight the spec needs; a tensor missing from the checkpoint is PGN_ERR_WEIGHTS_MISSING_TENSOR. */
-export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightMap, backend: Backend, onProgress?: LoadProgress): ModelWeights {
+/**
+ * Reads every weight the spec needs; a tensor missing from the checkpoint is PGN_ERR_WEIGHTS_MISSING_TENSOR.
+ * @param quant the checkpoint's quantization (detectQuantizationInDir): its linear layers load as QuantizedWeights
+ */
+export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightMap, backend: Backend, onProgress?: LoadProgress, quant: QuantConfig | null = null): ModelWeights {
   const dtype = backend.activationDtype;
   const total = Object.keys(map.global).length + spec.numLayers * Object.keys(map.layer).length;
   let loaded = 0;
 
   /** the names as given, or without the base prefix when only that form is in the checkpoint */
+  const has = (n: string) => linearWeightExists(ckpt, n, quant);
   const present = (n: string): string | null => {
-    if (ckpt.has(n)) return n;
+    if (has(n)) return n;
     const p = map.basePrefix === undefined ? '' : `${map.basePrefix}.`;
-    return p && n.startsWith(p) && ckpt.has(n.slice(p.length)) ? n.slice(p.length) : null;
+    return p && n.startsWith(p) && has(n.slice(p.length)) ? n.slice(p.length) : null;
   };
   const resolve = (entry: WeightEntry, layer: number): Resolved | null => {
     const src = asSource(entry);
@@ -92,7 +101,7 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
     const raw = r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!);
     return applyWeightTransforms(raw, r.transforms);
   };
-  const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean): Tensor | null => {
+  const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean, linear = false): LinearWeight | null => {
     if (entry === undefined) {
       if (required) throw unmapped(key);
       return null;
@@ -102,12 +111,15 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
       if (required) ckpt.info(firstMissing(entry, layer)); // throws the checkpoint's missing-tensor error (file, near matches)
       return null;
     }
+    onProgress?.(loaded + 1, total);
+    loaded++;
+    if (linear && quant) return loadLinearWeight(ckpt, r.concat ? r.names : r.names[0]!, backend, quant, r.transforms);
     const raw = read(r);
-    onProgress?.(++loaded, total);
     return backend.fromBytes(raw.shape, raw.dtype, raw.bytes, dtype);
   };
-  const global = (key: GlobalWeight, required: boolean): Tensor | null => fetch(key, map.global[key], 0, required);
-  const layerW = (i: number, key: LayerWeight, required: boolean): Tensor | null => fetch(`layers.${i}.${key}`, map.layer[key], i, required);
+  const global = (key: GlobalWeight, required: boolean): Tensor | null => fetch(key, map.global[key], 0, required) as Tensor | null;
+  const layerW = (i: number, key: LayerWeight, required: boolean): Tensor | null => fetch(`layers.${i}.${key}`, map.layer[key], i, required) as Tensor | null;
+  const linearW = (i: number, key: LayerWeight): LinearWeight => fetch(`layers.${i}.${key}`, map.layer[key], i, true, true)!;
 
   const embedTokens = global('embed_tokens.weight', true)!;
   const lmHeadEntry = map.global['lm_head.weight'];
@@ -120,15 +132,15 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
     layers.push({
       inputNorm: layerW(i, 'input_layernorm.weight', true)!,
       inputNormBias: isLayerNorm ? layerW(i, 'input_layernorm.bias', false) : null,
-      qkv: layerW(i, 'self_attn.qkv_proj.weight', true)!,
+      qkv: linearW(i, 'self_attn.qkv_proj.weight'),
       qkvBias: spec.bias.qkv ? layerW(i, 'self_attn.qkv_proj.bias', true) : null,
-      o: layerW(i, 'self_attn.o_proj.weight', true)!,
+      o: linearW(i, 'self_attn.o_proj.weight'),
       oBias: spec.bias.o ? layerW(i, 'self_attn.o_proj.bias', true) : null,
       postNorm: layerW(i, 'post_attention_layernorm.weight', !spec.parallelResidual),
       postNormBias: isLayerNorm ? layerW(i, 'post_attention_layernorm.bias', false) : null,
-      up: layerW(i, gated ? 'mlp.gate_up_proj.weight' : 'mlp.up_proj.weight', true)!,
+      up: spec.moe ? layerW(i, 'mlp.gate_up_proj.weight', true)! : linearW(i, gated ? 'mlp.gate_up_proj.weight' : 'mlp.up_proj.weight'),
       upBias: mlpBias ? layerW(i, gated ? 'mlp.gate_up_proj.bias' : 'mlp.up_proj.bias', true) : null,
-      down: layerW(i, 'mlp.down_proj.weight', true)!,
+      down: spec.moe ? layerW(i, 'mlp.down_proj.weight', true)! : linearW(i, 'mlp.down_proj.weight'),
       downBias: mlpBias ? layerW(i, 'mlp.down_proj.bias', true) : null,
       qNorm: spec.qkNorm ? layerW(i, 'self_attn.q_norm.weight', true) : null,
       kNorm: spec.qkNorm ? layerW(i, 'self_attn.k_norm.weight', true) : null,
@@ -148,7 +160,7 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
     projectOut: projected ? global('project_out.weight', true) : null,
     norm: finalNorm ? global('norm.weight', true) : null,
     normBias: finalNorm && isLayerNorm ? global('norm.bias', false) : null,
-    lmHead: tied ? embedTokens : global('lm_head.weight', true)!,
+    lmHead: tied ? embedTokens : fetch('lm_head.weight', lmHeadEntry, 0, true, true)!,
     lmHeadBias: spec.bias.lmHead ? global('lm_head.bias', true) : null,
     layers,
   };
@@ -170,10 +182,16 @@ function unmapped(name: string): PeregrineError {
   return new PeregrineError('PGN_ERR_WEIGHTS_MISSING_TENSOR', `the weight map names no tensor for "${name}"`, { tensor: name });
 }
 
-/** Every tensor a ModelWeights holds, each once (tied heads are not freed twice). */
+/** Every tensor a ModelWeights holds, each once (tied heads are not freed twice; quantized weights give their parts). */
 export function allTensors(w: ModelWeights): Tensor[] {
-  const set = new Set<Tensor>([w.embedTokens, w.lmHead]);
-  for (const t of [w.embedPositions, w.embedNorm, w.embedNormBias, w.projectIn, w.projectOut, w.norm, w.normBias, w.lmHeadBias]) if (t) set.add(t);
-  for (const l of w.layers) for (const t of Object.values(l)) if (t) set.add(t as Tensor);
+  const set = new Set<Tensor>();
+  const add = (t: LinearWeight | null | undefined) => {
+    if (!t) return;
+    if (isQuantizedWeight(t)) {
+      for (const p of [t.qweight, t.scales, t.zeros, t.inputScale]) if (p) set.add(p);
+    } else set.add(t);
+  };
+  for (const t of [w.embedTokens, w.lmHead, w.embedPositions, w.embedNorm, w.embedNormBias, w.projectIn, w.projectOut, w.norm, w.normBias, w.lmHeadBias]) add(t);
+  for (const l of w.layers) for (const t of Object.values(l)) add(t as LinearWeight | null);
   return [...set];
 }

@@ -12,6 +12,8 @@ import * as act from './ops/activations.js';
 import * as attn from './ops/attention.js';
 import * as elementwise from './ops/elementwise.js';
 import * as gemm from './ops/gemm.js';
+import { quantLinear } from './ops/quant-linear.js';
+import { isQuantizedWeight, type QuantizedWeight } from '../backend.js';
 import * as moe from './ops/moe.js';
 import * as norm from './ops/norm.js';
 import * as rope from './ops/rope.js';
@@ -102,8 +104,9 @@ export class CpuBackend implements Backend {
     norm.layerNorm(out, x, weight, bias, eps, numTokens, residual);
   }
 
-  linear(out: Tensor, x: Tensor, w: Tensor, bias: Tensor | null, numTokens: number): void {
-    gemm.linear(out, x, w, bias, numTokens);
+  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): void {
+    if (isQuantizedWeight(w)) quantLinear(out, x, w, bias, numTokens);
+    else gemm.linear(out, x, w, bias, numTokens);
   }
 
   ropeWriteKv(qkv: Tensor, positions: Tensor, cosSin: Tensor | null, cache: LayerKvCache, slotMapping: Tensor, numTokens: number, p: RopeParams): void {
