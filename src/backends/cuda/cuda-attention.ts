@@ -1,0 +1,128 @@
+/**
+ * Paged attention dispatch. Pure decode steps (one query per sequence) go to the
+ * flash-decoding kernel, split along the keys when the batch alone would not fill the
+ * GPU; everything else (prefill, chunked prefill, mixed batches) to the tiled tensor-core
+ * prefill kernel. Head sizes without tuned kernels (tiny test models, 40, 112, ...) take a
+ * simple generic kernel. All read K/V only from the paged cache.
+ *
+ * The number of splits depends only on host-side numbers (batch shape and
+ * meta.maxSeqlenK), so a captured decode graph keeps its grid; the kernel cuts each
+ * sequence's own keys into that many ranges, so any context length stays correct. When a
+ * graph is captured, pass the largest maxSeqlenK it will serve, so that the split count
+ * suits long contexts.
+ */
+import { PeregrineError } from '../../errors.js';
+import { bytesPerElement, type AttentionMetadata, type AttentionParams, type LayerKvCache, type Tensor } from '../backend.js';
+import type { DevicePtr } from './driver.js';
+import type { OpContext } from './cuda-ops.js';
+import { floatTensor, i32Tensor, invalid, requireLength, requireRows, sameDtype } from './op-checks.js';
+
+/** head sizes with tuned kernels (tensor-core prefill, split decode) */
+export const HEAD_DIMS = [64, 80, 96, 128, 256] as const;
+/** other head sizes up to this run on the simple generic kernel */
+export const MAX_GENERIC_HEAD_DIM = 256;
+const GENERIC_THREADS = 128;
+/** keep in step with PGN_PREFILL_BN in kernels/attention_prefill.cu; a block of W warps serves 16 W query rows */
+const prefillBn = (headDim: number): number => (headDim <= 128 ? 64 : 32);
+/** prompts at least this long use 8-warp prefill blocks (fewer, larger tiles) */
+const PREFILL_WIDE_MIN_QUERIES = 512;
+/** PEREGRINE_PREFILL_WARPS=4|8 pins the prefill block size (benchmarks) */
+const PREFILL_WARPS_OVERRIDE = Number(process.env.PEREGRINE_PREFILL_WARPS ?? 0);
+const DECODE_THREADS = 128;
+const HEADS_PER_BLOCK = [1, 2, 4, 8] as const;
+/** keep in step with PGN_DECODE_MAX_SPLITS in kernels/attention_decode.cu (the combine's block holds one thread a split) */
+const MAX_SPLITS = 128;
+/** fewer keys than this per split cost more in the combine than they save */
+const MIN_KEYS_PER_SPLIT = 64;
+/** decode blocks an SM holds: keep in step with PGN_DECODE_MIN_BLOCKS in kernels/attention_decode.cu */
+const decodeBlocksPerSm = (hpb: number): number => (hpb <= 4 ? 4 : 3);
+
+/** Device scratch for split decode: partial accumulators and (max, sum) pairs. */
+export interface AttentionWorkspace {
+  readonly ptr: DevicePtr;
+  readonly sizeBytes: number;
+}
+
+export function prefillWarps(maxSeqlenQ: number): 4 | 8 {
+  if (PREFILL_WARPS_OVERRIDE === 4 || PREFILL_WARPS_OVERRIDE === 8) return PREFILL_WARPS_OVERRIDE;
+  return maxSeqlenQ >= PREFILL_WIDE_MIN_QUERIES ? 8 : 4;
+}
+
+export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number): number {
+  return (16 * warps + 2 * prefillBn(headDim)) * (headDim + 8) * elemBytes;
+}
+
+/** The decode launch shape: heads per block, head groups per KV head, and key splits. */
+export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number) {
+  const group = numHeads / numKvHeads;
+  const hpb = HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
+  const headGroups = Math.ceil(group / hpb);
+  const baseBlocks = numSeqs * numKvHeads * headGroups;
+  const keys = window > 0 ? Math.min(maxSeqlenK, window) : maxSeqlenK;
+  let numSplits = Math.min(Math.ceil((decodeBlocksPerSm(hpb) * numSMs) / baseBlocks), Math.ceil(keys / MIN_KEYS_PER_SPLIT), MAX_SPLITS);
+  const bytesPerSplit = numSeqs * numHeads * (headDim + 2) * 4;
+  numSplits = Math.max(1, Math.min(numSplits, Math.floor((workspaceBytes - 256) / bytesPerSplit)));
+  return { hpb, headGroups, numSplits, partialOBytes: numSeqs * numHeads * numSplits * headDim * 4 };
+}
+
+export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, qkvT: Tensor, cache: LayerKvCache, meta: AttentionMetadata, p: AttentionParams): void {
+  const op = 'attention';
+  const { numHeads, numKvHeads, headDim, blockSize, scale } = p;
+  if (numKvHeads <= 0 || numHeads % numKvHeads !== 0) throw invalid(op, `numHeads ${numHeads} is not a multiple of numKvHeads ${numKvHeads}`, { numHeads, numKvHeads });
+  const tuned = (HEAD_DIMS as readonly number[]).includes(headDim);
+  if (!tuned && !(Number.isInteger(headDim) && headDim > 0 && headDim <= MAX_GENERIC_HEAD_DIM)) {
+    throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `the CUDA attention kernels support head sizes up to ${MAX_GENERIC_HEAD_DIM} (tuned: ${HEAD_DIMS.join(', ')}), not ${headDim}`, { headDim });
+  }
+  if (!(blockSize > 0)) throw invalid(op, `blockSize must be positive, got ${blockSize}`, { blockSize });
+  const { numSeqs, numTokens, maxBlocksPerSeq } = meta;
+  const qkv = floatTensor(qkvT, op, 'qkv', ['bf16', 'f16']);
+  const out = floatTensor(outT, op, 'out');
+  const k = floatTensor(cache.k, op, 'cache.k');
+  const v = floatTensor(cache.v, op, 'cache.v');
+  sameDtype(op, qkv, [out, 'out'], [k, 'cache.k'], [v, 'cache.v']);
+  const kvWidth = numKvHeads * headDim;
+  requireRows(qkv, numTokens, (numHeads + 2 * numKvHeads) * headDim, op, 'qkv');
+  requireRows(out, numTokens, numHeads * headDim, op, 'out');
+  requireRows(k, 0, kvWidth, op, 'cache.k');
+  requireRows(v, 0, kvWidth, op, 'cache.v');
+  const cuQ = i32Tensor(meta.cuSeqlensQ, op, 'cuSeqlensQ', numSeqs + 1);
+  const ctxLens = i32Tensor(meta.contextLens, op, 'contextLens', numSeqs);
+  const tables = i32Tensor(meta.blockTables, op, 'blockTables', numSeqs * maxBlocksPerSeq);
+  const slopes = p.alibiSlopes ? floatTensor(p.alibiSlopes, op, 'alibiSlopes', ['f32']) : null;
+  if (slopes) requireLength(slopes, numHeads, op, 'alibiSlopes');
+  const window = p.slidingWindow ?? 0;
+  if (p.slidingWindow != null && !(window > 0)) throw invalid(op, `slidingWindow must be positive, got ${window}`, { window });
+  const softcap = p.logitSoftcap ?? 0;
+  if (p.logitSoftcap != null && !(softcap > 0)) throw invalid(op, `logitSoftcap must be positive, got ${softcap}`, { softcap });
+  if (numSeqs === 0 || numTokens === 0) return;
+  if (!tuned) {
+    const dk = [1, 2, 4, 8].find((k) => 32 * k >= headDim)!;
+    ctx.kernels.get('attn_generic', `${qkv.dtype}_k${dk}`).launch([numTokens, numHeads], GENERIC_THREADS, 0, ctx.stream, [
+      out.ptr, qkv.ptr, k.ptr, v.ptr, cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null,
+      numSeqs, numHeads, numKvHeads, headDim, maxBlocksPerSeq, blockSize, scale, window, softcap,
+    ]);
+    return;
+  }
+  const common = [cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
+
+  if (meta.isDecode) {
+    const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes);
+    const partialO = ws.ptr;
+    const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
+    ctx.kernels.get('attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
+      [plan.numSplits, numKvHeads * plan.headGroups, numSeqs], DECODE_THREADS, 0, ctx.stream,
+      [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits],
+    );
+    if (plan.numSplits > 1) {
+      const threads = Math.max(headDim, Math.ceil(plan.numSplits / 32) * 32);
+      ctx.kernels.get('attn_decode_combine', qkv.dtype).launch([numHeads, numSeqs], threads, 0, ctx.stream, [out.ptr, partialO, partialML, cuQ.ptr, numHeads, headDim, plan.numSplits]);
+    }
+    return;
+  }
+  const warps = prefillWarps(meta.maxSeqlenQ);
+  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps);
+  ctx.kernels.get('attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}`).launch(
+    [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs], 32 * warps, shared, ctx.stream,
+    [out.ptr, qkv.ptr, k.ptr, v.ptr, ...common],
+  );
+}

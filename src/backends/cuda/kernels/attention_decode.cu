@@ -1,0 +1,249 @@
+// Paged attention for decode (one query per sequence), split along the keys
+// (flash-decoding) so that long contexts fill the GPU even at batch 1.
+//
+// Grid (numSplits, numKvHeads * headGroups, numSeqs), 128 threads. A block serves up to HPB
+// query heads that share one KV head (GQA/MQA), so each K/V row is read once for all of them.
+// A key is handled by LPK lanes, each holding one 16-byte chunk of the row (8 elements);
+// every key group keeps its own online softmax, merged across the block at the end.
+// Sequence s's keys [kvBegin, kvLen) (kvBegin > 0 with a sliding window) are cut into
+// numSplits equal ranges; numSplits is fixed by the launch (so a captured graph replays
+// for any context length) and ranges are computed from each sequence's own length.
+// numSplits == 1 writes `out` directly; otherwise each split writes its unnormalised
+// accumulator to partialO [numSeqs, numHeads, numSplits, D] and (max, sum) in the log2
+// domain to partialML [.., 2], and attn_decode_combine finishes.
+#include "common.cuh"
+
+#define PGN_DECODE_WARPS 4
+#define PGN_DECODE_UNROLL 4
+// blocks an SM holds (register cap; ptxas needs no more than this anyway); keep in step with
+// decodeBlocksPerSm in cuda-attention.ts. Register double-buffering of the next keys' K/V was
+// tried (2026-11-27, H100): it needed ~165 registers (3 blocks an SM) and ran 10-40% slower.
+#define PGN_DECODE_MIN_BLOCKS(HPB) ((HPB) <= 4 ? 4 : 3)
+
+template <typename T, int D, int HPB>
+__device__ void attn_decode(T* out, float* partialO, float* partialML, const T* qkv, const T* kCache, const T* vCache,
+                            const int* cuSeqlensQ, const int* contextLens, const int* blockTables,
+                            const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize,
+                            float scale, int window, float softcap, int numSplits) {
+  constexpr int CHUNKS = D / 8;
+  constexpr int LPK = CHUNKS <= 8 ? 8 : (CHUNKS <= 16 ? 16 : 32);  // lanes per key
+  constexpr int KPW = 32 / LPK;                                    // keys per warp
+  constexpr int NW = PGN_DECODE_WARPS, SLOTS = NW * KPW, U = HPB >= 8 ? 2 : PGN_DECODE_UNROLL;
+  __shared__ __align__(16) float sq[HPB][D];
+  __shared__ float sm[NW][HPB], sl[NW][HPB];
+  __shared__ __align__(16) float so[NW][HPB][D];
+
+  const int seq = blockIdx.z, split = blockIdx.x;
+  const int group = numHeads / numKvHeads, headGroups = (group + HPB - 1) / HPB;
+  const int kvHead = blockIdx.y / headGroups;
+  const int h0 = kvHead * group + (blockIdx.y - kvHead * headGroups) * HPB;
+  const int nh = min(HPB, (kvHead + 1) * group - h0);
+  const int qRow = cuSeqlensQ[seq];
+  const int kvLen = contextLens[seq];
+  const int pos = kvLen - 1;
+  const int kvBegin = window > 0 ? max(0, kvLen - window) : 0;
+  const int splitKeys = (kvLen - kvBegin + numSplits - 1) / numSplits;
+  const int jBegin = kvBegin + split * splitKeys, jEnd = min(jBegin + splitKeys, kvLen);
+  const int qStride = (numHeads + 2 * numKvHeads) * D, kvStride = numKvHeads * D;
+  const int* table = blockTables + (long long)seq * maxBlocksPerSeq;
+  const bool plain = softcap == 0.f && alibiSlopes == nullptr;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  {
+    const float qScale = plain ? scale * PGN_LOG2E : scale;
+    const T* q = qkv + (long long)qRow * qStride + h0 * D;
+    for (int i = tid; i < HPB * D; i += blockDim.x) sq[i / D][i % D] = i < nh * D ? to_f32(q[i]) * qScale : 0.f;
+  }
+  float slope[HPB];
+#pragma unroll
+  for (int h = 0; h < HPB; h++) slope[h] = alibiSlopes && h < nh ? alibiSlopes[h0 + h] : 0.f;
+  __syncthreads();
+
+  const int slot = warp * KPW + lane / LPK;
+  const int li = lane % LPK;
+  const bool active = li < CHUNKS;  // D = 80, 96 leave some lanes idle
+  const int c = active ? li * 8 : 0;
+  const long long colOffset = (long long)kvHead * D + c;
+
+  float m[HPB], l[HPB], acc[HPB][8];
+#pragma unroll
+  for (int h = 0; h < HPB; h++) {
+    m[h] = PGN_NEG_INF;
+    l[h] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[h][e] = 0.f;
+  }
+
+  for (int base = jBegin; base < jEnd; base += SLOTS * U) {
+    uint4 kr[U], vr[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = base + u * SLOTS + slot;
+      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      if (j < jEnd && active) {
+        const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
+        kr[u] = *reinterpret_cast<const uint4*>(kCache + row * kvStride + colOffset);
+        vr[u] = *reinterpret_cast<const uint4*>(vCache + row * kvStride + colOffset);
+      }
+    }
+    // scores of the U keys for every head (independent, so the reductions overlap)
+    float s[U][HPB];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const T* kh = reinterpret_cast<const T*>(&kr[u]);
+      float kf[8];
+#pragma unroll
+      for (int e = 0; e < 8; e++) kf[e] = to_f32(kh[e]);
+#pragma unroll
+      for (int h = 0; h < HPB; h++) {
+        const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
+        const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
+        s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+      }
+    }
+#pragma unroll
+    for (int o = 1; o < LPK; o <<= 1) {
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+#pragma unroll
+        for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = base + u * SLOTS + slot;
+#pragma unroll
+      for (int h = 0; h < HPB; h++) {
+        float x = s[u][h];
+        if (!plain) {
+          if (softcap > 0.f) x = softcap * tanhf(x / softcap);
+          x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
+        }
+        s[u][h] = j < jEnd ? x : PGN_NEG_INF;
+      }
+    }
+    // one online-softmax step for the U keys
+#pragma unroll
+    for (int h = 0; h < HPB; h++) {
+      float mNew = m[h];
+#pragma unroll
+      for (int u = 0; u < U; u++) mNew = fmaxf(mNew, s[u][h]);
+      const float mUse = mNew == PGN_NEG_INF ? 0.f : mNew;
+      const float alpha = fast_exp2(m[h] - mUse);
+      m[h] = mNew;
+      l[h] *= alpha;
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const float p = fast_exp2(s[u][h] - mUse);
+        l[h] += p;
+        const T* vh = reinterpret_cast<const T*>(&vr[u]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[h][e] += p * to_f32(vh[e]);
+      }
+    }
+  }
+
+  // merge the key groups of a warp (lanes with the same chunk differ in bits >= log2(LPK))
+#pragma unroll
+  for (int o = LPK; o < 32; o <<= 1) {
+#pragma unroll
+    for (int h = 0; h < HPB; h++) {
+      const float mO = __shfl_xor_sync(0xffffffffu, m[h], o), lO = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float mNew = fmaxf(m[h], mO);
+      const float mUse = mNew == PGN_NEG_INF ? 0.f : mNew;
+      const float a = exp2f(m[h] - mUse), b = exp2f(mO - mUse);
+      m[h] = mNew;
+      l[h] = l[h] * a + lO * b;
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * a + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * b;
+    }
+  }
+  if (lane < LPK && active) {
+#pragma unroll
+    for (int h = 0; h < HPB; h++) {
+      if (lane == 0) { sm[warp][h] = m[h]; sl[warp][h] = l[h]; }
+#pragma unroll
+      for (int e = 0; e < 8; e++) so[warp][h][c + e] = acc[h][e];
+    }
+  }
+  __syncthreads();
+
+  // merge the warps; one thread per (head, d)
+  for (int i = tid; i < nh * D; i += blockDim.x) {
+    const int h = i / D, d = i - h * D;
+    float M = PGN_NEG_INF;
+#pragma unroll
+    for (int w = 0; w < NW; w++) M = fmaxf(M, sm[w][h]);
+    const float mUse = M == PGN_NEG_INF ? 0.f : M;
+    float L = 0.f, A = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; w++) {
+      const float f = exp2f(sm[w][h] - mUse);
+      L += sl[w][h] * f;
+      A += so[w][h][d] * f;
+    }
+    const int head = h0 + h;
+    if (numSplits == 1) {
+      out[((long long)qRow * numHeads + head) * D + d] = from_f32<T>(L > 0.f ? A / L : 0.f);
+    } else {
+      const long long idx = ((long long)seq * numHeads + head) * numSplits + split;
+      partialO[idx * D + d] = A;
+      if (d == 0) { partialML[2 * idx] = M; partialML[2 * idx + 1] = L; }
+    }
+  }
+}
+
+// Grid (numHeads, numSeqs): out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i.
+// The split weights go to shared memory once; then a thread per d sums the splits.
+#define PGN_DECODE_MAX_SPLITS 128
+template <typename T>
+__device__ void attn_decode_combine(T* out, const float* partialO, const float* partialML, const int* cuSeqlensQ,
+                                    int numHeads, int D, int numSplits) {
+  __shared__ float weight[PGN_DECODE_MAX_SPLITS];
+  __shared__ float scratch[32];
+  const int head = blockIdx.x, seq = blockIdx.y;
+  const long long base = ((long long)seq * numHeads + head) * numSplits;
+  const int i = threadIdx.x;
+  const float mi = i < numSplits ? partialML[2 * (base + i)] : PGN_NEG_INF;
+  float M = warp_max(mi);
+  if ((i & 31) == 0) scratch[i >> 5] = M;
+  __syncthreads();
+  M = PGN_NEG_INF;
+  for (int w = 0; w < (blockDim.x + 31) / 32; w++) M = fmaxf(M, scratch[w]);
+  const float mUse = M == PGN_NEG_INF ? 0.f : M;
+  const float wi = i < numSplits ? fast_exp2(mi - mUse) : 0.f;
+  if (i < numSplits) weight[i] = wi;
+  const float L = block_sum(i < numSplits ? partialML[2 * (base + i) + 1] * wi : 0.f, scratch);
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  T* o = out + ((long long)cuSeqlensQ[seq] * numHeads + head) * D;
+  const float* p = partialO + base * D;
+  for (int d = i; d < D; d += blockDim.x) {
+    float A = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < numSplits; k++) A += p[(long long)k * D + d] * weight[k];
+    o[d] = from_f32<T>(A * inv);
+  }
+}
+
+#define PGN_DECODE(T, S, D, HPB)                                                                                 \
+  extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB)) attn_decode_##S##_d##D##_h##HPB(                          \
+      T* out, float* partialO, float* partialML, const T* qkv, const T* kCache, const T* vCache,                 \
+      const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
+      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
+      int numSplits) {                                                                                           \
+    attn_decode<T, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables,  \
+                           alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
+                           numSplits);                                                                           \
+  }
+#define PGN_DECODE_HPB(T, S, D) PGN_DECODE(T, S, D, 1) PGN_DECODE(T, S, D, 2) PGN_DECODE(T, S, D, 4) PGN_DECODE(T, S, D, 8)
+#define PGN_DECODE_ALL(T, S)                                                                                     \
+  PGN_DECODE_HPB(T, S, 64) PGN_DECODE_HPB(T, S, 80) PGN_DECODE_HPB(T, S, 96) PGN_DECODE_HPB(T, S, 128)          \
+  PGN_DECODE_HPB(T, S, 256)                                                                                      \
+  extern "C" __global__ void attn_decode_combine_##S(T* out, const float* partialO, const float* partialML,      \
+                                                     const int* cuSeqlensQ, int numHeads, int D, int numSplits) { \
+    attn_decode_combine<T>(out, partialO, partialML, cuSeqlensQ, numHeads, D, numSplits);                        \
+  }
+
+PGN_HALF_TYPES(PGN_DECODE_ALL)

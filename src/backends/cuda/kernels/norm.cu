@@ -1,0 +1,130 @@
+// RMSNorm and LayerNorm over rows of H, each with the fused residual add:
+//   hasResidual: residual = T(residual + x) (in place), then out = norm(residual)
+//   else:        out = norm(x)
+// One block per row; statistics in f32. `out` may alias `x` (each thread reads its
+// elements before it writes them). `vec` = 1 when H is a multiple of the pack size.
+#include "common.cuh"
+
+// Pass 1: the normalised source row (residual sum stored back when fused); returns it via `src`.
+template <typename T, bool Vec>
+__device__ __forceinline__ float residual_pass(const T* x, T* residual, int H, const T** src, bool wantSumSq) {
+  float acc = 0.f;
+  if (residual) {
+    *src = residual;
+    if (Vec) {
+      constexpr int N = Pack<T>::N;
+      for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+        Pack<T> a = load_pack(x + c), r = load_pack(residual + c);
+#pragma unroll
+        for (int e = 0; e < N; e++) r.set(e, a.get(e) + r.get(e));
+        store_pack(residual + c, r);
+#pragma unroll
+        for (int e = 0; e < N; e++) { const float v = r.get(e); acc += wantSumSq ? v * v : v; }
+      }
+    } else {
+      for (int c = threadIdx.x; c < H; c += blockDim.x) {
+        const T r = from_f32<T>(to_f32(x[c]) + to_f32(residual[c]));
+        residual[c] = r;
+        const float v = to_f32(r);
+        acc += wantSumSq ? v * v : v;
+      }
+    }
+  } else {
+    *src = x;
+    if (Vec) {
+      constexpr int N = Pack<T>::N;
+      for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+        Pack<T> a = load_pack(x + c);
+#pragma unroll
+        for (int e = 0; e < N; e++) { const float v = a.get(e); acc += wantSumSq ? v * v : v; }
+      }
+    } else {
+      for (int c = threadIdx.x; c < H; c += blockDim.x) { const float v = to_f32(x[c]); acc += wantSumSq ? v * v : v; }
+    }
+  }
+  return acc;
+}
+
+template <typename T, bool Vec>
+__device__ void rms_norm_row(T* out, const T* x, T* residual, const T* weight, float eps, float weightOffset, int H) {
+  __shared__ float scratch[32];
+  const T* src;
+  const float sumSq = block_sum(residual_pass<T, Vec>(x, residual, H, &src, true), scratch);
+  const float inv = rsqrtf(sumSq / H + eps);
+  if (Vec) {
+    constexpr int N = Pack<T>::N;
+    for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+      Pack<T> v = load_pack(src + c), w = load_pack(weight + c), r;
+#pragma unroll
+      for (int e = 0; e < N; e++) r.set(e, v.get(e) * inv * (w.get(e) + weightOffset));
+      store_pack(out + c, r);
+    }
+  } else {
+    for (int c = threadIdx.x; c < H; c += blockDim.x) out[c] = from_f32<T>(to_f32(src[c]) * inv * (to_f32(weight[c]) + weightOffset));
+  }
+}
+
+template <typename T, bool Vec>
+__device__ void layer_norm_row(T* out, const T* x, T* residual, const T* weight, const T* bias, float eps, int H) {
+  __shared__ float scratch[32];
+  const T* src;
+  const float mean = block_sum(residual_pass<T, Vec>(x, residual, H, &src, false), scratch) / H;
+  float acc = 0.f;
+  for (int c = threadIdx.x; c < H; c += blockDim.x) { const float d = to_f32(src[c]) - mean; acc += d * d; }
+  const float inv = rsqrtf(block_sum(acc, scratch) / H + eps);
+  if (Vec) {
+    constexpr int N = Pack<T>::N;
+    for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+      Pack<T> v = load_pack(src + c), w = load_pack(weight + c), r;
+      Pack<T> b;
+      if (bias) b = load_pack(bias + c);
+#pragma unroll
+      for (int e = 0; e < N; e++) r.set(e, (v.get(e) - mean) * inv * w.get(e) + (bias ? b.get(e) : 0.f));
+      store_pack(out + c, r);
+    }
+  } else {
+    for (int c = threadIdx.x; c < H; c += blockDim.x) {
+      const float b = bias ? to_f32(bias[c]) : 0.f;
+      out[c] = from_f32<T>((to_f32(src[c]) - mean) * inv * to_f32(weight[c]) + b);
+    }
+  }
+}
+
+#define PGN_NORM(T, S)                                                                                          \
+  extern "C" __global__ void rms_norm_##S(T* out, const T* x, T* residual, const T* weight, float eps,        \
+                                          float weightOffset, int H, int vec) {                                \
+    const long long r = blockIdx.x;                                                                             \
+    T* res = residual ? residual + r * H : nullptr;                                                             \
+    if (vec) rms_norm_row<T, true>(out + r * H, x + r * H, res, weight, eps, weightOffset, H);                  \
+    else rms_norm_row<T, false>(out + r * H, x + r * H, res, weight, eps, weightOffset, H);                     \
+  }                                                                                                             \
+  extern "C" __global__ void layer_norm_##S(T* out, const T* x, T* residual, const T* weight, const T* bias,  \
+                                            float eps, int H, int vec) {                                       \
+    const long long r = blockIdx.x;                                                                             \
+    T* res = residual ? residual + r * H : nullptr;                                                             \
+    if (vec) layer_norm_row<T, true>(out + r * H, x + r * H, res, weight, bias, eps, H);                        \
+    else layer_norm_row<T, false>(out + r * H, x + r * H, res, weight, bias, eps, H);                           \
+  }
+
+// qkRmsNorm: in place over each q and k head of qkv rows (Qwen3 q_norm / k_norm), v untouched.
+// Grid (numTokens, numHeads + numKvHeads), one warp per head.
+template <typename T>
+__device__ void qk_rms_norm(T* qkv, const T* qWeight, const T* kWeight, float eps, float weightOffset, int numHeads,
+                            int numKvHeads, int D) {
+  const int head = blockIdx.y;
+  T* x = qkv + (long long)blockIdx.x * (numHeads + 2 * numKvHeads) * D + head * D;
+  const T* w = head < numHeads ? qWeight : kWeight;
+  float sumSq = 0.f;
+  for (int d = threadIdx.x; d < D; d += 32) { const float v = to_f32(x[d]); sumSq += v * v; }
+  const float inv = rsqrtf(warp_sum(sumSq) / D + eps);
+  for (int d = threadIdx.x; d < D; d += 32) x[d] = from_f32<T>(to_f32(x[d]) * inv * (to_f32(w[d]) + weightOffset));
+}
+
+#define PGN_QK_NORM(T, S)                                                                                       \
+  extern "C" __global__ void qk_rms_norm_##S(T* qkv, const T* qWeight, const T* kWeight, float eps,            \
+                                             float weightOffset, int numHeads, int numKvHeads, int D) {        \
+    qk_rms_norm<T>(qkv, qWeight, kWeight, eps, weightOffset, numHeads, numKvHeads, D);                          \
+  }
+
+PGN_FLOAT_TYPES(PGN_NORM)
+PGN_FLOAT_TYPES(PGN_QK_NORM)

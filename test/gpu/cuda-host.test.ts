@@ -1,0 +1,103 @@
+/**
+ * The host-side pieces of the CUDA backend, which run without a GPU: the library finder
+ * and its error, dtype conversion for uploads and downloads, allocation rounding, the
+ * decode split plan, and availability checks that never throw.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isPeregrineError } from '../../src/errors.js';
+import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
+import { decodePlan, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
+import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
+import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
+import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
+
+const emptyEnv = (extra: Record<string, string>): NodeJS.ProcessEnv => ({ HOME: '/nonexistent', ...extra });
+
+test('findLibrary prefers PEREGRINE_CUDA_LIBS and the newest accepted major version', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pgn-libs-'));
+  writeFileSync(join(dir, 'libcublasLt.so.12'), '');
+  writeFileSync(join(dir, 'libcublasLt.so.13'), '');
+  const other = mkdtempSync(join(tmpdir(), 'pgn-libs-'));
+  writeFileSync(join(other, 'libcublasLt.so.13'), '');
+  assert.equal(findLibrary(CUBLASLT, emptyEnv({ PEREGRINE_CUDA_LIBS: dir, LD_LIBRARY_PATH: other })), join(dir, 'libcublasLt.so.13'));
+  assert.equal(findLibrary(CUBLASLT, emptyEnv({ PEREGRINE_CUDA_LIBS: '/nope', LD_LIBRARY_PATH: other })), join(other, 'libcublasLt.so.13'));
+});
+
+test('findLibrary searches python nvidia/*/lib folders of a virtualenv', () => {
+  const venv = mkdtempSync(join(tmpdir(), 'pgn-venv-'));
+  const lib = join(venv, 'lib', 'python3.12', 'site-packages', 'nvidia', 'cu13', 'lib');
+  mkdirSync(lib, { recursive: true });
+  writeFileSync(join(lib, 'libpgn-test-only.so.13'), '');
+  assert.ok(librarySearchDirs(emptyEnv({ VIRTUAL_ENV: venv })).includes(lib));
+  const spec = { stem: 'libpgn-test-only.so', versions: [13], what: 'a test library' };
+  assert.equal(findLibrary(spec, emptyEnv({ VIRTUAL_ENV: venv })), join(lib, 'libpgn-test-only.so.13'));
+});
+
+test('a missing library is PGN_ERR_LIBRARY_NOT_FOUND naming every folder searched', () => {
+  const env = emptyEnv({ PEREGRINE_CUDA_LIBS: '/pgn/custom/libs', LD_LIBRARY_PATH: '/pgn/ld/path' });
+  const spec = { stem: 'libpgn-not-a-library.so', versions: [13], what: 'a test library' };
+  assert.throws(() => findLibrary(spec, env), (e: unknown) => {
+    if (!isPeregrineError(e, 'PGN_ERR_LIBRARY_NOT_FOUND')) return false;
+    const searched = e.details.searched as string[];
+    return e.message.includes('libpgn-not-a-library.so') && e.message.includes('/pgn/custom/libs') && e.message.includes('/pgn/ld/path') &&
+      e.message.includes('/usr/local/cuda/lib64') && e.message.includes('PEREGRINE_CUDA_LIBS') && searched.includes('/pgn/ld/path');
+  });
+});
+
+test('uploads pass same-dtype bytes through and convert others straight to the target', () => {
+  const vals = Float32Array.from([1.5, -2.25, 3e-3, 65504, -0.0, 1 / 3]);
+  const f32Bytes = new Uint8Array(vals.buffer);
+  assert.equal(convertStorage('F32', f32Bytes, 'f32'), f32Bytes, 'no copy when source == target');
+  const bf = new Uint16Array(convertStorage('F32', f32Bytes, 'bf16').buffer);
+  assert.deepEqual([...bf], [...vals].map((v) => f32ToBf16(v)));
+  const bfBytes = new Uint8Array(bf.buffer);
+  assert.equal(convertStorage('BF16', bfBytes, 'bf16'), bfBytes);
+  const half = new Uint16Array(convertStorage('BF16', bfBytes, 'f16').buffer);
+  assert.deepEqual([...half], [...bf].map((b) => f32ToF16(bf16ToF32(b))));
+  // unaligned source bytes (safetensors data at an odd offset)
+  const shifted = new Uint8Array(f32Bytes.byteLength + 1);
+  shifted.set(f32Bytes, 1);
+  assert.deepEqual([...decodeToF32(convertStorage('F32', shifted.subarray(1), 'f32'), 'f32')], [...vals]);
+  assert.deepEqual([...decodeToF32(encodeF32(vals, 'f16'), 'f16')], [...vals].map((v) => f16ToF32(f32ToF16(v))));
+  assert.throws(() => convertStorage('F8_E4M3', new Uint8Array(4), 'bf16'), (e: unknown) => isPeregrineError(e, 'PGN_ERR_WEIGHTS_DTYPE') && /F8_E4M3/.test(e.message));
+  assert.throws(() => convertStorage('F32', new Uint8Array(6), 'f32'), (e: unknown) => isPeregrineError(e, 'PGN_ERR_WEIGHTS_SHAPE') && /6 bytes/.test(e.message));
+});
+
+test('allocation sizes round to 512 B below 1 MiB and to 2 MiB above', () => {
+  assert.equal(roundAllocSize(0), 512);
+  assert.equal(roundAllocSize(513), 1024);
+  assert.equal(roundAllocSize(1 << 20), 1 << 20);
+  assert.equal(roundAllocSize((1 << 20) + 1), 2 << 20);
+  assert.equal(roundAllocSize((5 << 20) + 3), 6 << 20);
+});
+
+test('decode splits fill the GPU at small batches and fit the workspace', () => {
+  const llama8b = (numSeqs: number, ctx: number) => decodePlan(numSeqs, 32, 8, 128, ctx, 0, 132, 32 << 20);
+  const b1 = llama8b(1, 8192);
+  assert.equal(b1.hpb, 4);
+  assert.equal(b1.headGroups, 1);
+  assert.ok(b1.numSplits >= 32 && b1.numSplits <= 128, `batch 1 splits ${b1.numSplits}`);
+  assert.equal(llama8b(256, 8192).numSplits, 1, 'a large batch fills the GPU unsplit');
+  assert.equal(llama8b(1, 60).numSplits, 1, 'short contexts are not split');
+  assert.equal(llama8b(1, 1024).numSplits, 16, 'at least 64 keys a split');
+  const mqa = decodePlan(1, 12, 1, 64, 4096, 0, 132, 32 << 20);
+  assert.deepEqual([mqa.hpb, mqa.headGroups], [8, 2]);
+  const tight = decodePlan(64, 32, 8, 128, 32768, 0, 132, 2 << 20);
+  assert.ok(tight.partialOBytes + 64 * 32 * tight.numSplits * 8 <= 2 << 20, 'partials fit the workspace');
+  assert.equal(prefillSharedBytes(128, 2, 4), (64 + 128) * 136 * 2);
+  assert.equal(prefillSharedBytes(256, 2, 8), (128 + 64) * 264 * 2);
+});
+
+test('isAvailable answers without throwing; create fails with a typed error when it is false', () => {
+  const ok = CudaBackend.isAvailable();
+  assert.equal(typeof ok, 'boolean');
+  if (!ok) {
+    assert.equal(typeof CudaBackend.unavailableReason(), 'string');
+    assert.throws(() => CudaBackend.create(), (e: unknown) => isPeregrineError(e, 'PGN_ERR_DEVICE_UNAVAILABLE') && /CUDA is not available/.test(e.message));
+  }
+});
