@@ -11,6 +11,10 @@ import { sampleRow, type SampleResult, type SequenceSamplingState } from '../sam
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool } from './kv-cache.js';
+import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
+
+/** smallest context-length bucket of the decode graphs */
+const MIN_GRAPH_CONTEXT = 512;
 
 export interface RunnerConfig {
   readonly numBlocks: number;
@@ -21,6 +25,8 @@ export interface RunnerConfig {
   readonly maxNumSeqs: number;
   /** rows of logits one forward may return (default maxNumSeqs; raise it for all-position logits) */
   readonly maxNumLogits?: number;
+  /** replay decode steps as CUDA graphs where the backend can (default true; env PEREGRINE_CUDA_GRAPHS=0 turns them off) */
+  readonly enableCudaGraphs?: boolean;
 }
 
 export interface RunnerSeq extends BatchSeq {
@@ -39,6 +45,10 @@ export class ModelRunner {
   private readonly inputs: DeviceInputs & { meta: { cuSeqlensQ: Tensor; contextLens: Tensor; blockTables: Tensor } };
   private readonly inputTensors: Tensor[];
   private readonly scratch: Float32Array;
+  /** captured decode steps by padded batch size */
+  private readonly graphs = new Map<string, { dispose(): void }>();
+  private readonly graphBackend: GraphCapableBackend | null;
+  private readonly buckets: number[];
 
   constructor(
     readonly backend: Backend,
@@ -51,7 +61,11 @@ export class ModelRunner {
     this.maxBlocksPerSeq = Math.ceil(maxModelLen / blockSize);
     const maxNumLogits = Math.max(S, config.maxNumLogits ?? 0);
     this.model = new DecoderModel(spec, backend, weights, { maxNumTokens: T, maxNumSeqs: S, maxNumLogits, blockSize });
-    this.kvCache = new KvCachePool(backend, spec, numBlocks, blockSize);
+    // one block more than the engine sees: the scratch block of padded graph rows
+    this.kvCache = new KvCachePool(backend, spec, numBlocks + 1, blockSize);
+    const graphsOn = (config.enableCudaGraphs ?? true) && process.env.PEREGRINE_CUDA_GRAPHS !== '0';
+    this.graphBackend = graphsOn && canCaptureGraphs(backend) ? backend : null;
+    this.buckets = graphBuckets(S);
     const i32 = (n: number) => backend.empty([n], 'i32');
     const tokenIds = i32(T), positions = i32(T), slotMapping = i32(T), logitsIndices = i32(maxNumLogits);
     const cuSeqlensQ = i32(S + 1), contextLens = i32(S), blockTables = i32(S * this.maxBlocksPerSeq);
@@ -68,8 +82,14 @@ export class ModelRunner {
   get maxModelLen(): number { return this.config.maxModelLen; }
   get eosTokenIds(): readonly number[] { return this.spec.eosTokenIds; }
 
-  /** Runs one flattened batch; returns f32 logits [logitsIndices.length, vocab]. */
+  /** Runs one flattened batch; returns f32 logits [logitsIndices.length, vocab]. Decode steps replay CUDA graphs where possible. */
   async forward(fb: ForwardBatch): Promise<Float32Array> {
+    const bucket = this.graphBackend && isGraphableDecode(fb) ? this.buckets.find((x) => x >= fb.numSeqs) : undefined;
+    if (bucket !== undefined) return this.forwardGraph(fb, bucket);
+    return this.forwardEager(fb);
+  }
+
+  private writeInputs(fb: ForwardBatch): void {
     const b = this.backend;
     const inp = this.inputs;
     b.writeI32(inp.tokenIds, fb.tokenIds);
@@ -79,6 +99,45 @@ export class ModelRunner {
     b.writeI32(inp.meta.cuSeqlensQ, fb.cuSeqlensQ);
     b.writeI32(inp.meta.contextLens, fb.contextLens);
     b.writeI32(inp.meta.blockTables, fb.blockTables);
+  }
+
+  /**
+   * A decode step as the graph of `bucket` sequences, captured on first use. Graphs are also
+   * keyed by a context-length bucket (512, 2048, 8192, ... up to maxModelLen): the decode
+   * attention's split count is fixed at capture, and short contexts want fewer splits.
+   */
+  private async forwardGraph(fb: ForwardBatch, bucket: number): Promise<Float32Array> {
+    const b = this.graphBackend!;
+    let maxLen = 0;
+    for (let s = 0; s < fb.numSeqs; s++) maxLen = Math.max(maxLen, fb.contextLens[s]!);
+    let ctxBucket = MIN_GRAPH_CONTEXT;
+    while (ctxBucket < maxLen) ctxBucket *= 4;
+    ctxBucket = Math.min(ctxBucket, this.config.maxModelLen);
+    const key = `${bucket}:${ctxBucket}`;
+    const padded = padDecodeBatch(fb, bucket, this.config.numBlocks, this.config.blockSize);
+    this.writeInputs(padded);
+    let graph = this.graphs.get(key);
+    if (!graph) {
+      const meta = { ...this.inputs.meta, numSeqs: bucket, numTokens: bucket, maxSeqlenQ: 1, maxSeqlenK: ctxBucket, isDecode: true };
+      // an eager run first: lazy initialisation (GEMM algorithm choice, scratch growth) stays out of the graph
+      this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
+      await b.synchronize();
+      b.beginCapture();
+      try {
+        this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
+      } finally {
+        graph = b.endCapture();
+      }
+      this.graphs.set(key, graph);
+    }
+    b.replay(graph);
+    return b.downloadF32(b.view(this.model.logits, [fb.numSeqs, this.spec.vocabSize]));
+  }
+
+  private async forwardEager(fb: ForwardBatch): Promise<Float32Array> {
+    const b = this.backend;
+    const inp = this.inputs;
+    this.writeInputs(fb);
     let maxSeqlenQ = 0, maxSeqlenK = 0;
     for (let s = 0; s < fb.numSeqs; s++) {
       maxSeqlenQ = Math.max(maxSeqlenQ, fb.cuSeqlensQ[s + 1]! - fb.cuSeqlensQ[s]!);
@@ -107,7 +166,14 @@ export class ModelRunner {
     });
   }
 
+  /** number of decode graphs captured so far */
+  get numCapturedGraphs(): number {
+    return this.graphs.size;
+  }
+
   dispose(): void {
+    for (const g of this.graphs.values()) g.dispose();
+    this.graphs.clear();
     this.model.dispose();
     this.kvCache.dispose();
     for (const t of this.inputTensors) this.backend.free(t);
