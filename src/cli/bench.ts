@@ -1,4 +1,5 @@
 /** `peregrine bench throughput | latency | serve`. */
+import { readFileSync } from 'node:fs';
 import { LLM, type LLMOptions } from '../api/llm.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import { deviceArg, floatArg, intArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
@@ -11,6 +12,7 @@ export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
   latency      decode ms/step per batch size, prefill TFLOP/s, bandwidth against a device copy
                (--model DIR | --shape NAME --random-weights) [--batch 1,8,64,256]
                [--isl 128] [--osl 128] [--prefill 128,2048]
+               [--baseline FILE]  (bench/hf_baseline.py output: adds the "vs HF" column)
   serve        client against a running server: Poisson arrivals, TTFT / TPOT / ITL
                --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
                [--model NAME] [--api-key KEY] [--vocab-size 32000]
@@ -37,6 +39,13 @@ async function loadBenchModel(a: Record<string, string | boolean | undefined>, d
   const cfg = SHAPES[a.shape];
   if (!cfg) throw new UsageError(`unknown --shape "${a.shape}" (known: ${shapeNames().join(', ')})`);
   return { llm: await LLM.random(cfg, options), label: `${a.shape} (random weights)` };
+}
+
+/** decode ms/step by batch from bench/hf_baseline.py's JSON line (the last line of the file) */
+function readBaseline(path: string): Map<number, number> {
+  const last = readFileSync(path, 'utf8').trim().split('\n').at(-1)!;
+  const j = JSON.parse(last) as { decode_ms?: Record<string, number> };
+  return new Map(Object.entries(j.decode_ms ?? {}).map(([b, ms]) => [Number(b), ms]));
 }
 
 function list(v: string | boolean | undefined, def: number[], name: string): number[] {
@@ -69,7 +78,7 @@ export async function runBench(argv: string[]): Promise<void> {
     return;
   }
   if (sub === 'latency') {
-    const a = parse(rest, { ...MODEL_OPTS, batch: { type: 'string' }, prefill: { type: 'string' } });
+    const a = parse(rest, { ...MODEL_OPTS, batch: { type: 'string' }, prefill: { type: 'string' }, baseline: { type: 'string' } });
     if (a.help) return void process.stdout.write(BENCH_HELP);
     const batchSizes = list(a.batch, [1, 8, 64, 256], 'batch');
     const prefillLens = list(a.prefill, [128, 2048], 'prefill');
@@ -79,7 +88,8 @@ export async function runBench(argv: string[]): Promise<void> {
     const { runLatency, latencyTables } = await import('../bench/latency.js');
     try {
       const r = await runLatency(llm, { batchSizes, isl, osl, prefillLens });
-      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : `${label} on ${llm.backend.device}\n\n${latencyTables(r)}\n`);
+      const hf = typeof a.baseline === 'string' ? readBaseline(a.baseline) : undefined;
+      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : `${label} on ${llm.backend.device}\n\n${latencyTables(r, hf)}\n`);
     } finally {
       await llm.close();
     }

@@ -106,6 +106,12 @@ export class CudaBackend implements Backend {
     return this.dev.props;
   }
 
+  /** Device memory free for new tensors: the driver's free memory plus what the caching allocator holds unused. */
+  memoryInfo(): { freeBytes: number; totalBytes: number } {
+    const { freeBytes, totalBytes } = this.dev.memInfo();
+    return { freeBytes: freeBytes + this.allocator.stats().cachedBytes, totalBytes };
+  }
+
   memoryStats(): AllocatorStats {
     return this.allocator.stats();
   }
