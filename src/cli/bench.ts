@@ -13,6 +13,8 @@ export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
                (--model DIR | --shape NAME --random-weights) [--batch 1,8,64,256]
                [--isl 128] [--osl 128] [--prefill 128,2048]
                [--baseline FILE]  (bench/hf_baseline.py output: adds the "vs HF" column)
+  ppl          perplexity of a checkpoint on a text file (non-overlapping windows)
+               --model DIR --text FILE [--window 128] [--max-windows N]
   serve        client against a running server: Poisson arrivals, TTFT / TPOT / ITL
                --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
                [--model NAME] [--api-key KEY] [--vocab-size 32000]
@@ -90,6 +92,25 @@ export async function runBench(argv: string[]): Promise<void> {
       const r = await runLatency(llm, { batchSizes, isl, osl, prefillLens });
       const hf = typeof a.baseline === 'string' ? readBaseline(a.baseline) : undefined;
       process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : `${label} on ${llm.backend.device}\n\n${latencyTables(r, hf)}\n`);
+    } finally {
+      await llm.close();
+    }
+    return;
+  }
+  if (sub === 'ppl') {
+    const a = parse(rest, { model: { type: 'string' }, text: { type: 'string' }, window: { type: 'string' }, 'max-windows': { type: 'string' }, device: { type: 'string' }, json: { type: 'boolean' } });
+    if (a.help) return void process.stdout.write(BENCH_HELP);
+    const window = intArg(a.window, 'window') ?? 128;
+    const model = requireString(a.model, 'model');
+    const text = readFileSync(requireString(a.text, 'text'), 'utf8');
+    const llm = await LLM.load(model, { device: deviceArg(a.device), maxModelLen: window, maxNumBatchedTokens: window, maxNumSeqs: 1, numKvBlocks: Math.ceil(window / 16) });
+    try {
+      if (!llm.tokenizer) throw new UsageError('bench ppl needs a model with a tokenizer');
+      const { computePerplexity } = await import('../bench/perplexity.js');
+      const { ModelRunner } = await import('../runner/model-runner.js');
+      const runner = new ModelRunner(llm.backend, llm.spec, llm.runner.weights, { numBlocks: Math.ceil(window / 16), blockSize: 16, maxModelLen: window, maxNumBatchedTokens: window, maxNumSeqs: 1, maxNumLogits: window });
+      const r = await computePerplexity(runner, llm.tokenizer.encode(text), window, intArg(a['max-windows'], 'max-windows'));
+      process.stdout.write(a.json ? JSON.stringify({ model, ...r }) + '\n' : `${model}: ppl ${r.ppl.toFixed(4)} (nll ${r.nll.toFixed(5)}) over ${r.numWindows} windows of ${window} tokens\n`);
     } finally {
       await llm.close();
     }
