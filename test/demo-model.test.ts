@@ -10,9 +10,9 @@ import { LLM } from '../src/api/llm.js';
 import { createBackend } from '../src/backends/index.js';
 import { loadModelConfig } from '../src/models/config.js';
 import { loadModel } from '../src/models/load-model.js';
-import { buildForwardBatch } from '../src/runner/input-builder.js';
 import { DEFAULT_BLOCK_SIZE } from '../src/runner/kv-cache.js';
 import { ModelRunner } from '../src/runner/model-runner.js';
+import { computePerplexity } from '../src/bench/perplexity.js';
 import { applyChatTemplate } from '../src/tokenizer/chat-template.js';
 import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 import { Checkpoint } from '../src/weights/checkpoint.js';
@@ -115,51 +115,19 @@ test(`perplexity on heldout.txt (first ${NUM_PPL_WINDOWS} windows) matches train
 
   const backend = await createBackend('cpu');
   const { spec, weights } = loadModel(DEMO_DIR, backend);
-  const numTokens = numWindows * window;
-  const blocksPerWindow = Math.ceil(window / DEFAULT_BLOCK_SIZE);
-  // every position yields a logits row, so the runner needs as many "sequence" rows as tokens
   const runner = new ModelRunner(backend, spec, weights, {
-    numBlocks: numWindows * blocksPerWindow, blockSize: DEFAULT_BLOCK_SIZE, maxModelLen: window,
-    maxNumBatchedTokens: numTokens, maxNumSeqs: numTokens,
+    numBlocks: Math.ceil(window / DEFAULT_BLOCK_SIZE), blockSize: DEFAULT_BLOCK_SIZE, maxModelLen: window,
+    maxNumBatchedTokens: window, maxNumSeqs: 1, maxNumLogits: window,
   });
   try {
-    const entries = Array.from({ length: numWindows }, (_, w) => ({
-      seq: {
-        tokenIds: ids.slice(w * window, (w + 1) * window),
-        numCachedTokens: 0,
-        blockTable: Array.from({ length: blocksPerWindow }, (_, j) => w * blocksPerWindow + j),
-      },
-      numNewTokens: window,
-    }));
-    const fb = buildForwardBatch(entries, DEFAULT_BLOCK_SIZE, runner.maxBlocksPerSeq);
-    const logits = await runner.forward({ ...fb, logitsIndices: Int32Array.from({ length: numTokens }, (_, i) => i) });
-    const V = spec.vocabSize;
-    let total = 0;
-    let expectedTotal = 0;
-    for (let w = 0; w < numWindows; w++) {
-      let sum = 0;
-      for (let p = 0; p < window - 1; p++) {
-        const t = w * window + p;
-        sum += -logSoftmaxAt(logits.subarray(t * V, (t + 1) * V), ids[t + 1]!);
-      }
+    const r = await computePerplexity(runner, ids, window, numWindows);
+    r.windowNllSums.forEach((sum, w) => {
       assert.ok(Math.abs(sum - expectedSums[w]!) < WINDOW_NLL_ABS_TOLERANCE, `window ${w}: NLL sum ${sum} vs train.py ${expectedSums[w]}`);
-      total += sum;
-      expectedTotal += expectedSums[w]!;
-    }
-    const count = numWindows * (window - 1);
-    const got = Math.exp(total / count);
-    const expected = Math.exp(expectedTotal / count);
-    assert.ok(Math.abs(got / expected - 1) < PPL_REL_TOLERANCE, `perplexity ${got} vs train.py ${expected}`);
+    });
+    const expected = Math.exp(expectedSums.slice(0, numWindows).reduce((a, b) => a + b, 0) / r.numPredicted);
+    assert.ok(Math.abs(r.ppl / expected - 1) < PPL_REL_TOLERANCE, `perplexity ${r.ppl} vs train.py ${expected}`);
   } finally {
     runner.dispose();
     backend.dispose();
   }
 });
-
-function logSoftmaxAt(row: Float32Array, target: number): number {
-  let max = -Infinity;
-  for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
-  let sum = 0;
-  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
-  return row[target]! - max - Math.log(sum);
-}
