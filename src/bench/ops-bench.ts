@@ -4,7 +4,11 @@
  * bandwidth (bytes each op must move at least) and TFLOP/s, against a device-to-device copy
  * measured in the same run.
  *
- *   node dist/src/bench/ops-bench.js [--quick] [--only <substring>]
+ *   node dist/src/bench/ops-bench.js [--quick] [--only <substring>] [--gemv]
+ *
+ * A second table compares the decode-shaped GEMV (cuda-gemv.ts) with cuBLASLt on the same
+ * linears at M = 1..16 rows (its default plan and the fastest of every plan) and says which
+ * one `linear` takes; `--gemv` prints only that table (`--quick` and `--only` skip it).
  *
  * Each op is captured ITERS times into a CUDA graph and timed by events around replays
  * (median of REPEATS), so host launch cost stays out. Inputs rotate over enough copies to
@@ -12,7 +16,9 @@
  */
 import type { AttentionMetadata, Tensor } from '../backends/backend.js';
 import { CudaBackend, type CudaTensor } from '../backends/cuda/cuda-backend.js';
+import { gemv, gemvPlan, gemvPolicy, gemvTakes, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
 import { check } from '../backends/cuda/driver.js';
+import { quantCases } from './ops-bench-quant.js';
 
 const HIDDEN = 4096, HEADS = 32, KV_HEADS = 8, HEAD_DIM = 128, FFN = 14336, VOCAB = 128256;
 const QKV = (HEADS + 2 * KV_HEADS) * HEAD_DIM;
@@ -22,6 +28,10 @@ const REPEATS = 7;
 /** rotate inputs until the working set is this many times the L2 size */
 const L2_FACTOR = 4;
 const MAX_SETS = 12;
+/** Llama-3.1-8B linears: name, N (out), K (in), f32 out */
+const LINEARS = [['qkv_proj', QKV, HIDDEN, false], ['o_proj', HIDDEN, HIDDEN, false], ['gate_up_proj', 2 * FFN, HIDDEN, false], ['down_proj', HIDDEN, FFN, false], ['lm_head (f32)', VOCAB, HIDDEN, true]] as const;
+const GEMV_ROWS = [1, 2, 4, 8, 16];
+const GEMV_PLANS: GemvPlan[] = ([1, 2, 4, 8] as const).flatMap((warps) => ([4, 8] as const).map((unroll) => ({ warps, unroll })));
 
 interface Case {
   readonly op: string;
@@ -40,6 +50,7 @@ interface Row { op: string; shape: string; us: number; tbs: number; tflops: numb
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] ?? '' : '';
+const gemvOnly = args.includes('--gemv');
 
 function main(): void {
   if (!CudaBackend.isAvailable()) {
@@ -52,15 +63,18 @@ function main(): void {
   console.log(`# kernels: ${be.kernels.origin}`);
   const copyTbs = copyBandwidth(be);
   console.log(`# device-to-device copy: ${copyTbs.toFixed(2)} TB/s (read + write)`);
-  launchOverhead(be);
-  const rows: Row[] = [];
-  for (const c of cases(be)) {
-    if (only && !`${c.op} ${c.shape}`.includes(only)) continue;
-    const us = timeCase(be, c);
-    rows.push({ op: c.op, shape: c.shape, us, tbs: c.bytes / us / 1e6, tflops: c.flops / us / 1e6 });
-    for (const t of live.splice(0)) be.free(t);
+  if (!gemvOnly) {
+    launchOverhead(be);
+    const rows: Row[] = [];
+    for (const c of cases(be)) {
+      if (only && !`${c.op} ${c.shape}`.includes(only)) continue;
+      const us = timeCase(be, c);
+      rows.push({ op: c.op, shape: c.shape, us, tbs: c.bytes / us / 1e6, tflops: c.flops / us / 1e6 });
+      for (const t of live.splice(0)) be.free(t);
+    }
+    printTable(rows, copyTbs);
   }
-  printTable(rows, copyTbs);
+  if (gemvOnly || (!quick && !only)) gemvVsCublas(be, copyTbs);
   be.dispose();
 }
 
@@ -127,9 +141,18 @@ function medianMs(be: CudaBackend, fn: () => void): number {
   return times.sort((x, y) => x - y)[Math.floor(times.length / 2)]!;
 }
 
+/** input sets to rotate so that they exceed the L2 cache L2_FACTOR times */
+function numSets(be: CudaBackend, setBytes: number): number {
+  return Math.max(1, Math.min(MAX_SETS, Math.ceil((L2_FACTOR * be.props.l2CacheBytes) / Math.max(setBytes, 1))));
+}
+
 function timeCase(be: CudaBackend, c: Case): number {
-  const sets = Math.max(1, Math.min(MAX_SETS, Math.ceil((L2_FACTOR * be.props.l2CacheBytes) / Math.max(c.setBytes, 1))));
-  const launchers = Array.from({ length: sets }, () => c.make());
+  return timeLaunchers(be, Array.from({ length: numSets(be, c.setBytes) }, () => c.make()));
+}
+
+/** us per launch: the launchers (one per input set) captured round-robin into one graph. */
+function timeLaunchers(be: CudaBackend, launchers: (() => void)[]): number {
+  const sets = launchers.length;
   launchers.forEach((l) => l());
   be.stream.synchronize();
   const iters = Math.ceil(ITERS / sets) * sets;
@@ -171,7 +194,7 @@ function cases(be: CudaBackend): Case[] {
         return () => be.ropeWriteKv(qkv, pos, cs, { k, v }, pos, T, { numHeads: HEADS, numKvHeads: KV_HEADS, headDim: HEAD_DIM, rotaryDim: HEAD_DIM, style: 'neox' });
       },
     });
-    for (const [name, N, K, outF32] of [['qkv_proj', QKV, HIDDEN, false], ['o_proj', HIDDEN, HIDDEN, false], ['gate_up_proj', 2 * FFN, HIDDEN, false], ['down_proj', HIDDEN, FFN, false], ['lm_head (f32)', VOCAB, HIDDEN, true]] as const) {
+    for (const [name, N, K, outF32] of LINEARS) {
       if (name.startsWith('lm_head') && T > 256) continue;
       const wBytes = N * K * 2;
       out.push({
@@ -189,6 +212,7 @@ function cases(be: CudaBackend): Case[] {
     const flops = 4 * HEADS * HEAD_DIM * ((T * (T + 1)) / 2);
     out.push({ op: 'attention prefill', shape: `1x${T}`, bytes: T * (QKV + HEADS * HEAD_DIM) * 2, flops, setBytes: T * QKV * 2 * 3, make: () => attentionCase(be, [T], [T]) });
   }
+  out.push(...quantCases(be, (shape) => rand(be, shape), own)); // quantized linears: `--only qgemm`
   return out;
 }
 
@@ -219,9 +243,53 @@ function attentionCase(be: CudaBackend, qLens: number[], kvLens: number[]): () =
   return () => be.attention(o, qkv, { k, v }, meta, p);
 }
 
+/**
+ * Decode-shaped linears (bf16 weights, M = 1..16 rows): cuBLASLt, the GEMV with its default
+ * plan and the fastest of every plan, each as us and % of copy bandwidth; which one `linear` takes.
+ */
+function gemvVsCublas(be: CudaBackend, copyTbs: number): void {
+  const ctx = { kernels: be.kernels, stream: be.stream };
+  const head = ['linear', 'M x N x K', 'linear takes', 'cuBLASLt us', '% copy', 'GEMV us', 'GB/s', '% copy', 'vs cuBLASLt', 'plan', 'best plan', 'best us', '% copy'];
+  const body: string[][] = [];
+  const pct = (bytes: number, us: number): string => ((100 * bytes) / us / 1e6 / copyTbs).toFixed(0);
+  const enabled = gemvPolicy.enabled;
+  for (const [name, N, K, outF32] of LINEARS) {
+    const outDtype = outF32 ? 'f32' : 'bf16';
+    const ws = Array.from({ length: numSets(be, N * K * 2) }, () => rand(be, [N, K], 'bf16', 0.02));
+    const x = rand(be, [GEMV_ROWS.at(-1)!, K]) as CudaTensor;
+    const o = own(be.empty([GEMV_ROWS.at(-1)!, N], outDtype)) as CudaTensor;
+    for (const M of GEMV_ROWS) {
+      const bytes = N * K * 2 + M * K * 2 + M * N * (outF32 ? 4 : 2);
+      gemvPolicy.enabled = false; // linear -> cuBLASLt
+      const blasUs = timeLaunchers(be, ws.map((w) => () => be.linear(o, x, w, null, M)));
+      gemvPolicy.enabled = enabled;
+      const timePlan = (plan: GemvPlan): number =>
+        timeLaunchers(be, ws.map((w) => () => gemv(ctx, { out: o.ptr, outDtype, x: x.ptr, w: (w as CudaTensor).ptr, dtype: 'bf16', bias: null, biasDtype: null, M, N, K }, plan)));
+      const auto = gemvPlan(K);
+      const gemvUs = timePlan(auto);
+      let best = { plan: auto, us: gemvUs };
+      for (const plan of GEMV_PLANS) {
+        const us = timePlan(plan);
+        if (us < best.us) best = { plan, us };
+      }
+      body.push([
+        name, `${M}x${N}x${K}`, gemvTakes(M, N, K, outDtype) ? 'GEMV' : 'cuBLASLt', blasUs.toFixed(1), pct(bytes, blasUs), gemvUs.toFixed(1), (bytes / gemvUs / 1e3).toFixed(0), pct(bytes, gemvUs),
+        `${(blasUs / gemvUs).toFixed(2)}x`, `w${auto.warps} u${auto.unroll}`, `w${best.plan.warps} u${best.plan.unroll}`, best.us.toFixed(1), pct(bytes, best.us),
+      ]);
+    }
+    for (const t of live.splice(0)) be.free(t);
+  }
+  console.log(`\n# decode-shaped linears, bf16: cuBLASLt vs GEMV (plan w = warps per block, u = 32-k chunks per load step); % of ${copyTbs.toFixed(2)} TB/s copy`);
+  printCells(head, body);
+}
+
 function printTable(rows: Row[], copyTbs: number): void {
   const head = ['op', 'shape', 'us', 'TB/s', '% copy', 'TFLOP/s'];
-  const body = rows.map((r) => [r.op, r.shape, r.us.toFixed(2), r.tbs.toFixed(2), ((100 * r.tbs) / copyTbs).toFixed(0), r.tflops ? r.tflops.toFixed(1) : '']);
+  printCells(head, rows.map((r) => [r.op, r.shape, r.us.toFixed(2), r.tbs.toFixed(2), ((100 * r.tbs) / copyTbs).toFixed(0), r.tflops ? r.tflops.toFixed(1) : '']));
+}
+
+/** A markdown table: the first two columns left-aligned, the rest right-aligned. */
+function printCells(head: string[], body: string[][]): void {
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]): string => `| ${cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
   console.log(line(head));

@@ -6,6 +6,7 @@
 import { PeregrineError } from '../../errors.js';
 import { bytesPerElement, isQuantizedWeight, type GeluApprox, type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backend.js';
 import type { CublasLt } from './cublaslt.js';
+import { linearGemv } from './cuda-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check, type Driver } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -207,6 +208,7 @@ export function linear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor | Qu
   const bias = biasT ? floatTensor(biasT, op, 'bias') : null;
   if (bias) requireLength(bias, N, op, 'bias');
   if (numTokens === 0) return;
+  if (linearGemv(ctx, out, x, w, bias, numTokens)) return; // decode-shaped: our GEMV (PEREGRINE_GEMV=0: cuBLASLt)
   const fused = bias !== null && bias.dtype === out.dtype;
   ctx.blas.matmul({ out: out.ptr, outDtype: out.dtype as 'f32' | 'bf16' | 'f16', x: x.ptr, w: w.ptr, dtype: w.dtype as 'bf16' | 'f16', bias: fused ? bias.ptr : null, M: numTokens, N, K }, ctx.stream);
   if (bias && !fused) {

@@ -1,0 +1,157 @@
+/**
+ * The decode-shaped GEMV (kernels/gemv.cu via cuda-gemv.ts) against the CPU reference
+ * `linear` on fresh random inputs (PEREGRINE_TEST_SEED to replay one): M = 1..16, odd N,
+ * K multiples of 8 (with a partial last 32-k chunk), bias or not, bf16/f16, operand-dtype
+ * and f32 out; every launch plan; replay inside a CUDA graph; which linears it takes.
+ * The plan and the policy are pure functions checked without a GPU; the rest skips without one.
+ */
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { DType } from '../../src/backends/backend.js';
+import { gemv, gemvPlan, gemvPolicy, gemvSuits, gemvTakes, type GemvContext, type GemvPlan } from '../../src/backends/cuda/cuda-gemv.js';
+import type { CudaTensor } from '../../src/backends/cuda/cuda-tensor.js';
+import { Harness, openCuda, SEED, type Pair } from './cuda-harness.js';
+
+/** relative L2 error for f32 out: only the summation order differs from the f64 reference */
+const F32_TOL = 1e-4;
+
+/** Runs `fn` with the policy changed by `patch`, then puts it back. */
+async function withPolicy(patch: Partial<typeof gemvPolicy>, fn: () => unknown): Promise<void> {
+  const before = { ...gemvPolicy };
+  Object.assign(gemvPolicy, patch);
+  try {
+    await fn();
+  } finally {
+    Object.assign(gemvPolicy, before);
+  }
+}
+
+test('gemvPlan: 8 warps split K, fewer when K gives them less than one 4-chunk step each', () => {
+  assert.deepEqual(gemvPlan(4096), { warps: 8, unroll: 4 });
+  assert.deepEqual(gemvPlan(14336), { warps: 8, unroll: 4 });
+  assert.deepEqual(gemvPlan(256), { warps: 2, unroll: 4 }); // 8 chunks: 4 per warp
+  assert.deepEqual(gemvPlan(64), { warps: 1, unroll: 4 });
+});
+
+test('gemvTakes: up to 8 rows, weights up to 64 MiB or f32 out; PEREGRINE_GEMV=0 / all; K % 8', async () => {
+  await withPolicy({ enabled: true, all: false, maxRows: 8 }, () => {
+    assert.equal(gemvTakes(1, 4096, 4096, 'bf16'), true, 'o_proj');
+    assert.equal(gemvTakes(8, 6144, 4096, 'bf16'), true, 'qkv_proj, 8 rows');
+    assert.equal(gemvTakes(9, 6144, 4096, 'bf16'), false, '9 rows');
+    assert.equal(gemvTakes(1, 28672, 4096, 'bf16'), false, 'gate_up_proj (224 MiB)');
+    assert.equal(gemvTakes(1, 4096, 14336, 'f16'), false, 'down_proj (112 MiB)');
+    assert.equal(gemvTakes(4, 128256, 4096, 'f32'), true, 'lm_head, f32 logits');
+    assert.equal(gemvTakes(1, 4096, 4100, 'bf16'), false, 'K % 8 != 0');
+    assert.equal(gemvTakes(0, 4096, 4096, 'bf16'), false, 'no rows');
+  });
+  await withPolicy({ enabled: true, all: true, maxRows: 16 }, () => {
+    assert.equal(gemvTakes(16, 28672, 4096, 'bf16'), true, 'all: gate_up_proj, 16 rows');
+    assert.equal(gemvTakes(17, 64, 64, 'bf16'), false, 'more rows than the kernels take');
+  });
+  await withPolicy({ enabled: false, all: true }, () => assert.equal(gemvTakes(1, 64, 64, 'bf16'), false, 'PEREGRINE_GEMV=0'));
+});
+
+const { gpu, reason } = openCuda();
+
+if (!gpu) {
+  test('CUDA GEMV', (t) => t.skip(`no CUDA device: ${reason}`));
+} else {
+  const h = new Harness(gpu, SEED);
+  const ctx: GemvContext = { kernels: gpu.kernels, stream: gpu.stream };
+  after(() => {
+    h.dispose();
+    gpu.dispose();
+  });
+  const tolFor = (outDtype: DType): number | undefined => (outDtype === 'f32' ? F32_TOL : undefined);
+
+  /** out = x @ w^T (+ bias) on both backends through `linear`, compared. */
+  async function checkLinear(dtype: 'bf16' | 'f16', outDtype: DType, M: number, N: number, K: number, bias: Pair | null): Promise<void> {
+    const x = h.rand([M, K], dtype);
+    const w = h.rand([N, K], dtype, 0.05);
+    const out = h.output([M, N], outDtype);
+    assert.ok(gemvSuits(out.gpu as CudaTensor, x.gpu as CudaTensor, w.gpu as CudaTensor, (bias?.gpu ?? null) as CudaTensor | null, M), `the GEMV takes M=${M} N=${N} K=${K}`);
+    h.cpu.linear(out.cpu, x.cpu, w.cpu, bias?.cpu ?? null, M);
+    h.gpu.linear(out.gpu, x.gpu, w.gpu, bias?.gpu ?? null, M);
+    await h.expectClose(out, `gemv ${dtype}->${outDtype} M=${M} N=${N} K=${K} bias=${bias?.dtype ?? 'none'}`, undefined, tolFor(outDtype));
+  }
+
+  describe(`CUDA GEMV on ${gpu.props.name} (seed ${SEED}, kernels from ${gpu.kernels.origin})`, () => {
+    // the kernels take up to 16 rows; the default policy only 8
+    test('every M from 1 to 16 (one and two n8 tiles), bf16 and f32 out, bias on odd M', () => withPolicy({ enabled: true, maxRows: 16 }, async () => {
+      const [N, K] = [333, 520];
+      for (let M = 1; M <= 16; M++) {
+        for (const outDtype of ['bf16', 'f32'] as const) {
+          await checkLinear('bf16', outDtype, M, N, K, M % 2 === 1 ? h.rand([N], outDtype) : null);
+        }
+      }
+    }));
+
+    test('odd N, K with a partial last chunk, bf16/f16, operand and f32 out, bias in out dtype or half for f32 out', () => withPolicy({ enabled: true, maxRows: 16 }, async () => {
+      for (const dtype of ['bf16', 'f16'] as const) {
+        for (const [N, K] of [[1, 8], [17, 40], [1031, 4104]] as const) {
+          for (const M of N > 1000 ? [1, 9] : [1, 5, 8, 9, 16]) {
+            for (const outDtype of [dtype, 'f32'] as const) {
+              await checkLinear(dtype, outDtype, M, N, K, null);
+              await checkLinear(dtype, outDtype, M, N, K, h.rand([N], outDtype));
+              if (outDtype === 'f32') await checkLinear(dtype, outDtype, M, N, K, h.rand([N], dtype));
+            }
+          }
+        }
+      }
+    }));
+
+    test('every launch plan (warps 1/2/4/8, unroll 4/8) gives the same result', async () => {
+      const [N, K] = [40, 2056];
+      for (const M of [3, 12]) {
+        const x = h.rand([M, K], 'f16');
+        const w = h.rand([N, K], 'f16', 0.05);
+        const bias = h.rand([N], 'f32');
+        const ref = h.output([M, N], 'f32');
+        h.cpu.linear(ref.cpu, x.cpu, w.cpu, bias.cpu, M);
+        for (const warps of [1, 2, 4, 8] as const) {
+          for (const unroll of [4, 8] as const) {
+            const plan: GemvPlan = { warps, unroll };
+            const out = h.output([M, N], 'f32');
+            gemv(ctx, { out: (out.gpu as CudaTensor).ptr, outDtype: 'f32', x: (x.gpu as CudaTensor).ptr, w: (w.gpu as CudaTensor).ptr, dtype: 'f16', bias: (bias.gpu as CudaTensor).ptr, biasDtype: 'f32', M, N, K }, plan);
+            await h.expectClose({ cpu: ref.cpu, gpu: out.gpu, dtype: 'f32' }, `gemv plan ${warps} warps, unroll ${unroll}, M=${M}`, undefined, F32_TOL);
+          }
+        }
+      }
+    });
+
+    test('replayed from a CUDA graph, it reads the inputs as they are at replay', () => withPolicy({ enabled: true }, async () => {
+      const [M, N, K] = [2, 515, 1024];
+      const x = h.rand([M, K], 'bf16');
+      const w = h.rand([N, K], 'bf16', 0.05);
+      const out = h.output([M, N], 'f32');
+      gpu.beginCapture();
+      gpu.linear(out.gpu, x.gpu, w.gpu, null, M);
+      const graph = gpu.endCapture();
+      try {
+        const fresh = h.rand([M, K], 'bf16');
+        gpu.writeF32(x.gpu, await gpu.downloadF32(fresh.gpu));
+        gpu.replay(graph);
+        h.cpu.linear(out.cpu, fresh.cpu, w.cpu, null, M);
+        await h.expectClose(out, 'gemv in a graph, x rewritten before the replay', undefined, F32_TOL);
+      } finally {
+        graph.dispose();
+      }
+    }));
+
+    test('what it leaves to cuBLASLt: K % 8 != 0, M > 16, PEREGRINE_GEMV=0, a bias cuBLASLt would refuse', () => withPolicy({ enabled: true, maxRows: 16 }, async () => {
+      const t = (p: Pair): CudaTensor => p.gpu as CudaTensor;
+      const x = h.rand([17, 36], 'bf16'), w = h.rand([20, 36], 'bf16'), out = h.output([17, 20], 'bf16');
+      assert.equal(gemvSuits(t(out), t(x), t(w), null, 2), false, 'K = 36');
+      const x2 = h.rand([17, 64], 'bf16'), w2 = h.rand([20, 64], 'bf16');
+      assert.equal(gemvSuits(t(out), t(x2), t(w2), null, 16), true);
+      assert.equal(gemvSuits(t(out), t(x2), t(w2), null, 17), false, 'M = 17');
+      assert.equal(gemvSuits(t(out), t(x2), t(w2), t(h.rand([20], 'f32')), 2), false, 'f32 bias, bf16 out');
+      await withPolicy({ enabled: false }, () => assert.equal(gemvSuits(t(out), t(x2), t(w2), null, 2), false, 'policy off'));
+      // the fallback still computes the op
+      const o = h.output([2, 20], 'bf16');
+      h.cpu.linear(o.cpu, x.cpu, w.cpu, null, 2);
+      gpu.linear(o.gpu, x.gpu, w.gpu, null, 2);
+      await h.expectClose(o, 'linear K=36 through cuBLASLt');
+    }));
+  });
+}
