@@ -89,13 +89,4 @@ test('CPU linear with a quantized weight checks x rows against K', () => {
   const qw = uploadQuantWeight(quantizeWeight(rand(64, 1), 4, 16, { kind: 'int8' }), backend);
   assert.throws(() => backend.linear(backend.empty([1, 4], 'f32'), backend.fromF32([1, 8], rand(8, 2)), qw, null, 1), /rows of 8 elements, expected 16/);
 });
-
-// Until the CUDA kernels of issue 6 land, a QuantizedWeight reaching CudaBackend.linear is refused
-// up front (checked without a GPU: the guard runs before any device state is touched). Replace this
-// with GPU parity tests (test/gpu) when the kernels exist.
-test('CudaBackend.linear refuses a QuantizedWeight with PGN_ERR_UNSUPPORTED_FEATURE', async () => {
-  const { CudaBackend } = await import('../src/backends/cuda/cuda-backend.js');
-  const qw = uploadQuantWeight(quantizeWeight(rand(64, 1), 4, 16, { kind: 'int4', groupSize: 8 }), new CpuBackend());
-  assert.throws(() => CudaBackend.prototype.linear.call({} as never, null as never, null as never, qw as never, null, 1), (e: unknown) =>
-    isPeregrineError(e, 'PGN_ERR_UNSUPPORTED_FEATURE') && e.message.includes('int4'));
-});
+// GPU parity of the quantized kernels: test/gpu/cuda-quant.test.ts.

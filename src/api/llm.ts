@@ -69,7 +69,8 @@ function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: { blockSize:
     const { freeBytes } = backend.memoryInfo();
     const H = spec.hiddenSize, T = lim.maxNumBatchedTokens;
     const rowElems = 3 * H + (spec.numHeads + 2 * spec.numKvHeads) * spec.headDim + spec.numHeads * spec.headDim + 3 * spec.intermediateSize;
-    const activationBytes = T * rowElems * 4 + lim.maxNumSeqs * spec.vocabSize * 4 + spec.maxPositionEmbeddings * (spec.rope?.rotaryDim ?? 0) * 4;
+    // logits and the GPU sampler's scratch are both [maxNumSeqs, vocab] f32
+    const activationBytes = T * rowElems * 4 + 2 * lim.maxNumSeqs * spec.vocabSize * 4 + spec.maxPositionEmbeddings * (spec.rope?.rotaryDim ?? 0) * 4;
     budget = (freeBytes - activationBytes) * (options.gpuMemoryUtilization ?? DEFAULT_GPU_MEMORY_UTILIZATION);
   }
   const fit = Math.floor(budget / perBlock);

@@ -13,6 +13,17 @@ import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
 
+/** A backend that samples on the device (CudaBackend.createSampler): token ids come back instead of logits. */
+interface DeviceSampler {
+  canSample(state: SequenceSamplingState): boolean;
+  sample(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Promise<SampleResult[]>;
+  downloadRows(logits: Tensor, rowIndices: readonly number[]): Promise<Float32Array>;
+  dispose(): void;
+}
+interface SamplingBackend extends Backend {
+  createSampler(maxRows: number, vocab: number): DeviceSampler;
+}
+
 /** smallest context-length bucket of the decode graphs */
 const MIN_GRAPH_CONTEXT = 512;
 
@@ -49,6 +60,8 @@ export class ModelRunner {
   private readonly graphs = new Map<string, { dispose(): void }>();
   private readonly graphBackend: GraphCapableBackend | null;
   private readonly buckets: number[];
+  /** made at the first execute; null where the backend has none (or PEREGRINE_GPU_SAMPLING=0) */
+  private sampler: DeviceSampler | null | undefined;
 
   constructor(
     readonly backend: Backend,
@@ -84,6 +97,11 @@ export class ModelRunner {
 
   /** Runs one flattened batch; returns f32 logits [logitsIndices.length, vocab]. Decode steps replay CUDA graphs where possible. */
   async forward(fb: ForwardBatch): Promise<Float32Array> {
+    return this.backend.downloadF32(await this.forwardToDevice(fb));
+  }
+
+  /** `forward` without the download: the logits stay on the backend, f32 [logitsIndices.length, vocab]. */
+  private async forwardToDevice(fb: ForwardBatch): Promise<Tensor> {
     const bucket = this.graphBackend && isGraphableDecode(fb) ? this.buckets.find((x) => x >= fb.numSeqs) : undefined;
     if (bucket !== undefined) return this.forwardGraph(fb, bucket);
     return this.forwardEager(fb);
@@ -106,7 +124,7 @@ export class ModelRunner {
    * keyed by a context-length bucket (512, 2048, 8192, ... up to maxModelLen): the decode
    * attention's split count is fixed at capture, and short contexts want fewer splits.
    */
-  private async forwardGraph(fb: ForwardBatch, bucket: number): Promise<Float32Array> {
+  private async forwardGraph(fb: ForwardBatch, bucket: number): Promise<Tensor> {
     const b = this.graphBackend!;
     let maxLen = 0;
     for (let s = 0; s < fb.numSeqs; s++) maxLen = Math.max(maxLen, fb.contextLens[s]!);
@@ -131,10 +149,10 @@ export class ModelRunner {
       this.graphs.set(key, graph);
     }
     b.replay(graph);
-    return b.downloadF32(b.view(this.model.logits, [fb.numSeqs, this.spec.vocabSize]));
+    return b.view(this.model.logits, [fb.numSeqs, this.spec.vocabSize]);
   }
 
-  private async forwardEager(fb: ForwardBatch): Promise<Float32Array> {
+  private async forwardEager(fb: ForwardBatch): Promise<Tensor> {
     const b = this.backend;
     const inp = this.inputs;
     this.writeInputs(fb);
@@ -146,7 +164,7 @@ export class ModelRunner {
     const meta = { ...inp.meta, numSeqs: fb.numSeqs, numTokens: fb.numTokens, maxSeqlenQ, maxSeqlenK, isDecode: maxSeqlenQ === 1 };
     const numLogits = fb.logitsIndices.length;
     const logits = this.model.forward({ ...inp, meta }, this.kvCache.layers, numLogits);
-    return b.downloadF32(b.view(logits, [numLogits, this.spec.vocabSize]));
+    return b.view(logits, [numLogits, this.spec.vocabSize]);
   }
 
   /** Forward + sampling: one result per entry, null where the entry is a prefill chunk that does not sample. */
@@ -155,6 +173,8 @@ export class ModelRunner {
     if (entries.length === 0) return [];
     const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
     const fb = buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples);
+    const sampler = this.deviceSampler();
+    if (sampler) return this.sampleOnDevice(sampler, await this.forwardToDevice(fb), entries, samples);
     const logits = await this.forward(fb);
     const V = this.spec.vocabSize;
     let row = 0;
@@ -166,12 +186,56 @@ export class ModelRunner {
     });
   }
 
+  private deviceSampler(): DeviceSampler | null {
+    if (this.sampler === undefined) {
+      const b = this.backend as Partial<SamplingBackend>;
+      const on = process.env.PEREGRINE_GPU_SAMPLING !== '0' && typeof b.createSampler === 'function';
+      const { maxNumSeqs, maxNumBatchedTokens } = this.config;
+      this.sampler = on ? b.createSampler!(Math.min(maxNumSeqs, maxNumBatchedTokens), this.spec.vocabSize) : null;
+    }
+    return this.sampler;
+  }
+
+  /**
+   * Samples every sampling entry from `logits` (one row each, in entry order) on the device;
+   * rows with penalties or min_tokens masking read the token history, so only those rows are
+   * downloaded and sampled on the host.
+   */
+  private async sampleOnDevice(sampler: DeviceSampler, logits: Tensor, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<Array<SampleResult | null>> {
+    const results: Array<SampleResult | null> = entries.map(() => null);
+    const deviceRows: { logitsRow: number; state: SequenceSamplingState }[] = [], deviceAt: number[] = [];
+    const hostRows: number[] = [], hostAt: number[] = [];
+    let row = 0;
+    entries.forEach((e, i) => {
+      if (!samples[i]) return;
+      const state = e.seq.samplingState;
+      if (sampler.canSample(state)) {
+        deviceRows.push({ logitsRow: row, state });
+        deviceAt.push(i);
+      } else {
+        hostRows.push(row);
+        hostAt.push(i);
+      }
+      row++;
+    });
+    if (hostRows.length > 0) {
+      const V = this.spec.vocabSize;
+      const host = await sampler.downloadRows(logits, hostRows);
+      hostAt.forEach((at, k) => (results[at] = sampleRow(host.subarray(k * V, (k + 1) * V), entries[at]!.seq.samplingState, this.scratch)));
+    }
+    const sampled = await sampler.sample(logits, deviceRows);
+    deviceAt.forEach((at, k) => (results[at] = sampled[k]!));
+    return results;
+  }
+
   /** number of decode graphs captured so far */
   get numCapturedGraphs(): number {
     return this.graphs.size;
   }
 
   dispose(): void {
+    this.sampler?.dispose();
+    this.sampler = undefined;
     for (const g of this.graphs.values()) g.dispose();
     this.graphs.clear();
     this.model.dispose();

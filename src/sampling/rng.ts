@@ -21,6 +21,8 @@ export class Rng {
   private readonly counter = new Uint32Array(4);
   private readonly block = new Uint32Array(4);
   private used = 4;
+  /** `block` is not yet philox(counter - 1): skip() moved past it without computing it */
+  private stale = false;
 
   /** @param seed any safe integer; negative seeds use their 64-bit two's complement */
   constructor(seed: number) {
@@ -40,8 +42,38 @@ export class Rng {
       philox4x32(this.counter, this.key0, this.key1, this.block);
       incrementCounter(this.counter);
       this.used = 0;
+      this.stale = false;
+    } else if (this.stale) {
+      const c = Uint32Array.from(this.counter);
+      decrementCounter(c);
+      philox4x32(c, this.key0, this.key1, this.block);
+      this.stale = false;
     }
     return this.block[this.used++]!;
+  }
+
+  /**
+   * Where the next 32-bit output comes from: word `word` (0..3) of
+   * `philox4x32(counter, key0, key1)`. A GPU kernel given this position draws exactly what
+   * `nextUint32` would; `skip(1)` then moves this generator past that draw.
+   */
+  position(): { key0: number; key1: number; counter: Uint32Array; word: number } {
+    const counter = Uint32Array.from(this.counter);
+    if (this.used === 4) return { key0: this.key0, key1: this.key1, counter, word: 0 };
+    decrementCounter(counter);
+    return { key0: this.key0, key1: this.key1, counter, word: this.used };
+  }
+
+  /** Advances past `count` outputs, as `count` calls of nextUint32 would, without computing them. */
+  skip(count = 1): void {
+    for (let i = 0; i < count; i++) {
+      if (this.used === 4) {
+        incrementCounter(this.counter);
+        this.used = 0;
+        this.stale = true;
+      }
+      this.used++;
+    }
   }
 
   /** Uniform in [0, 1), 24-bit resolution. */
@@ -86,6 +118,13 @@ function mulhi32(a: number, b: number): number {
   const bHi = b >>> 16;
   const cross = ((aLo * bLo) >>> 16) + (aHi * bLo & 0xffff) + aLo * bHi;
   return (aHi * bHi + ((aHi * bLo) >>> 16) + Math.floor(cross / 0x10000)) >>> 0;
+}
+
+function decrementCounter(c: Uint32Array): void {
+  for (let i = 0; i < 4; i++) {
+    c[i] = (c[i]! - 1) >>> 0;
+    if (c[i] !== 0xffffffff) return;
+  }
 }
 
 function incrementCounter(c: Uint32Array): void {

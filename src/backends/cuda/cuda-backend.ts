@@ -23,14 +23,17 @@ import { asCuda, CudaTensor } from './cuda-tensor.js';
 import { cudaUnavailableReason, CudaDevice, type DeviceProps } from './device.js';
 import { check } from './driver.js';
 import { beginCapture, endCapture, CudaGraph } from './graph.js';
+import { CudaSampler, MAX_TOP_LOGPROBS } from './cuda-sampler.js';
 import { convertStorage, decodeToF32, encodeF32 } from './host-convert.js';
 import { loadKernels } from './kernel-image.js';
 import { CudaKernels } from './kernels.js';
+import { disposeQuant, quantLinear } from './cuda-quant.js';
 import { invalid } from './op-checks.js';
 import { CudaEvent, CudaStream } from './stream.js';
 
 export { CudaGraph } from './graph.js';
 export { CudaTensor } from './cuda-tensor.js';
+export { CudaSampler } from './cuda-sampler.js';
 
 export interface CudaBackendOptions {
   /** CUDA device ordinal (default 0) */
@@ -191,6 +194,7 @@ export class CudaBackend implements Backend {
     if (this.#disposed) return;
     this.#disposed = true;
     this.stream.synchronize();
+    disposeQuant(this);
     this.#blas.dispose();
     this.#moeScratch.release();
     this.allocator.dispose();
@@ -220,6 +224,15 @@ export class CudaBackend implements Backend {
     ops.fillUniform(this.#ctx, t, seed, scale);
   }
 
+  /**
+   * A GPU sampler for up to `maxRows` rows of f32 logits over `vocab` (kernels/sampling.cu):
+   * the CPU sampler's semantics, token ids and logprobs (top-n <= maxTopN) come back instead
+   * of logits. It owns a [maxRows, vocab] f32 scratch; dispose it (or this backend) to free it.
+   */
+  createSampler(maxRows: number, vocab: number, maxTopN = MAX_TOP_LOGPROBS): CudaSampler {
+    return new CudaSampler(this, maxRows, vocab, maxTopN);
+  }
+
   /** An event on this backend's device (timing: true by default); record it with `event.record(backend.stream)`. */
   createEvent(opts: { timing?: boolean } = {}): CudaEvent {
     return new CudaEvent(this.dev.drv, opts);
@@ -233,12 +246,8 @@ export class CudaBackend implements Backend {
   layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, eps: number, numTokens: number, residual?: Tensor | null): void {
     ops.layerNorm(this.#ctx, out, x, weight, bias, eps, numTokens, residual);
   }
-  linear(out: Tensor, x: Tensor, w: Tensor, bias: Tensor | null, numTokens: number): void {
-    // a QuantizedWeight (backend.ts) until the quantized GEMM kernels land (issue 6)
-    if ('qweight' in w) {
-      const q = w as unknown as { kind: string; shape: readonly number[] };
-      throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `the CUDA backend has no kernels for ${q.kind} quantized weights [${q.shape.join(', ')}] yet; use an unquantized checkpoint or --device cpu`, { kind: q.kind, shape: q.shape });
-    }
+  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): void {
+    if ('qweight' in w) return quantLinear(this, out, x, w, bias, numTokens); // FP8 / INT8 / INT4 (cuda-quant.ts)
     ops.linear(this.#ctx, out, x, w, bias, numTokens);
   }
   ropeWriteKv(qkv: Tensor, positions: Tensor, cosSin: Tensor | null, cache: LayerKvCache, slotMapping: Tensor, numTokens: number, p: RopeParams): void {

@@ -1,0 +1,267 @@
+/**
+ * Quantized linears on CUDA (issue 6) against the CPU backend's quantized `linear` (the reference) on fresh
+ * random inputs (PEREGRINE_TEST_SEED to replay): FP8 per-tensor / per-channel weights with static and dynamic
+ * activation scales, INT8 per channel (and grouped), INT4 group 128 symmetric and asymmetric; M = 1, 7, 64,
+ * odd and 16-multiple N, K a multiple of 128; every path (tensor-core FP8 GEMV, cuBLASLt FP8 with and without
+ * outer-vector scales, the INT GEMV, dequantized tiles + half GEMM) forced where it is not the default; graph
+ * replay; and the demo model's perplexity from quantized checkpoints, CUDA against CPU.
+ * Without a CUDA device the suite skips.
+ */
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { DType, QuantizedWeight } from '../../src/backends/backend.js';
+import { CpuBackend } from '../../src/backends/cpu/cpu-backend.js';
+import { disposeQuant, forceFp8Scaling, forceQuantPath, FP8_MMA_MAX_M, INT_GEMV_MAX_M, quantPathFor, type QuantPath } from '../../src/backends/cuda/cuda-quant.js';
+import type { Backend } from '../../src/backends/backend.js';
+import { computePerplexity } from '../../src/bench/perplexity.js';
+import { isPeregrineError } from '../../src/errors.js';
+import { loadModel } from '../../src/models/load-model.js';
+import { ModelRunner } from '../../src/runner/model-runner.js';
+import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
+import { buildQuantizedCheckpoint } from '../../src/weights/quant/build.js';
+import { freeQuantWeight, uploadQuantWeight } from '../../src/weights/quant/load.js';
+import { quantizeWeight, type QuantizeOptions } from '../../src/weights/quant/quantize.js';
+import { Harness, openCuda, SEED } from './cuda-harness.js';
+
+/** relative L2 error: the output's own rounding plus f32 (or FP8 tensor-core) accumulation */
+const TOL_OUT: Record<'f32' | 'bf16' | 'f16', number> = { f32: 1e-3, bf16: 1e-2, f16: 4e-3 };
+/** the dequantize path also rounds weights (and FP8 activations) to the activation dtype: ~2^-9 rms for bf16 */
+const TOL_DEQUANT: Record<'bf16' | 'f16', number> = { bf16: 6e-3, f16: 1e-3 };
+const MAX_REL_PPL_DIFF = 0.02;
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const DEMO = join(ROOT, 'models', 'demo');
+const WINDOW = 128;
+const NUM_WINDOWS = 4;
+
+interface WeightSpec extends QuantizeOptions {
+  /** fp8 static activation scale; absent = dynamic per token */
+  readonly inputScale?: number;
+}
+
+interface Case {
+  readonly w: WeightSpec;
+  readonly M: number;
+  readonly N: number;
+  readonly K: number;
+  readonly act?: 'bf16' | 'f16';
+  readonly out?: 'f32' | 'bf16' | 'f16';
+  readonly bias?: DType;
+  readonly path?: QuantPath;
+  /** the path the backend should pick by itself */
+  readonly expect?: QuantPath;
+}
+
+function describeW(w: WeightSpec): string {
+  if (w.kind === 'fp8') return `fp8/${w.fp8Scale ?? 'tensor'}/${w.inputScale === undefined ? 'dynamic' : 'static'}`;
+  if (w.kind === 'int8') return `int8/g${w.groupSize ?? 'K'}`;
+  return `int4/g${w.groupSize ?? 128}/${w.symmetric === false ? 'asym' : 'sym'}`;
+}
+
+const { gpu, reason } = openCuda();
+
+if (!gpu) {
+  test('CUDA quantized linear', (t) => t.skip(`no CUDA device: ${reason}`));
+} else {
+  const h = new Harness(gpu, SEED);
+  after(() => {
+    h.dispose();
+    disposeQuant(gpu);
+    gpu.dispose();
+  });
+  const [ccMajor, ccMinor] = gpu.props.computeCapability;
+  const fp8Cores = ccMajor * 10 + ccMinor >= 89;
+
+  /** The same quantized weight on both backends, from fresh random f32 values. */
+  const makeWeight = (spec: WeightSpec, N: number, K: number): { cpu: QuantizedWeight; gpu: QuantizedWeight } => {
+    const host0 = quantizeWeight(h.uniform(N * K, 0.05), N, K, spec);
+    const host = spec.inputScale === undefined ? host0 : { ...host0, inputScale: spec.inputScale };
+    return { cpu: uploadQuantWeight(host, h.cpu), gpu: uploadQuantWeight(host, gpu) };
+  };
+
+  const run = async (c: Case): Promise<void> => {
+    const act = c.act ?? 'bf16';
+    const outDtype = c.out ?? act;
+    const w = makeWeight(c.w, c.N, c.K);
+    try {
+      const x = h.rand([c.M, c.K], act, 2);
+      const out = h.output([c.M, c.N], outDtype);
+      const bias = c.bias ? h.rand([c.N], c.bias) : null;
+      const label = `${describeW(c.w)} ${act}->${outDtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ` bias ${c.bias}` : ''} path ${c.path ?? 'auto'}`;
+      if (c.expect) assert.equal(quantPathFor(gpu, w.gpu, c.M, x.gpu), c.expect, `${label}: default path`);
+      h.cpu.linear(out.cpu, x.cpu, w.cpu, bias?.cpu ?? null, c.M);
+      forceQuantPath(c.path ?? null);
+      try {
+        gpu.linear(out.gpu, x.gpu, w.gpu, bias?.gpu ?? null, c.M);
+      } finally {
+        forceQuantPath(null);
+      }
+      const path = c.path ?? quantPathFor(gpu, w.gpu, c.M, x.gpu);
+      await h.expectClose(out, label, undefined, TOL_OUT[outDtype] + (path === 'dequant' ? TOL_DEQUANT[act] : 0));
+    } finally {
+      freeQuantWeight(w.gpu, gpu);
+    }
+  };
+
+  const fp8Specs: WeightSpec[] = [
+    { kind: 'fp8', fp8Scale: 'tensor' },
+    { kind: 'fp8', fp8Scale: 'channel' },
+    { kind: 'fp8', fp8Scale: 'tensor', inputScale: 2 / 448 },
+    { kind: 'fp8', fp8Scale: 'channel', inputScale: 1.5 / 448 },
+  ];
+  const intSpecs: WeightSpec[] = [
+    { kind: 'int8' },
+    { kind: 'int8', groupSize: 128 },
+    { kind: 'int4', groupSize: 128, symmetric: true },
+    { kind: 'int4', groupSize: 128, symmetric: false },
+  ];
+
+  describe(`CUDA quantized linear on ${gpu.props.name} (sm_${ccMajor}${ccMinor}, seed ${SEED})`, () => {
+    test('fp8: per-tensor / per-channel weights, static / dynamic activations, M = 1, 7, 64, default paths', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
+      for (const w of fp8Specs) {
+        for (const [N, K] of [[333, 256], [512, 640]] as const) {
+          await run({ w, M: 1, N, K, expect: 'mma' });
+          await run({ w, M: 7, N, K, expect: 'mma', bias: 'bf16' });
+          await run({ w, M: 64, N, K, expect: 'cublas' });
+        }
+      }
+    });
+
+    test('fp8: f32 / f16 outputs, biases, 16 tokens, a 4096-wide row', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
+      const [tensor, channel] = fp8Specs as [WeightSpec, WeightSpec];
+      await run({ w: tensor, M: 1, N: 4099, K: 4096, out: 'f32' });
+      await run({ w: channel, M: 16, N: 1000, K: 512, bias: 'f32', out: 'f32', expect: 16 <= FP8_MMA_MAX_M ? 'mma' : 'cublas' });
+      await run({ w: channel, M: 64, N: 1000, K: 512, bias: 'f32', out: 'f32' });
+      await run({ w: tensor, M: 7, N: 257, K: 384, act: 'f16' });
+      await run({ w: channel, M: 64, N: 256, K: 384, act: 'f16', bias: 'f16' });
+    });
+
+    test('fp8 forced paths: cuBLASLt at few tokens, unscaled products + epilogue, dequantize (the pre-sm_89 path)', async () => {
+      for (const w of fp8Specs) {
+        if (fp8Cores) {
+          await run({ w, M: 7, N: 512, K: 256, path: 'cublas' });
+          forceFp8Scaling('none');
+          try {
+            await run({ w, M: 64, N: 512, K: 256, path: 'cublas', bias: 'bf16' });
+          } finally {
+            forceFp8Scaling(null);
+          }
+        }
+        await run({ w, M: 7, N: 333, K: 256, path: 'dequant' });
+        await run({ w, M: 64, N: 512, K: 256, path: 'dequant', out: 'f32' });
+      }
+    });
+
+    test('fp8: cuBLASLt outer-vector scaling runs where the library has it (else the epilogue path serves)', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async (t) => {
+      forceFp8Scaling('outer-vec');
+      try {
+        await run({ w: fp8Specs[1]!, M: 64, N: 512, K: 256, path: 'cublas' });
+      } catch (e) {
+        if (isPeregrineError(e) && e.code === 'PGN_ERR_UNSUPPORTED_FEATURE') t.diagnostic(`outer-vector FP8 scaling unavailable: ${e.message}`);
+        else throw e;
+      } finally {
+        forceFp8Scaling(null);
+      }
+    });
+
+    test('int8 / int4 weight-only: M = 1, 7, 64 by default, and the GEMV forced up to 8 tokens', async () => {
+      for (const w of intSpecs) {
+        for (const [N, K] of [[333, 256], [512, 640]] as const) {
+          await run({ w, M: 1, N, K, expect: 'gemv' });
+          await run({ w, M: 7, N, K, expect: 7 <= INT_GEMV_MAX_M ? 'gemv' : 'dequant', bias: 'bf16' });
+          await run({ w, M: 64, N, K, expect: 'dequant' });
+          await run({ w, M: 7, N, K, path: 'gemv', bias: 'f32', out: 'f32' });
+        }
+      }
+      await run({ w: intSpecs[3]!, M: 1, N: 4097, K: 4096, out: 'f32' });
+      await run({ w: intSpecs[0]!, M: 3, N: 1001, K: 1024, act: 'f16' });
+      await run({ w: intSpecs[2]!, M: 64, N: 257, K: 384, act: 'f16', out: 'f32', bias: 'f16' });
+    });
+
+    test('captured in a CUDA graph, replays read the new inputs (scratch addresses stay put)', async () => {
+      const specs = fp8Cores ? [fp8Specs[0]!, intSpecs[3]!] : [intSpecs[3]!];
+      for (const spec of specs) {
+        const w = makeWeight(spec, 512, 256);
+        try {
+          const x = h.rand([1, 256], 'bf16', 2);
+          const out = h.output([1, 512], 'bf16');
+          gpu.linear(out.gpu, x.gpu, w.gpu, null, 1); // eager first: lazy setup stays out of the graph
+          await gpu.synchronize();
+          gpu.beginCapture();
+          gpu.linear(out.gpu, x.gpu, w.gpu, null, 1);
+          const graph = gpu.endCapture();
+          try {
+            for (let r = 0; r < 2; r++) {
+              const x2 = h.rand([1, 256], 'bf16', 2);
+              gpu.copy(x.gpu, x2.gpu, 1);
+              h.cpu.copy(x.cpu, x2.cpu, 1);
+              gpu.replay(graph);
+              h.cpu.linear(out.cpu, x.cpu, w.cpu, null, 1);
+              await h.expectClose(out, `${describeW(spec)} graph replay ${r}`);
+            }
+          } finally {
+            graph.dispose();
+          }
+        } finally {
+          freeQuantWeight(w.gpu, gpu);
+        }
+      }
+    });
+
+    test('bad calls: a path that cannot run, a mis-shaped input, codes of the wrong size', () => {
+      const w = makeWeight(intSpecs[2]!, 64, 256);
+      try {
+        const x = h.rand([2, 256], 'bf16');
+        const out = h.output([2, 64], 'bf16');
+        forceQuantPath('mma');
+        try {
+          assert.throws(() => gpu.linear(out.gpu, x.gpu, w.gpu, null, 2), (e: unknown) => isPeregrineError(e) && e.code === 'PGN_ERR_UNSUPPORTED_FEATURE' && /'mma'.*int4 \[64, 256\]/.test(e.message));
+        } finally {
+          forceQuantPath(null);
+        }
+        const xBad = h.rand([2, 128], 'bf16');
+        assert.throws(() => gpu.linear(out.gpu, xBad.gpu, w.gpu, null, 2), (e: unknown) => isPeregrineError(e) && /x has rows of 128 elements, expected 256/.test(e.message));
+        const wrong: QuantizedWeight = { ...w.gpu, shape: [128, 256] };
+        const out2 = h.output([2, 128], 'bf16');
+        assert.throws(() => gpu.linear(out2.gpu, x.gpu, wrong, null, 2), (e: unknown) => isPeregrineError(e) && /qweight of \[128, 256\] must be i32 \[128, 32\]/.test(e.message));
+      } finally {
+        freeQuantWeight(w.gpu, gpu);
+      }
+    });
+
+    test(`demo model perplexity from quantized checkpoints: CUDA within ${100 * MAX_REL_PPL_DIFF}% of CPU`, async (t) => {
+      const tok = await Tokenizer.load(DEMO);
+      const ids = tok.encode(readFileSync(join(ROOT, 'tools', 'demo-model', 'heldout.txt'), 'utf8'));
+      const tmp = mkdtempSync(join(tmpdir(), 'pgn-cuda-quant-'));
+      try {
+        for (const kind of ['fp8', 'int8', 'int4'] as const) {
+          const dir = join(tmp, kind);
+          await buildQuantizedCheckpoint({ modelDir: DEMO, outDir: dir, kind, jobs: 1 });
+          const cpu = await ppl(dir, new CpuBackend(), ids);
+          const cuda = await ppl(dir, gpu, ids);
+          const rel = cuda / cpu - 1;
+          t.diagnostic(`${kind}: ppl CUDA ${cuda.toFixed(4)} vs CPU ${cpu.toFixed(4)} (${(100 * rel).toFixed(3)}%)`);
+          assert.ok(Math.abs(rel) < MAX_REL_PPL_DIFF, `${kind}: ppl CUDA ${cuda.toFixed(4)} vs CPU ${cpu.toFixed(4)} (${(100 * rel).toFixed(2)}%)`);
+        }
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
+      }
+    });
+  });
+}
+
+async function ppl(dir: string, backend: Backend, ids: number[]): Promise<number> {
+  const m = loadModel(dir, backend);
+  assert.ok(m.quant, `${dir} loads as a quantized checkpoint`);
+  const runner = new ModelRunner(backend, m.spec, m.weights, { numBlocks: WINDOW / 16, blockSize: 16, maxModelLen: WINDOW, maxNumBatchedTokens: WINDOW, maxNumSeqs: 1, maxNumLogits: WINDOW });
+  try {
+    return (await computePerplexity(runner, ids, WINDOW, NUM_WINDOWS)).ppl;
+  } finally {
+    runner.dispose();
+  }
+}
+
