@@ -9,6 +9,7 @@ import type { LLM } from '../api/llm.js';
 import { buildForwardBatch } from '../runner/input-builder.js';
 import type { ModelRunner } from '../runner/model-runner.js';
 import { formatTable, median, randomPrompts } from './stats.js';
+import { createSamplingState, makeSamplingParams } from '../sampling/index.js';
 
 export interface LatencyOptions {
   readonly batchSizes: readonly number[];
@@ -49,15 +50,6 @@ async function copyBandwidth(r: ModelRunner): Promise<number> {
   return (2 * rows * cols * bytesPerElement(b.activationDtype)) / (median(times) / 1000) / 1e12;
 }
 
-function argmaxRows(logits: Float32Array, V: number): number[] {
-  const out: number[] = [];
-  for (let r = 0; r * V < logits.length; r++) {
-    let best = 0, bv = -Infinity;
-    for (let i = 0; i < V; i++) if (logits[r * V + i]! > bv) { bv = logits[r * V + i]!; best = i; }
-    out.push(best);
-  }
-  return out;
-}
 
 export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyResult> {
   const r = llm.runner;
@@ -70,21 +62,26 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
   for (const B of o.batchSizes) {
     const perSeq = Math.ceil((o.isl + o.osl) / bs);
     if (B * perSeq > r.numBlocks || B > r.config.maxNumSeqs) { decode.push({ batch: B, msPerStep: NaN, tokPerS: NaN, weightBytes: 0, kvBytes: 0, achievedTBs: NaN }); continue; }
-    const seqs = randomPrompts(B, o.isl, 10, V - 1, B).map((p, i) => ({ tokenIds: p, numCachedTokens: 0, blockTable: Array.from({ length: perSeq }, (_, j) => i * perSeq + j) }));
+    // greedy through the runner's execute path: on CUDA the argmax runs on the device
+    const greedy = makeSamplingParams({ temperature: 0, maxTokens: o.osl, ignoreEos: true });
+    const seqs = randomPrompts(B, o.isl, 10, V - 1, B).map((p, i) => {
+      const output: number[] = [];
+      return { tokenIds: p, numCachedTokens: 0, blockTable: Array.from({ length: perSeq }, (_, j) => i * perSeq + j), samplingState: createSamplingState(greedy, p.slice(), output), output };
+    });
+    const run = async (group: typeof seqs, numNewTokens: number) => {
+      const results = await r.execute({ entries: group.map((seq) => ({ seq, numNewTokens })) });
+      results.forEach((res, k) => {
+        const seq = group[k]!;
+        seq.numCachedTokens += numNewTokens;
+        seq.tokenIds.push(res!.tokenId);
+        seq.output.push(res!.tokenId);
+      });
+    };
     // prefill in chunks under the token budget
-    const budget = r.config.maxNumBatchedTokens;
-    for (let i = 0; i < B; i += Math.max(1, Math.floor(budget / o.isl))) {
-      const group = seqs.slice(i, i + Math.max(1, Math.floor(budget / o.isl)));
-      const logits = await r.forward(buildForwardBatch(group.map((seq) => ({ seq, numNewTokens: o.isl })), bs, r.maxBlocksPerSeq));
-      argmaxRows(logits, V).forEach((t, k) => { group[k]!.numCachedTokens = o.isl; group[k]!.tokenIds.push(t); });
-    }
+    const perChunk = Math.max(1, Math.floor(r.config.maxNumBatchedTokens / o.isl));
+    for (let i = 0; i < B; i += perChunk) await run(seqs.slice(i, i + perChunk), o.isl);
     const stepMs: number[] = [];
-    for (let step = 0; step < o.osl - 1; step++) {
-      const fb = buildForwardBatch(seqs.map((seq) => ({ seq, numNewTokens: 1 })), bs, r.maxBlocksPerSeq);
-      let logits: Float32Array = new Float32Array(0);
-      stepMs.push(await timeMs(r, async () => { logits = await r.forward(fb); }));
-      argmaxRows(logits, V).forEach((t, k) => { seqs[k]!.numCachedTokens++; seqs[k]!.tokenIds.push(t); });
-    }
+    for (let step = 0; step < o.osl - 1; step++) stepMs.push(await timeMs(r, () => run(seqs, 1)));
     const ms = median(stepMs.slice(Math.min(3, stepMs.length - 1)));
     const weightBytes = paramCount(r) * bpe;
     const avgCtx = o.isl + o.osl / 2;
