@@ -7,6 +7,11 @@
  * The batch is flattened: `numTokens` rows from `numSeqs` sequences, each sequence's
  * queries attending to its own paged KV history (prefill, chunked prefill and decode alike).
  * Work buffers are allocated once, sized for `maxNumTokens` / `maxNumSeqs`.
+ *
+ * Tensor parallelism (src/parallel/sharding.ts): given a communicator of size > 1, the spec and
+ * weights are the rank's shard; the block outputs (after o_proj, after down, or their sum in
+ * parallel-residual layers) are all-reduced, and an embedding cut by columns or an LM head cut
+ * by vocab rows is all-gathered. Without one, nothing changes.
  */
 import { isQuantizedWeight, type AttentionMetadata, type AttentionParams, type Backend, type DType, type LayerKvCache, type QkNormParams, type RopeParams, type Tensor } from '../backends/backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../weights/dtype.js';
@@ -14,6 +19,7 @@ import { buildCosSinTable } from './rope.js';
 import type { ModelSpec } from './spec.js';
 import type { LayerWeights, ModelWeights } from './model-weights.js';
 import { PeregrineError } from '../errors.js';
+import type { Communicator } from '../parallel/communicator.js';
 
 /** Device-side inputs of one step (written by the runner, read by the forward). */
 export interface DeviceInputs {
@@ -60,6 +66,10 @@ export class DecoderModel {
   private readonly lastNormed: Tensor;
   private readonly lastProjected: Tensor | null; // [R, wordEmbedDim] after project_out
   readonly logits: Tensor; // f32 [maxNumLogits, vocab]
+  /** tensor parallel, when the weights are cut: [T, wordEmbedDim / tp] embedding columns, f32 [R, vocab / tp] logits */
+  private readonly embedPart: Tensor | null;
+  private readonly logitsPart: Tensor | null;
+  private readonly comm: Communicator | null;
   private readonly ownTensors: Tensor[] = [];
 
   constructor(
@@ -67,8 +77,10 @@ export class DecoderModel {
     readonly backend: Backend,
     readonly weights: ModelWeights,
     readonly limits: DecoderLimits,
+    comm: Communicator | null = null,
   ) {
     const s = spec;
+    this.comm = comm && comm.size > 1 ? comm : null;
     this.qSize = s.numHeads * s.headDim;
     this.kvSize = s.numKvHeads * s.headDim;
     const dt = backend.activationDtype;
@@ -98,6 +110,10 @@ export class DecoderModel {
     this.lastNormed = buf([R, H]);
     this.lastProjected = projected ? buf([R, s.wordEmbedDim]) : null;
     this.logits = buf([R, s.vocabSize], 'f32');
+    const embedCols = weights.embedTokens.shape[1]!;
+    const headRows = weights.lmHead.shape[0]!;
+    this.embedPart = embedCols < s.wordEmbedDim ? buf([T, this.checkPart(embedCols, s.wordEmbedDim, 'embedding columns')]) : null;
+    this.logitsPart = headRows < s.vocabSize ? buf([R, this.checkPart(headRows, s.vocabSize, 'LM head rows')], 'f32') : null;
 
     this.cosSin = null;
     if (s.rope) {
@@ -153,7 +169,12 @@ export class DecoderModel {
       b.linear(this.lastProjected, h, w.projectOut, null, numLogits);
       h = this.lastProjected;
     }
-    b.linear(this.logits, h, w.lmHead, w.lmHeadBias, numLogits);
+    if (this.logitsPart) {
+      b.linear(this.logitsPart, h, w.lmHead, w.lmHeadBias, numLogits);
+      this.comm!.allGather(this.logits, this.logitsPart, numLogits, this.logitsPart.shape[1]!);
+    } else {
+      b.linear(this.logits, h, w.lmHead, w.lmHeadBias, numLogits);
+    }
     if (s.finalLogitSoftcap !== null) b.softcap(this.logits, this.logits, s.finalLogitSoftcap, numLogits);
     return this.logits;
   }
@@ -162,10 +183,10 @@ export class DecoderModel {
   private embed(inp: DeviceInputs, T: number): void {
     const { backend: b, weights: w } = this;
     if (w.projectIn && this.embedded) {
-      b.embedding(this.embedded, w.embedTokens, inp.tokenIds, T);
+      this.lookup(this.embedded, inp.tokenIds, T);
       b.linear(this.hidden, this.embedded, w.projectIn, null, T);
     } else {
-      b.embedding(this.hidden, w.embedTokens, inp.tokenIds, T);
+      this.lookup(this.hidden, inp.tokenIds, T);
     }
     if (this.embeddingScale !== 1) b.scale(this.hidden, this.hidden, this.embeddingScale, T);
     if (w.embedPositions) {
@@ -174,6 +195,26 @@ export class DecoderModel {
     }
     if (w.embedNorm) this.norm(this.residual, this.hidden, w.embedNorm, w.embedNormBias ?? null, T, null);
     else b.copy(this.residual, this.hidden, T);
+  }
+
+  /** out [T, wordEmbedDim] = embed_tokens[ids]; a rank holding embedding columns gathers the others' */
+  private lookup(out: Tensor, ids: Tensor, T: number): void {
+    if (!this.embedPart) return this.backend.embedding(out, this.weights.embedTokens, ids, T);
+    this.backend.embedding(this.embedPart, this.weights.embedTokens, ids, T);
+    this.comm!.allGather(out, this.embedPart, T, this.embedPart.shape[1]!);
+  }
+
+  /** Tensor parallel: sums the ranks' partial outputs of a row-parallel block (o_proj, down) */
+  private reduce(t: Tensor, T: number): void {
+    this.comm?.allReduceSum(t, T * this.spec.hiddenSize);
+  }
+
+  /** rows of a weight cut by tensor parallelism: `part` of `whole`, and a communicator to gather them */
+  private checkPart(part: number, whole: number, what: string): number {
+    if (!this.comm || part * this.comm.size !== whole) {
+      throw new PeregrineError('PGN_ERR_INTERNAL', `the weights hold ${part} of ${whole} ${what}, which needs a tensor-parallel communicator of ${whole / part} ranks (have ${this.comm?.size ?? 1})`);
+    }
+    return part;
   }
 
   /**
@@ -194,9 +235,11 @@ export class DecoderModel {
       }
       this.mlp(lw, mlpIn, this.branch, T);
       b.add(this.hidden, this.hidden, this.branch, T);
+      this.reduce(this.hidden, T); // one all-reduce for both blocks
       return this.hidden;
     }
 
+    this.reduce(this.hidden, T);
     let attnOut = this.hidden;
     if (lw.attnOutNorm) {
       this.norm(this.branch, this.hidden, lw.attnOutNorm, null, T, null);
@@ -204,6 +247,7 @@ export class DecoderModel {
     }
     this.norm(this.normed, attnOut, lw.postNorm!, lw.postNormBias, T, this.residual);
     this.mlp(lw, this.normed, this.hidden, T);
+    this.reduce(this.hidden, T);
     if (lw.mlpOutNorm) {
       this.norm(this.branch, this.hidden, lw.mlpOutNorm, null, T, null);
       return this.branch;
@@ -215,9 +259,11 @@ export class DecoderModel {
   private postNormLayer(i: number, lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number): null {
     const b = this.backend;
     this.attention(i, lw, this.residual, cache, inp, T); // -> hidden
+    this.reduce(this.hidden, T);
     this.norm(this.normed, this.hidden, lw.inputNorm, lw.inputNormBias, T, this.residual);
     b.copy(this.residual, this.normed, T);
     this.mlp(lw, this.normed, this.hidden, T);
+    this.reduce(this.hidden, T);
     this.norm(this.normed, this.hidden, lw.postNorm!, lw.postNormBias, T, this.residual);
     b.copy(this.residual, this.normed, T);
     return null;

@@ -4,13 +4,14 @@
  * concatenated along dim 0 as they are read, load-time transforms (transposed Conv1D,
  * per-head fused QKV, ...) are applied to the raw bytes, and a name missing from the
  * checkpoint is tried without the base model prefix, then in the entry's fallback layout.
+ * Under tensor parallelism each weight is cut to the rank's shard (`ShardOf`) as it is read.
  */
 import { isQuantizedWeight, type Backend, type QuantizedWeight, type Tensor } from '../backends/backend.js';
 import { PeregrineError } from '../errors.js';
 import type { Checkpoint } from '../weights/checkpoint.js';
 import type { RawTensor } from '../weights/safetensors.js';
 import type { GlobalWeight, LayerWeight, ModelSpec, WeightEntry, WeightMap, WeightSource, WeightTransform } from './spec.js';
-import { applyWeightTransforms } from './weight-transform.js';
+import { applyWeightTransforms, sliceTensor, type TensorSlice } from './weight-transform.js';
 import { linearWeightExists, loadLinearWeight } from '../weights/quant/load.js';
 import type { QuantConfig } from '../weights/quant/index.js';
 
@@ -63,6 +64,11 @@ export interface ModelWeights {
 
 export type LoadProgress = (loaded: number, total: number) => void;
 
+/** What a rank keeps of one weight: a slice, all of it, or nothing (row-parallel biases live on rank 0 only). */
+export type WeightShard = TensorSlice | 'all' | 'none';
+/** The rank's shard of each canonical weight (src/parallel/sharding.ts). */
+export type ShardOf = (key: GlobalWeight | LayerWeight) => WeightShard;
+
 /** A resolved entry: checkpoint names that exist, and the transforms to apply. */
 interface Resolved {
   readonly names: readonly string[];
@@ -73,10 +79,14 @@ interface Resolved {
 /**
  * Reads every weight the spec needs; a tensor missing from the checkpoint is PGN_ERR_WEIGHTS_MISSING_TENSOR.
  * @param quant the checkpoint's quantization (detectQuantizationInDir): its linear layers load as QuantizedWeights
+ * @param shardOf tensor parallelism: the slice of each weight this rank holds (default: every weight whole)
  */
-export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightMap, backend: Backend, onProgress?: LoadProgress, quant: QuantConfig | null = null): ModelWeights {
+export function loadModelWeights(
+  ckpt: Checkpoint, spec: ModelSpec, map: WeightMap, backend: Backend, onProgress?: LoadProgress, quant: QuantConfig | null = null,
+  shardOf: ShardOf = () => 'all',
+): ModelWeights {
   const dtype = backend.activationDtype;
-  const total = Object.keys(map.global).length + spec.numLayers * Object.keys(map.layer).length;
+  let total = Object.keys(map.global).length + spec.numLayers * Object.keys(map.layer).length;
   let loaded = 0;
 
   /** the names as given, or without the base prefix when only that form is in the checkpoint */
@@ -97,11 +107,12 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
     const names = namesOf(asSource(entry), layer);
     return names.find((n) => present(n) === null) ?? names[0]!;
   };
-  const read = (r: Resolved): RawTensor => {
-    const raw = r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!);
-    return applyWeightTransforms(raw, r.transforms);
+  const read = (r: Resolved, shard: WeightShard): RawTensor => {
+    const raw = applyWeightTransforms(r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!), r.transforms);
+    return shard === 'all' ? raw : sliceTensor(raw, shard as TensorSlice);
   };
-  const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean, linear = false): LinearWeight | null => {
+  const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean, linear: boolean, shard: WeightShard): LinearWeight | null => {
+    if (shard === 'none') return null;
     if (entry === undefined) {
       if (required) throw unmapped(key);
       return null;
@@ -113,17 +124,24 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
     }
     onProgress?.(loaded + 1, total);
     loaded++;
-    if (linear && quant) return loadLinearWeight(ckpt, r.concat ? r.names : r.names[0]!, backend, quant, r.transforms);
-    const raw = read(r);
+    if (linear && quant) {
+      if (shard !== 'all') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `tensor parallelism over quantized checkpoints is not supported yet (${key})`, { tensor: key });
+      return loadLinearWeight(ckpt, r.concat ? r.names : r.names[0]!, backend, quant, r.transforms);
+    }
+    const raw = read(r, shard);
     return backend.fromBytes(raw.shape, raw.dtype, raw.bytes, dtype);
   };
-  const global = (key: GlobalWeight, required: boolean): Tensor | null => fetch(key, map.global[key], 0, required) as Tensor | null;
-  const layerW = (i: number, key: LayerWeight, required: boolean): Tensor | null => fetch(`layers.${i}.${key}`, map.layer[key], i, required) as Tensor | null;
-  const linearW = (i: number, key: LayerWeight): LinearWeight => fetch(`layers.${i}.${key}`, map.layer[key], i, true, true)!;
+  const global = (key: GlobalWeight, required: boolean): Tensor | null => fetch(key, map.global[key], 0, required, false, shardOf(key)) as Tensor | null;
+  const layerW = (i: number, key: LayerWeight, required: boolean): Tensor | null => fetch(`layers.${i}.${key}`, map.layer[key], i, required, false, shardOf(key)) as Tensor | null;
+  const linearW = (i: number, key: LayerWeight): LinearWeight => fetch(`layers.${i}.${key}`, map.layer[key], i, true, true, shardOf(key))!;
 
   const embedTokens = global('embed_tokens.weight', true)!;
   const lmHeadEntry = map.global['lm_head.weight'];
   const tied = spec.tieWordEmbeddings || lmHeadEntry === undefined || resolve(lmHeadEntry, 0) === null;
+  const headShard = shardOf('lm_head.weight');
+  // tensor parallelism cuts the embedding by columns and the head by vocab rows: a tied table is read twice
+  const shareTable = tied && sameShard(headShard, shardOf('embed_tokens.weight'));
+  if (tied && !shareTable) total++;
   const isLayerNorm = spec.norm.type === 'layer';
   const layers: LayerWeights[] = [];
   for (let i = 0; i < spec.numLayers; i++) {
@@ -160,12 +178,16 @@ export function loadModelWeights(ckpt: Checkpoint, spec: ModelSpec, map: WeightM
     projectOut: projected ? global('project_out.weight', true) : null,
     norm: finalNorm ? global('norm.weight', true) : null,
     normBias: finalNorm && isLayerNorm ? global('norm.bias', false) : null,
-    lmHead: tied ? embedTokens : fetch('lm_head.weight', lmHeadEntry, 0, true, true)!,
+    lmHead: shareTable ? embedTokens : fetch('lm_head.weight', tied ? map.global['embed_tokens.weight'] : lmHeadEntry, 0, true, !tied, headShard)!,
     lmHeadBias: spec.bias.lmHead ? global('lm_head.bias', true) : null,
     layers,
   };
   onProgress?.(total, total);
   return weights;
+}
+
+function sameShard(a: WeightShard, b: WeightShard): boolean {
+  return typeof a === 'string' || typeof b === 'string' ? a === b : a.dim === b.dim && JSON.stringify(a.ranges) === JSON.stringify(b.ranges);
 }
 
 function asSource(entry: WeightEntry): WeightSource {

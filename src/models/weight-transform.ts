@@ -62,6 +62,41 @@ function sliceRows(t: RawTensor, start: number): RawTensor {
   return { ...t, shape: [rows - start, ...t.shape.slice(1)], bytes: t.bytes.slice(start * rowBytes) };
 }
 
+/**
+ * Ranges of one dim to keep, concatenated in order: a rank's shard of a weight under tensor
+ * parallelism (rows of dim 0, columns of the last dim, the expert rows of dim 1 of [E, 2I, H]).
+ */
+export interface TensorSlice {
+  readonly dim: number;
+  /** [start, end) indices of `dim` */
+  readonly ranges: readonly (readonly [number, number])[];
+}
+
+/** Keeps `s.ranges` of dim `s.dim`: the bytes seen as [outer, dimSize, inner], blocks of inner elements copied whole. */
+export function sliceTensor(t: RawTensor, s: TensorSlice): RawTensor {
+  const size = t.shape[s.dim];
+  if (!Number.isInteger(s.dim) || size === undefined) throw shapeError(t, `has no dim ${s.dim} to slice`);
+  for (const [a, b] of s.ranges) {
+    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a < b && b <= size)) throw shapeError(t, `has ${size} entries in dim ${s.dim}, cannot take [${a}, ${b})`);
+  }
+  const product = (dims: readonly number[]) => dims.reduce((x, y) => x * y, 1);
+  const outer = product(t.shape.slice(0, s.dim));
+  const innerBytes = product(t.shape.slice(s.dim + 1)) * storageBytesPerElement(t.dtype);
+  const kept = s.ranges.reduce((n, [a, b]) => n + b - a, 0);
+  const out = new Uint8Array(outer * kept * innerBytes);
+  let o = 0;
+  for (let i = 0; i < outer; i++) {
+    const base = i * size * innerBytes;
+    for (const [a, b] of s.ranges) {
+      out.set(t.bytes.subarray(base + a * innerBytes, base + b * innerBytes), o);
+      o += (b - a) * innerBytes;
+    }
+  }
+  const shape = [...t.shape];
+  shape[s.dim] = kept;
+  return { ...t, shape, bytes: out };
+}
+
 function shapeError(t: RawTensor, what: string): PeregrineError {
   return new PeregrineError('PGN_ERR_WEIGHTS_SHAPE', `tensor '${t.name}' [${t.shape.join(', ')}] ${what}`, { tensor: t.name, shape: t.shape });
 }

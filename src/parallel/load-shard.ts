@@ -1,0 +1,38 @@
+/** config.json + safetensors folder -> one tensor-parallel rank's spec and weight shard on a backend. */
+import type { Backend } from '../backends/backend.js';
+import { PeregrineError } from '../errors.js';
+import { loadModelConfig } from '../models/config.js';
+import { loadModelWeights, type LoadProgress, type ModelWeights } from '../models/model-weights.js';
+import { getFamily } from '../models/registry.js';
+import type { ModelSpec } from '../models/spec.js';
+import { Checkpoint } from '../weights/checkpoint.js';
+import { detectQuantizationInDir } from '../weights/quant/index.js';
+import { shardOf, shardSpec } from './sharding.js';
+
+export interface LoadedShard {
+  /** the model's spec, unsharded */
+  readonly spec: ModelSpec;
+  /** what this rank's decoder and KV cache run with (shardSpec) */
+  readonly rankSpec: ModelSpec;
+  readonly weights: ModelWeights;
+}
+
+/**
+ * Loads rank `rank` of `tp`: every weight cut to the rank's slice as it is read.
+ * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT when tp does not split the model,
+ *   PGN_ERR_UNSUPPORTED_FEATURE for a quantized checkpoint with tp > 1, and the loader's errors
+ */
+export function loadModelShard(dir: string, backend: Backend, tp: number, rank: number, onProgress?: LoadProgress): LoadedShard {
+  const { spec, raw } = loadModelConfig(dir);
+  const rankSpec = shardSpec(spec, tp, rank);
+  const family = getFamily(spec.architecture);
+  const ckpt = Checkpoint.open(dir);
+  try {
+    const quant = detectQuantizationInDir(dir, raw);
+    if (quant && tp > 1) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `tensor parallelism over quantized checkpoints is not supported yet (${dir})`, { dir, tp });
+    const weights = loadModelWeights(ckpt, spec, family.weightMap(spec), backend, onProgress, quant, shardOf(spec, tp, rank));
+    return { spec, rankSpec, weights };
+  } finally {
+    ckpt.close();
+  }
+}

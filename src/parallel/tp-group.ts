@@ -1,0 +1,174 @@
+/**
+ * A tensor-parallel group driven from rank 0, which owns the scheduler: each step's
+ * ForwardBatch goes to the other ranks, every rank runs the same forward on its shard
+ * (all-reducing and all-gathering through the communicator), and rank 0 samples.
+ * It is a ModelExecutor, so the engine runs over it unchanged.
+ *
+ * CPU: ranks 1..tp-1 are worker threads over a shared-memory communicator (the CI path).
+ * CUDA: one process per GPU over NCCL, device r for rank r unless told otherwise.
+ * A rank that dies turns the next (or the current) step into PGN_ERR_ENGINE_DEAD; nothing hangs.
+ *
+ * @example
+ * const group = await TpGroup.start({ modelDir, tp: 2, runner: { numBlocks: 256, blockSize: 16, maxModelLen: 2048, maxNumBatchedTokens: 512, maxNumSeqs: 32 } });
+ * const engine = new LLMEngine(group);
+ * ...
+ * await group.dispose();
+ */
+import type { Backend } from '../backends/backend.js';
+import { createBackend, type DeviceName } from '../backends/index.js';
+import type { ModelExecutor } from '../engine/executor.js';
+import type { ScheduledBatch } from '../engine/scheduler.js';
+import { isPeregrineError, PeregrineError } from '../errors.js';
+import { loadModelConfig } from '../models/config.js';
+import type { ModelSpec } from '../models/spec.js';
+import type { ForwardBatch } from '../runner/forward-batch.js';
+import { buildForwardBatch } from '../runner/input-builder.js';
+import { sampleRow, type SampleResult } from '../sampling/index.js';
+import type { Communicator } from './communicator.js';
+import { connect } from './connect.js';
+import { createCpuCommShared, DEFAULT_COLLECTIVE_TIMEOUT_MS } from './cpu-communicator.js';
+import { loadModelShard } from './load-shard.js';
+import { RankRunner, type RankRunnerConfig } from './rank-runner.js';
+import { checkTensorParallel } from './sharding.js';
+import type { TpCommInit } from './tp-protocol.js';
+import { TpPeers } from './tp-peers.js';
+
+export interface TpGroupOptions {
+  readonly modelDir: string;
+  /** ranks in the group; must split the model's heads (checkTensorParallel) */
+  readonly tp: number;
+  /** 'cpu' (default): worker threads; 'cuda': one process per GPU over NCCL */
+  readonly device?: DeviceName;
+  /** GPU of each rank (default: rank r on device r) */
+  readonly deviceIds?: readonly number[];
+  readonly runner: RankRunnerConfig;
+  /** CPU: how long a rank waits for the others at one collective before the group is declared dead (default 10 min) */
+  readonly collectiveTimeoutMs?: number;
+  /** fault injection for tests: rank `rank` exits when step `step` (0-based) reaches it */
+  readonly exitAtStep?: { readonly rank: number; readonly step: number };
+}
+
+export class TpGroup implements ModelExecutor {
+  private failure: PeregrineError | null = null;
+  private readonly scratch: Float32Array;
+
+  private constructor(
+    /** the model's spec, unsharded */
+    readonly spec: ModelSpec,
+    private readonly backend: Backend,
+    private readonly runner: RankRunner,
+    private readonly comm: Communicator,
+    private readonly peers: TpPeers,
+  ) {
+    this.scratch = new Float32Array(spec.vocabSize);
+    peers.onDeath((e) => comm.abort(e.message));
+  }
+
+  /**
+   * Starts ranks 1..tp-1, loads rank 0's shard here meanwhile, then joins the communicator.
+   * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT when tp does not split the model, a worker's
+   *   load error with its code, PGN_ERR_ENGINE_DEAD when a worker dies while starting
+   */
+  static async start(opts: TpGroupOptions): Promise<TpGroup> {
+    const { modelDir, tp, runner: config } = opts;
+    const device = opts.device ?? 'cpu';
+    const deviceIds = opts.deviceIds ?? Array.from({ length: tp }, (_, r) => r);
+    const { spec } = loadModelConfig(modelDir);
+    checkTensorParallel(spec, tp);
+    if (deviceIds.length < tp) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `${tp} ranks need ${tp} device ids, got [${deviceIds.join(', ')}]`, { param: 'deviceIds' });
+    const comm: TpCommInit = device === 'cpu'
+      ? { kind: 'cpu', shared: createCpuCommShared(tp, collectiveCapacity(spec, tp, config)), timeoutMs: opts.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS }
+      : { kind: 'nccl', uniqueId: [...(await import('./nccl.js')).ncclUniqueId()] };
+    const inits = Array.from({ length: tp - 1 }, (_, i) => i + 1).map((rank) => ({
+      modelDir, tp, rank, device, deviceId: deviceIds[rank]!, runner: config, comm,
+      exitAtStep: opts.exitAtStep?.rank === rank ? opts.exitAtStep.step : undefined,
+    }));
+    const peers = new TpPeers(inits, device === 'cpu' ? 'thread' : 'process');
+    let backend: Backend | null = null;
+    try {
+      backend = await createBackend(device, { deviceId: deviceIds[0] });
+      const shard = loadModelShard(modelDir, backend, tp, 0);
+      await peers.waitAll('loaded');
+      await peers.send({ t: 'connect' }); // on its way before NCCL blocks this thread
+      const communicator = await connect(comm, 0, tp, backend);
+      await peers.waitAll('ready');
+      return new TpGroup(spec, backend, new RankRunner(backend, shard.rankSpec, shard.weights, config, communicator), communicator, peers);
+    } catch (e) {
+      await peers.stop();
+      backend?.dispose();
+      throw e;
+    }
+  }
+
+  get tp(): number { return this.comm.size; }
+  get blockSize(): number { return this.runner.config.blockSize; }
+  get numBlocks(): number { return this.runner.config.numBlocks; }
+  get maxModelLen(): number { return this.runner.config.maxModelLen; }
+  get maxBlocksPerSeq(): number { return this.runner.maxBlocksPerSeq; }
+  get eosTokenIds(): readonly number[] { return this.spec.eosTokenIds; }
+
+  /** why the group cannot run, or null */
+  get dead(): PeregrineError | null {
+    return this.failure ?? this.peers.dead;
+  }
+
+  /** Runs one batch on every rank; f32 logits [logitsIndices.length, vocab]. */
+  async forward(fb: ForwardBatch): Promise<Float32Array> {
+    if (this.dead) throw this.dead;
+    void this.peers.send({ t: 'step', fb });
+    let logits: Float32Array | null;
+    try {
+      logits = await this.runner.forward(fb, true);
+    } catch (e) {
+      throw this.fail(e);
+    }
+    if (this.dead) throw this.dead; // NCCL returns early once aborted: the logits are not whole
+    return logits!;
+  }
+
+  /** Forward + sampling on rank 0 (ModelExecutor). */
+  async execute(batch: ScheduledBatch): Promise<Array<SampleResult | null>> {
+    const entries = batch.entries;
+    if (entries.length === 0) return [];
+    const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
+    const logits = await this.forward(buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples));
+    const V = this.spec.vocabSize;
+    let row = 0;
+    return entries.map((e, i) => {
+      if (!samples[i]) return null;
+      const r = logits.subarray(row * V, (row + 1) * V);
+      row++;
+      return sampleRow(r, e.seq.samplingState, this.scratch);
+    });
+  }
+
+  /** Ends rank `rank` abruptly, as a crash would (fault drills and tests); resolves once it is gone. */
+  kill(rank: number): Promise<void> {
+    return this.peers.kill(rank);
+  }
+
+  /** Stops the workers and frees rank 0's memory. */
+  async dispose(): Promise<void> {
+    await this.peers.requestStop(); // the workers leave the communicator as this rank does
+    this.runner.dispose();
+    this.comm.dispose();
+    await this.peers.exited();
+    this.backend.dispose();
+  }
+
+  /** Rank 0 failed mid-step: the others may wait at a collective, so the group is over. */
+  private fail(e: unknown): PeregrineError {
+    const err = this.dead ?? (isPeregrineError(e, 'PGN_ERR_ENGINE_DEAD') ? e
+      : new PeregrineError('PGN_ERR_ENGINE_DEAD', `tensor-parallel rank 0 failed mid-step: ${(e as Error)?.message ?? String(e)}`, {}, { cause: e }));
+    this.failure ??= err;
+    this.comm.abort(err.message);
+    return err;
+  }
+}
+
+/** Elements of one rank's slot in the CPU communicator: its largest collective part. */
+function collectiveCapacity(spec: ModelSpec, tp: number, c: RankRunnerConfig): number {
+  const T = c.maxNumBatchedTokens;
+  const R = Math.max(Math.min(c.maxNumSeqs, T), c.maxNumLogits ?? 0);
+  return Math.max(T * spec.hiddenSize, Math.ceil((T * spec.wordEmbedDim) / tp), Math.ceil((R * spec.vocabSize) / tp));
+}

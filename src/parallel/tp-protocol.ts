@@ -1,0 +1,39 @@
+/** Messages between rank 0 (the TpGroup) and the other ranks' workers (tp-worker.ts). */
+import type { DeviceName } from '../backends/index.js';
+import type { ForwardBatch } from '../runner/forward-batch.js';
+import type { CpuCommShared } from './cpu-communicator.js';
+import type { RankRunnerConfig } from './rank-runner.js';
+
+export type TpCommInit =
+  /** worker threads of one process over shared memory */
+  | { readonly kind: 'cpu'; readonly shared: CpuCommShared; readonly timeoutMs: number }
+  /** one process per GPU; the 128-byte ncclUniqueId made by rank 0 */
+  | { readonly kind: 'nccl'; readonly uniqueId: readonly number[] };
+
+export interface TpWorkerInit {
+  readonly modelDir: string;
+  readonly tp: number;
+  readonly rank: number;
+  readonly device: DeviceName;
+  readonly deviceId: number;
+  readonly runner: RankRunnerConfig;
+  readonly comm: TpCommInit;
+  /** fault injection for tests: the worker exits with code 1 when step `exitAtStep` (0-based) arrives */
+  readonly exitAtStep?: number;
+}
+
+/**
+ * init -> the worker loads its shard and answers 'loaded'; connect -> it joins the
+ * communicator (a collective for NCCL) and answers 'ready'; then one 'step' per forward;
+ * 'stop' frees everything and ends the worker.
+ */
+export type ToWorker =
+  | { readonly t: 'init'; readonly init: TpWorkerInit }
+  | { readonly t: 'connect' }
+  | { readonly t: 'step'; readonly fb: ForwardBatch }
+  | { readonly t: 'stop' };
+
+export type FromWorker =
+  | { readonly t: 'loaded' }
+  | { readonly t: 'ready' }
+  | { readonly t: 'error'; readonly code: string; readonly message: string };

@@ -1,0 +1,100 @@
+// NCCL tensor parallelism on 2 (and 4) GPUs; skips without at least 2. Collectives through the
+// koffi bindings (f32 and bf16, all-gather by columns over 1 and 2 rows), the TP group against
+// TP = 1 on the golden fixtures, and a dead worker process turning a step into PGN_ERR_ENGINE_DEAD.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
+import { loadDriver, out } from '../../src/backends/cuda/driver.js';
+import { loadModel } from '../../src/models/load-model.js';
+import { ncclUniqueId } from '../../src/parallel/nccl.js';
+import { TpGroup } from '../../src/parallel/tp-group.js';
+import { buildForwardBatch } from '../../src/runner/input-builder.js';
+import { ModelRunner } from '../../src/runner/model-runner.js';
+import { simpleGenerate } from '../../src/runner/simple-generate.js';
+import { LLMEngine } from '../../src/engine/llm-engine.js';
+import { makeSamplingParams } from '../../src/sampling/index.js';
+import { expectedCollectives, type CollectiveResults } from '../helpers/comm-rank.js';
+import { loadGolden } from '../helpers/golden.js';
+
+process.env.NCCL_NVLS_ENABLE = '0';
+
+function gpuCount(): number {
+  if (!CudaBackend.isAvailable()) return 0;
+  const drv = loadDriver();
+  drv.cuInit(0);
+  return out<number>((b) => drv.cuDeviceGetCount(b), drv, 'cuDeviceGetCount', 0);
+}
+
+const GPUS = gpuCount();
+const skip = GPUS >= 2 ? false : `needs 2 GPUs, found ${GPUS}`;
+const RANK = fileURLToPath(new URL('./nccl-rank.js', import.meta.url));
+const RUNNER = { numBlocks: 64, blockSize: 16, maxModelLen: 256, maxNumBatchedTokens: 256, maxNumSeqs: 8, maxNumLogits: 256 };
+/** max |TP logit - TP1 logit| / max |logit| in bf16 (different summation order) */
+const REL_TOL = 4e-2;
+
+test('NCCL all-reduce, all-gather and broadcast across 2 processes', { skip }, async () => {
+  const id = [...ncclUniqueId()];
+  const size = 2;
+  const results = await Promise.all(Array.from({ length: size }, (_, rank) => new Promise<{ f32: CollectiveResults; bf16: CollectiveResults; error?: string }>((resolve, reject) => {
+    const child = fork(RANK, [], { execArgv: [], env: { ...process.env, NCCL_NVLS_ENABLE: '0' } });
+    child.once('message', (m) => resolve(m as never));
+    child.once('exit', (code) => reject(new Error(`rank ${rank} exited (code ${code}) without results`)));
+    child.send({ id, rank, size });
+  })));
+  for (const [rank, r] of results.entries()) {
+    assert.equal(r.error, undefined, `rank ${rank}: ${r.error}`);
+    assert.deepEqual(r.f32, expectedCollectives(size), `rank ${rank} f32`);
+    assert.deepEqual(r.bf16, expectedCollectives(size), `rank ${rank} bf16`);
+  }
+});
+
+for (const [name, tp] of [['llama-linear', 2], ['mistral', 2], ['llama-linear', 4], ['gpt2', 2], ['mixtral', 2]] as const) {
+  test(`${name} at tp ${tp} on CUDA: TP = 1 logits within bf16 tolerance, same greedy tokens away from near-ties`, { skip: GPUS >= tp ? false : `needs ${tp} GPUs, found ${GPUS}` }, async () => {
+    const g = loadGolden(name);
+    const backend = CudaBackend.create({ deviceId: 0 });
+    const model = loadModel(g.dir, backend);
+    const ref = new ModelRunner(backend, model.spec, model.weights, { ...RUNNER, enableCudaGraphs: false });
+    const group = await TpGroup.start({ modelDir: g.dir, tp, device: 'cuda', runner: RUNNER });
+    try {
+      for (const [ci, c] of g.cases.entries()) {
+        const ids = [...c.promptIds];
+        const fb = buildForwardBatch([{ seq: { tokenIds: ids, numCachedTokens: 0, blockTable: Array.from({ length: Math.ceil(ids.length / 16) }, (_, j) => j) }, numNewTokens: ids.length }], 16, 16);
+        const all = { ...fb, logitsIndices: Int32Array.from(ids, (_, i) => i) };
+        const want = await ref.forward(all);
+        const got = await group.forward(all);
+        let err = 0, scale = 0;
+        for (let i = 0; i < want.length; i++) { err = Math.max(err, Math.abs(want[i]! - got[i]!)); scale = Math.max(scale, Math.abs(want[i]!)); }
+        assert.ok(err / scale < (model.spec.moe ? 0.3 : REL_TOL), `${name} tp ${tp}: max |error| ${err} of scale ${scale}`);
+        // greedy ids are decided by the model only where no top-2 gap is within the error
+        if (c.minGreedyMargin <= 4 * err) continue;
+        const single = await simpleGenerate(ref, [c.promptIds], { temperature: 0, maxTokens: c.greedyIds.length, ignoreEos: true });
+        const engine = new LLMEngine(group, { maxNumSeqs: 8, maxNumBatchedTokens: 256 });
+        engine.addRequest({ requestId: 'a', promptTokenIds: c.promptIds, params: makeSamplingParams({ temperature: 0, maxTokens: c.greedyIds.length, ignoreEos: true }) });
+        let greedy: number[] = [];
+        while (engine.hasUnfinishedRequests()) for (const o of await engine.step()) greedy = o.outputTokenIds;
+        assert.deepEqual(greedy, single.tokenIds[0], `${name} tp ${tp} case ${ci}: greedy ids`);
+      }
+    } finally {
+      await group.dispose();
+      ref.dispose();
+      backend.dispose();
+    }
+  });
+}
+
+test('a worker process killed mid-run fails the step with PGN_ERR_ENGINE_DEAD, without a hang', { skip }, async () => {
+  const g = loadGolden('llama-linear');
+  const group = await TpGroup.start({ modelDir: g.dir, tp: 2, device: 'cuda', runner: RUNNER, exitAtStep: { rank: 1, step: 1 } });
+  try {
+    const fb = buildForwardBatch([{ seq: { tokenIds: [1, 2, 3], numCachedTokens: 0, blockTable: [0] }, numNewTokens: 3 }], 16, 16);
+    await group.forward(fb);
+    const t0 = Date.now();
+    await assert.rejects(group.forward(fb), (e: any) => e.code === 'PGN_ERR_ENGINE_DEAD' && /rank 1 exited/.test(e.message));
+    assert.ok(Date.now() - t0 < 30_000);
+    await assert.rejects(group.forward(fb), (e: any) => e.code === 'PGN_ERR_ENGINE_DEAD');
+  } finally {
+    await group.dispose();
+  }
+});
