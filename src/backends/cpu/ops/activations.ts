@@ -4,6 +4,7 @@
  */
 import type { GeluApprox, Tensor } from '../../backend.js';
 import { f32Of, internal, lastDim, requireCount, requireRows } from '../cpu-tensor.js';
+import { map } from './elementwise.js';
 
 const SQRT1_2 = Math.SQRT1_2;
 const TWO_OVER_SQRT_PI = 2 / Math.sqrt(Math.PI);
@@ -65,16 +66,6 @@ function gatedMul(op: string, out: Tensor, gateUp: Tensor, numTokens: number, ac
   }
 }
 
-function unary(op: string, out: Tensor, x: Tensor, numTokens: number, act: (x: number) => number): void {
-  requireCount(numTokens, op, 'numTokens');
-  const width = lastDim(x);
-  const xd = f32Of(x, op, 'x');
-  const od = f32Of(out, op, 'out');
-  requireRows(x, xd, numTokens, width, op, 'x');
-  requireRows(out, od, numTokens, width, op, 'out');
-  const n = numTokens * width;
-  for (let i = 0; i < n; i++) od[i] = act(xd[i]);
-}
 
 export function siluMul(out: Tensor, gateUp: Tensor, numTokens: number): void {
   gatedMul('siluMul', out, gateUp, numTokens, silu);
@@ -85,9 +76,9 @@ export function geluMul(out: Tensor, gateUp: Tensor, numTokens: number, approx: 
 }
 
 export function gelu(out: Tensor, x: Tensor, numTokens: number, approx: GeluApprox): void {
-  unary('gelu', out, x, numTokens, geluFn(approx));
+  map('gelu', out, x, numTokens, geluFn(approx));
 }
 
 export function relu(out: Tensor, x: Tensor, numTokens: number): void {
-  unary('relu', out, x, numTokens, (v) => (v < 0 ? 0 : v));
+  map('relu', out, x, numTokens, (v) => (v < 0 ? 0 : v));
 }

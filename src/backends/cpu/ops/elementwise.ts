@@ -4,7 +4,8 @@
 import type { Tensor } from '../../backend.js';
 import { f32Of, internal, lastDim, requireCount, requireRows } from '../cpu-tensor.js';
 
-function map(op: string, out: Tensor, x: Tensor, numTokens: number, fn: (v: number) => number): void {
+/** out[i] = fn(x[i]) over the first numTokens rows (activations.ts uses it too) */
+export function map(op: string, out: Tensor, x: Tensor, numTokens: number, fn: (v: number) => number): void {
   requireCount(numTokens, op, 'numTokens');
   const width = lastDim(x);
   const xd = f32Of(x, op, 'x');
@@ -12,7 +13,7 @@ function map(op: string, out: Tensor, x: Tensor, numTokens: number, fn: (v: numb
   requireRows(x, xd, numTokens, width, op, 'x');
   requireRows(out, od, numTokens, width, op, 'out');
   const n = numTokens * width;
-  for (let i = 0; i < n; i++) od[i] = fn(xd[i]);
+  for (let i = 0; i < n; i++) od[i] = fn(xd[i]!);
 }
 
 export function scale(out: Tensor, x: Tensor, factor: number, numTokens: number): void {
