@@ -7,6 +7,9 @@
  * console.log(out.outputs[0].text);
  * for await (const d of llm.stream('Hello', { maxTokens: 16 })) process.stdout.write(d.text);
  * await llm.close();
+ *
+ * // tensor parallel: the heads split over 2 ranks (CPU: worker threads; CUDA: one process per GPU)
+ * const big = await LLM.load('models/llama', { device: 'cuda', tp: 2 });
  */
 import { randomUUID } from 'node:crypto';
 import type { Backend } from '../backends/backend.js';
@@ -15,9 +18,10 @@ import { LLMEngine } from '../engine/llm-engine.js';
 import { PeregrineError } from '../errors.js';
 import { loadGenerationConfig } from '../models/generation-config.js';
 import { loadModel } from '../models/load-model.js';
-import { parseModelConfig, type HfConfig } from '../models/config.js';
+import { loadModelConfig, parseModelConfig, type HfConfig } from '../models/config.js';
 import type { ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
+import { TpGroup } from '../parallel/tp-group.js';
 import { DEFAULT_BLOCK_SIZE, KvCachePool } from '../runner/kv-cache.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import { makeSamplingParams, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
@@ -32,7 +36,16 @@ export type Prompt = string | readonly number[];
 export interface LLMOptions {
   /** 'cpu' (default) or 'cuda' */
   readonly device?: DeviceName;
+  /** the GPU with tp 1 (default 0) */
   readonly deviceId?: number;
+  /**
+   * tensor-parallel ranks (default 1): each holds 1/tp of the heads and MLP. It must divide the
+   * attention heads, the KV heads (or be a multiple of them) and the MLP width, else
+   * PGN_ERR_INVALID_ARGUMENT. CPU: worker threads; CUDA: one process per GPU over NCCL.
+   */
+  readonly tp?: number;
+  /** the GPU of each rank with tp > 1 (default 0 .. tp-1) */
+  readonly deviceIds?: readonly number[];
   /** longest prompt + output; default: the model's max_position_embeddings */
   readonly maxModelLen?: number;
   /** most sequences in one step (default 64) */
@@ -41,9 +54,9 @@ export interface LLMOptions {
   readonly maxNumBatchedTokens?: number;
   /** tokens per KV block (default 16) */
   readonly blockSize?: number;
-  /** KV blocks in the pool; default: from kvCacheMemoryBytes (CPU) or gpuMemoryUtilization (CUDA) */
+  /** KV blocks in the pool (every rank's, with tp > 1); default: from kvCacheMemoryBytes (CPU) or gpuMemoryUtilization (CUDA) */
   readonly numKvBlocks?: number;
-  /** CPU KV budget in bytes (default 256 MiB) */
+  /** CPU KV budget in bytes, all ranks together (default 256 MiB) */
   readonly kvCacheMemoryBytes?: number;
   /** fraction of the GPU memory left after weights and activations given to the KV pool (default 0.9) */
   readonly gpuMemoryUtilization?: number;
@@ -56,15 +69,25 @@ export interface LLMOptions {
 const DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024;
 const DEFAULT_GPU_MEMORY_UTILIZATION = 0.9;
 
+interface Limits {
+  readonly blockSize: number;
+  readonly maxModelLen: number;
+  readonly maxNumSeqs: number;
+  readonly maxNumBatchedTokens: number;
+}
+
 /**
- * KV blocks for the pool. CPU: a byte budget. GPU: a fraction of the device memory
- * still free after the weights, less the step's activations. Never more than every
- * sequence at full length needs, never less than one full-length sequence.
+ * KV blocks for the pool. CPU: a byte budget, split evenly over the tp ranks. GPU: a fraction
+ * of the device memory still free after the weights, less the step's activations. Never more
+ * than every sequence at full length needs, never less than one full-length sequence.
+ * @param spec what one rank runs (its shardSpec with tp > 1: its KV heads and MLP width);
+ *   with tp > 1 `backend` is rank 0's, measured once its shard is loaded, and stands for every
+ *   rank (the same shard size on like GPUs)
  */
-function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: { blockSize: number; maxModelLen: number; maxNumSeqs: number; maxNumBatchedTokens: number }, options: LLMOptions): number {
+function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: Limits, options: LLMOptions, tp = 1): number {
   const perBlock = KvCachePool.bytesPerBlock(spec, lim.blockSize, backend);
   const maxBlocksPerSeq = Math.ceil(lim.maxModelLen / lim.blockSize);
-  let budget = options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES;
+  let budget = (options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES) / tp;
   if (backend.memoryInfo) {
     const { freeBytes } = backend.memoryInfo();
     const H = spec.hiddenSize, T = lim.maxNumBatchedTokens;
@@ -80,6 +103,29 @@ function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: { blockSize:
   return Math.max(maxBlocksPerSeq, Math.min(lim.maxNumSeqs * maxBlocksPerSeq, fit));
 }
 
+/** Model config, generation defaults and tokenizer: what LLM.load reads besides the weights. */
+async function loadModelExtras(dir: string, modelSpec: ModelSpec): Promise<{ spec: ModelSpec; tokenizer: Tokenizer | null; defaults: Partial<SamplingParamsInit> }> {
+  const gen = loadGenerationConfig(dir);
+  const tokenizer = Tokenizer.exists(dir) ? await Tokenizer.load(dir) : null;
+  const eos = new Set<number>([...modelSpec.eosTokenIds, ...(gen?.eosTokenIds ?? [])]);
+  if (tokenizer?.eosTokenId != null) eos.add(tokenizer.eosTokenId);
+  const defaults: Partial<SamplingParamsInit> = {};
+  if (gen?.temperature !== undefined) defaults.temperature = gen.temperature;
+  if (gen?.topP !== undefined) defaults.topP = gen.topP;
+  if (gen?.topK !== undefined) defaults.topK = gen.topK;
+  if (gen?.repetitionPenalty !== undefined) defaults.repetitionPenalty = gen.repetitionPenalty;
+  return { spec: { ...modelSpec, eosTokenIds: [...eos] }, tokenizer, defaults };
+}
+
+function limits(spec: ModelSpec, options: LLMOptions): Limits {
+  const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
+  if (maxModelLen > spec.maxPositionEmbeddings) {
+    throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
+  }
+  const maxNumSeqs = options.maxNumSeqs ?? 64;
+  return { maxModelLen, blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE, maxNumSeqs, maxNumBatchedTokens: Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs) };
+}
+
 export class LLM {
   private readonly listeners = new Map<string, { onOutput: (o: EngineStepOutput) => void; onError: (e: PeregrineError) => void }>();
   private pumping = false;
@@ -88,27 +134,58 @@ export class LLM {
   private constructor(
     readonly spec: ModelSpec,
     readonly tokenizer: Tokenizer | null,
-    readonly backend: Backend,
-    readonly runner: ModelRunner,
+    /** what runs the model: the one-device runner, or the tensor-parallel group (tp > 1) */
+    readonly executor: ModelRunner | TpGroup,
     readonly engine: LLMEngine,
     readonly defaults: Partial<SamplingParamsInit>,
   ) {}
 
-  /** Loads a Hugging Face checkpoint folder (config.json + safetensors, tokenizer optional). */
+  /** tensor-parallel ranks */
+  get tp(): number {
+    return this.executor instanceof TpGroup ? this.executor.tp : 1;
+  }
+
+  /** the backend's device (rank 0's with tp > 1) */
+  get device(): DeviceName {
+    return this.executor.backend.device as DeviceName;
+  }
+
+  /**
+   * The one-device runner (benchmarks and perplexity drive it directly).
+   * @throws PeregrineError PGN_ERR_UNSUPPORTED_FEATURE with tp > 1: the ranks' runners live in the TpGroup (`executor`)
+   */
+  get runner(): ModelRunner {
+    if (this.executor instanceof TpGroup) throw this.notOneDevice('runner');
+    return this.executor;
+  }
+
+  /**
+   * The one-device backend.
+   * @throws PeregrineError PGN_ERR_UNSUPPORTED_FEATURE with tp > 1
+   */
+  get backend(): Backend {
+    if (this.executor instanceof TpGroup) throw this.notOneDevice('backend');
+    return this.executor.backend;
+  }
+
+  private notOneDevice(what: string): PeregrineError {
+    return new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `llm.${what} is the one-device path; this model runs tensor parallel over ${this.tp} ranks (use llm.executor, or load it with tp 1)`, { tp: this.tp });
+  }
+
+  /**
+   * Loads a Hugging Face checkpoint folder (config.json + safetensors, tokenizer optional).
+   * @param options.tp tensor-parallel ranks (default 1)
+   * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT when tp does not split the model or maxModelLen
+   *   is too long, the loader's errors (bad checkpoint, missing device), PGN_ERR_OUT_OF_MEMORY
+   *   when the KV cache cannot hold one sequence of maxModelLen
+   */
   static async load(dir: string, options: LLMOptions = {}): Promise<LLM> {
+    const tp = options.tp ?? 1;
+    if (tp !== 1) return LLM.loadTensorParallel(dir, tp, options);
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
     try {
       const loaded = loadModel(dir, backend, options.onLoadProgress);
-      const gen = loadGenerationConfig(dir);
-      const tokenizer = Tokenizer.exists(dir) ? await Tokenizer.load(dir) : null;
-      const eos = new Set<number>([...loaded.spec.eosTokenIds, ...(gen?.eosTokenIds ?? [])]);
-      if (tokenizer?.eosTokenId != null) eos.add(tokenizer.eosTokenId);
-      const spec: ModelSpec = { ...loaded.spec, eosTokenIds: [...eos] };
-      const defaults: Partial<SamplingParamsInit> = {};
-      if (gen?.temperature !== undefined) defaults.temperature = gen.temperature;
-      if (gen?.topP !== undefined) defaults.topP = gen.topP;
-      if (gen?.topK !== undefined) defaults.topK = gen.topK;
-      if (gen?.repetitionPenalty !== undefined) defaults.repetitionPenalty = gen.repetitionPenalty;
+      const { spec, tokenizer, defaults } = await loadModelExtras(dir, loaded.spec);
       return LLM.assemble(backend, spec, loaded.weights, tokenizer, defaults, options);
     } catch (e) {
       backend.dispose();
@@ -116,11 +193,28 @@ export class LLM {
     }
   }
 
+  /** Starts the tensor-parallel group (rank 0 here) and the engine over it. */
+  private static async loadTensorParallel(dir: string, tp: number, options: LLMOptions): Promise<LLM> {
+    const { spec, tokenizer, defaults } = await loadModelExtras(dir, loadModelConfig(dir).spec);
+    const lim = limits(spec, options);
+    const group = await TpGroup.start({
+      modelDir: dir,
+      tp,
+      device: options.device ?? 'cpu',
+      deviceIds: options.deviceIds,
+      eosTokenIds: spec.eosTokenIds,
+      onLoadProgress: options.onLoadProgress,
+      runner: { ...lim, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
+    });
+    return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults);
+  }
+
   /**
    * A model of a real shape with random weights and no tokenizer, for benchmarks.
    * @param config an HF config.json object (see src/bench/shapes.ts)
    */
   static async random(config: HfConfig, options: LLMOptions = {}, seed = 0): Promise<LLM> {
+    if ((options.tp ?? 1) !== 1) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `random weights run on one device (tp ${options.tp} asked); give a checkpoint folder for tensor parallelism`, { param: 'tp', tp: options.tp });
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
     try {
       const spec = parseModelConfig(config);
@@ -133,23 +227,20 @@ export class LLM {
   }
 
   private static assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions): LLM {
-    const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
-    if (maxModelLen > spec.maxPositionEmbeddings) {
-      throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
-    }
-    const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-    const maxNumSeqs = options.maxNumSeqs ?? 64;
-    const maxNumBatchedTokens = Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs);
-    const numKvBlocks = options.numKvBlocks ?? defaultNumKvBlocks(backend, spec, { blockSize, maxModelLen, maxNumSeqs, maxNumBatchedTokens }, options);
-    const runner = new ModelRunner(backend, spec, weights, { numBlocks: numKvBlocks, blockSize, maxModelLen, maxNumBatchedTokens, maxNumSeqs });
-    const engine = new LLMEngine(runner, {
+    const lim = limits(spec, options);
+    const numKvBlocks = options.numKvBlocks ?? defaultNumKvBlocks(backend, spec, lim, options);
+    const runner = new ModelRunner(backend, spec, weights, { ...lim, numBlocks: numKvBlocks });
+    return new LLM(spec, tokenizer, runner, LLM.makeEngine(runner, tokenizer, lim, options), defaults);
+  }
+
+  private static makeEngine(executor: ModelRunner | TpGroup, tokenizer: Tokenizer | null, lim: Limits, options: LLMOptions): LLMEngine {
+    return new LLMEngine(executor, {
       tokenizer,
-      maxNumSeqs,
-      maxNumBatchedTokens,
+      maxNumSeqs: lim.maxNumSeqs,
+      maxNumBatchedTokens: lim.maxNumBatchedTokens,
       enablePrefixCaching: options.enablePrefixCaching ?? true,
       maxWaiting: options.maxWaiting,
     });
-    return new LLM(spec, tokenizer, backend, runner, engine, defaults);
   }
 
   /** Sampling parameters with the model's generation_config defaults under the caller's. */
@@ -311,11 +402,14 @@ export class LLM {
     return this.engine.stats();
   }
 
+  /** Frees the model (with tp > 1: stops the other ranks). */
   async close(): Promise<void> {
     this.closed = true;
-    await this.backend.synchronize();
-    this.runner.dispose();
-    this.backend.dispose();
+    const ex = this.executor;
+    if (ex instanceof TpGroup) return ex.dispose();
+    await ex.backend.synchronize();
+    ex.dispose();
+    ex.backend.dispose();
   }
 }
 

@@ -9,12 +9,14 @@ export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
   throughput   offline: all requests at once with ignore_eos; total output tok/s, req/s
                (--model DIR | --shape NAME --random-weights) [--isl 128] [--osl 128]
                [--num-requests 256] [--max-num-seqs 256] [--max-num-batched-tokens 8192]
+               [--tp N]  (tensor parallel over N ranks; --model only)
   latency      decode ms/step per batch size, prefill TFLOP/s, bandwidth against a device copy
                (--model DIR | --shape NAME --random-weights) [--batch 1,8,64,256]
                [--isl 128] [--osl 128] [--prefill 128,2048]
                [--baseline FILE]  (bench/hf_baseline.py output: adds the "vs HF" column)
   ppl          perplexity of a checkpoint on a text file (non-overlapping windows)
                --model DIR --text FILE [--window 128] [--max-windows N]
+               (latency and ppl drive one device's runner: no --tp)
   serve        client against a running server: Poisson arrivals, TTFT / TPOT / ITL
                --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
                [--model NAME] [--api-key KEY] [--vocab-size 32000]
@@ -35,8 +37,10 @@ async function loadBenchModel(a: Record<string, string | boolean | undefined>, d
     maxNumSeqs: intArg(a['max-num-seqs'], 'max-num-seqs') ?? defaults.maxNumSeqs,
     maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens') ?? defaults.maxNumBatchedTokens,
     maxModelLen: intArg(a['max-model-len'], 'max-model-len') ?? defaults.maxModelLen,
+    tp: intArg(a.tp, 'tp'),
   };
-  if (typeof a.model === 'string') return { llm: await LLM.load(a.model, options), label: a.model };
+  if ((options.tp ?? 1) !== 1 && typeof a.model !== 'string') throw new UsageError('--tp needs --model DIR (random weights run on one device)');
+  if (typeof a.model === 'string') return { llm: await LLM.load(a.model, options), label: (options.tp ?? 1) > 1 ? `${a.model} (tp ${options.tp})` : a.model };
   if (typeof a.shape !== 'string' || !a['random-weights']) throw new UsageError('give --model DIR, or --shape NAME with --random-weights');
   const cfg = SHAPES[a.shape];
   if (!cfg) throw new UsageError(`unknown --shape "${a.shape}" (known: ${shapeNames().join(', ')})`);
@@ -66,14 +70,14 @@ export async function runBench(argv: string[]): Promise<void> {
     return;
   }
   if (sub === 'throughput') {
-    const a = parse(rest, { ...MODEL_OPTS, 'num-requests': { type: 'string' }, temperature: { type: 'string' } });
+    const a = parse(rest, { ...MODEL_OPTS, 'num-requests': { type: 'string' }, temperature: { type: 'string' }, tp: { type: 'string' } });
     if (a.help) return void process.stdout.write(BENCH_HELP);
     const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
     const { llm, label } = await loadBenchModel(a, { maxNumSeqs: 256, maxNumBatchedTokens: 8192, maxModelLen: isl + osl + 16 });
     const { runThroughput, throughputTable } = await import('../bench/throughput.js');
     try {
       const r = await runThroughput(llm, { numRequests: intArg(a['num-requests'], 'num-requests') ?? 256, isl, osl, temperature: floatArg(a.temperature, 'temperature') });
-      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : throughputTable(r, label) + '\n');
+      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.device, tp: llm.tp, ...r }) + '\n' : throughputTable(r, label) + '\n');
     } finally {
       await llm.close();
     }

@@ -19,6 +19,8 @@ Generates a completion for one prompt.
   --stop TEXT          stop string (repeatable)
   --ignore-eos         keep generating past end-of-sequence tokens
   --device cpu|cuda    backend (default cpu)
+  --tp N               tensor-parallel ranks (default 1; must divide the heads): CPU worker
+                       threads, or one GPU each (0 .. N-1) with --device cuda
   --json               print one JSON object as the last line:
                        {"token_ids", "text", "finish_reason", "prompt_token_ids", ...}
 `;
@@ -38,6 +40,7 @@ export async function runGenerate(argv: string[]): Promise<void> {
     stop: { type: 'string', multiple: true },
     'ignore-eos': { type: 'boolean' },
     device: { type: 'string' },
+    tp: { type: 'string' },
     json: { type: 'boolean' },
   });
   if (a.help) {
@@ -60,7 +63,7 @@ export async function runGenerate(argv: string[]): Promise<void> {
     ignoreEos: a['ignore-eos'] === true,
   };
   const init = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
-  const llm = await LLM.load(model, { device: deviceArg(a.device), maxNumSeqs: 1, maxNumBatchedTokens: 512 });
+  const llm = await LLM.load(model, { device: deviceArg(a.device), tp: intArg(a.tp, 'tp'), maxNumSeqs: 1, maxNumBatchedTokens: 512 });
   try {
     let prompt: string | number[] = promptIds ?? text!;
     if (a.chat) {

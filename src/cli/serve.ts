@@ -16,6 +16,8 @@ Serves the model over an OpenAI-compatible HTTP API:
                                  PEREGRINE_API_KEY, else no key)
   --served-model-name NAME       the model name clients send (default: the folder's name)
   --device cpu|cuda              backend (default cpu)
+  --tp N                         tensor-parallel ranks (default 1; must divide the heads): CPU
+                                 worker threads, or one GPU each (0 .. N-1) with --device cuda
   --max-model-len N              longest prompt + output (default: the model's context)
   --max-num-seqs N               most sequences in one engine step (default 64)
   --max-num-batched-tokens N     token budget of one engine step (default 2048)
@@ -37,6 +39,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     'api-key': { type: 'string' },
     'served-model-name': { type: 'string' },
     device: { type: 'string' },
+    tp: { type: 'string' },
     'max-model-len': { type: 'string' },
     'max-num-seqs': { type: 'string' },
     'max-num-batched-tokens': { type: 'string' },
@@ -53,6 +56,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
   if (port < 0 || port > 65535) throw new UsageError(`--port must be in [0, 65535], got ${port}`);
   const engine: Omit<LLMOptions, 'onLoadProgress'> = {
     device: deviceArg(a.device),
+    tp: intArg(a.tp, 'tp'),
     maxModelLen: intArg(a['max-model-len'], 'max-model-len'),
     maxNumSeqs: intArg(a['max-num-seqs'], 'max-num-seqs'),
     maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens'),

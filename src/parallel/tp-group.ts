@@ -20,15 +20,16 @@ import type { ModelExecutor } from '../engine/executor.js';
 import type { ScheduledBatch } from '../engine/scheduler.js';
 import { isPeregrineError, PeregrineError } from '../errors.js';
 import { loadModelConfig } from '../models/config.js';
+import type { LoadProgress } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import { buildForwardBatch } from '../runner/input-builder.js';
-import { sampleRow, type SampleResult } from '../sampling/index.js';
+import { ModelRunner, type RunnerConfig } from '../runner/model-runner.js';
+import type { SampleResult } from '../sampling/index.js';
 import type { Communicator } from './communicator.js';
 import { connect } from './connect.js';
 import { createCpuCommShared, DEFAULT_COLLECTIVE_TIMEOUT_MS } from './cpu-communicator.js';
 import { loadModelShard } from './load-shard.js';
-import { RankRunner, type RankRunnerConfig } from './rank-runner.js';
 import { checkTensorParallel } from './sharding.js';
 import type { TpCommInit } from './tp-protocol.js';
 import { TpPeers } from './tp-peers.js';
@@ -41,26 +42,35 @@ export interface TpGroupOptions {
   readonly device?: DeviceName;
   /** GPU of each rank (default: rank r on device r) */
   readonly deviceIds?: readonly number[];
-  readonly runner: RankRunnerConfig;
+  readonly runner: TpRunnerConfig;
+  /** tokens that end generation (default: the model config's) */
+  readonly eosTokenIds?: readonly number[];
+  /** rank 0's weight loading */
+  readonly onLoadProgress?: LoadProgress;
   /** CPU: how long a rank waits for the others at one collective before the group is declared dead (default 10 min) */
   readonly collectiveTimeoutMs?: number;
   /** fault injection for tests: rank `rank` exits when step `step` (0-based) reaches it */
   readonly exitAtStep?: { readonly rank: number; readonly step: number };
 }
 
+/** Every rank's runner config; numBlocks may be sized on rank 0 once its shard is loaded (e.g. from free GPU memory). */
+export type TpRunnerConfig = Omit<RunnerConfig, 'numBlocks'> & {
+  readonly numBlocks: number | ((backend: Backend, rankSpec: ModelSpec) => number);
+};
+
 export class TpGroup implements ModelExecutor {
   private failure: PeregrineError | null = null;
-  private readonly scratch: Float32Array;
 
   private constructor(
     /** the model's spec, unsharded */
     readonly spec: ModelSpec,
-    private readonly backend: Backend,
-    private readonly runner: RankRunner,
+    readonly eosTokenIds: readonly number[],
+    /** rank 0's backend */
+    readonly backend: Backend,
+    private readonly runner: ModelRunner,
     private readonly comm: Communicator,
     private readonly peers: TpPeers,
   ) {
-    this.scratch = new Float32Array(spec.vocabSize);
     peers.onDeath((e) => comm.abort(e.message));
   }
 
@@ -70,29 +80,32 @@ export class TpGroup implements ModelExecutor {
    *   load error with its code, PGN_ERR_ENGINE_DEAD when a worker dies while starting
    */
   static async start(opts: TpGroupOptions): Promise<TpGroup> {
-    const { modelDir, tp, runner: config } = opts;
+    const { modelDir, tp, runner: tpConfig } = opts;
     const device = opts.device ?? 'cpu';
     const deviceIds = opts.deviceIds ?? Array.from({ length: tp }, (_, r) => r);
     const { spec } = loadModelConfig(modelDir);
     checkTensorParallel(spec, tp);
     if (deviceIds.length < tp) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `${tp} ranks need ${tp} device ids, got [${deviceIds.join(', ')}]`, { param: 'deviceIds' });
     const comm: TpCommInit = device === 'cpu'
-      ? { kind: 'cpu', shared: createCpuCommShared(tp, collectiveCapacity(spec, tp, config)), timeoutMs: opts.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS }
+      ? { kind: 'cpu', shared: createCpuCommShared(tp, collectiveCapacity(spec, tp, tpConfig)), timeoutMs: opts.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS }
       : { kind: 'nccl', uniqueId: [...(await import('./nccl.js')).ncclUniqueId()] };
     const inits = Array.from({ length: tp - 1 }, (_, i) => i + 1).map((rank) => ({
-      modelDir, tp, rank, device, deviceId: deviceIds[rank]!, runner: config, comm,
+      modelDir, tp, rank, device, deviceId: deviceIds[rank]!, comm,
       exitAtStep: opts.exitAtStep?.rank === rank ? opts.exitAtStep.step : undefined,
     }));
     const peers = new TpPeers(inits, device === 'cpu' ? 'thread' : 'process');
     let backend: Backend | null = null;
     try {
       backend = await createBackend(device, { deviceId: deviceIds[0] });
-      const shard = loadModelShard(modelDir, backend, tp, 0);
+      const shard = loadModelShard(modelDir, backend, tp, 0, opts.onLoadProgress);
       await peers.waitAll('loaded');
-      await peers.send({ t: 'connect' }); // on its way before NCCL blocks this thread
+      const { numBlocks } = tpConfig;
+      const config: RunnerConfig = { ...tpConfig, numBlocks: typeof numBlocks === 'number' ? numBlocks : numBlocks(backend, shard.rankSpec) };
+      await peers.send({ t: 'connect', runner: config }); // on its way before NCCL blocks this thread
       const communicator = await connect(comm, 0, tp, backend);
       await peers.waitAll('ready');
-      return new TpGroup(spec, backend, new RankRunner(backend, shard.rankSpec, shard.weights, config, communicator), communicator, peers);
+      const runner = new ModelRunner(backend, shard.rankSpec, shard.weights, config, communicator);
+      return new TpGroup(spec, opts.eosTokenIds ?? spec.eosTokenIds, backend, runner, communicator, peers);
     } catch (e) {
       await peers.stop();
       backend?.dispose();
@@ -105,7 +118,6 @@ export class TpGroup implements ModelExecutor {
   get numBlocks(): number { return this.runner.config.numBlocks; }
   get maxModelLen(): number { return this.runner.config.maxModelLen; }
   get maxBlocksPerSeq(): number { return this.runner.maxBlocksPerSeq; }
-  get eosTokenIds(): readonly number[] { return this.spec.eosTokenIds; }
 
   /** why the group cannot run, or null */
   get dead(): PeregrineError | null {
@@ -118,7 +130,7 @@ export class TpGroup implements ModelExecutor {
     void this.peers.send({ t: 'step', fb });
     let logits: Float32Array | null;
     try {
-      logits = await this.runner.forward(fb, true);
+      logits = await this.runner.forward(fb);
     } catch (e) {
       throw this.fail(e);
     }
@@ -126,20 +138,22 @@ export class TpGroup implements ModelExecutor {
     return logits!;
   }
 
-  /** Forward + sampling on rank 0 (ModelExecutor). */
+  /** Forward on every rank + sampling on rank 0 (ModelExecutor); on the device where rank 0's runner samples there. */
   async execute(batch: ScheduledBatch): Promise<Array<SampleResult | null>> {
     const entries = batch.entries;
     if (entries.length === 0) return [];
+    if (this.dead) throw this.dead;
     const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
-    const logits = await this.forward(buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples));
-    const V = this.spec.vocabSize;
-    let row = 0;
-    return entries.map((e, i) => {
-      if (!samples[i]) return null;
-      const r = logits.subarray(row * V, (row + 1) * V);
-      row++;
-      return sampleRow(r, e.seq.samplingState, this.scratch);
-    });
+    const fb = buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples);
+    void this.peers.send({ t: 'step', fb });
+    let results: Array<SampleResult | null>;
+    try {
+      results = await this.runner.executeForward(fb, entries, samples);
+    } catch (e) {
+      throw this.fail(e);
+    }
+    if (this.dead) throw this.dead;
+    return results;
   }
 
   /** Ends rank `rank` abruptly, as a crash would (fault drills and tests); resolves once it is gone. */
@@ -167,7 +181,7 @@ export class TpGroup implements ModelExecutor {
 }
 
 /** Elements of one rank's slot in the CPU communicator: its largest collective part. */
-function collectiveCapacity(spec: ModelSpec, tp: number, c: RankRunnerConfig): number {
+function collectiveCapacity(spec: ModelSpec, tp: number, c: TpRunnerConfig): number {
   const T = c.maxNumBatchedTokens;
   const R = Math.max(Math.min(c.maxNumSeqs, T), c.maxNumLogits ?? 0);
   return Math.max(T * spec.hiddenSize, Math.ceil((T * spec.wordEmbedDim) / tp), Math.ceil((R * spec.vocabSize) / tp));

@@ -2,7 +2,7 @@
 import type { DeviceName } from '../backends/index.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import type { CpuCommShared } from './cpu-communicator.js';
-import type { RankRunnerConfig } from './rank-runner.js';
+import type { RunnerConfig } from '../runner/model-runner.js';
 
 export type TpCommInit =
   /** worker threads of one process over shared memory */
@@ -16,7 +16,6 @@ export interface TpWorkerInit {
   readonly rank: number;
   readonly device: DeviceName;
   readonly deviceId: number;
-  readonly runner: RankRunnerConfig;
   readonly comm: TpCommInit;
   /** fault injection for tests: the worker exits with code 1 when step `exitAtStep` (0-based) arrives */
   readonly exitAtStep?: number;
@@ -24,12 +23,13 @@ export interface TpWorkerInit {
 
 /**
  * init -> the worker loads its shard and answers 'loaded'; connect -> it joins the
- * communicator (a collective for NCCL) and answers 'ready'; then one 'step' per forward;
+ * communicator (a collective for NCCL), makes its runner with rank 0's config (KV blocks
+ * sized once rank 0's shard is loaded) and answers 'ready'; then one 'step' per forward;
  * 'stop' frees everything and ends the worker.
  */
 export type ToWorker =
   | { readonly t: 'init'; readonly init: TpWorkerInit }
-  | { readonly t: 'connect' }
+  | { readonly t: 'connect'; readonly runner: RunnerConfig }
   | { readonly t: 'step'; readonly fb: ForwardBatch }
   | { readonly t: 'stop' };
 

@@ -11,7 +11,7 @@ import { isPeregrineError } from '../errors.js';
 import type { Communicator } from './communicator.js';
 import { connect } from './connect.js';
 import { loadModelShard, type LoadedShard } from './load-shard.js';
-import { RankRunner } from './rank-runner.js';
+import { ModelRunner } from '../runner/model-runner.js';
 import type { FromWorker, ToWorker, TpWorkerInit } from './tp-protocol.js';
 
 interface Channel {
@@ -36,7 +36,7 @@ class TpWorker {
   private backend: Backend | null = null;
   private shard: LoadedShard | null = null;
   private comm: Communicator | null = null;
-  private runner: RankRunner | null = null;
+  private runner: ModelRunner | null = null;
   private numSteps = 0;
   private stopping = false;
 
@@ -58,13 +58,13 @@ class TpWorker {
       case 'connect': {
         const { init, backend, shard } = this.required();
         this.comm = await connect(init.comm, init.rank, init.tp, backend);
-        this.runner = new RankRunner(backend, shard.rankSpec, shard.weights, init.runner, this.comm);
+        this.runner = new ModelRunner(backend, shard.rankSpec, shard.weights, m.runner, this.comm);
         this.channel.send({ t: 'ready' });
         return;
       }
       case 'step': {
         if (this.numSteps++ === this.init.exitAtStep) process.exit(1);
-        await this.runner!.forward(m.fb, false);
+        await this.runner!.forwardStep(m.fb);
         return;
       }
       case 'stop': {

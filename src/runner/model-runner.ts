@@ -2,11 +2,18 @@
  * ModelRunner: owns the decoder, the KV pool and the step inputs on the backend.
  * `forward` runs one flattened batch and returns its logits rows; `execute` is the
  * engine's entry point (forward + sampling for the entries that sample).
+ *
+ * With a communicator it is one tensor-parallel rank (parallel/TpGroup): its decoder shard
+ * all-reduces and all-gathers through it, every rank runs the same ForwardBatch (`forwardStep`
+ * on ranks 1..tp-1) and rank 0 samples (`executeForward`). Decode graphs stay on: NCCL
+ * collectives (>= 2.9, one GPU per process) are captured like kernels, and every rank makes
+ * the same capture decisions, as NCCL requires, since they see the same batches and config.
  */
 import type { Backend, Tensor } from '../backends/backend.js';
 import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
 import { allTensors, type ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
+import type { Communicator } from '../parallel/communicator.js';
 import { sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
@@ -22,6 +29,16 @@ interface DeviceSampler {
 }
 interface SamplingBackend extends Backend {
   createSampler(maxRows: number, vocab: number): DeviceSampler;
+}
+/** What a CUDA backend offers to wait for queued work without blocking the event loop. */
+interface EventBackend extends Backend {
+  readonly stream: unknown;
+  createEvent(opts: { timing?: boolean }): DeviceEvent;
+}
+interface DeviceEvent {
+  record(stream: never): void;
+  query(): boolean;
+  destroy(): void;
 }
 
 /** smallest context-length bucket of the decode graphs */
@@ -62,18 +79,25 @@ export class ModelRunner {
   private readonly buckets: number[];
   /** made at the first execute; null where the backend has none (or PEREGRINE_GPU_SAMPLING=0) */
   private sampler: DeviceSampler | null | undefined;
+  /** tensor parallel on a device: polled after each step, so the event loop notices a dead peer */
+  private readonly done: DeviceEvent | null;
 
+  /**
+   * @param spec what this runner's decoder runs: the model's spec, or a rank's shardSpec
+   * @param comm the tensor-parallel group's communicator (default none: one device)
+   */
   constructor(
     readonly backend: Backend,
     readonly spec: ModelSpec,
     readonly weights: ModelWeights,
     readonly config: RunnerConfig,
+    private readonly comm: Communicator | null = null,
   ) {
     const { maxNumBatchedTokens: T, maxNumSeqs, blockSize, maxModelLen, numBlocks } = config;
     const S = Math.min(maxNumSeqs, T);
     this.maxBlocksPerSeq = Math.ceil(maxModelLen / blockSize);
     const maxNumLogits = Math.max(S, config.maxNumLogits ?? 0);
-    this.model = new DecoderModel(spec, backend, weights, { maxNumTokens: T, maxNumSeqs: S, maxNumLogits, blockSize });
+    this.model = new DecoderModel(spec, backend, weights, { maxNumTokens: T, maxNumSeqs: S, maxNumLogits, blockSize }, comm);
     // one block more than the engine sees: the scratch block of padded graph rows
     this.kvCache = new KvCachePool(backend, spec, numBlocks + 1, blockSize);
     const graphsOn = (config.enableCudaGraphs ?? true) && process.env.PEREGRINE_CUDA_GRAPHS !== '0';
@@ -88,6 +112,7 @@ export class ModelRunner {
       meta: { numSeqs: 0, numTokens: 0, cuSeqlensQ, contextLens, blockTables, maxBlocksPerSeq: this.maxBlocksPerSeq, maxSeqlenQ: 0, maxSeqlenK: 0, isDecode: false },
     };
     this.scratch = new Float32Array(spec.vocabSize);
+    this.done = comm && 'createEvent' in backend ? (backend as EventBackend).createEvent({ timing: false }) : null;
   }
 
   get blockSize(): number { return this.config.blockSize; }
@@ -100,11 +125,28 @@ export class ModelRunner {
     return this.backend.downloadF32(await this.forwardToDevice(fb));
   }
 
+  /** A tensor-parallel rank's step without logits (ranks 1..tp-1): resolves once the device has run it. */
+  async forwardStep(fb: ForwardBatch): Promise<void> {
+    await this.forwardToDevice(fb);
+  }
+
   /** `forward` without the download: the logits stay on the backend, f32 [logitsIndices.length, vocab]. */
   private async forwardToDevice(fb: ForwardBatch): Promise<Tensor> {
     const bucket = this.graphBackend && isGraphableDecode(fb) ? this.buckets.find((x) => x >= fb.numSeqs) : undefined;
-    if (bucket !== undefined) return this.forwardGraph(fb, bucket);
-    return this.forwardEager(fb);
+    const logits = bucket !== undefined ? await this.forwardGraph(fb, bucket) : await this.forwardEager(fb);
+    await this.deviceDone();
+    return logits;
+  }
+
+  /**
+   * Tensor parallel: waits for the queued step by polling an event, so the event loop stays
+   * free while collectives wait for the other ranks (a peer's death aborts the communicator
+   * from there). One device: nothing to wait for here.
+   */
+  private async deviceDone(): Promise<void> {
+    if (!this.done) return;
+    this.done.record((this.backend as EventBackend).stream as never);
+    while (!this.done.query()) await new Promise((resolve) => setImmediate(resolve));
   }
 
   private writeInputs(fb: ForwardBatch): void {
@@ -139,7 +181,8 @@ export class ModelRunner {
       const meta = { ...this.inputs.meta, numSeqs: bucket, numTokens: bucket, maxSeqlenQ: 1, maxSeqlenK: ctxBucket, isDecode: true };
       // an eager run first: lazy initialisation (GEMM algorithm choice, scratch growth) stays out of the graph
       this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
-      await b.synchronize();
+      if (this.done) await this.deviceDone();
+      else await b.synchronize();
       b.beginCapture();
       try {
         this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
@@ -173,6 +216,14 @@ export class ModelRunner {
     if (entries.length === 0) return [];
     const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
     const fb = buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples);
+    return this.executeForward(fb, entries, samples);
+  }
+
+  /**
+   * `execute` over a batch already flattened (rank 0 of a tensor-parallel group sends `fb` to
+   * the other ranks first). `samples[i]`: entry i samples, its logits row is the next of `fb`.
+   */
+  async executeForward(fb: ForwardBatch, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<Array<SampleResult | null>> {
     const sampler = this.deviceSampler();
     if (sampler) return this.sampleOnDevice(sampler, await this.forwardToDevice(fb), entries, samples);
     const logits = await this.forward(fb);
@@ -234,6 +285,7 @@ export class ModelRunner {
   }
 
   dispose(): void {
+    this.done?.destroy();
     this.sampler?.dispose();
     this.sampler = undefined;
     for (const g of this.graphs.values()) g.dispose();

@@ -62,10 +62,10 @@ async function main(): Promise<void> {
     return;
   }
   const info: EngineInfo = {
-    maxModelLen: llm.runner.maxModelLen,
+    maxModelLen: llm.executor.maxModelLen,
     vocabSize: llm.spec.vocabSize,
-    numKvBlocks: llm.runner.numBlocks,
-    blockSize: llm.runner.blockSize,
+    numKvBlocks: llm.executor.numBlocks,
+    blockSize: llm.executor.blockSize,
     architecture: llm.spec.architecture,
   };
   post({ t: 'ready', info });
