@@ -88,3 +88,16 @@ test('bad requests fail alone and leave the engine usable', async () => {
   assert.equal(ok!.outputs[0]!.tokenIds.length, 4);
   await llm.close();
 });
+
+test('the runner accounts each step\'s time between host gap and device work', async () => {
+  const llm = await LLM.load(fixtureDir('mistral'));
+  llm.runner.stepTiming(true);
+  await llm.generate([[3, 4, 5], [6, 7, 8, 9]], { maxTokens: 6, temperature: 0, ignoreEos: true });
+  const t = llm.runner.stepTiming();
+  assert.ok(t.numSteps >= 6, `${t.numSteps} steps`);
+  assert.ok(t.hostGapFraction >= 0 && t.hostGapFraction < 1, `host gap fraction ${t.hostGapFraction}`);
+  assert.ok(t.meanStepMs > 0 && t.meanHostGapMs <= t.meanStepMs);
+  assert.equal(llm.runner.stepTiming(true).numSteps, t.numSteps);
+  assert.equal(llm.runner.stepTiming().numSteps, 0, 'reset');
+  await llm.close();
+});

@@ -21,6 +21,9 @@ export interface ThroughputResult {
   readonly totalTokPerS: number;
   readonly requestsPerS: number;
   readonly numPreemptions: number;
+  /** share of step time the device waited for the host (single-device runs), null when unknown */
+  readonly hostGapFraction: number | null;
+  readonly meanStepMs: number | null;
 }
 
 export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<ThroughputResult> {
@@ -29,6 +32,8 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
   // warm-up: one short request so lazy initialisation is not timed
   await llm.generate([prompts[0]!.slice(0, Math.min(16, o.isl))], { maxTokens: 2, ignoreEos: true });
   const before = llm.stats().numPreemptions;
+  const runner = llm.tp === 1 ? llm.runner : null;
+  runner?.stepTiming(true);
   const t0 = performance.now();
   const outs = await llm.generate(prompts, { maxTokens: o.osl, ignoreEos: true, temperature: o.temperature ?? 1, topP: 1 });
   const elapsedS = (performance.now() - t0) / 1000;
@@ -42,12 +47,15 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
     totalTokPerS: (outTokens + o.numRequests * o.isl) / elapsedS,
     requestsPerS: o.numRequests / elapsedS,
     numPreemptions: llm.stats().numPreemptions - before,
+    hostGapFraction: runner ? runner.stepTiming().hostGapFraction : null,
+    meanStepMs: runner ? runner.stepTiming().meanStepMs : null,
   };
 }
 
 export function throughputTable(r: ThroughputResult, label: string): string {
   return formatTable([
-    ['model', 'requests', 'isl/osl', 'elapsed s', 'output tok/s', 'total tok/s', 'req/s', 'preemptions'],
-    [label, r.numRequests, `${r.isl}/${r.osl}`, r.elapsedS, r.outputTokPerS, r.totalTokPerS, r.requestsPerS, r.numPreemptions],
+    ['model', 'requests', 'isl/osl', 'elapsed s', 'output tok/s', 'total tok/s', 'req/s', 'preemptions', 'mean step ms', 'device idle %'],
+    [label, r.numRequests, `${r.isl}/${r.osl}`, r.elapsedS, r.outputTokPerS, r.totalTokPerS, r.requestsPerS, r.numPreemptions,
+      r.meanStepMs ?? '-', r.hostGapFraction === null ? '-' : 100 * r.hostGapFraction],
   ]);
 }

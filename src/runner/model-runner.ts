@@ -41,6 +41,9 @@ interface DeviceEvent {
   destroy(): void;
 }
 
+/** a pause between steps longer than this is an idle engine, not step overhead */
+const MAX_COUNTED_GAP_MS = 50;
+
 /** smallest context-length bucket of the decode graphs */
 const MIN_GRAPH_CONTEXT = 512;
 
@@ -214,9 +217,39 @@ export class ModelRunner {
   async execute(batch: { readonly entries: readonly RunnerEntry[] }): Promise<Array<SampleResult | null>> {
     const entries = batch.entries;
     if (entries.length === 0) return [];
+    const t0 = performance.now();
     const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
     const fb = buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples);
-    return this.executeForward(fb, entries, samples);
+    const tBuilt = performance.now();
+    const out = await this.executeForward(fb, entries, samples);
+    this.recordStep(t0, tBuilt, performance.now());
+    return out;
+  }
+
+  /**
+   * Where the time of the steps since the last reset went: `hostGapMs` is host work while the
+   * device waits (the engine's postprocess and scheduling between steps, plus flattening the
+   * batch); `deviceMs` the rest (inputs, forward, sampling, results). Steps are serial, so the
+   * host gap is the device's idle time per step (issue 4's overlap target: < 5% at batch 256).
+   */
+  stepTiming(reset = false): { numSteps: number; meanStepMs: number; meanHostGapMs: number; hostGapFraction: number } {
+    const t = this.timing;
+    const total = t.hostGapMs + t.deviceMs;
+    const r = { numSteps: t.numSteps, meanStepMs: t.numSteps ? total / t.numSteps : 0, meanHostGapMs: t.numSteps ? t.hostGapMs / t.numSteps : 0, hostGapFraction: total ? t.hostGapMs / total : 0 };
+    if (reset) Object.assign(t, { numSteps: 0, hostGapMs: 0, deviceMs: 0, lastEndMs: 0 });
+    return r;
+  }
+
+  private readonly timing = { numSteps: 0, hostGapMs: 0, deviceMs: 0, lastEndMs: 0 };
+
+  private recordStep(t0: number, tBuilt: number, tEnd: number): void {
+    const t = this.timing;
+    // the gap since the previous step counts only within a busy run (an idle engine is not the device's loss)
+    const between = t.lastEndMs > 0 && t0 - t.lastEndMs < MAX_COUNTED_GAP_MS ? t0 - t.lastEndMs : 0;
+    t.hostGapMs += between + (tBuilt - t0);
+    t.deviceMs += tEnd - tBuilt;
+    t.numSteps++;
+    t.lastEndMs = tEnd;
   }
 
   /**
