@@ -22,86 +22,18 @@ import { loadModelConfig, parseModelConfig, type HfConfig } from '../models/conf
 import type { ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import { TpGroup } from '../parallel/tp-group.js';
-import { DEFAULT_BLOCK_SIZE, KvCachePool } from '../runner/kv-cache.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import { makeSamplingParams, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
 import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
 import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
+import { defaultNumKvBlocks, limits, type Limits, type LLMOptions } from './llm-options.js';
+
+export type { LLMOptions } from './llm-options.js';
 
 /** A prompt: text (needs a tokenizer) or token ids. */
 export type Prompt = string | readonly number[];
-
-export interface LLMOptions {
-  /** 'cpu' (default) or 'cuda' */
-  readonly device?: DeviceName;
-  /** the GPU with tp 1 (default 0) */
-  readonly deviceId?: number;
-  /**
-   * tensor-parallel ranks (default 1): each holds 1/tp of the heads and MLP. It must divide the
-   * attention heads, the KV heads (or be a multiple of them) and the MLP width, else
-   * PGN_ERR_INVALID_ARGUMENT. CPU: worker threads; CUDA: one process per GPU over NCCL.
-   */
-  readonly tp?: number;
-  /** the GPU of each rank with tp > 1 (default 0 .. tp-1) */
-  readonly deviceIds?: readonly number[];
-  /** longest prompt + output; default: the model's max_position_embeddings */
-  readonly maxModelLen?: number;
-  /** most sequences in one step (default 64) */
-  readonly maxNumSeqs?: number;
-  /** token budget of one step (default 2048; at least maxNumSeqs) */
-  readonly maxNumBatchedTokens?: number;
-  /** tokens per KV block (default 16) */
-  readonly blockSize?: number;
-  /** KV blocks in the pool (every rank's, with tp > 1); default: from kvCacheMemoryBytes (CPU) or gpuMemoryUtilization (CUDA) */
-  readonly numKvBlocks?: number;
-  /** CPU KV budget in bytes, all ranks together (default 256 MiB) */
-  readonly kvCacheMemoryBytes?: number;
-  /** fraction of the GPU memory left after weights and activations given to the KV pool (default 0.9) */
-  readonly gpuMemoryUtilization?: number;
-  readonly enablePrefixCaching?: boolean;
-  /** most requests waiting for admission before addRequest fails with PGN_ERR_QUEUE_FULL */
-  readonly maxWaiting?: number;
-  readonly onLoadProgress?: (loaded: number, total: number) => void;
-}
-
-const DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024;
-const DEFAULT_GPU_MEMORY_UTILIZATION = 0.9;
-
-interface Limits {
-  readonly blockSize: number;
-  readonly maxModelLen: number;
-  readonly maxNumSeqs: number;
-  readonly maxNumBatchedTokens: number;
-}
-
-/**
- * KV blocks for the pool. CPU: a byte budget, split evenly over the tp ranks. GPU: a fraction
- * of the device memory still free after the weights, less the step's activations. Never more
- * than every sequence at full length needs, never less than one full-length sequence.
- * @param spec what one rank runs (its shardSpec with tp > 1: its KV heads and MLP width);
- *   with tp > 1 `backend` is rank 0's, measured once its shard is loaded, and stands for every
- *   rank (the same shard size on like GPUs)
- */
-function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: Limits, options: LLMOptions, tp = 1): number {
-  const perBlock = KvCachePool.bytesPerBlock(spec, lim.blockSize, backend);
-  const maxBlocksPerSeq = Math.ceil(lim.maxModelLen / lim.blockSize);
-  let budget = (options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES) / tp;
-  if (backend.memoryInfo) {
-    const { freeBytes } = backend.memoryInfo();
-    const H = spec.hiddenSize, T = lim.maxNumBatchedTokens;
-    const rowElems = 3 * H + (spec.numHeads + 2 * spec.numKvHeads) * spec.headDim + spec.numHeads * spec.headDim + 3 * spec.intermediateSize;
-    // logits and the GPU sampler's scratch are both [maxNumSeqs, vocab] f32
-    const activationBytes = T * rowElems * 4 + 2 * lim.maxNumSeqs * spec.vocabSize * 4 + spec.maxPositionEmbeddings * (spec.rope?.rotaryDim ?? 0) * 4;
-    budget = (freeBytes - activationBytes) * (options.gpuMemoryUtilization ?? DEFAULT_GPU_MEMORY_UTILIZATION);
-  }
-  const fit = Math.floor(budget / perBlock);
-  if (fit < maxBlocksPerSeq && backend.memoryInfo) {
-    throw new PeregrineError('PGN_ERR_OUT_OF_MEMORY', `the KV cache would hold ${fit} blocks of ${lim.blockSize} tokens, fewer than one sequence of maxModelLen ${lim.maxModelLen} needs (${maxBlocksPerSeq}); lower maxModelLen or raise gpuMemoryUtilization`);
-  }
-  return Math.max(maxBlocksPerSeq, Math.min(lim.maxNumSeqs * maxBlocksPerSeq, fit));
-}
 
 /** Model config, generation defaults and tokenizer: what LLM.load reads besides the weights. */
 async function loadModelExtras(dir: string, modelSpec: ModelSpec): Promise<{ spec: ModelSpec; tokenizer: Tokenizer | null; defaults: Partial<SamplingParamsInit> }> {
@@ -117,14 +49,6 @@ async function loadModelExtras(dir: string, modelSpec: ModelSpec): Promise<{ spe
   return { spec: { ...modelSpec, eosTokenIds: [...eos] }, tokenizer, defaults };
 }
 
-function limits(spec: ModelSpec, options: LLMOptions): Limits {
-  const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
-  if (maxModelLen > spec.maxPositionEmbeddings) {
-    throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
-  }
-  const maxNumSeqs = options.maxNumSeqs ?? 64;
-  return { maxModelLen, blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE, maxNumSeqs, maxNumBatchedTokens: Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs) };
-}
 
 export class LLM {
   private readonly listeners = new Map<string, { onOutput: (o: EngineStepOutput) => void; onError: (e: PeregrineError) => void }>();
