@@ -4,7 +4,8 @@
  * A family spreads this and overrides what differs, so a new ModelSpec field gets its
  * default here once.
  */
-import type { ModelSpec } from '../spec.js';
+import type { ModelSpec, WeightMap, WeightTransform } from '../spec.js';
+import { groupedQkvOrder } from '../weight-transform.js';
 import type { CommonFields } from '../config.js';
 import { configInvalid } from './fields.js';
 
@@ -55,4 +56,29 @@ export function baseSpec(c: CommonFields, intermediateSize: number): ModelSpec {
 export function requireIntermediate(c: CommonFields, key = 'intermediate_size'): number {
   if (c.intermediateSize === null) throw configInvalid(key, `"${key}" must be a positive integer (missing)`);
   return c.intermediateSize;
+}
+
+/**
+ * The Megatron-style layer of BLOOM and GPT-NeoX: LayerNorms with bias, a fused
+ * query_key_value stored per head as [numHeads, 3, headDim] rows (reordered to q | k | v
+ * on load), dense, dense_h_to_4h and dense_4h_to_h, all with biases.
+ * @param l the layer's prefix with `{i}`, e.g. 'gpt_neox.layers.{i}'
+ * @param attn the attention submodule's name ('attention' or 'self_attention')
+ */
+export function megatronLayerMap(l: string, attn: string, spec: ModelSpec): WeightMap['layer'] {
+  const perHead: readonly WeightTransform[] = [{ kind: 'permuteBlocks', blockRows: spec.headDim, order: groupedQkvOrder(spec.numHeads, 1) }];
+  return {
+    'input_layernorm.weight': `${l}.input_layernorm.weight`,
+    'input_layernorm.bias': `${l}.input_layernorm.bias`,
+    'self_attn.qkv_proj.weight': { names: `${l}.${attn}.query_key_value.weight`, transforms: perHead },
+    'self_attn.qkv_proj.bias': { names: `${l}.${attn}.query_key_value.bias`, transforms: perHead },
+    'self_attn.o_proj.weight': `${l}.${attn}.dense.weight`,
+    'self_attn.o_proj.bias': `${l}.${attn}.dense.bias`,
+    'post_attention_layernorm.weight': `${l}.post_attention_layernorm.weight`,
+    'post_attention_layernorm.bias': `${l}.post_attention_layernorm.bias`,
+    'mlp.up_proj.weight': `${l}.mlp.dense_h_to_4h.weight`,
+    'mlp.up_proj.bias': `${l}.mlp.dense_h_to_4h.bias`,
+    'mlp.down_proj.weight': `${l}.mlp.dense_4h_to_h.weight`,
+    'mlp.down_proj.bias': `${l}.mlp.dense_4h_to_h.bias`,
+  };
 }

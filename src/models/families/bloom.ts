@@ -4,11 +4,10 @@
  * MLP of 4 x hidden, tied embeddings. query_key_value is fused per head ([numHeads, 3, headDim]
  * rows) and reordered to q | k | v on load.
  */
-import type { WeightMap, WeightTransform } from '../spec.js';
+import type { WeightMap } from '../spec.js';
 import type { ModelFamily } from '../registry.js';
 import { alibiSlopes } from '../rope.js';
-import { groupedQkvOrder } from '../weight-transform.js';
-import { baseSpec } from './base.js';
+import { baseSpec, megatronLayerMap } from './base.js';
 import { optionalBool, optionalNumber, unsupported } from './fields.js';
 
 const BLOOM_LAYER_NORM_EPS = 1e-5;
@@ -39,7 +38,6 @@ export const bloom: ModelFamily = {
   },
   weightMap(spec): WeightMap {
     const l = 'transformer.h.{i}';
-    const perHead: readonly WeightTransform[] = [{ kind: 'permuteBlocks', blockRows: spec.headDim, order: groupedQkvOrder(spec.numHeads, 1) }];
     return {
       basePrefix: 'transformer',
       global: {
@@ -50,20 +48,7 @@ export const bloom: ModelFamily = {
         'norm.bias': 'transformer.ln_f.bias',
         ...(spec.tieWordEmbeddings ? {} : { 'lm_head.weight': 'lm_head.weight' }),
       },
-      layer: {
-        'input_layernorm.weight': `${l}.input_layernorm.weight`,
-        'input_layernorm.bias': `${l}.input_layernorm.bias`,
-        'self_attn.qkv_proj.weight': { names: `${l}.self_attention.query_key_value.weight`, transforms: perHead },
-        'self_attn.qkv_proj.bias': { names: `${l}.self_attention.query_key_value.bias`, transforms: perHead },
-        'self_attn.o_proj.weight': `${l}.self_attention.dense.weight`,
-        'self_attn.o_proj.bias': `${l}.self_attention.dense.bias`,
-        'post_attention_layernorm.weight': `${l}.post_attention_layernorm.weight`,
-        'post_attention_layernorm.bias': `${l}.post_attention_layernorm.bias`,
-        'mlp.up_proj.weight': `${l}.mlp.dense_h_to_4h.weight`,
-        'mlp.up_proj.bias': `${l}.mlp.dense_h_to_4h.bias`,
-        'mlp.down_proj.weight': `${l}.mlp.dense_4h_to_h.weight`,
-        'mlp.down_proj.bias': `${l}.mlp.dense_4h_to_h.bias`,
-      },
+      layer: megatronLayerMap(l, 'self_attention', spec),
     };
   },
 };

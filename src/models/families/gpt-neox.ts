@@ -4,10 +4,9 @@
  * residual (x + attn(ln1(x)) + mlp(ln2(x))) or sequential, ungated GELU MLP with biases.
  * query_key_value is fused per head ([numHeads, 3, headDim] rows) and reordered to q | k | v.
  */
-import type { WeightMap, WeightTransform } from '../spec.js';
+import type { WeightMap } from '../spec.js';
 import type { ModelFamily } from '../registry.js';
-import { groupedQkvOrder } from '../weight-transform.js';
-import { baseSpec, requireIntermediate } from './base.js';
+import { baseSpec, requireIntermediate, megatronLayerMap } from './base.js';
 import { get, isObject, optionalBool, optionalNumber, parseActivation, type HfConfig } from './fields.js';
 
 const NEOX_LAYER_NORM_EPS = 1e-5;
@@ -39,7 +38,6 @@ export const gptNeox: ModelFamily = {
   },
   weightMap(spec): WeightMap {
     const l = 'gpt_neox.layers.{i}';
-    const perHead: readonly WeightTransform[] = [{ kind: 'permuteBlocks', blockRows: spec.headDim, order: groupedQkvOrder(spec.numHeads, 1) }];
     return {
       basePrefix: 'gpt_neox',
       global: {
@@ -48,20 +46,7 @@ export const gptNeox: ModelFamily = {
         'norm.bias': 'gpt_neox.final_layer_norm.bias',
         ...(spec.tieWordEmbeddings ? {} : { 'lm_head.weight': 'embed_out.weight' }),
       },
-      layer: {
-        'input_layernorm.weight': `${l}.input_layernorm.weight`,
-        'input_layernorm.bias': `${l}.input_layernorm.bias`,
-        'self_attn.qkv_proj.weight': { names: `${l}.attention.query_key_value.weight`, transforms: perHead },
-        'self_attn.qkv_proj.bias': { names: `${l}.attention.query_key_value.bias`, transforms: perHead },
-        'self_attn.o_proj.weight': `${l}.attention.dense.weight`,
-        'self_attn.o_proj.bias': `${l}.attention.dense.bias`,
-        'post_attention_layernorm.weight': `${l}.post_attention_layernorm.weight`,
-        'post_attention_layernorm.bias': `${l}.post_attention_layernorm.bias`,
-        'mlp.up_proj.weight': `${l}.mlp.dense_h_to_4h.weight`,
-        'mlp.up_proj.bias': `${l}.mlp.dense_h_to_4h.bias`,
-        'mlp.down_proj.weight': `${l}.mlp.dense_4h_to_h.weight`,
-        'mlp.down_proj.bias': `${l}.mlp.dense_4h_to_h.bias`,
-      },
+      layer: megatronLayerMap(l, 'attention', spec),
     };
   },
 };
