@@ -3,6 +3,8 @@
  * family's weight map is quantized (round to nearest, on worker threads), everything else is
  * copied as stored; config.json gains the quantization_config the loader detects, and the
  * tokenizer / generation files come along. Tensors stream through one at a time into shards.
+ * FP8 with `calibration` first runs the unquantized model over some text (calibrate.ts) and
+ * writes static per-tensor input scales instead of dynamic per-token activations.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -12,6 +14,7 @@ import { loadModelConfig } from '../../models/config.js';
 import { getFamily } from '../../models/registry.js';
 import { Checkpoint, INDEX_FILE } from '../checkpoint.js';
 import type { TensorToWrite } from '../safetensors-writer.js';
+import { calibrateInputAmax, inputScaleTensor, withStaticInputActivations, type CalibrationOptions } from './calibrate.js';
 import { quantizationConfigFor, unsupportedShapeReason, type CheckpointQuantOptions } from './checkpoint-writer.js';
 import { detectQuantizationInDir } from './index.js';
 import { linearTargets } from './linear-targets.js';
@@ -32,6 +35,8 @@ export interface BuildOptions extends CheckpointQuantOptions {
   /** replace the weights of a non-empty outDir */
   readonly overwrite?: boolean;
   readonly onProgress?: (p: BuildProgress) => void;
+  /** fp8 only: static input scales from a calibration run (default: dynamic per-token activations) */
+  readonly calibration?: CalibrationOptions;
 }
 
 export interface BuildProgress {
@@ -51,6 +56,8 @@ export interface BuildResult {
   readonly outputBytes: number;
   readonly files: readonly string[];
   readonly seconds: number;
+  /** modules written with a static input_scale (0 without calibration) */
+  readonly numInputScales: number;
 }
 
 const MAX_DEFAULT_JOBS = 8;
@@ -63,6 +70,7 @@ export async function buildQuantizedCheckpoint(opts: BuildOptions): Promise<Buil
   const started = Date.now();
   const modelDir = path.resolve(opts.modelDir);
   const outDir = path.resolve(opts.outDir);
+  if (opts.calibration && opts.kind !== 'fp8') throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `calibration gives activation scales, which only fp8 uses (not ${opts.kind})`, { kind: opts.kind });
   if (modelDir === outDir) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `the output folder must differ from the model folder (${modelDir})`);
   const { spec, raw } = loadModelConfig(modelDir);
   const already = detectQuantizationInDir(modelDir, raw);
@@ -72,7 +80,9 @@ export async function buildQuantizedCheckpoint(opts: BuildOptions): Promise<Buil
   const ckpt = Checkpoint.open(modelDir);
   const pool = new QuantizePool(opts.jobs ?? Math.min(os.availableParallelism(), MAX_DEFAULT_JOBS));
   try {
-    const targets = linearTargets(ckpt, spec, getFamily(spec.architecture).weightMap(spec), opts.quantizeLmHead ?? false);
+    const map = getFamily(spec.architecture).weightMap(spec);
+    const targets = linearTargets(ckpt, spec, map, opts.quantizeLmHead ?? false);
+    const inputAmax = opts.calibration ? await calibrateInputAmax(modelDir, opts.calibration, map, targets.names, opts.quantizeLmHead ?? false) : null;
     const skipped = [...targets.skipped];
     const names = ckpt.names();
     const sizeOf = (n: string) => ckpt.info(n).end - ckpt.info(n).start;
@@ -80,7 +90,7 @@ export async function buildQuantizedCheckpoint(opts: BuildOptions): Promise<Buil
     const writer = new ShardWriter(outDir, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES);
     const maxInFlight = Math.max(2, 2 * pool.jobs);
     const inFlight: { name: string; tensors: Promise<Record<string, TensorToWrite>> }[] = [];
-    let doneTensors = 0, doneBytes = 0, numQuantized = 0;
+    let doneTensors = 0, doneBytes = 0, numQuantized = 0, numInputScales = 0;
     const retire = async () => {
       const { name, tensors } = inFlight.shift()!;
       writer.add(await tensors);
@@ -99,6 +109,11 @@ export async function buildQuantizedCheckpoint(opts: BuildOptions): Promise<Buil
         const raw = ckpt.read(name);
         tensors = pool.run({ bytes: raw.bytes, dtype: raw.dtype, N, K, opts: quantOptions(opts), module: module! });
         numQuantized++;
+        const amax = inputAmax?.get(name);
+        if (amax !== undefined) {
+          tensors = tensors.then((t) => ({ ...t, ...inputScaleTensor(module!, amax) }));
+          numInputScales++;
+        }
       } else {
         const t = ckpt.read(name);
         tensors = Promise.resolve({ [name]: { dtype: t.dtype, shape: t.shape, data: t.bytes } });
@@ -112,10 +127,11 @@ export async function buildQuantizedCheckpoint(opts: BuildOptions): Promise<Buil
 
     const ignore = [...new Set(skipped.map((s) => moduleOf(s.name) ?? s.name))];
     if (!opts.quantizeLmHead || spec.tieWordEmbeddings) ignore.unshift('lm_head');
-    const config = { ...raw, quantization_config: quantizationConfigFor(quantOptions(opts), ignore) };
+    const qc = quantizationConfigFor(quantOptions(opts), ignore);
+    const config = { ...raw, quantization_config: inputAmax ? withStaticInputActivations(qc) : qc };
     fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(config, null, 2) + '\n');
     const copied = copyAuxFiles(modelDir, outDir);
-    return { outDir, numQuantized, skipped, inputBytes: totalBytes, outputBytes: writer.totalBytes, files: ['config.json', ...files, ...copied], seconds: (Date.now() - started) / 1000 };
+    return { outDir, numQuantized, skipped, inputBytes: totalBytes, outputBytes: writer.totalBytes, files: ['config.json', ...files, ...copied], seconds: (Date.now() - started) / 1000, numInputScales };
   } finally {
     ckpt.close();
     await pool.close();
