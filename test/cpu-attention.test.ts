@@ -7,51 +7,18 @@ import assert from 'node:assert/strict';
 import { CpuBackend, cpuData } from '../src/backends/cpu/cpu-backend.js';
 import type { AttentionMetadata, LayerKvCache, RopeParams, Tensor } from '../src/backends/backend.js';
 import type { RopeStyle } from '../src/models/spec.js';
-import { isPeregrineError } from '../src/errors.js';
+import { assertClose, assertInternal, rng, shuffled, uniform } from './helpers/random.js';
 
 const be = new CpuBackend();
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
-function randn(n: number, r: () => number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
-  return out;
-}
 
-function shuffled(n: number, r: () => number): number[] {
-  const a = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
 
 function f32(t: Tensor): Float32Array {
   return cpuData(t) as Float32Array;
 }
 
-function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i]! - expected[i]!);
-    if (!(err <= tol * (1 + Math.abs(expected[i]!)))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]}`);
-  }
-}
 
-function assertInternal(fn: () => unknown, mention: RegExp): void {
-  assert.throws(fn, (e: unknown) => isPeregrineError(e, 'PGN_ERR_INTERNAL') && mention.test(e.message));
-}
 
 // ---- rope ------------------------------------------------------------------------
 
@@ -90,7 +57,7 @@ function ropeCase(style: RopeStyle, headDim: number, rotaryDim: number, withTabl
   const p: RopeParams = { numHeads: 4, numKvHeads: 2, headDim, rotaryDim, style };
   const qWidth = p.numHeads * headDim, kvWidth = p.numKvHeads * headDim, rowWidth = qWidth + 2 * kvWidth;
   const T = 7, maxPositions = 64, numSlots = 40;
-  const qkv0 = randn(T * rowWidth, r);
+  const qkv0 = uniform(T * rowWidth, r);
   const pos = Int32Array.from({ length: T }, () => Math.floor(r() * maxPositions));
   const slots = Int32Array.from(shuffled(numSlots, r).slice(0, T));
   slots[3] = -1;
@@ -212,7 +179,7 @@ function runAttention(c: AttnCase, seed: number): { actual: Float32Array; expect
   const r = rng(seed);
   const { numHeads, numKvHeads, headDim, blockSize, seqs } = c;
   const qWidth = numHeads * headDim, kvWidth = numKvHeads * headDim, rowWidth = qWidth + 2 * kvWidth;
-  const data: SeqData[] = seqs.map((s) => ({ q: randn(s.qLen * qWidth, r, c.qScale ?? 1), k: randn(s.kvLen * kvWidth, r), v: randn(s.kvLen * kvWidth, r) }));
+  const data: SeqData[] = seqs.map((s) => ({ q: uniform(s.qLen * qWidth, r, c.qScale ?? 1), k: uniform(s.kvLen * kvWidth, r), v: uniform(s.kvLen * kvWidth, r) }));
   const blocksNeeded = seqs.map((s) => Math.ceil(s.kvLen / blockSize));
   const maxBlocksPerSeq = Math.max(...blocksNeeded) + 1;
   const numBlocks = blocksNeeded.reduce((a, b) => a + b, 0) + 3;
@@ -318,7 +285,7 @@ test('attention after ropeWriteKv equals dense attention over rotated q and k', 
   const r = rng(99);
   const p: RopeParams = { numHeads: 4, numKvHeads: 2, headDim: 16, rotaryDim: 16, style: 'neox' };
   const blockSize = 4, kvWidth = 32, qWidth = 64, rowWidth = 128, T = 10;
-  const qkv0 = randn(T * rowWidth, r);
+  const qkv0 = uniform(T * rowWidth, r);
   const blockTable = Int32Array.from([5, 2, 7]);
   const slots = Int32Array.from({ length: T }, (_, j) => blockTable[Math.floor(j / blockSize)]! * blockSize + (j % blockSize));
   const qkv = be.fromF32([T, rowWidth], qkv0);

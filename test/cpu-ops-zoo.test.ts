@@ -6,20 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CpuBackend, cpuData } from '../src/backends/cpu/cpu-backend.js';
 import type { Tensor } from '../src/backends/backend.js';
-import { isPeregrineError } from '../src/errors.js';
+import { assertClose, assertInternal, rng } from './helpers/random.js';
 
 const be = new CpuBackend();
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function rand(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
@@ -33,17 +23,7 @@ function t32(shape: number[], seed: number, scale = 1): Tensor {
 const f32 = (t: Tensor) => cpuData(t) as Float32Array;
 const i32 = (t: Tensor) => cpuData(t) as Int32Array;
 
-function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i]! - expected[i]!);
-    if (!(err <= tol * (1 + Math.abs(expected[i]!)))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]}`);
-  }
-}
 
-function assertInternal(fn: () => unknown, mention: RegExp): void {
-  assert.throws(fn, (e: unknown) => isPeregrineError(e, 'PGN_ERR_INTERNAL') && mention.test(e.message));
-}
 
 test('scale, softcap and clamp: elementwise over the first numTokens rows, in place allowed', () => {
   const T = 5, H = 13;

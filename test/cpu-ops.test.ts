@@ -8,21 +8,11 @@ import { CpuBackend, cpuData } from '../src/backends/cpu/cpu-backend.js';
 import { erf } from '../src/backends/cpu/ops/activations.js';
 import { gemmTN } from '../src/backends/cpu/ops/gemm.js';
 import type { Tensor } from '../src/backends/backend.js';
-import { isPeregrineError } from '../src/errors.js';
 import { f32ToBf16, f32ToF16 } from '../src/weights/dtype.js';
+import { assertClose, assertInternal, rng } from './helpers/random.js';
 
 const be = new CpuBackend();
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randn(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
@@ -39,17 +29,7 @@ function f32(t: Tensor): Float32Array {
   return cpuData(t) as Float32Array;
 }
 
-function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i]! - expected[i]!);
-    if (!(err <= tol * (1 + Math.abs(expected[i]!)))) assert.fail(`${what}: element ${i} is ${actual[i]}, expected ${expected[i]}`);
-  }
-}
 
-function assertInternal(fn: () => unknown, mention: RegExp): void {
-  assert.throws(fn, (e: unknown) => isPeregrineError(e, 'PGN_ERR_INTERNAL') && mention.test(e.message));
-}
 
 function naiveLinear(x: Float32Array, w: Float32Array, bias: Float32Array | null, T: number, K: number, N: number): Float32Array {
   const out = new Float32Array(T * N);

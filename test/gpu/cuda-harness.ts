@@ -8,22 +8,15 @@ import type { DType, Tensor } from '../../src/backends/backend.js';
 import { CpuBackend, cpuData } from '../../src/backends/cpu/cpu-backend.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
+import { rng, shuffled } from '../helpers/random.js';
+
+export { rng, shuffled };
 
 /** relative L2 error allowed per output dtype */
 export const TOL: Record<DType, number> = { f32: 2e-5, bf16: 1e-2, f16: 2e-3, i32: 0 };
 
 export const SEED = Number(process.env.PEREGRINE_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
 
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Rounds every value to what `dtype` stores. */
 export function roundTo(data: Float32Array, dtype: DType): Float32Array {
@@ -32,14 +25,6 @@ export function roundTo(data: Float32Array, dtype: DType): Float32Array {
   return data;
 }
 
-export function shuffled(n: number, r: () => number): number[] {
-  const a = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
 
 /** A tensor on both backends holding the same values. */
 export interface Pair {
