@@ -12,7 +12,7 @@ import { runServe } from './serve.js';
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 const CANDIDATES = ['models/demo', 'test/fixtures/models/llama-gqa-llama3'];
-const FIRST_QUESTION = 'What is the sea like?';
+const FIRST_QUESTION = 'Hello! Who are you?';
 
 export const START_HELP = `peregrine start [--once] [serve options]
 
