@@ -4,6 +4,7 @@ import type { DeviceName } from '../backends/index.js';
 import { PeregrineError } from '../errors.js';
 import type { ModelSpec } from '../models/spec.js';
 import { DEFAULT_BLOCK_SIZE, KvCachePool } from '../runner/kv-cache.js';
+import { DEFAULT_PROMPT_LOGPROB_ROWS } from '../runner/model-runner.js';
 
 export interface LLMOptions {
   /** 'cpu' (default) or 'cuda' */
@@ -64,8 +65,9 @@ export function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: Limit
     const { freeBytes } = backend.memoryInfo();
     const H = spec.hiddenSize, T = lim.maxNumBatchedTokens;
     const rowElems = 3 * H + (spec.numHeads + 2 * spec.numKvHeads) * spec.headDim + spec.numHeads * spec.headDim + 3 * spec.intermediateSize;
-    // logits and the GPU sampler's scratch are both [maxNumSeqs, vocab] f32
-    const activationBytes = T * rowElems * 4 + 2 * lim.maxNumSeqs * spec.vocabSize * 4 + spec.maxPositionEmbeddings * (spec.rope?.rotaryDim ?? 0) * 4;
+    // f32 [rows, vocab]: the logits (maxNumSeqs rows + the prompt-logprob rows) and the GPU sampler's scratch
+    const logitsRows = 2 * lim.maxNumSeqs + DEFAULT_PROMPT_LOGPROB_ROWS;
+    const activationBytes = T * rowElems * 4 + logitsRows * spec.vocabSize * 4 + spec.maxPositionEmbeddings * (spec.rope?.rotaryDim ?? 0) * 4;
     budget = (freeBytes - activationBytes) * (options.gpuMemoryUtilization ?? DEFAULT_GPU_MEMORY_UTILIZATION);
   }
   const fit = Math.floor(budget / perBlock);

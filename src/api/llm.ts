@@ -23,7 +23,7 @@ import type { ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import { TpGroup } from '../parallel/tp-group.js';
 import { ModelRunner } from '../runner/model-runner.js';
-import { makeSamplingParams, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
+import { makeSamplingParams, type SampleResult, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
 import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
@@ -219,6 +219,7 @@ export class LLM {
           text: o.newText,
           tokenIds: o.newTokenIds,
           logprobs: this.toLogprobs(o.newLogprobs),
+          promptLogprobs: o.promptLogprobs && o.promptLogprobs.map((l) => l && this.toLogprobs([l])![0]!),
           finished: o.finished,
           finishReason: o.finishReason,
           stopReason: o.stopReason,
@@ -249,12 +250,14 @@ export class LLM {
     const outs: Array<{ text: string; tokenIds: number[]; logprobs: OutputLogprob[] | null; finishReason: CompletionOutput['finishReason']; stopReason: string | number | null }> =
       Array.from({ length: sp.n }, () => ({ text: '', tokenIds: [], logprobs: sp.logprobs === null ? null : [], finishReason: null, stopReason: null }));
     this.lastCached.set(requestId, 0);
+    let promptLogprobs: RequestOutput['promptLogprobs'] = null;
     try {
       for await (const d of this.stream(promptTokenIds, params, requestId)) {
         const o = outs[d.index]!;
         o.text += d.text;
         o.tokenIds.push(...d.tokenIds);
         if (d.logprobs && o.logprobs) o.logprobs.push(...d.logprobs);
+        promptLogprobs ??= d.promptLogprobs ?? null;
         if (d.finished) { o.finishReason = d.finishReason; o.stopReason = d.stopReason; }
       }
     } catch (e) {
@@ -268,6 +271,7 @@ export class LLM {
       prompt: typeof prompt === 'string' ? prompt : null,
       promptTokenIds,
       numCachedTokens: stats,
+      promptLogprobs,
       finished: true,
       outputs: outs.map((o, index) => ({
         index,
@@ -283,7 +287,7 @@ export class LLM {
 
   private readonly lastCached = new Map<string, number>();
 
-  private toLogprobs(l: EngineStepOutput['newLogprobs']): OutputLogprob[] | null {
+  private toLogprobs(l: ReadonlyArray<Pick<SampleResult, 'tokenId' | 'logprob' | 'topLogprobs'>> | null): OutputLogprob[] | null {
     if (!l) return null;
     const tokenText = (id: number) => (this.tokenizer ? this.tokenizer.decode([id], { skipSpecialTokens: false }) : null);
     return l.map((r) => ({

@@ -31,6 +31,11 @@ export interface RequestOutput {
   readonly promptTokenIds: readonly number[];
   /** prompt tokens whose KV came from the prefix cache */
   readonly numCachedTokens: number;
+  /**
+   * with SamplingParams.promptLogprobs = n: per prompt token, its logprob given the tokens before
+   * it and the top-n alternatives; null for the first token; null when not asked for
+   */
+  readonly promptLogprobs: ReadonlyArray<OutputLogprob | null> | null;
   readonly outputs: readonly CompletionOutput[];
   readonly finished: boolean;
 }
@@ -42,6 +47,8 @@ export interface StreamDelta {
   readonly text: string;
   readonly tokenIds: readonly number[];
   readonly logprobs: readonly OutputLogprob[] | null;
+  /** on the first delta of a completion whose request asked for prompt logprobs (see RequestOutput) */
+  readonly promptLogprobs?: ReadonlyArray<OutputLogprob | null> | null;
   readonly finished: boolean;
   readonly finishReason: FinishReason | null;
   readonly stopReason: string | number | null;

@@ -6,11 +6,12 @@
 import { PeregrineError } from '../errors.js';
 import { BlockManager } from '../kvcache/block-manager.js';
 import type { SamplingParams } from '../sampling/params.js';
+import type { PromptLogprob } from '../sampling/prompt-logprobs.js';
 import type { SampleResult } from '../sampling/sampler.js';
 import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { ModelExecutor } from './executor.js';
-import { Scheduler } from './scheduler.js';
+import type { ExecuteResults, ModelExecutor } from './executor.js';
+import { Scheduler, type ScheduledBatch } from './scheduler.js';
 import { Sequence } from './sequence.js';
 import { StopChecker, type FinishReason } from './stop-checker.js';
 
@@ -51,6 +52,11 @@ export interface RequestOutput {
   newText: string;
   /** one per new token when params.logprobs is set, else null */
   newLogprobs: SampleResult[] | null;
+  /**
+   * on the first output of a request with params.promptLogprobs set: one per prompt token, null
+   * for the first (nothing precedes it); else null
+   */
+  promptLogprobs: Array<PromptLogprob | null> | null;
   finished: boolean;
   finishReason: FinishReason | null;
   /** the stop string or token id that ended the sequence */
@@ -82,6 +88,8 @@ interface RequestState {
   readonly seq: Sequence;
   readonly stopChecker: StopChecker;
   readonly detokenizer: IncrementalDetokenizer | null;
+  /** prompt logprobs so far (params.promptLogprobs set), emitted with the first output */
+  promptLogprobs: Array<PromptLogprob | null> | null;
 }
 
 /**
@@ -119,6 +127,7 @@ export class LLMEngine {
         maxNumBatchedTokens: options.maxNumBatchedTokens ?? DEFAULT_MAX_NUM_BATCHED_TOKENS,
         maxModelLen: executor.maxModelLen,
         enableChunkedPrefill: options.enableChunkedPrefill ?? true,
+        maxNumPromptLogprobRows: executor.maxNumPromptLogprobRows ?? 0,
       },
       this.blockManager,
     );
@@ -154,6 +163,12 @@ export class LLMEngine {
     if (this.scheduler.numWaiting >= this.maxWaiting) {
       throw new PeregrineError('PGN_ERR_QUEUE_FULL', `the waiting queue is full (${this.maxWaiting} requests)`, { maxWaiting: this.maxWaiting });
     }
+    if (params.promptLogprobs !== null && !((this.executor.maxNumPromptLogprobRows ?? 0) > 0)) {
+      throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `request ${requestId} asks for prompt logprobs, which this executor does not compute (tensor parallel, or a runner with no logits rows to spare: raise maxNumLogits)`, {
+        param: 'prompt_logprobs',
+        requestId,
+      });
+    }
     const { eosTokenIds, maxModelLen } = this.executor;
     const seq = new Sequence({ requestId, promptTokenIds, params, seedOffset: init.seedOffset, eosTokenIds, arrivalTime: init.arrivalTime });
     this.scheduler.add(seq);
@@ -162,6 +177,7 @@ export class LLMEngine {
       seq,
       stopChecker: new StopChecker(params, eosTokenIds, maxModelLen, seq.numPromptTokens),
       detokenizer: tok ? new IncrementalDetokenizer(tok, promptTokenIds, { skipSpecialTokens: params.skipSpecialTokens }) : null,
+      promptLogprobs: params.promptLogprobs !== null ? [null] : null,
     });
   }
 
@@ -192,9 +208,10 @@ export class LLMEngine {
       const outputs = this.applyAborts();
       const batch = this.scheduler.schedule();
       if (batch.entries.length === 0) return outputs;
-      let results: Array<SampleResult | null>;
+      let results: ExecuteResults;
       try {
         results = await this.executor.execute(batch);
+        this.collectPromptLogprobs(batch.entries, results);
         this.scheduler.postprocess(batch, results);
       } catch (e) {
         this.dead = { cause: e };
@@ -231,6 +248,18 @@ export class LLMEngine {
     this.blockManager.checkInvariants([...this.scheduler.running, ...this.scheduler.waiting]);
   }
 
+  /** Appends each prefill chunk's prompt logprobs (before postprocess: seq.numCachedTokens is the chunk's start). */
+  private collectPromptLogprobs(entries: ScheduledBatch['entries'], results: ExecuteResults): void {
+    entries.forEach(({ seq }, i) => {
+      const chunk = results.promptLogprobs?.[i];
+      const state = this.requests.get(seq.requestId);
+      if (!chunk || !state?.promptLogprobs || seq.numOutputTokens > 0) return;
+      // a prefill from position 0 (again, after a preemption) starts the list over
+      if (seq.numCachedTokens === 0) state.promptLogprobs = [null];
+      state.promptLogprobs.push(...chunk);
+    });
+  }
+
   private processSample(seq: Sequence, result: SampleResult): RequestOutput {
     const state = this.requests.get(seq.requestId) as RequestState;
     const textDelta = state.detokenizer ? state.detokenizer.push(result.tokenId) : '';
@@ -243,6 +272,7 @@ export class LLMEngine {
       newTokenIds: [result.tokenId],
       newText: decision.emitText,
       newLogprobs: seq.params.logprobs != null ? [result] : null,
+      promptLogprobs: seq.numOutputTokens === 1 ? state.promptLogprobs : null,
       finished: decision.finished,
       finishReason: decision.reason,
       stopReason: decision.stopReason,
@@ -260,6 +290,7 @@ export class LLMEngine {
         newTokenIds: [],
         newText: state.stopChecker.flush(),
         newLogprobs: state.seq.params.logprobs != null ? [] : null,
+        promptLogprobs: null,
         finished: true,
         finishReason: 'abort',
         stopReason: null,

@@ -11,6 +11,7 @@
  */
 import { PeregrineError } from '../errors.js';
 import type { BlockManager } from '../kvcache/block-manager.js';
+import { numPromptLogprobRows } from '../sampling/prompt-logprobs.js';
 import type { SampleResult } from '../sampling/sampler.js';
 import type { Sequence } from './sequence.js';
 
@@ -23,6 +24,8 @@ export interface SchedulerConfig {
   maxModelLen: number;
   /** split prompts over steps; without it a prompt is admitted only when it fits the budget whole */
   enableChunkedPrefill: boolean;
+  /** prompt-logprob logits rows of one step (default 0: requests asking for them never run) */
+  maxNumPromptLogprobRows?: number;
 }
 
 export interface ScheduledEntry {
@@ -116,6 +119,21 @@ export class Scheduler {
     const entries: ScheduledEntry[] = [];
     const preempted: Sequence[] = [];
     let budget = this.config.maxNumBatchedTokens;
+    let promptRowBudget = this.config.maxNumPromptLogprobRows ?? 0;
+    /** tokens of the next chunk of `seq`, capped by both budgets; 0: it cannot run this step */
+    const chunk = (seq: Sequence): number => {
+      const start = seq.numCachedTokens;
+      const numNewTokens = Math.min(seq.numTokens - start, budget);
+      const numRows = numPromptLogprobRows(seq.samplingState, start, numNewTokens);
+      if (numRows <= promptRowBudget) {
+        promptRowBudget -= numRows;
+        return numNewTokens;
+      }
+      // every token of a chunk cut short needs a row
+      const n = promptRowBudget;
+      promptRowBudget = 0;
+      return n;
+    };
 
     for (let i = 0; i < this.running.length && budget > 0; i++) {
       const seq = this.running[i];
@@ -127,7 +145,8 @@ export class Scheduler {
       }
       if (seq.status !== 'running') break;
       this.blockManager.appendSlot(seq);
-      const numNewTokens = Math.min(seq.numTokens - seq.numCachedTokens, budget);
+      const numNewTokens = chunk(seq);
+      if (numNewTokens === 0) continue;
       entries.push({ seq, numNewTokens });
       budget -= numNewTokens;
     }
@@ -136,13 +155,16 @@ export class Scheduler {
       while (this.waiting.length > 0 && budget > 0 && this.running.length < this.config.maxNumSeqs) {
         const seq = this.waiting[0];
         if (!this.config.enableChunkedPrefill && seq.numTokens > budget) break;
-        if (!this.blockManager.canAllocate(seq)) break;
-        this.blockManager.allocate(seq);
+        // as vLLM: prompt logprobs need the whole prompt computed, so no prefix-cache hits
+        const reusePrefix = seq.params.promptLogprobs === null;
+        if (!this.blockManager.canAllocate(seq, reusePrefix)) break;
+        if (promptRowBudget === 0 && numPromptLogprobRows(seq.samplingState, 0, seq.numTokens) > 0) break;
+        this.blockManager.allocate(seq, reusePrefix);
         if (seq.numPreemptions === 0) seq.numCachedPromptTokens = seq.numCachedTokens;
         this.waiting.shift();
         seq.status = 'running';
         this.running.push(seq);
-        const numNewTokens = Math.min(seq.numTokens - seq.numCachedTokens, budget);
+        const numNewTokens = chunk(seq);
         entries.push({ seq, numNewTokens });
         budget -= numNewTokens;
       }

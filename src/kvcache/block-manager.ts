@@ -83,9 +83,12 @@ export class BlockManager {
     return this.numQueriedTokens === 0 ? 0 : this.numHitTokens / this.numQueriedTokens;
   }
 
-  /** Whether `seq` (with an empty block table) can get blocks for all its tokens now. */
-  canAllocate(seq: BlockSequence): boolean {
-    const hits = this.findCachedPrefix(seq);
+  /**
+   * Whether `seq` (with an empty block table) can get blocks for all its tokens now.
+   * @param reusePrefix take cached prefix blocks (default true; false recomputes the whole prompt)
+   */
+  canAllocate(seq: BlockSequence, reusePrefix = true): boolean {
+    const hits = reusePrefix ? this.findCachedPrefix(seq) : [];
     let numHitsInLru = 0;
     for (const id of hits) if (this.refCounts[id] === 0) numHitsInLru++;
     const numNewBlocks = this.numBlocksFor(seq.numTokens) - hits.length;
@@ -95,13 +98,13 @@ export class BlockManager {
   /**
    * Gives `seq` blocks for all its tokens, reusing cached full blocks of its prefix, and
    * sets seq.numCachedTokens to the reused length (never all tokens: the last one must be
-   * computed to get logits). Call canAllocate first.
+   * computed to get logits). Call canAllocate first (with the same `reusePrefix`).
    */
-  allocate(seq: BlockSequence): void {
+  allocate(seq: BlockSequence, reusePrefix = true): void {
     if (seq.blockTable.length !== 0) {
       throw new PeregrineError('PGN_ERR_INTERNAL', 'allocate: sequence already holds blocks', { blockTable: seq.blockTable });
     }
-    const hits = this.findCachedPrefix(seq);
+    const hits = reusePrefix ? this.findCachedPrefix(seq) : [];
     for (const id of hits) {
       if (this.refCounts[id] === 0) this.cachedBlockIds.delete(id);
       this.refCounts[id]++;

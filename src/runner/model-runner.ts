@@ -10,11 +10,12 @@
  * the same capture decisions, as NCCL requires, since they see the same batches and config.
  */
 import type { Backend, Tensor } from '../backends/backend.js';
+import type { ExecuteResults } from '../engine/executor.js';
 import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
 import { allTensors, type ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { Communicator } from '../parallel/communicator.js';
-import { sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
+import { computePromptLogprobs, numPromptLogprobRows, sampleRow, type PromptLogprob, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool } from './kv-cache.js';
@@ -44,6 +45,9 @@ interface DeviceEvent {
 /** a pause between steps longer than this is an idle engine, not step overhead */
 const MAX_COUNTED_GAP_MS = 50;
 
+/** logits rows beyond one per sequence, by default: prompt-logprob rows of one step */
+export const DEFAULT_PROMPT_LOGPROB_ROWS = 128;
+
 /** smallest context-length bucket of the decode graphs */
 const MIN_GRAPH_CONTEXT = 512;
 
@@ -54,7 +58,10 @@ export interface RunnerConfig {
   /** token budget of one step */
   readonly maxNumBatchedTokens: number;
   readonly maxNumSeqs: number;
-  /** rows of logits one forward may return (default maxNumSeqs; raise it for all-position logits) */
+  /**
+   * rows of logits one forward may return (default maxNumSeqs + DEFAULT_PROMPT_LOGPROB_ROWS; raise
+   * it for all-position logits): one per sampling sequence, the rest for prompt logprobs
+   */
   readonly maxNumLogits?: number;
   /** replay decode steps as CUDA graphs where the backend can (default true; env PEREGRINE_CUDA_GRAPHS=0 turns them off) */
   readonly enableCudaGraphs?: boolean;
@@ -73,6 +80,8 @@ export class ModelRunner {
   readonly model: DecoderModel;
   readonly kvCache: KvCachePool;
   readonly maxBlocksPerSeq: number;
+  /** logits rows a step has for prompt logprobs beyond its sampling rows */
+  readonly maxNumPromptLogprobRows: number;
   private readonly inputs: DeviceInputs & { meta: { cuSeqlensQ: Tensor; contextLens: Tensor; blockTables: Tensor } };
   private readonly inputTensors: Tensor[];
   private readonly scratch: Float32Array;
@@ -99,7 +108,8 @@ export class ModelRunner {
     const { maxNumBatchedTokens: T, maxNumSeqs, blockSize, maxModelLen, numBlocks } = config;
     const S = Math.min(maxNumSeqs, T);
     this.maxBlocksPerSeq = Math.ceil(maxModelLen / blockSize);
-    const maxNumLogits = Math.max(S, config.maxNumLogits ?? 0);
+    const maxNumLogits = Math.max(S, config.maxNumLogits ?? S + DEFAULT_PROMPT_LOGPROB_ROWS);
+    this.maxNumPromptLogprobRows = maxNumLogits - S;
     this.model = new DecoderModel(spec, backend, weights, { maxNumTokens: T, maxNumSeqs: S, maxNumLogits, blockSize }, comm);
     // one block more than the engine sees: the scratch block of padded graph rows
     this.kvCache = new KvCachePool(backend, spec, numBlocks + 1, blockSize);
@@ -214,12 +224,12 @@ export class ModelRunner {
   }
 
   /** Forward + sampling: one result per entry, null where the entry is a prefill chunk that does not sample. */
-  async execute(batch: { readonly entries: readonly RunnerEntry[] }): Promise<Array<SampleResult | null>> {
+  async execute(batch: { readonly entries: readonly RunnerEntry[] }): Promise<ExecuteResults> {
     const entries = batch.entries;
     if (entries.length === 0) return [];
     const t0 = performance.now();
     const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
-    const fb = buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples);
+    const fb = withPromptLogprobRows(buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples), entries);
     const tBuilt = performance.now();
     const out = await this.executeForward(fb, entries, samples);
     this.recordStep(t0, tBuilt, performance.now());
@@ -254,20 +264,44 @@ export class ModelRunner {
 
   /**
    * `execute` over a batch already flattened (rank 0 of a tensor-parallel group sends `fb` to
-   * the other ranks first). `samples[i]`: entry i samples, its logits row is the next of `fb`.
+   * the other ranks first). `samples[i]`: entry i samples, its logits row is the next of `fb`;
+   * prompt-logprob rows (withPromptLogprobRows), if any, follow the sampling rows.
    */
-  async executeForward(fb: ForwardBatch, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<Array<SampleResult | null>> {
+  async executeForward(fb: ForwardBatch, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<ExecuteResults> {
     const sampler = this.deviceSampler();
-    if (sampler) return this.sampleOnDevice(sampler, await this.forwardToDevice(fb), entries, samples);
-    const logits = await this.forward(fb);
     const V = this.spec.vocabSize;
-    let row = 0;
-    return entries.map((e, i) => {
-      if (!samples[i]) return null;
-      const r = logits.subarray(row * V, (row + 1) * V);
-      row++;
-      return sampleRow(r, e.seq.samplingState, this.scratch);
-    });
+    const numSampleRows = samples.filter(Boolean).length;
+    const numPromptRows = fb.logitsIndices.length - numSampleRows;
+    let results: ExecuteResults;
+    let promptLogits: Float32Array;
+    if (sampler) {
+      const logits = await this.forwardToDevice(fb);
+      promptLogits = await this.downloadRowRange(sampler, logits, numSampleRows, numPromptRows);
+      results = await this.sampleOnDevice(sampler, logits, entries, samples);
+    } else {
+      const logits = await this.forward(fb);
+      promptLogits = logits.subarray(numSampleRows * V);
+      let row = 0;
+      results = entries.map((e, i) => {
+        if (!samples[i]) return null;
+        const r = row++;
+        return sampleRow(logits.subarray(r * V, (r + 1) * V), e.seq.samplingState, this.scratch);
+      });
+    }
+    if (numPromptRows > 0) results.promptLogprobs = promptLogprobs(promptLogits, entries, V);
+    return results;
+  }
+
+  /** Logits rows [first, first + n) to the host, at most a sampler's worth of rows per copy. */
+  private async downloadRowRange(sampler: DeviceSampler, logits: Tensor, first: number, n: number): Promise<Float32Array> {
+    const V = this.spec.vocabSize;
+    const out = new Float32Array(n * V);
+    const maxRows = Math.min(this.config.maxNumSeqs, this.config.maxNumBatchedTokens);
+    for (let r = 0; r < n; r += maxRows) {
+      const rows = Array.from({ length: Math.min(maxRows, n - r) }, (_, k) => first + r + k);
+      out.set(await sampler.downloadRows(logits, rows), r * V);
+    }
+    return out;
   }
 
   private deviceSampler(): DeviceSampler | null {
@@ -328,4 +362,31 @@ export class ModelRunner {
     for (const t of this.inputTensors) this.backend.free(t);
     for (const t of allTensors(this.weights)) this.backend.free(t);
   }
+}
+
+/**
+ * `fb` with one more logits row per prompt position whose next token wants a prompt logprob
+ * (after the sampling rows, in entry order). Decode steps get none, so they stay graphable.
+ */
+export function withPromptLogprobRows(fb: ForwardBatch, entries: readonly RunnerEntry[]): ForwardBatch {
+  const extra: number[] = [];
+  entries.forEach((e, s) => {
+    const n = numPromptLogprobRows(e.seq.samplingState, e.seq.numCachedTokens, e.numNewTokens);
+    for (let r = 0; r < n; r++) extra.push(fb.cuSeqlensQ[s]! + r);
+  });
+  if (extra.length === 0) return fb;
+  return { ...fb, logitsIndices: Int32Array.from([...fb.logitsIndices, ...extra]) };
+}
+
+/** Splits prompt-logprob rows (f32 [rows, vocab], in entry order) into each entry's prompt logprobs. */
+function promptLogprobs(rows: Float32Array, entries: readonly RunnerEntry[], vocab: number): Array<PromptLogprob[] | null> {
+  let row = 0;
+  return entries.map((e) => {
+    const { samplingState, numCachedTokens } = e.seq;
+    const n = numPromptLogprobRows(samplingState, numCachedTokens, e.numNewTokens);
+    if (n === 0) return null;
+    const out = computePromptLogprobs(rows.subarray(row * vocab, (row + n) * vocab), samplingState, numCachedTokens, n);
+    row += n;
+    return out;
+  });
 }

@@ -4,3 +4,5 @@ export { Rng, philox4x32 } from './rng.js';
 export { computeLogprobs, createSamplingState, logSumExp, sampleRow } from './sampler.js';
 export type { SampleResult, SequenceSamplingState, TokenLogprob } from './sampler.js';
 export { selectTopK } from './select.js';
+export { computePromptLogprobs, numPromptLogprobRows } from './prompt-logprobs.js';
+export type { PromptLogprob } from './prompt-logprobs.js';

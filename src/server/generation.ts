@@ -21,6 +21,8 @@ export interface ChoiceResult {
   text: string;
   tokenIds: number[];
   logprobs: OutputLogprob[] | null;
+  /** per prompt token (null for the first), when the request asked for prompt logprobs */
+  promptLogprobs: ReadonlyArray<OutputLogprob | null> | null;
   finishReason: string | null;
   stopReason: string | number | null;
 }
@@ -81,13 +83,14 @@ export class Generation {
   /** Drains the stream into one result per choice (non-streamed answers). */
   async collect(numPrompts: number): Promise<ChoiceResult[]> {
     const results: ChoiceResult[] = Array.from({ length: numPrompts * this.n }, () => ({
-      text: '', tokenIds: [], logprobs: null, finishReason: null, stopReason: null,
+      text: '', tokenIds: [], logprobs: null, promptLogprobs: null, finishReason: null, stopReason: null,
     }));
     for await (const { choiceIndex, delta } of this.deltas) {
       const r = results[choiceIndex]!;
       r.text += delta.text;
       r.tokenIds.push(...delta.tokenIds);
       if (delta.logprobs) (r.logprobs ??= []).push(...delta.logprobs);
+      r.promptLogprobs ??= delta.promptLogprobs ?? null;
       if (delta.finished) {
         r.finishReason = delta.finishReason;
         r.stopReason = delta.stopReason;

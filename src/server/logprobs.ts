@@ -49,15 +49,31 @@ export function appendCompletionLogprobs(out: CompletionLogprobs, entries: reado
   return textOffset;
 }
 
-/** Prompt tokens echoed back: their text, no logprob (prompt logprobs are not computed). */
-export function appendPromptTokens(out: CompletionLogprobs, tokens: readonly string[], textOffset: number): number {
-  for (const token of tokens) {
+/**
+ * Prompt tokens echoed back: their text and, where `logprobs` has one (prompt logprobs were
+ * computed; never for the first token), the logprob and alternatives as for output tokens.
+ */
+export function appendPromptTokens(
+  out: CompletionLogprobs,
+  tokens: readonly string[],
+  textOffset: number,
+  logprobs: ReadonlyArray<OutputLogprob | null> | null = null,
+  asIds = false,
+): number {
+  tokens.forEach((token, i) => {
+    const lp = logprobs?.[i] ?? null;
+    let top: Record<string, number> | null = null;
+    if (lp) {
+      top = {};
+      for (const t of lp.topLogprobs) top[tokenText(t, asIds)] = clamp(t.logprob);
+      top[token] = clamp(lp.logprob);
+    }
     out.tokens.push(token);
-    out.token_logprobs.push(null);
-    out.top_logprobs.push(null);
+    out.token_logprobs.push(lp ? clamp(lp.logprob) : null);
+    out.top_logprobs.push(top);
     out.text_offset.push(textOffset);
     textOffset += token.length;
-  }
+  });
   return textOffset;
 }
 

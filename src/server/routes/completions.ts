@@ -17,7 +17,8 @@ export const completionsRoute: Handler = async (ctx, _req, res, body) => {
   const gen = await Generation.start(ctx.engine, ctx.metrics, {
     requestId: id,
     prompts: request.prompts.map((p) => p.tokenIds),
-    params: request.params,
+    // echo with logprobs scores the prompt too (vLLM: prompt_logprobs = logprobs)
+    params: request.echo && request.logprobs !== null ? { ...request.params, promptLogprobs: request.logprobs } : request.params,
     n: request.sampling.n,
     arrivalMs,
   });
@@ -41,7 +42,7 @@ async function answerCompletion(ctx: ServerContext, res: ServerResponse, request
     let logprobs: CompletionLogprobs | null = null;
     if (request.logprobs !== null) {
       logprobs = emptyCompletionLogprobs();
-      const offset = request.echo ? appendPromptTokens(logprobs, promptTokenTexts(ctx, request, prompt.tokenIds), 0) : 0;
+      const offset = request.echo ? appendPromptTokens(logprobs, promptTokenTexts(ctx, request, prompt.tokenIds), 0, r.promptLogprobs, request.sampling.tokensAsIds) : 0;
       appendCompletionLogprobs(logprobs, r.logprobs ?? [], offset, request.sampling.tokensAsIds);
     }
     return {
@@ -82,7 +83,7 @@ async function streamCompletion(ctx: ServerContext, res: ServerResponse, request
         const prompt = request.prompts[promptIndex]!;
         if (request.echo) {
           text = prompt.text + text;
-          if (logprobs) textOffsets[choiceIndex] = appendPromptTokens(logprobs, promptTokenTexts(ctx, request, prompt.tokenIds), 0);
+          if (logprobs) textOffsets[choiceIndex] = appendPromptTokens(logprobs, promptTokenTexts(ctx, request, prompt.tokenIds), 0, delta.promptLogprobs ?? null, request.sampling.tokensAsIds);
           else textOffsets[choiceIndex] = prompt.text.length;
         }
       }
