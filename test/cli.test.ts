@@ -122,3 +122,11 @@ test('a prompt longer than the context is rejected', () => {
   assert.equal(r.code, 1);
   assert.match(r.stderr, /PGN_ERR_PROMPT_TOO_LONG/);
 });
+
+test('--device cuda without a GPU is a clear error', { skip: process.env.PEREGRINE_TEST_HAS_GPU === '1' ? 'a GPU is present' : false }, async () => {
+  const { CudaBackend } = await import('../src/backends/cuda/cuda-backend.js');
+  if (CudaBackend.isAvailable()) return; // covered by the GPU suites
+  const r = run(['generate', '--model', fixtureDir('mistral'), '--prompt-ids', '1,2', '--device', 'cuda']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /PGN_ERR_DEVICE_UNAVAILABLE/);
+});
