@@ -212,6 +212,34 @@ test('add (aliased), copy, gatherRows and embedding', () => {
   assertInternal(() => be.gatherRows(out, table, ids, 3 + T), /gatherRows: out .*fewer than 10 rows/);
 });
 
+test('embeddingShard: rows of ids inside the shard, zeros for ids below and above it', () => {
+  const [V, H, start, rows] = [20, 5, 8, 6]; // the shard holds vocab rows 8..13
+  const whole = randn(V * H, 43);
+  const table = be.fromF32([rows, H], whole.slice(start * H, (start + rows) * H));
+  const idList = [8, 13, 7, 14, 0, 19, 10, 8];
+  const T = idList.length;
+  const ids = be.fromI32([T], Int32Array.from(idList));
+  const out = be.fromF32([T + 1, H], new Float32Array((T + 1) * H).fill(9));
+  be.embeddingShard(out, table, ids, T, start);
+  const want = new Float32Array((T + 1) * H).fill(9);
+  idList.forEach((id, t) => {
+    for (let c = 0; c < H; c++) want[t * H + c] = id >= start && id < start + rows ? whole[id * H + c]! : 0;
+  });
+  assertClose(f32(out), want, 0, 'embeddingShard (row T untouched)');
+  // the shards of every rank sum to the whole lookup
+  const sum = new Float32Array(T * H);
+  for (let r = 0; r < V / 4; r++) {
+    const part = be.fromF32([4, H], whole.slice(r * 4 * H, (r + 1) * 4 * H));
+    be.embeddingShard(out, part, ids, T, r * 4);
+    f32(out).subarray(0, T * H).forEach((v, i) => { sum[i] += v; });
+  }
+  const full = be.empty([T, H], 'f32');
+  be.embedding(full, be.fromF32([V, H], whole), ids, T);
+  assertClose(sum, f32(full), 0, 'sum of the shards');
+  assertInternal(() => be.embeddingShard(out, table, ids, T, -1), /embeddingShard: vocabStart must be a non-negative integer, got -1/);
+  assertInternal(() => be.embeddingShard(out, table, ids, T + 2, 0), /embeddingShard: out .*fewer than/);
+});
+
 test('memory: f32 storage for half dtypes, views share storage, downloads copy, free', async () => {
   assert.equal(be.device, 'cpu');
   assert.equal(be.activationDtype, 'f32');

@@ -10,7 +10,7 @@ import { loadModel } from '../src/models/load-model.js';
 import type { ModelSpec } from '../src/models/spec.js';
 import { sliceTensor } from '../src/models/weight-transform.js';
 import { loadModelShard } from '../src/parallel/load-shard.js';
-import { checkTensorParallel, kvHeadRange, shardSpec, weightShard } from '../src/parallel/sharding.js';
+import { checkTensorParallel, kvHeadRange, shardSpec, vocabRows, weightShard } from '../src/parallel/sharding.js';
 import { fixtureDir } from './helpers/golden.js';
 
 /** hidden 8, 4 heads of 2, 2 KV heads, MLP 6, vocab 10 */
@@ -46,7 +46,7 @@ test('KV heads are replicated when tp exceeds them: every row lands on exactly t
   }
 });
 
-test('MLP, MoE experts, biases, embedding and LM head', () => {
+test('MLP, MoE experts, biases, vocab-parallel embedding and LM head', () => {
   const s = tinySpec();
   assert.deepEqual(weightShard('mlp.gate_up_proj.weight', s, 2, 1), { dim: 0, ranges: [[3, 6], [9, 12]] }); // its rows of gate, of up
   assert.deepEqual(weightShard('mlp.down_proj.weight', s, 2, 1), { dim: 1, ranges: [[3, 6]] });
@@ -60,10 +60,19 @@ test('MLP, MoE experts, biases, embedding and LM head', () => {
     assert.equal(weightShard(key, s, 4, 0), 'all');
     assert.equal(weightShard(key, s, 4, 3), 'none');
   }
-  assert.deepEqual(weightShard('embed_tokens.weight', s, 2, 1), { dim: 1, ranges: [[4, 8]] });
+  // embedding and LM head: the same vocab rows (a tied table is one slice)
+  assert.deepEqual(weightShard('embed_tokens.weight', s, 2, 1), { dim: 0, ranges: [[5, 10]] });
   assert.deepEqual(weightShard('lm_head.weight', s, 2, 1), { dim: 0, ranges: [[5, 10]] });
   assert.deepEqual(weightShard('lm_head.bias', s, 2, 0), { dim: 0, ranges: [[0, 5]] });
-  assert.equal(weightShard('lm_head.weight', tinySpec({ vocabSize: 11 }), 2, 0), 'all'); // odd vocab: whole head
+  assert.deepEqual(vocabRows(s, 2, 1), [5, 10]);
+  const v12 = tinySpec({ vocabSize: 12 });
+  assert.deepEqual([0, 1, 2, 3].map((r) => vocabRows(v12, 4, r)), [[0, 3], [3, 6], [6, 9], [9, 12]]);
+  assert.deepEqual(weightShard('embed_tokens.weight', v12, 4, 3), { dim: 0, ranges: [[9, 12]] });
+  assert.equal(vocabRows(s, 1, 0), null);
+  // odd vocab: both whole on every rank
+  const odd = tinySpec({ vocabSize: 11 });
+  assert.equal(vocabRows(odd, 2, 0), null);
+  for (const key of ['embed_tokens.weight', 'lm_head.weight', 'lm_head.bias'] as const) assert.equal(weightShard(key, odd, 2, 1), 'all');
   for (const key of ['norm.weight', 'input_layernorm.weight', 'self_attn.q_norm.weight', 'embed_positions.weight'] as const) {
     assert.equal(weightShard(key, s, 2, 1), 'all');
   }
@@ -133,8 +142,8 @@ test('a rank loads exactly its slices of a real checkpoint (GPT-2: Conv1D, biase
     assert.deepEqual([...data(l.down)], sub(f.down, I, [[0, H]], [rank * i2, (rank + 1) * i2]));
     assert.equal(l.oBias === null, rank === 1);
     assert.equal(l.downBias === null, rank === 1);
-    assert.deepEqual([...data(w.embedTokens)], sub(full.weights.embedTokens, H, [[0, V]], q)); // embedding: columns
-    assert.deepEqual([...data(w.lmHead)], sub(full.weights.embedTokens, H, [[rank * v2, (rank + 1) * v2]], [0, H])); // tied head: vocab rows
+    assert.deepEqual([...data(w.embedTokens)], sub(full.weights.embedTokens, H, [[rank * v2, (rank + 1) * v2]], [0, H])); // embedding: vocab rows
+    assert.equal(w.lmHead, w.embedTokens); // tied head: the same rows, read once
     assert.deepEqual([...data(l.inputNorm)], [...data(f.inputNorm)]);
     assert.equal(shard.rankSpec.numHeads, s.numHeads / 2);
   }

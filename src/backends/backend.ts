@@ -105,6 +105,12 @@ export interface Backend {
   /** out[t] = table[ids[t]]; out [T, H], table [V, H], ids i32 [T]. */
   embedding(out: Tensor, table: Tensor, ids: Tensor, numTokens: number): void;
   /**
+   * The lookup of a vocab-parallel embedding: table [V', H] holds vocab rows vocabStart ..
+   * vocabStart + V'; out[t] = table[ids[t] - vocabStart] where ids[t] falls in them, else zeros
+   * (another rank's row). out [T, H], ids i32 [T].
+   */
+  embeddingShard(out: Tensor, table: Tensor, ids: Tensor, numTokens: number, vocabStart: number): void;
+  /**
    * RMSNorm: out = x / rms(x) * (weight + weightOffset).
    * With `residual`: residual += x first (in place), then out = norm(residual).
    */

@@ -10,8 +10,10 @@
  *
  * Tensor parallelism (src/parallel/sharding.ts): given a communicator of size > 1, the spec and
  * weights are the rank's shard; the block outputs (after o_proj, after down, or their sum in
- * parallel-residual layers) are all-reduced, and an embedding cut by columns or an LM head cut
- * by vocab rows is all-gathered. Without one, nothing changes.
+ * parallel-residual layers) are all-reduced; so is the lookup of an embedding cut by vocab rows
+ * (each rank fills the rows of its ids, zeros elsewhere), before project_in, the scale, learned
+ * positions and the embedding norm; the logits of an LM head cut by vocab rows are all-gathered.
+ * Without one, nothing changes.
  */
 import { isQuantizedWeight, type AttentionMetadata, type AttentionParams, type Backend, type DType, type LayerKvCache, type QkNormParams, type RopeParams, type Tensor } from '../backends/backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../weights/dtype.js';
@@ -66,8 +68,8 @@ export class DecoderModel {
   private readonly lastNormed: Tensor;
   private readonly lastProjected: Tensor | null; // [R, wordEmbedDim] after project_out
   readonly logits: Tensor; // f32 [maxNumLogits, vocab]
-  /** tensor parallel, when the weights are cut: [T, wordEmbedDim / tp] embedding columns, f32 [R, vocab / tp] logits */
-  private readonly embedPart: Tensor | null;
+  /** tensor parallel, when the weights are cut: the first vocab row of the rank's embedding rows, f32 [R, vocab / tp] logits */
+  private readonly embedVocabStart: number | null;
   private readonly logitsPart: Tensor | null;
   private readonly comm: Communicator | null;
   private readonly ownTensors: Tensor[] = [];
@@ -110,9 +112,9 @@ export class DecoderModel {
     this.lastNormed = buf([R, H]);
     this.lastProjected = projected ? buf([R, s.wordEmbedDim]) : null;
     this.logits = buf([R, s.vocabSize], 'f32');
-    const embedCols = weights.embedTokens.shape[1]!;
+    const embedRows = weights.embedTokens.shape[0]!;
     const headRows = weights.lmHead.shape[0]!;
-    this.embedPart = embedCols < s.wordEmbedDim ? buf([T, this.checkPart(embedCols, s.wordEmbedDim, 'embedding columns')]) : null;
+    this.embedVocabStart = embedRows < s.vocabSize ? this.checkPart(embedRows, s.vocabSize, 'embedding rows') * this.comm!.rank : null;
     this.logitsPart = headRows < s.vocabSize ? buf([R, this.checkPart(headRows, s.vocabSize, 'LM head rows')], 'f32') : null;
 
     this.cosSin = null;
@@ -197,11 +199,11 @@ export class DecoderModel {
     else b.copy(this.residual, this.hidden, T);
   }
 
-  /** out [T, wordEmbedDim] = embed_tokens[ids]; a rank holding embedding columns gathers the others' */
+  /** out [T, wordEmbedDim] = embed_tokens[ids]; ranks holding vocab rows sum their lookups (one nonzero per row) */
   private lookup(out: Tensor, ids: Tensor, T: number): void {
-    if (!this.embedPart) return this.backend.embedding(out, this.weights.embedTokens, ids, T);
-    this.backend.embedding(this.embedPart, this.weights.embedTokens, ids, T);
-    this.comm!.allGather(out, this.embedPart, T, this.embedPart.shape[1]!);
+    if (this.embedVocabStart === null) return this.backend.embedding(out, this.weights.embedTokens, ids, T);
+    this.backend.embeddingShard(out, this.weights.embedTokens, ids, T, this.embedVocabStart);
+    this.comm!.allReduceSum(out, T * this.spec.wordEmbedDim);
   }
 
   /** Tensor parallel: sums the ranks' partial outputs of a row-parallel block (o_proj, down) */

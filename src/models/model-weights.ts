@@ -139,7 +139,7 @@ export function loadModelWeights(
   const lmHeadEntry = map.global['lm_head.weight'];
   const tied = spec.tieWordEmbeddings || lmHeadEntry === undefined || resolve(lmHeadEntry, 0) === null;
   const headShard = shardOf('lm_head.weight');
-  // tensor parallelism cuts the embedding by columns and the head by vocab rows: a tied table is read twice
+  // a tied table is read once when the embedding and the head hold the same slice (always, with vocab-parallel sharding)
   const shareTable = tied && sameShard(headShard, shardOf('embed_tokens.weight'));
   if (tied && !shareTable) total++;
   const isLayerNorm = spec.norm.type === 'layer';

@@ -7,8 +7,11 @@
  *   KV heads are replicated when tp > numKvHeads: a rank keeps the one its query heads read.
  * - Row-parallel (columns of the input split): o_proj and down, each followed by an all-reduce.
  *   Their biases are added once, by rank 0, before the reduce.
- * - The embedding is cut by columns and all-gathered (no masked lookup needed); the LM head by
- *   vocab rows, its logits all-gathered. Either stays whole where tp does not divide its dim.
+ * - Vocab-parallel embedding and LM head: rank r holds vocab rows [r * V / tp, (r + 1) * V / tp)
+ *   of each. The embedding looks up only the ids in its rows (Backend.embeddingShard, zeros
+ *   elsewhere) and the ranks' lookups are all-reduced; the head's logits are all-gathered. Both
+ *   stay whole where tp does not divide the vocab. A tied table is the same slice for both, so
+ *   a rank reads it once.
  * - MoE experts are cut by intermediate size like a dense MLP; the router is replicated.
  * - Norms, learned positions, project_in / project_out: replicated.
  */
@@ -80,13 +83,24 @@ export function weightShard(key: GlobalWeight | LayerWeight, spec: ModelSpec, tp
     case 'mlp.down_proj.bias':
       return rank === 0 ? 'all' : 'none';
     case 'embed_tokens.weight':
-      return spec.wordEmbedDim % tp === 0 ? { dim: 1, ranges: [share(spec.wordEmbedDim)] } : 'all';
     case 'lm_head.weight':
-    case 'lm_head.bias':
-      return spec.vocabSize % tp === 0 ? { dim: 0, ranges: [share(spec.vocabSize)] } : 'all';
+    case 'lm_head.bias': {
+      const rows = vocabRows(spec, tp, rank);
+      return rows ? { dim: 0, ranges: [rows] } : 'all';
+    }
     default:
       return 'all';
   }
+}
+
+/**
+ * The vocab rows [start, end) rank `rank` holds of the embedding and the LM head, or null when
+ * tp does not divide the vocab and every rank holds the whole table.
+ */
+export function vocabRows(spec: ModelSpec, tp: number, rank: number): [number, number] | null {
+  if (tp === 1 || spec.vocabSize % tp !== 0) return null;
+  const n = spec.vocabSize / tp;
+  return [rank * n, (rank + 1) * n];
 }
 
 /** `weightShard` bound to one rank, for loadModelWeights. */

@@ -43,6 +43,24 @@ if (!gpu) {
       }
     });
 
+    test('embeddingShard: rows inside the shard exactly, zeros for ids below and above it', async () => {
+      for (const dtype of FLOATS) {
+        for (const H of [257, 4096]) {
+          const table = h.rand([300, H], dtype); // vocab rows 500..799
+          const idList = [500, 799, 499, 800, 0, 650, 1500, 512, 700];
+          for (let i = 0; i < 7; i++) idList.push(Math.floor(h.r() * 1200));
+          const ids = h.ints([idList.length], Int32Array.from(idList));
+          const out = h.output([idList.length, H], dtype);
+          h.cpu.embeddingShard(out.cpu, table.cpu, ids.cpu, idList.length, 500);
+          gpu.embeddingShard(out.gpu, table.gpu, ids.gpu, idList.length, 500);
+          await h.expectClose(out, `embeddingShard ${dtype} H=${H}`, undefined, 0);
+        }
+      }
+      const table = h.rand([4, 8], 'f32');
+      const ids = h.ints([2], Int32Array.from([1, 2]));
+      assert.throws(() => gpu.embeddingShard(h.output([2, 8], 'f32').gpu, table.gpu, ids.gpu, 2, -3), (e: unknown) => isPeregrineError(e) && /embeddingShard: vocabStart/.test(e.message));
+    });
+
     test('copy and add (also in place), odd and packed widths', async () => {
       for (const dtype of FLOATS) {
         for (const [T, H] of [[7, 1001], [5, 4096], [1, 8]] as const) {

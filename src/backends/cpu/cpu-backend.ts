@@ -96,6 +96,10 @@ export class CpuBackend implements Backend {
     rows.embedding(out, table, ids, numTokens);
   }
 
+  embeddingShard(out: Tensor, table: Tensor, ids: Tensor, numTokens: number, vocabStart: number): void {
+    rows.embeddingShard(out, table, ids, numTokens, vocabStart);
+  }
+
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual?: Tensor | null, weightOffset?: number): void {
     norm.rmsNorm(out, x, weight, eps, numTokens, residual, weightOffset);
   }

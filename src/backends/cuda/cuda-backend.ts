@@ -240,6 +240,7 @@ export class CudaBackend implements Backend {
 
   // ---- ops -------------------------------------------------------------------
   embedding(out: Tensor, table: Tensor, ids: Tensor, numTokens: number): void { ops.embedding(this.#ctx, out, table, ids, numTokens); }
+  embeddingShard(out: Tensor, table: Tensor, ids: Tensor, numTokens: number, vocabStart: number): void { ops.embeddingShard(this.#ctx, out, table, ids, numTokens, vocabStart); }
   rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual?: Tensor | null, weightOffset?: number): void {
     ops.rmsNorm(this.#ctx, out, x, weight, eps, numTokens, residual, weightOffset);
   }

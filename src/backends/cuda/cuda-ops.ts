@@ -39,7 +39,14 @@ export function embedding(ctx: OpContext, out: Tensor, table: Tensor, ids: Tenso
   gatherRows(ctx, out, table, ids, numTokens, 'embedding');
 }
 
-export function gatherRows(ctx: OpContext, outT: Tensor, xT: Tensor, indices: Tensor, numRows: number, op = 'gatherRows'): void {
+/** out[t] = table[ids[t] - vocabStart], zeros where that row is not in table (a vocab-parallel shard). */
+export function embeddingShard(ctx: OpContext, out: Tensor, table: Tensor, ids: Tensor, numTokens: number, vocabStart: number): void {
+  requireCount(vocabStart, 'embeddingShard', 'vocabStart');
+  gatherRows(ctx, out, table, ids, numTokens, 'embeddingShard', vocabStart);
+}
+
+/** out [R, H] = x[indices[r] - indexOffset]; rows whose index falls outside x are zero-filled. */
+export function gatherRows(ctx: OpContext, outT: Tensor, xT: Tensor, indices: Tensor, numRows: number, op = 'gatherRows', indexOffset = 0): void {
   requireCount(numRows, op, 'numRows');
   const x = floatTensor(xT, op, 'x');
   const out = floatTensor(outT, op, 'out');
@@ -50,7 +57,7 @@ export function gatherRows(ctx: OpContext, outT: Tensor, xT: Tensor, indices: Te
   if (numRows === 0) return;
   const vec = vecFlag(x.dtype, H, x, out);
   const threads = rowThreads(H, vec ? 16 / bytesPerElement(x.dtype) : 1);
-  ctx.kernels.typed('gather_rows', x.dtype).launch(Math.min(numRows, 65535), threads, 0, ctx.stream, [out.ptr, x.ptr, idx.ptr, numRows, H, Math.floor(x.numel / H), vec]);
+  ctx.kernels.typed('gather_rows', x.dtype).launch(Math.min(numRows, 65535), threads, 0, ctx.stream, [out.ptr, x.ptr, idx.ptr, numRows, H, Math.floor(x.numel / H), vec, indexOffset]);
 }
 
 /** Fills `t` with uniform values in [-scale, scale) from (element index, seed), on the device. */

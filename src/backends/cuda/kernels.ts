@@ -25,8 +25,8 @@ export const KERNEL_PARAMS = {
   silu_mul: [ptr, ptr, i64, i32, i32],
   // (out, gateUp, numTokens, I, vec, tanhApprox)
   gelu_mul: [ptr, ptr, i64, i32, i32, i32],
-  // (out, src, index, numRows, H, numSrcRows, vec)
-  gather_rows: [ptr, ptr, ptr, i32, i32, i32, i32],
+  // (out, src, index, numRows, H, numSrcRows, vec, indexOffset)
+  gather_rows: [ptr, ptr, ptr, i32, i32, i32, i32, i32],
   // (out, n, seed, scale)
   fill_uniform: [ptr, i64, u32, f32],
   // (out f32, bias, numTokens, N)

@@ -1,5 +1,5 @@
 /**
- * Row-wise data movement and elementwise ops: embedding, gatherRows, copy, add.
+ * Row-wise data movement and elementwise ops: embedding, embeddingShard, gatherRows, copy, add.
  */
 import type { Tensor } from '../../backend.js';
 import { f32Of, i32Of, internal, lastDim, requireCount, requireLength, requireRows } from '../cpu-tensor.js';
@@ -7,6 +7,25 @@ import { f32Of, i32Of, internal, lastDim, requireCount, requireLength, requireRo
 /** out [T, H] = table[ids[t]]; table [V, H]. */
 export function embedding(out: Tensor, table: Tensor, ids: Tensor, numTokens: number): void {
   gather('embedding', out, table, ids, numTokens, 'table', 'ids');
+}
+
+/** out [T, H] = table[ids[t] - vocabStart] where that row is in table [V', H], else zeros (vocab-parallel lookup). */
+export function embeddingShard(out: Tensor, table: Tensor, ids: Tensor, numTokens: number, vocabStart: number): void {
+  const op = 'embeddingShard';
+  requireCount(numTokens, op, 'numTokens');
+  requireCount(vocabStart, op, 'vocabStart');
+  const H = lastDim(table);
+  const td = f32Of(table, op, 'table');
+  const od = f32Of(out, op, 'out');
+  const id = i32Of(ids, op, 'ids');
+  requireRows(out, od, numTokens, H, op, 'out');
+  requireLength(ids, id, numTokens, op, 'ids');
+  const numRows = H === 0 ? 0 : Math.floor(td.length / H);
+  for (let t = 0; t < numTokens; t++) {
+    const row = id[t] - vocabStart;
+    if (row >= 0 && row < numRows) od.set(td.subarray(row * H, row * H + H), t * H);
+    else od.fill(0, t * H, t * H + H);
+  }
 }
 
 /** out [R, H] = x[indices[r]]. */

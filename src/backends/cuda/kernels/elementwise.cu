@@ -1,6 +1,6 @@
 // Elementwise and row-movement kernels: add, relu, gelu, scale, softcap, clamp, gated
 // activations (act(gate) * up),
-// row gathers (embedding, gatherRows) and the f32 bias add that follows a cuBLASLt GEMM
+// row gathers (embedding, embeddingShard, gatherRows) and the f32 bias add that follows a cuBLASLt GEMM
 // whose epilogue cannot take the bias' dtype; fill_uniform fills tensors with random values.
 //
 // `vec` = 1 when every pointer is 16-byte aligned and the row width is a multiple of the
@@ -90,12 +90,13 @@ __device__ __forceinline__ void gated_op(T* out, const T* gateUp, long long numT
   }
 }
 
-// out [R, H] = src[index[r]]; one block row per output row (grid.y strides rows).
-// Rows whose index is outside 0..numSrcRows-1 are zero-filled.
+// out [R, H] = src[index[r] - indexOffset]; one block per output row (blocks stride rows).
+// Rows whose index falls outside src (0..numSrcRows-1 after the offset) are zero-filled: with
+// indexOffset = a rank's first vocab row, this is the lookup of a vocab-parallel embedding.
 template <typename T>
-__device__ __forceinline__ void gather_rows(T* out, const T* src, const int* index, int numRows, int H, int numSrcRows, int vec) {
+__device__ __forceinline__ void gather_rows(T* out, const T* src, const int* index, int numRows, int H, int numSrcRows, int vec, int indexOffset) {
   for (int r = blockIdx.x; r < numRows; r += gridDim.x) {
-    const int s = index[r];
+    const int s = index[r] - indexOffset;
     const bool ok = s >= 0 && s < numSrcRows;
     T* o = out + (long long)r * H;
     const T* in = src + (long long)(ok ? s : 0) * H;
@@ -145,8 +146,8 @@ __device__ __forceinline__ float hash_uniform(unsigned long long i, unsigned see
   extern "C" __global__ void gelu_mul_##S(T* out, const T* gateUp, long long numTokens, int I, int vec, int tanhApprox) { \
     gated_op(out, gateUp, numTokens, I, vec, GeluOp{tanhApprox});                                               \
   }                                                                                                             \
-  extern "C" __global__ void gather_rows_##S(T* out, const T* src, const int* index, int numRows, int H, int numSrcRows, int vec) { \
-    gather_rows(out, src, index, numRows, H, numSrcRows, vec);                                                  \
+  extern "C" __global__ void gather_rows_##S(T* out, const T* src, const int* index, int numRows, int H, int numSrcRows, int vec, int indexOffset) { \
+    gather_rows(out, src, index, numRows, H, numSrcRows, vec, indexOffset);                                     \
   }                                                                                                             \
   extern "C" __global__ void fill_uniform_##S(T* out, long long n, unsigned seed, float scale) {               \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) \
