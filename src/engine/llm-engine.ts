@@ -164,7 +164,7 @@ export class LLMEngine {
       throw new PeregrineError('PGN_ERR_QUEUE_FULL', `the waiting queue is full (${this.maxWaiting} requests)`, { maxWaiting: this.maxWaiting });
     }
     if (params.promptLogprobs !== null && !((this.executor.maxNumPromptLogprobRows ?? 0) > 0)) {
-      throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `request ${requestId} asks for prompt logprobs, which this executor does not compute (tensor parallel, or a runner with no logits rows to spare: raise maxNumLogits)`, {
+      throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `request ${requestId} asks for prompt logprobs, which this executor does not compute (no logits rows to spare beside the sampling rows: raise maxNumLogits)`, {
         param: 'prompt_logprobs',
         requestId,
       });

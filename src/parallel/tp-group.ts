@@ -16,7 +16,7 @@
  */
 import type { Backend } from '../backends/backend.js';
 import { createBackend, type DeviceName } from '../backends/index.js';
-import type { ModelExecutor } from '../engine/executor.js';
+import type { ExecuteResults, ModelExecutor } from '../engine/executor.js';
 import type { ScheduledBatch } from '../engine/scheduler.js';
 import { isPeregrineError, PeregrineError } from '../errors.js';
 import { loadModelConfig } from '../models/config.js';
@@ -24,8 +24,7 @@ import type { LoadProgress } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import { buildForwardBatch } from '../runner/input-builder.js';
-import { ModelRunner, type RunnerConfig } from '../runner/model-runner.js';
-import type { SampleResult } from '../sampling/index.js';
+import { DEFAULT_PROMPT_LOGPROB_ROWS, ModelRunner, withPromptLogprobRows, type RunnerConfig } from '../runner/model-runner.js';
 import type { Communicator } from './communicator.js';
 import { connect } from './connect.js';
 import { createCpuCommShared, DEFAULT_COLLECTIVE_TIMEOUT_MS } from './cpu-communicator.js';
@@ -118,6 +117,8 @@ export class TpGroup implements ModelExecutor {
   get numBlocks(): number { return this.runner.config.numBlocks; }
   get maxModelLen(): number { return this.runner.config.maxModelLen; }
   get maxBlocksPerSeq(): number { return this.runner.maxBlocksPerSeq; }
+  /** logits rows a step has for prompt logprobs beyond its sampling rows (every rank's runner has the same config) */
+  get maxNumPromptLogprobRows(): number { return this.runner.maxNumPromptLogprobRows; }
 
   /** why the group cannot run, or null */
   get dead(): PeregrineError | null {
@@ -139,14 +140,15 @@ export class TpGroup implements ModelExecutor {
   }
 
   /** Forward on every rank + sampling on rank 0 (ModelExecutor); on the device where rank 0's runner samples there. */
-  async execute(batch: ScheduledBatch): Promise<Array<SampleResult | null>> {
+  async execute(batch: ScheduledBatch): Promise<ExecuteResults> {
     const entries = batch.entries;
     if (entries.length === 0) return [];
     if (this.dead) throw this.dead;
     const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
-    const fb = buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples);
+    // the prompt-logprob rows go to every rank too: the vocab-parallel head all-gathers each row
+    const fb = withPromptLogprobRows(buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples), entries);
     void this.peers.send({ t: 'step', fb });
-    let results: Array<SampleResult | null>;
+    let results: ExecuteResults;
     try {
       results = await this.runner.executeForward(fb, entries, samples);
     } catch (e) {
@@ -183,6 +185,7 @@ export class TpGroup implements ModelExecutor {
 /** Elements of one rank's slot in the CPU communicator: its largest collective part. */
 function collectiveCapacity(spec: ModelSpec, tp: number, c: TpRunnerConfig): number {
   const T = c.maxNumBatchedTokens;
-  const R = Math.max(Math.min(c.maxNumSeqs, T), c.maxNumLogits ?? 0);
+  const S = Math.min(c.maxNumSeqs, T);
+  const R = Math.max(S, c.maxNumLogits ?? S + DEFAULT_PROMPT_LOGPROB_ROWS); // the runner's logits rows
   return Math.max(T * spec.hiddenSize, Math.ceil((T * spec.wordEmbedDim) / tp), Math.ceil((R * spec.vocabSize) / tp));
 }

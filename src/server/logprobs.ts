@@ -1,4 +1,4 @@
-/** The engine's per-token logprobs in the two OpenAI shapes (legacy completions and chat). */
+/** The engine's per-token logprobs in the two OpenAI shapes (legacy completions and chat), and vLLM's prompt_logprobs. */
 import type { OutputLogprob, TokenLogprob } from '../api/outputs.js';
 
 /** JSON has no -Infinity: a token the model rules out gets this (as vLLM). */
@@ -75,6 +75,31 @@ export function appendPromptTokens(
     textOffset += token.length;
   });
   return textOffset;
+}
+
+/** One token of vLLM's `prompt_logprobs`; `rank` is the 1-based rank in the distribution. */
+export interface PromptTokenLogprob {
+  logprob: number;
+  rank?: number;
+  decoded_token: string;
+}
+
+/**
+ * vLLM's `prompt_logprobs` of a completion choice: null for the first prompt token, then per
+ * position a dict token id -> {logprob, rank, decoded_token} holding the top-n alternatives and
+ * the prompt token. The engine keeps only the top n of each distribution, so ranks are exact
+ * for those (best first: 1..n) and for a prompt token among them; a prompt token outside the
+ * top n has no `rank` key (its rank is > n, and counting it would mean another pass over the
+ * vocabulary's logits that the engine does not keep).
+ */
+export function vllmPromptLogprobs(logprobs: ReadonlyArray<OutputLogprob | null>, asIds = false): Array<Record<string, PromptTokenLogprob> | null> {
+  return logprobs.map((lp) => {
+    if (!lp) return null;
+    const out: Record<string, PromptTokenLogprob> = {};
+    lp.topLogprobs.forEach((t, k) => (out[t.tokenId] = { logprob: clamp(t.logprob), rank: k + 1, decoded_token: tokenText(t, asIds) }));
+    out[lp.tokenId] ??= { logprob: clamp(lp.logprob), decoded_token: tokenText(lp, asIds) };
+    return out;
+  });
 }
 
 const utf8Bytes = (s: string) => [...Buffer.from(s, 'utf8')];

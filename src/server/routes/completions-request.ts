@@ -20,6 +20,9 @@ export interface CompletionRequest {
   readonly echo: boolean;
   /** top alternatives per token; null = no logprobs */
   readonly logprobs: number | null;
+  /** vLLM's `prompt_logprobs`: top alternatives per prompt position, returned on each choice; null = not asked */
+  readonly promptLogprobs: number | null;
+  /** the engine's params: promptLogprobs set where prompt_logprobs, or echo with logprobs, asks */
   readonly params: SamplingParamsInit;
 }
 
@@ -58,8 +61,14 @@ export function parseCompletionRequest(ctx: ServerContext, body: Body): Completi
   if (body.suffix !== undefined && body.suffix !== null) throw unsupported('suffix', "'suffix' is not supported");
   const echo = optBool(body, 'echo') ?? false;
   const logprobs = optInt(body, 'logprobs', 0, MAX_LOGPROBS) ?? null;
+  const promptLogprobs = optInt(body, 'prompt_logprobs', 0, MAX_LOGPROBS) ?? null;
+  // as vLLM: a stream has no place for them (its chunks carry output tokens only)
+  if (promptLogprobs !== null && sampling.stream) throw unsupported('prompt_logprobs', "'prompt_logprobs' is not available when 'stream' is true");
   const prompts = rawPrompts(body).map((p) => encode(ctx, p));
   let maxTokens = DEFAULT_COMPLETION_MAX_TOKENS;
   for (const p of prompts) maxTokens = resolveMaxTokens(sampling, p.tokenIds.length, ctx.engine.info.maxModelLen, 'prompt', DEFAULT_COMPLETION_MAX_TOKENS);
-  return { sampling, prompts, echo, logprobs, params: finalizeParams(sampling, maxTokens, logprobs) };
+  const params = finalizeParams(sampling, maxTokens, logprobs);
+  // echo with logprobs scores the prompt too (vLLM: prompt_logprobs, else logprobs when echoing)
+  const scored = promptLogprobs ?? (echo ? logprobs : null);
+  return { sampling, prompts, echo, logprobs, promptLogprobs, params: scored !== null ? { ...params, promptLogprobs: scored } : params };
 }

@@ -5,7 +5,7 @@
 import type { ServerResponse } from 'node:http';
 import { abortOnDisconnect, checkModel, newId, nowS, sendJson, type Handler, type ServerContext } from '../context.js';
 import { Generation } from '../generation.js';
-import { appendCompletionLogprobs, appendPromptTokens, emptyCompletionLogprobs, type CompletionLogprobs } from '../logprobs.js';
+import { appendCompletionLogprobs, appendPromptTokens, emptyCompletionLogprobs, vllmPromptLogprobs, type CompletionLogprobs } from '../logprobs.js';
 import { runEventStream } from '../sse.js';
 import { parseCompletionRequest, type CompletionRequest } from './completions-request.js';
 
@@ -17,8 +17,7 @@ export const completionsRoute: Handler = async (ctx, _req, res, body) => {
   const gen = await Generation.start(ctx.engine, ctx.metrics, {
     requestId: id,
     prompts: request.prompts.map((p) => p.tokenIds),
-    // echo with logprobs scores the prompt too (vLLM: prompt_logprobs = logprobs)
-    params: request.echo && request.logprobs !== null ? { ...request.params, promptLogprobs: request.logprobs } : request.params,
+    params: request.params,
     n: request.sampling.n,
     arrivalMs,
   });
@@ -51,6 +50,7 @@ async function answerCompletion(ctx: ServerContext, res: ServerResponse, request
       logprobs,
       finish_reason: r.finishReason,
       stop_reason: r.stopReason,
+      ...(request.promptLogprobs !== null && { prompt_logprobs: r.promptLogprobs && vllmPromptLogprobs(r.promptLogprobs, request.sampling.tokensAsIds) }),
     };
   });
   const completionTokens = results.reduce((a, r) => a + r.tokenIds.length, 0);
