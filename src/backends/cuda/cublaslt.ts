@@ -10,7 +10,7 @@
 import koffi from 'koffi';
 import { PeregrineError } from '../../errors.js';
 import { HANDLE, type DevicePtr, type Handle } from './driver.js';
-import { CUBLASLT, findLibrary } from './library-finder.js';
+import { bindLibrary, CUBLASLT, findLibrary } from './library-finder.js';
 import type { CudaStream } from './stream.js';
 
 export type GemmDtype = 'bf16' | 'f16' | 'f32';
@@ -47,26 +47,15 @@ const SIGNATURES = {
   cublasLtMatmul: `int cublasLtMatmul(${H} handle, ${H} desc, const void *alpha, uint64_t a, ${H} aDesc, uint64_t b, ${H} bDesc, const void *beta, uint64_t c, ${H} cDesc, uint64_t d, ${H} dDesc, const void *algo, uint64_t workspace, size_t workspaceBytes, ${H} stream)`,
 } as const;
 
-type KoffiLib = ReturnType<typeof koffi.load>;
-type Fn = ReturnType<KoffiLib['func']>;
-type Lt = { readonly [K in keyof typeof SIGNATURES]: Fn } & { readonly path: string };
+type Lt = ReturnType<typeof bindLibrary<typeof SIGNATURES>>;
 
 let lib: Lt | null = null;
 
 /** Binds cuBLASLt once; `driverMajor` (13 for a CUDA 13 driver) rules out newer majors it cannot run. */
-function loadLt(driverMajor: number): Lt {
+export function loadLt(driverMajor: number): Lt {
   if (lib) return lib;
   const versions = CUBLASLT.versions.filter((v) => v <= driverMajor);
-  const path = findLibrary({ ...CUBLASLT, versions: versions.length > 0 ? versions : CUBLASLT.versions });
-  let l: KoffiLib;
-  try {
-    l = koffi.load(path);
-  } catch (e) {
-    throw new PeregrineError('PGN_ERR_LIBRARY_NOT_FOUND', `cannot load ${path}: ${(e as Error).message}`, { library: path }, { cause: e });
-  }
-  const fns: Record<string, Fn | string> = { path };
-  for (const [name, sig] of Object.entries(SIGNATURES)) fns[name] = l.func(sig);
-  lib = fns as unknown as Lt;
+  lib = bindLibrary(findLibrary({ ...CUBLASLT, versions: versions.length > 0 ? versions : CUBLASLT.versions }), SIGNATURES);
   return lib;
 }
 

@@ -11,8 +11,10 @@
  */
 import koffi from 'koffi';
 import { PeregrineError } from '../../errors.js';
-import { HANDLE, type DevicePtr, type Handle } from './driver.js';
-import { CUBLASLT, findLibrary } from './library-finder.js';
+import type { DevicePtr, Handle } from './driver.js';
+import { loadLt } from './cublaslt.js';
+
+type Lt = ReturnType<typeof loadLt>;
 import type { CudaStream } from './stream.js';
 
 export type OutDtype = 'f32' | 'bf16' | 'f16';
@@ -30,46 +32,7 @@ const MAX_PLANS = 512;
 /** cuBLASLt's default minimum pointer alignment; plans for less aligned pointers ask for 16 */
 const FULL_ALIGNMENT = 256;
 const MIN_ALIGNMENT = 16;
-void HANDLE;
 
-const H = 'PgnCuHandle';
-const SIGNATURES = {
-  cublasLtCreate: `int cublasLtCreate(_Out_ ${H} *handle)`,
-  cublasLtDestroy: `int cublasLtDestroy(${H} handle)`,
-  cublasLtGetStatusName: 'const char *cublasLtGetStatusName(int status)',
-  cublasLtMatmulDescCreate: `int cublasLtMatmulDescCreate(_Out_ ${H} *desc, int computeType, int scaleType)`,
-  cublasLtMatmulDescDestroy: `int cublasLtMatmulDescDestroy(${H} desc)`,
-  cublasLtMatmulDescSetAttribute: `int cublasLtMatmulDescSetAttribute(${H} desc, int attr, const void *buf, size_t size)`,
-  cublasLtMatrixLayoutCreate: `int cublasLtMatrixLayoutCreate(_Out_ ${H} *layout, int type, uint64_t rows, uint64_t cols, int64_t ld)`,
-  cublasLtMatrixLayoutDestroy: `int cublasLtMatrixLayoutDestroy(${H} layout)`,
-  cublasLtMatmulPreferenceCreate: `int cublasLtMatmulPreferenceCreate(_Out_ ${H} *pref)`,
-  cublasLtMatmulPreferenceDestroy: `int cublasLtMatmulPreferenceDestroy(${H} pref)`,
-  cublasLtMatmulPreferenceSetAttribute: `int cublasLtMatmulPreferenceSetAttribute(${H} pref, int attr, const void *buf, size_t size)`,
-  cublasLtMatmulAlgoGetHeuristic: `int cublasLtMatmulAlgoGetHeuristic(${H} handle, ${H} desc, ${H} a, ${H} b, ${H} c, ${H} d, ${H} pref, int requested, void *results, _Out_ int *returned)`,
-  cublasLtMatmul: `int cublasLtMatmul(${H} handle, ${H} desc, const void *alpha, uint64_t a, ${H} aDesc, uint64_t b, ${H} bDesc, const void *beta, uint64_t c, ${H} cDesc, uint64_t d, ${H} dDesc, const void *algo, uint64_t workspace, size_t workspaceBytes, ${H} stream)`,
-} as const;
-
-type KoffiLib = ReturnType<typeof koffi.load>;
-type Fn = ReturnType<KoffiLib['func']>;
-type Lt = { readonly [K in keyof typeof SIGNATURES]: Fn };
-
-let lib: Lt | null = null;
-
-function loadLt(driverMajor: number): Lt {
-  if (lib) return lib;
-  const versions = CUBLASLT.versions.filter((v) => v <= driverMajor);
-  const path = findLibrary({ ...CUBLASLT, versions: versions.length > 0 ? versions : CUBLASLT.versions });
-  let l: KoffiLib;
-  try {
-    l = koffi.load(path);
-  } catch (e) {
-    throw new PeregrineError('PGN_ERR_LIBRARY_NOT_FOUND', `cannot load ${path}: ${(e as Error).message}`, { library: path }, { cause: e });
-  }
-  const fns: Record<string, Fn> = {};
-  for (const [name, sig] of Object.entries(SIGNATURES)) fns[name] = l.func(sig);
-  lib = fns as unknown as Lt;
-  return lib;
-}
 
 export interface Fp8GemmArgs {
   readonly out: DevicePtr;

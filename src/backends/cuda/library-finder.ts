@@ -4,6 +4,7 @@
  * `nvidia/<pkg>/lib` folders of Python environments (pip's nvidia-* wheels), in that order.
  * A missing library is `PGN_ERR_LIBRARY_NOT_FOUND` naming every place searched.
  */
+import koffi from 'koffi';
 import { existsSync, readdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -93,3 +94,21 @@ export function libraryNotFound(name: string, what: string, searched: readonly s
     { library: name, searched: [...searched] },
   );
 }
+
+/**
+ * Loads the shared library at `path` and binds every signature of `signatures` through koffi;
+ * the result also carries `path`. A library that fails to load is PGN_ERR_LIBRARY_NOT_FOUND.
+ */
+export function bindLibrary<S extends Record<string, string>>(path: string, signatures: S): { readonly [K in keyof S]: KoffiFn } & { readonly path: string } {
+  let l: ReturnType<typeof koffi.load>;
+  try {
+    l = koffi.load(path);
+  } catch (e) {
+    throw new PeregrineError('PGN_ERR_LIBRARY_NOT_FOUND', `cannot load ${path}: ${(e as Error).message}`, { library: path }, { cause: e });
+  }
+  const fns: Record<string, KoffiFn | string> = { path };
+  for (const [name, sig] of Object.entries(signatures)) fns[name] = l.func(sig);
+  return fns as { readonly [K in keyof S]: KoffiFn } & { readonly path: string };
+}
+
+export type KoffiFn = ReturnType<ReturnType<typeof koffi.load>['func']>;

@@ -2,10 +2,9 @@
  * Run-time compilation with NVRTC, for machines where the kernels were not built with
  * nvcc: CUDA C++ source -> cubin for one GPU architecture.
  */
-import koffi from 'koffi';
 import { PeregrineError } from '../../errors.js';
 import { HANDLE } from './driver.js';
-import { findLibrary, NVRTC } from './library-finder.js';
+import { bindLibrary, findLibrary, NVRTC } from './library-finder.js';
 
 void HANDLE; // registers the handle type used in the signatures below
 const H = 'PgnCuHandle';
@@ -21,24 +20,12 @@ const SIGNATURES = {
   nvrtcGetCUBIN: `int nvrtcGetCUBIN(${H} prog, char *cubin)`,
 } as const;
 
-type KoffiLib = ReturnType<typeof koffi.load>;
-type Fn = ReturnType<KoffiLib['func']>;
-type Nvrtc = { readonly [K in keyof typeof SIGNATURES]: Fn } & { readonly path: string };
+type Nvrtc = ReturnType<typeof bindLibrary<typeof SIGNATURES>>;
 
 let lib: Nvrtc | null = null;
 
 export function loadNvrtc(): Nvrtc {
-  if (lib) return lib;
-  const path = findLibrary(NVRTC);
-  let l: KoffiLib;
-  try {
-    l = koffi.load(path);
-  } catch (e) {
-    throw new PeregrineError('PGN_ERR_LIBRARY_NOT_FOUND', `cannot load ${path}: ${(e as Error).message}`, { library: path }, { cause: e });
-  }
-  const fns: Record<string, Fn | string> = { path };
-  for (const [name, sig] of Object.entries(SIGNATURES)) fns[name] = l.func(sig);
-  lib = fns as unknown as Nvrtc;
+  lib ??= bindLibrary(findLibrary(NVRTC), SIGNATURES);
   return lib;
 }
 
