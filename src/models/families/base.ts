@@ -11,6 +11,12 @@ import { configInvalid } from './fields.js';
 
 export const DEFAULT_NORM_EPS = 1e-5;
 
+/** GPT-2's config key names (GPT-2 and GPT-J configs): our key -> theirs, as HF's attribute_map */
+export const GPT2_STYLE_KEYS = {
+  hidden_size: 'n_embd', num_attention_heads: 'n_head', num_hidden_layers: 'n_layer',
+  max_position_embeddings: 'n_positions', intermediate_size: 'n_inner',
+} as const;
+
 export function baseSpec(c: CommonFields, intermediateSize: number): ModelSpec {
   return {
     architecture: c.architecture,

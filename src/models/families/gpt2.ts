@@ -5,7 +5,7 @@
  */
 import type { WeightMap, WeightTransform } from '../spec.js';
 import type { ModelFamily } from '../registry.js';
-import { baseSpec } from './base.js';
+import { baseSpec, GPT2_STYLE_KEYS } from './base.js';
 import { optionalBool, optionalNumber, parseActivation, unsupported } from './fields.js';
 
 const GPT2_LAYER_NORM_EPS = 1e-5;
@@ -14,10 +14,7 @@ const CONV1D: readonly WeightTransform[] = [{ kind: 'transpose' }];
 export const gpt2: ModelFamily = {
   name: 'gpt2',
   architectures: ['GPT2LMHeadModel'],
-  attributeMap: {
-    hidden_size: 'n_embd', num_attention_heads: 'n_head', num_hidden_layers: 'n_layer',
-    max_position_embeddings: 'n_positions', intermediate_size: 'n_inner',
-  },
+  attributeMap: GPT2_STYLE_KEYS,
   defaults: { tieWordEmbeddings: true, maxPositionEmbeddings: 1024, bosTokenId: 50256, eosTokenIds: [50256] },
   spec(raw, c) {
     if (optionalBool(raw, 'scale_attn_by_inverse_layer_idx')) {

@@ -5,7 +5,7 @@
  */
 import type { WeightMap } from '../spec.js';
 import type { ModelFamily } from '../registry.js';
-import { baseSpec } from './base.js';
+import { baseSpec, GPT2_STYLE_KEYS } from './base.js';
 import { configInvalid, optionalNumber, optionalPositiveInt, parseActivation } from './fields.js';
 
 const GPTJ_LAYER_NORM_EPS = 1e-5;
@@ -15,10 +15,7 @@ const GPTJ_ROPE_THETA = 10000;
 export const gptj: ModelFamily = {
   name: 'gptj',
   architectures: ['GPTJForCausalLM'],
-  attributeMap: {
-    hidden_size: 'n_embd', num_attention_heads: 'n_head', num_hidden_layers: 'n_layer',
-    max_position_embeddings: 'n_positions', intermediate_size: 'n_inner',
-  },
+  attributeMap: GPT2_STYLE_KEYS,
   defaults: { tieWordEmbeddings: false, maxPositionEmbeddings: 2048, bosTokenId: 50256, eosTokenIds: [50256] },
   spec(raw, c) {
     // HF: rotary_dim null rotates the whole head
