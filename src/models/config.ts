@@ -16,29 +16,19 @@ import {
 
 export type { HfConfig } from './families/fields.js';
 
-/** What config.ts parses for every family before `ModelFamily.spec` adds the switches. */
-export interface CommonFields {
-  readonly architecture: string;
-  readonly family: string;
-  readonly vocabSize: number;
-  readonly hiddenSize: number;
-  readonly numLayers: number;
-  readonly numHeads: number;
-  /** `num_key_value_heads`, default `num_attention_heads` */
-  readonly numKvHeads: number;
-  /** `head_dim` when given, else hidden / heads */
-  readonly headDim: number;
-  /** `intermediate_size`, null when absent (families without one derive it) */
+/**
+ * What config.ts parses for every family before `ModelFamily.spec` adds the switches: the
+ * ModelSpec fields every family shares (headDim: `head_dim` when given, else hidden / heads;
+ * numKvHeads: `num_key_value_heads`, default `num_attention_heads`), with
+ * `intermediate_size` null when absent (families without one derive it) and the RoPE always
+ * parsed (NeoX style; families without RoPE set `spec.rope` to null).
+ */
+export type CommonFields = Pick<ModelSpec,
+  | 'architecture' | 'family' | 'vocabSize' | 'hiddenSize' | 'numLayers' | 'numHeads' | 'numKvHeads' | 'headDim'
+  | 'maxPositionEmbeddings' | 'tieWordEmbeddings' | 'bosTokenId' | 'eosTokenIds' | 'padTokenId' | 'torchDtype'> & {
   readonly intermediateSize: number | null;
-  readonly maxPositionEmbeddings: number;
-  /** always parsed (NeoX style); families without RoPE set `spec.rope` to null */
   readonly rope: RopeSpec;
-  readonly tieWordEmbeddings: boolean;
-  readonly bosTokenId: number | null;
-  readonly eosTokenIds: readonly number[];
-  readonly padTokenId: number | null;
-  readonly torchDtype: ModelSpec['torchDtype'];
-}
+};
 
 const DEFAULT_ROPE_THETA = 10000;
 const SUPPORTED_ROPE_TYPES: readonly RopeType[] = ['default', 'linear', 'dynamic', 'llama3', 'yarn'];
