@@ -1,15 +1,20 @@
 /** `peregrine serve`: the OpenAI-compatible HTTP server. */
 import type { LLMOptions } from '../api/llm.js';
 import { startServer } from '../server/start-server.js';
+import { SHAPES, shapeNames } from '../bench/shapes.js';
+import type { HfConfig } from '../models/config.js';
 import { deviceArg, floatArg, intArg, parse, requireString, UsageError } from './args.js';
 
 export const SERVE_HELP = `peregrine serve --model DIR [options]
+       peregrine serve --shape NAME --random-weights [options]   (benchmarks: no tokenizer, token-id prompts)
 
 Serves the model over an OpenAI-compatible HTTP API:
   GET /v1/models, POST /v1/completions, POST /v1/chat/completions (stream: true for SSE),
   GET /health, GET /metrics (Prometheus).
 
   --model DIR                    Hugging Face checkpoint folder (config.json + *.safetensors)
+  --shape NAME --random-weights  a real model shape with random weights (${shapeNames().join(', ')}),
+                                 for \`peregrine bench serve\`; prompts must be token ids
   --host HOST                    address to listen on (default 127.0.0.1)
   --port N                       port (default 8000; 0 picks a free one)
   --api-key KEY                  require "Authorization: Bearer KEY" on /v1/* (default: env
@@ -34,6 +39,8 @@ then exits; a second signal exits at once.
 export async function runServe(argv: string[], hooks: { onListening?: (url: string, modelName: string) => Promise<boolean> } = {}): Promise<void> {
   const a = parse(argv, {
     model: { type: 'string' },
+    shape: { type: 'string' },
+    'random-weights': { type: 'boolean' },
     host: { type: 'string' },
     port: { type: 'string' },
     'api-key': { type: 'string' },
@@ -65,8 +72,10 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     maxWaiting: intArg(a['max-waiting-requests'], 'max-waiting-requests'),
     enablePrefixCaching: a['no-prefix-caching'] ? false : undefined,
   };
+  const randomWeights = randomShape(a);
   const server = await startServer({
-    modelDir: requireString(a.model, 'model'),
+    modelDir: randomWeights ? String(a.shape) : requireString(a.model, 'model'),
+    randomWeights,
     host: typeof a.host === 'string' ? a.host : undefined,
     port,
     apiKey: typeof a['api-key'] === 'string' ? a['api-key'] : process.env.PEREGRINE_API_KEY || undefined,
@@ -109,4 +118,14 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+}
+
+/** `--shape NAME --random-weights`: the shape's config; undefined without --shape */
+function randomShape(a: Record<string, string | boolean | undefined>): HfConfig | undefined {
+  if (a.shape === undefined && !a['random-weights']) return undefined;
+  if (typeof a.shape !== 'string' || !a['random-weights']) throw new UsageError('--shape NAME and --random-weights go together');
+  if (typeof a.model === 'string') throw new UsageError('give --model DIR or --shape NAME --random-weights, not both');
+  const cfg = SHAPES[a.shape];
+  if (!cfg) throw new UsageError(`unknown --shape "${a.shape}" (known: ${shapeNames().join(', ')})`);
+  return cfg;
 }

@@ -3,6 +3,7 @@
  * Everything is structured-clone data: errors travel as {@link WireError}.
  */
 import type { LLMOptions } from '../api/llm.js';
+import type { HfConfig } from '../models/config.js';
 import type { StreamDelta } from '../api/outputs.js';
 import type { ErrorCode } from '../errors.js';
 import type { SamplingParamsInit } from '../sampling/params.js';
@@ -10,6 +11,8 @@ import type { SamplingParamsInit } from '../sampling/params.js';
 /** The worker's `workerData`. */
 export interface EngineWorkerData {
   readonly modelDir: string;
+  /** benchmarks: a model of this config with random weights instead of modelDir's checkpoint */
+  readonly randomWeights?: HfConfig;
   /** LLM.load options (no callbacks: they cannot cross threads) */
   readonly options: Omit<LLMOptions, 'onLoadProgress'>;
 }

@@ -10,7 +10,7 @@ import { PeregrineError } from '../errors.js';
 import type { EngineInfo, EngineStats, EngineWorkerData, FromWorker, ToWorker, WireError } from './engine-protocol.js';
 
 const port = parentPort!;
-const { modelDir, options } = workerData as EngineWorkerData;
+const { modelDir, randomWeights, options } = workerData as EngineWorkerData;
 
 let outbox: FromWorker[] = [];
 function post(m: FromWorker): void {
@@ -56,7 +56,7 @@ function toEngineStats(llm: LLM): EngineStats {
 async function main(): Promise<void> {
   let llm: LLM;
   try {
-    llm = await LLM.load(modelDir, options);
+    llm = randomWeights ? await LLM.random(randomWeights, options) : await LLM.load(modelDir, options);
   } catch (e) {
     post({ t: 'load-error', error: toWireError(e) });
     return;

@@ -4,12 +4,16 @@
  */
 import * as path from 'node:path';
 import type { LLMOptions } from '../api/llm.js';
+import type { HfConfig } from '../models/config.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { createApp, type PeregrineApp } from './app.js';
 import { EngineClient } from './engine-client.js';
 
 export interface ServerOptions {
+  /** the checkpoint folder; with randomWeights, only the model's name */
   readonly modelDir: string;
+  /** benchmarks: serve a model of this config with random weights and no tokenizer (prompts as token ids) */
+  readonly randomWeights?: HfConfig;
   /** default 127.0.0.1 */
   readonly host?: string;
   /** default 8000; 0 picks a free port */
@@ -36,8 +40,8 @@ export interface RunningServer {
  */
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const modelDir = path.resolve(opts.modelDir);
-  const tokenizer = Tokenizer.exists(modelDir) ? await Tokenizer.load(modelDir) : null;
-  const engine = await EngineClient.start({ modelDir, options: opts.engine ?? {} });
+  const tokenizer = !opts.randomWeights && Tokenizer.exists(modelDir) ? await Tokenizer.load(modelDir) : null;
+  const engine = await EngineClient.start({ modelDir, randomWeights: opts.randomWeights, options: opts.engine ?? {} });
   try {
     const app = createApp({
       engine,
