@@ -88,7 +88,8 @@ async function streamCompletion(ctx: ServerContext, res: ServerResponse, request
         }
       }
       if (logprobs) textOffsets[choiceIndex] = appendCompletionLogprobs(logprobs, delta.logprobs ?? [], textOffsets[choiceIndex]!, request.sampling.tokensAsIds);
-      if (text === '' && !delta.finished && !(logprobs && logprobs.tokens.length > 0)) continue;
+      // like vLLM: a chunk per step that produced tokens, even while stop-string holdback keeps its text empty
+      if (text === '' && delta.tokenIds.length === 0 && !delta.finished && !(logprobs && logprobs.tokens.length > 0)) continue;
       await sse.send({
         id,
         object: 'text_completion',
