@@ -24,8 +24,11 @@ function logSoftmaxAt(row: Float32Array, target: number): number {
   return row[target]! - max - Math.log(sum);
 }
 
-/** Needs a runner with maxModelLen >= window, maxNumBatchedTokens >= window, maxNumLogits >= window and blocks for one window. */
-export async function computePerplexity(runner: ModelRunner, ids: readonly number[], window: number, maxWindows = Infinity): Promise<PerplexityResult> {
+/**
+ * Needs a runner with maxModelLen >= window, maxNumBatchedTokens >= window, maxNumLogits >= window and blocks for one window.
+ * @param collectLogits receives each window's logits ([window - 1, vocab], f32), e.g. to compare formats row by row
+ */
+export async function computePerplexity(runner: ModelRunner, ids: readonly number[], window: number, maxWindows = Infinity, collectLogits?: Float32Array[]): Promise<PerplexityResult> {
   const bs = runner.blockSize;
   const V = runner.spec.vocabSize;
   const numWindows = Math.min(Math.floor(ids.length / window), maxWindows);
@@ -35,6 +38,7 @@ export async function computePerplexity(runner: ModelRunner, ids: readonly numbe
     const tokenIds = ids.slice(w * window, (w + 1) * window);
     const fb = buildForwardBatch([{ seq: { tokenIds, numCachedTokens: 0, blockTable }, numNewTokens: window }], bs, runner.maxBlocksPerSeq);
     const logits = await runner.forward({ ...fb, logitsIndices: Int32Array.from({ length: window - 1 }, (_, i) => i) });
+    collectLogits?.push(logits.slice(0, (window - 1) * V));
     let sum = 0;
     for (let p = 0; p < window - 1; p++) sum -= logSoftmaxAt(logits.subarray(p * V, (p + 1) * V), tokenIds[p + 1]!);
     windowNllSums.push(sum);
