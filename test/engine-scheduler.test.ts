@@ -205,3 +205,88 @@ test('postprocess rejects results that do not match the batch', () => {
   assert.throws(() => s.postprocess(batch, []), (e) => isPeregrineError(e, 'PGN_ERR_INTERNAL'));
   assert.throws(() => s.postprocess(batch, [{ tokenId: 1, logprob: 0, topLogprobs: null }]), (e) => isPeregrineError(e, 'PGN_ERR_INTERNAL'));
 });
+
+test('async scheduling: placeholders count at launch, are filled at collect, and only known tokens are hashed', () => {
+  const s = makeScheduler(64, 4, { maxNumBatchedTokens: 16 });
+  const a = makeSeq(7, 3);
+  s.add(a);
+  // launch 1: the prefill samples into a placeholder
+  const b1 = s.schedule();
+  const samples1 = s.markComputed(b1);
+  assert.deepEqual(samples1, [true]);
+  a.appendPlaceholder(0);
+  assert.equal(a.numTokens, 8);
+  assert.equal(a.numOutputTokens, 0, 'outputs hold real tokens only');
+  assert.ok(a.tokenIds[7]! < 0, 'the placeholder is a negative id');
+  // launch 2 before collect 1: the decode computes the placeholder position
+  const b2 = s.schedule();
+  assert.deepEqual(shape(b2), [[a.requestId, 1]]);
+  const samples2 = s.markComputed(b2);
+  a.appendPlaceholder(0);
+  assert.equal(a.numCachedTokens, 8);
+  s.blockManager.checkInvariants([...s.running, ...s.waiting]);
+  // collect 1: the placeholder becomes token 42 and block 1 can be registered
+  s.appendSampled(b1, samples1, [{ tokenId: 42, logprob: 0, topLogprobs: null }]);
+  assert.deepEqual(a.outputTokenIds, [42]);
+  assert.equal(a.tokenIds[7], 42);
+  assert.equal(a.numPendingTokens, 1);
+  // max_tokens 3 with 1 output + 1 pending: one more decode, then no slot for a known finish
+  const b3 = s.schedule();
+  assert.deepEqual(shape(b3), [[a.requestId, 1]]);
+  s.markComputed(b3);
+  a.appendPlaceholder(0);
+  s.appendSampled(b2, samples2, [{ tokenId: 43, logprob: 0, topLogprobs: null }]);
+  assert.deepEqual(s.schedule().entries, [], '2 outputs + 1 pending reach max_tokens 3: not scheduled');
+  // a prompt sharing a's first 8 tokens hits its two hashed blocks
+  const twin = new Sequence({ requestId: 'twin', promptTokenIds: [...a.tokenIds.slice(0, 8), 7, 7], params: makeSamplingParams({ maxTokens: 2 }) });
+  s.add(twin);
+  const b4 = s.schedule();
+  assert.equal(twin.numCachedTokens, 8, 'blocks of known tokens are shared');
+  assert.deepEqual(shape(b4), [[twin.requestId, 2]]);
+  assert.throws(() => a.appendToken(1), (e: unknown) => isPeregrineError(e, 'PGN_ERR_INTERNAL'), 'a real token cannot follow a placeholder');
+});
+
+test('async scheduling: a sequence preempted with a token pending waits for it before readmission', () => {
+  const s = makeScheduler(3, 4, { maxNumBatchedTokens: 16 });
+  const [a, b] = [makeSeq(4, 8), makeSeq(4, 8)];
+  s.add(a);
+  s.add(b);
+  const b1 = s.schedule();
+  const samples = s.markComputed(b1);
+  a.appendPlaceholder(0);
+  b.appendPlaceholder(1);
+  // a and b each need a second block for their placeholder: 3 blocks hold only one of them
+  const b2 = s.schedule();
+  assert.deepEqual(b2.preempted, [b]);
+  assert.equal(b.status, 'waiting');
+  assert.equal(b.numPendingTokens, 1);
+  assert.deepEqual(shape(b2), [[a.requestId, 1]]);
+  s.markComputed(b2);
+  a.appendPlaceholder(0);
+  assert.ok(!s.schedule().entries.some((e) => e.seq === b), 'not readmitted while its token is pending');
+  s.appendSampled(b1, samples, [{ tokenId: 5, logprob: 0, topLogprobs: null }, { tokenId: 6, logprob: 0, topLogprobs: null }]);
+  assert.deepEqual(b.outputTokenIds, [6], 'the preempted sequence still gets its token');
+  assert.equal(b.numPendingTokens, 0);
+});
+
+test('block manager: a full computed block holding a placeholder is hashed only once it is filled', () => {
+  const bm = new BlockManager(8, 4);
+  const seq = { tokenIds: [1, 2, 3, 4, 5, 6, 7, -1], numTokens: 8, numCachedTokens: 0, blockTable: [] as number[], numPendingTokens: 1 };
+  bm.allocate(seq);
+  seq.numCachedTokens = 8; // the placeholder's KV is being computed
+  bm.cacheFullBlocks(seq);
+  const probe = (tokens: number[]): number => {
+    const p = { tokenIds: tokens, numTokens: tokens.length, numCachedTokens: 0, blockTable: [] as number[] };
+    bm.allocate(p);
+    const hit = p.numCachedTokens;
+    bm.free(p);
+    return hit;
+  };
+  assert.equal(probe([1, 2, 3, 4, 5, 6, 7, 8, 9]), 4, 'only the first block is registered');
+  seq.tokenIds[7] = 8;
+  seq.numPendingTokens = 0;
+  bm.cacheFullBlocks(seq);
+  assert.equal(probe([1, 2, 3, 4, 5, 6, 7, 8, 9]), 8);
+  bm.free(seq);
+  bm.checkInvariants([]);
+});

@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LLM } from '../src/api/llm.js';
+import { SHAPES } from '../src/bench/shapes.js';
 import { isPeregrineError } from '../src/errors.js';
 import { KvCachePool } from '../src/runner/kv-cache.js';
 import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
@@ -67,10 +68,10 @@ test('the CPU KV budget is split over the ranks\' shards', async () => {
   }
 });
 
-test('a tp that does not divide the heads is PGN_ERR_INVALID_ARGUMENT; random weights refuse tp', async () => {
+test('a tp that does not divide the heads is PGN_ERR_INVALID_ARGUMENT, for a checkpoint and for random weights', async () => {
   const dir = loadGolden('llama-linear').dir; // 4 heads
   await assert.rejects(LLM.load(dir, { tp: 3 }), (e) => isPeregrineError(e, 'PGN_ERR_INVALID_ARGUMENT') && /tensor parallel size 3 does not divide the 4 attention heads/.test((e as Error).message));
-  await assert.rejects(LLM.random({ architectures: ['LlamaForCausalLM'] } as never, { tp: 2 }), (e) => isPeregrineError(e, 'PGN_ERR_UNSUPPORTED_FEATURE'));
+  await assert.rejects(LLM.random(SHAPES['tiny-llama']!, { tp: 3 }), (e) => isPeregrineError(e, 'PGN_ERR_INVALID_ARGUMENT') && /tensor parallel size 3 does not divide the 8 attention heads/.test((e as Error).message));
 });
 
 test('generate --tp 2 --json prints the ids of tp 1', () => {
@@ -93,10 +94,24 @@ test('generate --tp 3 on a 4-head model is a clear error', () => {
   assert.match(r.stderr, /PGN_ERR_INVALID_ARGUMENT.*tensor parallel size 3 does not divide the 4 attention heads/);
 });
 
-test('bench latency has no --tp (it drives one device\'s runner)', () => {
-  const r = cli(['bench', 'latency', '--model', loadGolden('llama-linear').dir, '--tp', '2']);
-  assert.notEqual(r.code, 0);
-  assert.match(r.stderr, /usage error: .*'--tp'/);
+test('bench latency --tp 2 times the group through rank 0 (random weights, no checkpoint)', () => {
+  const r = cli(['bench', 'latency', '--shape', 'tiny-llama', '--random-weights', '--tp', '2', '--batch', '1,2', '--isl', '8', '--osl', '4', '--prefill', '16', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+  assert.equal(j.tp, 2);
+  assert.match(j.model, /tiny-llama .*\(tp 2\)/);
+  assert.deepEqual(j.decode.map((d: { batch: number }) => d.batch), [1, 2]);
+  for (const d of j.decode) assert.ok(d.msPerStep > 0 && d.weightBytes > 0, JSON.stringify(d));
+  assert.ok(j.prefill[0].ms > 0);
+});
+
+test('bench --quantization takes fp8 with random weights only', () => {
+  const bad = cli(['bench', 'latency', '--shape', 'tiny-llama', '--random-weights', '--quantization', 'int3']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /--quantization with random weights expects fp8, got "int3"/);
+  const ckpt = cli(['bench', 'latency', '--model', loadGolden('llama-linear').dir, '--quantization', 'fp8']);
+  assert.notEqual(ckpt.code, 0);
+  assert.match(ckpt.stderr, /--quantization applies to --random-weights/);
 });
 
 test('a server started with tp 2 answers a completion', async () => {

@@ -1,10 +1,11 @@
 /** Options of LLM.load, the engine limits they give, and the KV pool sizing. */
-import type { Backend } from '../backends/backend.js';
+import type { Backend, KvCacheDType } from '../backends/backend.js';
 import type { DeviceName } from '../backends/index.js';
 import { PeregrineError } from '../errors.js';
 import type { ModelSpec } from '../models/spec.js';
-import { DEFAULT_BLOCK_SIZE, KvCachePool } from '../runner/kv-cache.js';
+import { DEFAULT_BLOCK_SIZE, KvCachePool, parseKvCacheDtype, type KvCacheOptions } from '../runner/kv-cache.js';
 import { DEFAULT_PROMPT_LOGPROB_ROWS } from '../runner/model-runner.js';
+import { readKvCacheScalesInDir } from '../weights/quant/kv-scales.js';
 
 export interface LLMOptions {
   /** 'cpu' (default) or 'cuda' */
@@ -33,7 +34,20 @@ export interface LLMOptions {
   readonly kvCacheMemoryBytes?: number;
   /** fraction of the GPU memory left after weights and activations given to the KV pool (default 0.9) */
   readonly gpuMemoryUtilization?: number;
+  /**
+   * KV cache storage: 'auto' (default, the activation dtype) or 'fp8' (E4M3, 1 byte an element: twice
+   * the blocks for the same memory; per-layer k/v scales from the checkpoint where it has them, else
+   * 1.0). Another value is PGN_ERR_INVALID_ARGUMENT.
+   */
+  readonly kvCacheDtype?: KvCacheDType;
   readonly enablePrefixCaching?: boolean;
+  /**
+   * Async scheduling: the engine schedules and launches step n+1 while the device runs step n
+   * (default: on for CUDA, off on the CPU; env PEREGRINE_ASYNC_SCHEDULING=0 turns it off, =1 on
+   * where not set here). Steps that need the token history on the host (penalties, min_tokens,
+   * prompt logprobs) and tensor parallelism run synchronously either way.
+   */
+  readonly asyncScheduling?: boolean;
   /** most requests waiting for admission before addRequest fails with PGN_ERR_QUEUE_FULL */
   readonly maxWaiting?: number;
   readonly onLoadProgress?: (loaded: number, total: number) => void;
@@ -58,7 +72,7 @@ export interface Limits {
  *   rank (the same shard size on like GPUs)
  */
 export function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: Limits, options: LLMOptions, tp = 1): number {
-  const perBlock = KvCachePool.bytesPerBlock(spec, lim.blockSize, backend);
+  const perBlock = KvCachePool.bytesPerBlock(spec, lim.blockSize, backend, parseKvCacheDtype(options.kvCacheDtype));
   const maxBlocksPerSeq = Math.ceil(lim.maxModelLen / lim.blockSize);
   let budget = (options.kvCacheMemoryBytes ?? DEFAULT_CPU_KV_BYTES) / tp;
   if (backend.memoryInfo) {
@@ -85,4 +99,21 @@ export function limits(spec: ModelSpec, options: LLMOptions): Limits {
   }
   const maxNumSeqs = options.maxNumSeqs ?? 64;
   return { maxModelLen, blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE, maxNumSeqs, maxNumBatchedTokens: Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs) };
+}
+
+/**
+ * The KV cache of `options`: its dtype and, for fp8, the per-layer scales of the checkpoint in `dir`
+ * (null `dir`: random weights, scales 1.0).
+ * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT for an unknown kvCacheDtype or a bad scale tensor
+ */
+export function kvCacheOptions(options: LLMOptions, dir: string | null, numLayers: number): KvCacheOptions {
+  const dtype = parseKvCacheDtype(options.kvCacheDtype);
+  return { dtype, scales: dtype === 'fp8' && dir !== null ? readKvCacheScalesInDir(dir, numLayers) : null };
+}
+
+/** Whether the engine schedules ahead of the device: `options.asyncScheduling`, else the env's =1 or =0, else on for CUDA. */
+export function asyncSchedulingOf(options: LLMOptions, device: DeviceName): boolean {
+  const env = process.env.PEREGRINE_ASYNC_SCHEDULING;
+  if (env === '0') return false;
+  return options.asyncScheduling ?? (env === '1' || device === 'cuda');
 }

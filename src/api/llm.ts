@@ -12,7 +12,7 @@
  * const big = await LLM.load('models/llama', { device: 'cuda', tp: 2 });
  */
 import { randomUUID } from 'node:crypto';
-import type { Backend } from '../backends/backend.js';
+import type { Backend, KvCacheDType } from '../backends/backend.js';
 import { createBackend, type DeviceName } from '../backends/index.js';
 import { LLMEngine } from '../engine/llm-engine.js';
 import { PeregrineError } from '../errors.js';
@@ -22,13 +22,15 @@ import { loadModelConfig, parseModelConfig, type HfConfig } from '../models/conf
 import type { ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import { TpGroup } from '../parallel/tp-group.js';
+import type { RandomQuantization } from '../bench/random-weights.js';
+import { parseKvCacheDtype } from '../runner/kv-cache.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import { makeSamplingParams, type SampleResult, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
 import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
 import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
-import { defaultNumKvBlocks, limits, type Limits, type LLMOptions } from './llm-options.js';
+import { asyncSchedulingOf, defaultNumKvBlocks, kvCacheOptions, limits, type Limits, type LLMOptions } from './llm-options.js';
 
 export type { LLMOptions } from './llm-options.js';
 
@@ -62,6 +64,8 @@ export class LLM {
     readonly executor: ModelRunner | TpGroup,
     readonly engine: LLMEngine,
     readonly defaults: Partial<SamplingParamsInit>,
+    /** what the paged KV cache stores: 'auto' (the activation dtype) or 'fp8' (E4M3) */
+    readonly kvCacheDtype: KvCacheDType,
   ) {}
 
   /** tensor-parallel ranks */
@@ -99,18 +103,19 @@ export class LLM {
   /**
    * Loads a Hugging Face checkpoint folder (config.json + safetensors, tokenizer optional).
    * @param options.tp tensor-parallel ranks (default 1)
-   * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT when tp does not split the model or maxModelLen
-   *   is too long, the loader's errors (bad checkpoint, missing device), PGN_ERR_OUT_OF_MEMORY
+   * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT when tp does not split the model, maxModelLen
+   *   is too long or kvCacheDtype is unknown, the loader's errors (bad checkpoint, missing device), PGN_ERR_OUT_OF_MEMORY
    *   when the KV cache cannot hold one sequence of maxModelLen
    */
   static async load(dir: string, options: LLMOptions = {}): Promise<LLM> {
+    parseKvCacheDtype(options.kvCacheDtype); // a bad value fails before the model loads
     const tp = options.tp ?? 1;
     if (tp !== 1) return LLM.loadTensorParallel(dir, tp, options);
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
     try {
       const loaded = loadModel(dir, backend, options.onLoadProgress);
       const { spec, tokenizer, defaults } = await loadModelExtras(dir, loaded.spec);
-      return LLM.assemble(backend, spec, loaded.weights, tokenizer, defaults, options);
+      return LLM.assemble(backend, spec, loaded.weights, tokenizer, defaults, options, dir);
     } catch (e) {
       backend.dispose();
       throw e;
@@ -121,6 +126,7 @@ export class LLM {
   private static async loadTensorParallel(dir: string, tp: number, options: LLMOptions): Promise<LLM> {
     const { spec, tokenizer, defaults } = await loadModelExtras(dir, loadModelConfig(dir).spec);
     const lim = limits(spec, options);
+    const kvCache = kvCacheOptions(options, dir, spec.numLayers);
     const group = await TpGroup.start({
       modelDir: dir,
       tp,
@@ -128,33 +134,55 @@ export class LLM {
       deviceIds: options.deviceIds,
       eosTokenIds: spec.eosTokenIds,
       onLoadProgress: options.onLoadProgress,
-      runner: { ...lim, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
+      runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
     });
-    return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults);
+    return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults, kvCache.dtype ?? 'auto');
   }
 
   /**
    * A model of a real shape with random weights and no tokenizer, for benchmarks.
    * @param config an HF config.json object (see src/bench/shapes.ts)
+   * @param options.tp > 1: every rank makes its own shard (the same model tp 1 makes from `seed`)
+   * @param quantization 'fp8': the layers' linears in E4M3 with per-tensor scales
    */
-  static async random(config: HfConfig, options: LLMOptions = {}, seed = 0): Promise<LLM> {
-    if ((options.tp ?? 1) !== 1) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `random weights run on one device (tp ${options.tp} asked); give a checkpoint folder for tensor parallelism`, { param: 'tp', tp: options.tp });
+  static async random(config: HfConfig, options: LLMOptions = {}, seed = 0, quantization: RandomQuantization = null): Promise<LLM> {
+    if ((options.tp ?? 1) !== 1) return LLM.randomTensorParallel(config, options, seed, quantization);
+    parseKvCacheDtype(options.kvCacheDtype);
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
     try {
       const spec = parseModelConfig(config);
       const { randomModelWeights } = await import('../bench/random-weights.js');
-      return LLM.assemble(backend, spec, randomModelWeights(spec, backend, seed), null, {}, options);
+      return LLM.assemble(backend, spec, randomModelWeights(spec, backend, { seed, quantization }), null, {}, options, null);
     } catch (e) {
       backend.dispose();
       throw e;
     }
   }
 
-  private static assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions): LLM {
+  /** Random weights over a tensor-parallel group: every rank makes its own shard, no checkpoint (benchmarks). */
+  private static async randomTensorParallel(config: HfConfig, options: LLMOptions, seed: number, quantization: RandomQuantization): Promise<LLM> {
+    const spec = parseModelConfig(config);
+    const tp = options.tp ?? 1;
     const lim = limits(spec, options);
+    const kvCache = kvCacheOptions(options, null, spec.numLayers);
+    const group = await TpGroup.start({
+      randomModel: { config, seed, quantization },
+      tp,
+      device: options.device ?? 'cpu',
+      deviceIds: options.deviceIds,
+      eosTokenIds: spec.eosTokenIds,
+      runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
+    });
+    return new LLM(spec, null, group, LLM.makeEngine(group, null, lim, options), {}, kvCache.dtype ?? 'auto');
+  }
+
+  /** @param dir the checkpoint (fp8 KV scales are read from it); null for random weights */
+  private static assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions, dir: string | null): LLM {
+    const lim = limits(spec, options);
+    const kvCache = kvCacheOptions(options, dir, spec.numLayers);
     const numKvBlocks = options.numKvBlocks ?? defaultNumKvBlocks(backend, spec, lim, options);
-    const runner = new ModelRunner(backend, spec, weights, { ...lim, numBlocks: numKvBlocks });
-    return new LLM(spec, tokenizer, runner, LLM.makeEngine(runner, tokenizer, lim, options), defaults);
+    const runner = new ModelRunner(backend, spec, weights, { ...lim, numBlocks: numKvBlocks, kvCache });
+    return new LLM(spec, tokenizer, runner, LLM.makeEngine(runner, tokenizer, lim, options), defaults, runner.kvCache.dtype);
   }
 
   private static makeEngine(executor: ModelRunner | TpGroup, tokenizer: Tokenizer | null, lim: Limits, options: LLMOptions): LLMEngine {
@@ -164,6 +192,7 @@ export class LLM {
       maxNumBatchedTokens: lim.maxNumBatchedTokens,
       enablePrefixCaching: options.enablePrefixCaching ?? true,
       maxWaiting: options.maxWaiting,
+      asyncScheduling: asyncSchedulingOf(options, executor.backend.device),
     });
   }
 

@@ -43,10 +43,23 @@ export interface AttentionMetadata {
   readonly isDecode: boolean;
 }
 
+/** Storage of the paged KV cache: 'auto' = the activation dtype; 'fp8' = OCP E4M3 (e4m3fn), one byte an element. */
+export type KvCacheDType = 'auto' | 'fp8';
+
 /** Paged KV cache of one layer: `[numBlocks * blockSize, numKvHeads * headDim]`; slot = block * blockSize + offset. */
 export interface LayerKvCache {
   readonly k: Tensor;
   readonly v: Tensor;
+  /**
+   * 'fp8' (issue 6): k and v hold E4M3 codes, 4 to an i32 word (element e of a row in byte e % 4 of
+   * word e / 4, little-endian), so each is i32 [numSlots, numKvHeads * headDim / 4]. Written as
+   * q = sat(x / scale) (round to nearest even, saturating at +-448), read as x = q * scale.
+   * Absent or 'auto': k and v are of the activation dtype.
+   */
+  readonly dtype?: KvCacheDType;
+  /** fp8: the layer's per-tensor f32 scales of K and V (default 1) */
+  readonly kScale?: number;
+  readonly vScale?: number;
 }
 
 export interface AttentionParams {
@@ -121,8 +134,17 @@ export interface Backend {
    * out [T, N] = x [T, K] @ w[N, K]^T (+ bias [N]). out may be f32 (logits) or activationDtype.
    * `w` may be a QuantizedWeight (issue 6); a backend without kernels for its kind throws
    * PGN_ERR_UNSUPPORTED_FEATURE.
+   * `xq` (fp8 `w` only): x already quantized for w by `rmsNormFp8` (which returned true); a backend
+   * may read it instead of quantizing x itself, so it must hold exactly that. Others ignore it.
    */
-  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): void;
+  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, xq?: Fp8Activations | null): void;
+  /**
+   * Optional (issue 6): rmsNorm (same arguments, same `out` and residual) that also writes `xq`, out
+   * quantized to E4M3 for the FP8 linear reading it next: with `inputScale` (that linear's static
+   * f32 [1] scale) or per token (null). Returns false, having done nothing, where the backend has no
+   * kernel for these arguments: then call rmsNorm and let linear quantize.
+   */
+  rmsNormFp8?(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean;
   /**
    * qkv [T, (numHeads + 2 * numKvHeads) * headDim] holds q | k | v per token.
    * Rotates q in place (when `cosSin` is given) and writes rotated k and v into the
@@ -146,6 +168,13 @@ export interface Backend {
   gatherRows(out: Tensor, x: Tensor, indices: Tensor, numRows: number): void;
   /** out = x (first numTokens rows). */
   copy(out: Tensor, x: Tensor, numTokens: number): void;
+  /**
+   * tokenIds[t] = src[srcIndex[t]] where srcIndex[t] >= 0; other entries keep their value
+   * (t < numTokens; all i32). Async scheduling: a step's input tokens that are still being
+   * sampled by the previous step are read here, on the device, from that step's sampled ids.
+   * An index past the end of src is an error (the CPU throws; CUDA leaves the entry as is).
+   */
+  gatherTokenIds(tokenIds: Tensor, src: Tensor, srcIndex: Tensor, numTokens: number): void;
 
   // ---- ops of the model zoo (issue 5) ---------------------------------------------
   /** out = x * factor (elementwise over the first numTokens rows; Gemma's embedding scale). out may alias x. */
@@ -211,6 +240,16 @@ export interface QuantizedWeight {
   readonly groupSize: number;
   /** fp8 static activation scale f32 [1]; null = dynamic per token (and for int8 / int4) */
   readonly inputScale: Tensor | null;
+}
+
+/**
+ * Activations quantized to E4M3 for an FP8 linear (issue 6), as that linear would quantize them:
+ * codes i32 [T, K/4] (bytes in the fp8 QuantizedWeight layout) and scales f32 [T] (each row's scale:
+ * the static input scale, or max(rowAmax / 448, FP8_MIN_ACTIVATION_SCALE)). Rows past numTokens unused.
+ */
+export interface Fp8Activations {
+  readonly codes: Tensor;
+  readonly scales: Tensor;
 }
 
 export function isQuantizedWeight(w: Tensor | QuantizedWeight | null | undefined): w is QuantizedWeight {

@@ -1,5 +1,5 @@
 /**
- * Latency of the model itself on one backend: decode ms/step at several batch sizes
+ * Latency of the model itself on one backend (a tensor-parallel group: through rank 0): decode ms/step at several batch sizes
  * (after an `isl`-token prefill of each sequence), prefill time and TFLOP/s, and the
  * achieved memory bandwidth of a decode step against a device copy measured in the same run.
  * Greedy argmax on the host; no scheduler, so this is the runner's own cost.
@@ -7,8 +7,10 @@
 import { bytesPerElement } from '../backends/backend.js';
 import type { LLM } from '../api/llm.js';
 import { buildForwardBatch } from '../runner/input-builder.js';
-import type { ModelRunner } from '../runner/model-runner.js';
+import { latencyTarget, type LatencyTarget } from './latency-target.js';
 import { formatTable, median, randomPrompts } from './stats.js';
+import { profileDecodeStep, type StepProfile } from './decode-profile.js';
+import { profileTables } from './profile-tables.js';
 import { createSamplingState, makeSamplingParams } from '../sampling/index.js';
 
 export interface LatencyOptions {
@@ -16,20 +18,22 @@ export interface LatencyOptions {
   readonly isl: number;
   readonly osl: number;
   readonly prefillLens: readonly number[];
+  /** per batch size, one more decode step run through the op profiler (decode-profile.ts; one device only) */
+  readonly profile?: boolean;
 }
 
 export interface DecodeRow { batch: number; msPerStep: number; tokPerS: number; weightBytes: number; kvBytes: number; achievedTBs: number }
 export interface PrefillRow { tokens: number; ms: number; tflops: number }
-export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[] }
+export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[]; profiles?: StepProfile[] }
 
-function paramCount(r: ModelRunner): number {
+function paramCount(r: LatencyTarget): number {
   const s = r.spec;
   const H = s.hiddenSize, q = s.numHeads * s.headDim, kv = s.numKvHeads * s.headDim, F = s.intermediateSize;
   const perLayer = H * (q + 2 * kv) + q * H + (s.gatedMlp ? 3 : 2) * H * F;
   return s.numLayers * perLayer + s.vocabSize * H; // LM head read per step; the embedding is a lookup
 }
 
-async function timeMs(r: ModelRunner, fn: () => Promise<unknown>): Promise<number> {
+async function timeMs(r: LatencyTarget, fn: () => Promise<unknown>): Promise<number> {
   await r.backend.synchronize();
   const t0 = performance.now();
   await fn();
@@ -38,7 +42,7 @@ async function timeMs(r: ModelRunner, fn: () => Promise<unknown>): Promise<numbe
 }
 
 /** device-to-device copy bandwidth (bytes read + written) over a 1 GiB (CPU: 64 MiB) buffer */
-async function copyBandwidth(r: ModelRunner): Promise<number> {
+async function copyBandwidth(r: LatencyTarget): Promise<number> {
   const b = r.backend;
   const rows = b.device === 'cuda' ? 32768 : 1024;
   const cols = 16384;
@@ -52,13 +56,14 @@ async function copyBandwidth(r: ModelRunner): Promise<number> {
 
 
 export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyResult> {
-  const r = llm.runner;
+  const r = latencyTarget(llm);
   const s = r.spec;
   const bs = r.blockSize;
   const V = s.vocabSize;
   const bpe = bytesPerElement(r.backend.activationDtype);
   const copyTBs = await copyBandwidth(r);
   const decode: DecodeRow[] = [];
+  const profiles: StepProfile[] | null = o.profile ? [] : null;
   for (const B of o.batchSizes) {
     const perSeq = Math.ceil((o.isl + o.osl) / bs);
     if (B * perSeq > r.numBlocks || B > r.config.maxNumSeqs) { decode.push({ batch: B, msPerStep: NaN, tokPerS: NaN, weightBytes: 0, kvBytes: 0, achievedTBs: NaN }); continue; }
@@ -83,10 +88,11 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
     const stepMs: number[] = [];
     for (let step = 0; step < o.osl - 1; step++) stepMs.push(await timeMs(r, () => run(seqs, 1)));
     const ms = median(stepMs.slice(Math.min(3, stepMs.length - 1)));
-    const weightBytes = paramCount(r) * bpe;
+    const weightBytes = r.weightBytesPerGpu;
     const avgCtx = o.isl + o.osl / 2;
-    const kvBytes = B * avgCtx * 2 * s.numLayers * s.numKvHeads * s.headDim * bpe;
+    const kvBytes = B * avgCtx * 2 * s.numLayers * Math.max(1, s.numKvHeads / r.tp) * s.headDim * (llm.kvCacheDtype === 'fp8' ? 1 : bpe); // per GPU
     decode.push({ batch: B, msPerStep: ms, tokPerS: (B * 1000) / ms, weightBytes, kvBytes, achievedTBs: (weightBytes + kvBytes) / (ms / 1000) / 1e12 });
+    if (profiles) profiles.push(await profileDecodeStep(llm.runner, buildForwardBatch(seqs.map((seq) => ({ seq, numNewTokens: 1 })), bs, r.maxBlocksPerSeq)));
   }
   const prefill: PrefillRow[] = [];
   for (const T of o.prefillLens) {
@@ -100,7 +106,7 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
     const flops = 2 * paramCount(r) * T + 2 * s.numLayers * s.numHeads * s.headDim * T * T; // GEMMs + causal attention (QK^T and PV, half masked)
     prefill.push({ tokens: T, ms, tflops: flops / (ms / 1000) / 1e12 });
   }
-  return { copyTBs, decode, prefill };
+  return { copyTBs, decode, prefill, ...(profiles ? { profiles } : {}) };
 }
 
 export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, number>): string {
@@ -117,6 +123,7 @@ export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, numb
     ['prefill tokens', 'ms', 'TFLOP/s'],
     ...res.prefill.map((p) => [p.tokens, p.ms, p.tflops]),
   ]);
-  return `device copy bandwidth: ${res.copyTBs.toFixed(3)} TB/s (read + write)\n\n${dec}\n\n${pre}`;
+  const profiles = (res.profiles ?? []).map((p) => profileTables(p, res.copyTBs, res.decode.find((d) => d.batch === p.numSeqs)?.msPerStep ?? NaN));
+  return [`device copy bandwidth: ${res.copyTBs.toFixed(3)} TB/s (read + write)`, dec, pre, ...profiles].join('\n\n');
 }
 

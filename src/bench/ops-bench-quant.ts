@@ -1,14 +1,19 @@
 /**
  * ops-bench rows for quantized linears (issue 6) on Llama-3.1-8B shapes, random codes: FP8 with a per-tensor
  * weight scale and dynamic per-token activations (what `peregrine build --quantization fp8` writes), INT8 per
- * channel and INT4 group 128 (symmetric), beside BF16 on the same shapes, at M = 1, 16 and 128 tokens; plus
- * the paths the dispatch did not pick (`kind/path`) where they decide its thresholds. Rows are named
- * `qgemm <kind>[/<path>] <linear>`: `node dist/src/bench/ops-bench.js --only qgemm` runs just these.
+ * channel and INT4 group 128 (symmetric), beside BF16 on the same shapes, at 1 .. 128 tokens; plus the paths
+ * the dispatch did not pick (`kind/path`): the older decode kernels (fp8/mma, int/gemv) as the "before" of the
+ * decode GEMV (path qgemv), cuBLASLt, dequantize. `fp8+xq` rows get x already in E4M3 (what the fused RMSNorm
+ * hands qkv_proj and gate_up_proj in the decoder); `fp8-actq` rows quantize x with the older one-block kernel.
+ * `qnorm` rows time RMSNorm + residual alone and fused with FP8 quantization. Rows are named
+ * `qgemm <kind>[/<path>] <linear>` and `qnorm ...`: `node dist/src/bench/ops-bench.js --only qgemm` (or `--only qnorm`)
+ * runs just those.
  * Bytes are the least each op must move: codes, scales, x and out (not the quantized-activation scratch).
  */
-import type { Tensor } from '../backends/backend.js';
+import type { Fp8Activations, Tensor } from '../backends/backend.js';
 import type { CudaBackend } from '../backends/cuda/cuda-backend.js';
-import { fillCodes, forceFp8Scaling, forceQuantPath, type QuantPath } from '../backends/cuda/cuda-quant.js';
+import { fillCodes, forceFp8Scaling, forceQuantPath, quantizeFp8Activations, type QuantPath } from '../backends/cuda/cuda-quant.js';
+import { quantFastPolicy } from '../backends/cuda/cuda-quant-gemv.js';
 import type { Fp8Scaling } from '../backends/cuda/cuda-quant-gemm.js';
 import type { QuantizedWeight } from '../backends/backend.js';
 
@@ -34,21 +39,29 @@ interface Variant {
   readonly kind: Kind;
   readonly path?: QuantPath;
   readonly scaling?: Fp8Scaling;
+  /** fp8: x handed over already quantized (Backend.linear's xq) */
+  readonly xq?: boolean;
+  /** fp8: activations quantized by quant_fp8_act (PEREGRINE_QUANT_FAST=0's kernel) */
+  readonly oldQuant?: boolean;
   readonly tokens: readonly number[];
   /** only these linears (default all) */
   readonly linears?: readonly string[];
 }
 
 const VARIANTS: readonly Variant[] = [
-  { kind: 'bf16', tokens: [1, 16, 128] },
-  { kind: 'fp8', tokens: [1, 16, 128] },
-  { kind: 'int8', tokens: [1, 16, 128] },
-  { kind: 'int4', tokens: [1, 16, 128] },
-  { kind: 'fp8', path: 'cublas', tokens: [1, 16], linears: ['o_proj', 'gate_up_proj'] },
-  { kind: 'fp8', path: 'cublas', scaling: 'none', tokens: [128], linears: ['o_proj', 'gate_up_proj'] },
-  { kind: 'int4', path: 'gemv', tokens: [4, 8], linears: ['o_proj', 'gate_up_proj', 'down_proj'] },
-  { kind: 'int4', path: 'dequant', tokens: [4, 8], linears: ['o_proj', 'gate_up_proj', 'down_proj'] },
+  { kind: 'bf16', tokens: [1, 8, 128] },
+  { kind: 'fp8', tokens: [1, 2, 4, 8, 16, 128] },
+  { kind: 'fp8', xq: true, tokens: [1, 8, 128] },
+  { kind: 'int8', tokens: [1, 8, 128] },
+  { kind: 'int4', tokens: [1, 2, 4, 8, 16, 128] },
+  { kind: 'fp8', path: 'mma', tokens: [1, 8] },
+  { kind: 'int8', path: 'gemv', tokens: [1, 8] },
+  { kind: 'int4', path: 'gemv', tokens: [1, 8] },
+  { kind: 'fp8', oldQuant: true, tokens: [16, 128], linears: ['o_proj', 'down_proj'] },
+  { kind: 'fp8', path: 'cublas', tokens: [8], linears: ['o_proj', 'gate_up_proj'] },
+  { kind: 'int4', path: 'dequant', tokens: [8], linears: ['o_proj', 'gate_up_proj', 'down_proj'] },
 ];
+const NORM_TOKENS = [1, 64, 256];
 
 function weightBytes(kind: Kind, N: number, K: number): number {
   switch (kind) {
@@ -75,7 +88,7 @@ export function quantCases(be: CudaBackend, rand: (shape: number[]) => Tensor, o
   const out: QuantBenchCase[] = [];
   let seed = 1000;
   for (const v of VARIANTS) {
-    const name = v.path ? `${v.kind}/${v.path}${v.scaling ? `-${v.scaling}` : ''}` : v.kind;
+    const name = v.path ? `${v.kind}/${v.path}${v.scaling ? `-${v.scaling}` : ''}` : `${v.kind}${v.xq ? '+xq' : v.oldQuant ? '-actq' : ''}`;
     for (const T of v.tokens) {
       for (const [linear, N, K] of LINEARS) {
         if (v.linears && !v.linears.includes(linear)) continue;
@@ -91,19 +104,37 @@ export function quantCases(be: CudaBackend, rand: (shape: number[]) => Tensor, o
               return () => be.linear(o, x, w, null, T);
             }
             const w = randomWeight(be, v.kind, N, K, seed++, own);
+            const xq: Fp8Activations | null = v.xq ? { codes: own(be.empty([T, K / 4], 'i32')), scales: own(be.empty([T], 'f32')) } : null;
+            if (xq) quantizeFp8Activations(be, xq, x, T, null);
+            const fused = quantFastPolicy.fused;
             return () => {
               forceQuantPath(v.path ?? null);
               forceFp8Scaling(v.scaling ?? null);
+              quantFastPolicy.fused = fused && !v.oldQuant;
               try {
-                be.linear(o, x, w, null, T);
+                be.linear(o, x, w, null, T, xq);
               } finally {
                 forceQuantPath(null);
                 forceFp8Scaling(null);
+                quantFastPolicy.fused = fused;
               }
             };
           },
         });
       }
+    }
+  }
+  for (const T of NORM_TOKENS) {
+    const act = T * HIDDEN * 2;
+    for (const fp8 of [false, true]) {
+      out.push({
+        op: `qnorm rmsNorm+residual${fp8 ? '+fp8' : ''}`, shape: `${T}x${HIDDEN}`, bytes: 4 * act + HIDDEN * 2 + (fp8 ? act / 2 + T * 4 : 0), flops: 0, setBytes: 4 * act,
+        make: () => {
+          const x = rand([T, HIDDEN]), r = rand([T, HIDDEN]), w = rand([HIDDEN]), o = own(be.empty([T, HIDDEN], 'bf16'));
+          const xq: Fp8Activations = { codes: own(be.empty([T, HIDDEN / 4], 'i32')), scales: own(be.empty([T], 'f32')) };
+          return fp8 ? () => void be.rmsNormFp8(o, x, w, 1e-5, T, r, 0, xq, null) : () => be.rmsNorm(o, x, w, 1e-5, T, r);
+        },
+      });
     }
   }
   return out;

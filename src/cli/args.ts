@@ -1,6 +1,8 @@
 /** Small helpers over node:util parseArgs for the CLI commands. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { KvCacheDType } from '../backends/backend.js';
 import { PeregrineError } from '../errors.js';
+import { KV_CACHE_DTYPES, parseKvCacheDtype } from '../runner/kv-cache.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -48,6 +50,16 @@ export function deviceArg(v: string | boolean | undefined): 'cpu' | 'cuda' {
   if (v === undefined) return 'cpu';
   if (v !== 'cpu' && v !== 'cuda') throw new UsageError(`--device expects cpu or cuda, got "${String(v)}"`);
   return v;
+}
+
+/** --kv-cache-dtype auto|fp8 (fp8_e4m3 too); undefined when not given */
+export function kvCacheDtypeArg(v: string | boolean | undefined): KvCacheDType | undefined {
+  if (v === undefined) return undefined;
+  try {
+    return parseKvCacheDtype(String(v));
+  } catch {
+    throw new UsageError(`--kv-cache-dtype expects ${KV_CACHE_DTYPES.join(' or ')} (fp8 = E4M3, also fp8_e4m3), got "${String(v)}"`);
+  }
 }
 
 export function describeError(e: unknown): string {

@@ -2,33 +2,42 @@
 import { readFileSync } from 'node:fs';
 import { LLM, type LLMOptions } from '../api/llm.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
-import { deviceArg, floatArg, intArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
+import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
 
 export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
 
   throughput   offline: all requests at once with ignore_eos; total output tok/s, req/s
                (--model DIR | --shape NAME --random-weights) [--isl 128] [--osl 128]
                [--num-requests 256] [--max-num-seqs 256] [--max-num-batched-tokens 8192]
-               [--tp N]  (tensor parallel over N ranks; --model only)
+               [--tp N]  (tensor parallel over N ranks)
   latency      decode ms/step per batch size, prefill TFLOP/s, bandwidth against a device copy
                (--model DIR | --shape NAME --random-weights) [--batch 1,8,64,256]
-               [--isl 128] [--osl 128] [--prefill 128,2048]
+               [--isl 128] [--osl 128] [--prefill 128,2048] [--tp N]
                [--baseline FILE]  (bench/hf_baseline.py output: adds the "vs HF" column)
+               [--profile]  (per batch, one more step eagerly: time and bytes per op, the graph,
+               uploads and sampling, linears vs cuBLASLt; one device)
+               (with --tp N the group is timed through rank 0; bytes per step are per GPU)
   ppl          perplexity of a checkpoint on a text file (non-overlapping windows)
                --model DIR --text FILE [--window 128] [--max-windows N]
-               (latency and ppl drive one device's runner: no --tp)
+               (ppl drives one device's runner: no --tp)
   serve        client against a running server: Poisson arrivals, TTFT / TPOT / ITL
                --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
                [--model NAME] [--api-key KEY] [--vocab-size 32000]
 
-Common: --device cpu|cuda, --json. Shapes: ${shapeNames().join(', ')}.
+Common: --device cpu|cuda, --json, --kv-cache-dtype auto|fp8 (throughput, latency: fp8 = E4M3
+KV cache, half the bytes a token). Shapes: ${shapeNames().join(', ')}.
+Random weights: --quantization fp8 makes the layers' linears E4M3 (per-tensor scales), int8 / int4
+weight-only (per channel / symmetric groups of 128); with --tp N every rank makes its own shard
+of the same model.
 `;
 
 const MODEL_OPTS: OptionSpec = {
   model: { type: 'string' }, shape: { type: 'string' }, 'random-weights': { type: 'boolean' },
   device: { type: 'string' }, isl: { type: 'string' }, osl: { type: 'string' }, json: { type: 'boolean' },
   'max-num-seqs': { type: 'string' }, 'max-num-batched-tokens': { type: 'string' }, 'max-model-len': { type: 'string' },
+  tp: { type: 'string' }, quantization: { type: 'string' }, 'kv-cache-dtype': { type: 'string' },
 };
+const RANDOM_QUANTIZATIONS = ['fp8', 'int8', 'int4'] as const;
 
 async function loadBenchModel(a: Record<string, string | boolean | undefined>, defaults: LLMOptions): Promise<{ llm: LLM; label: string }> {
   const options: LLMOptions = {
@@ -38,13 +47,22 @@ async function loadBenchModel(a: Record<string, string | boolean | undefined>, d
     maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens') ?? defaults.maxNumBatchedTokens,
     maxModelLen: intArg(a['max-model-len'], 'max-model-len') ?? defaults.maxModelLen,
     tp: intArg(a.tp, 'tp'),
+    kvCacheDtype: kvCacheDtypeArg(a['kv-cache-dtype']),
   };
-  if ((options.tp ?? 1) !== 1 && typeof a.model !== 'string') throw new UsageError('--tp needs --model DIR (random weights run on one device)');
-  if (typeof a.model === 'string') return { llm: await LLM.load(a.model, options), label: (options.tp ?? 1) > 1 ? `${a.model} (tp ${options.tp})` : a.model };
+  const tpLabel = (options.tp ?? 1) > 1 ? ` (tp ${options.tp})` : '';
+  const quantization = a.quantization === undefined ? null : String(a.quantization);
+  if (typeof a.model === 'string') {
+    if (quantization !== null) throw new UsageError('--quantization applies to --random-weights; a quantized checkpoint says so in its config');
+    return { llm: await LLM.load(a.model, options), label: `${a.model}${tpLabel}` };
+  }
   if (typeof a.shape !== 'string' || !a['random-weights']) throw new UsageError('give --model DIR, or --shape NAME with --random-weights');
   const cfg = SHAPES[a.shape];
   if (!cfg) throw new UsageError(`unknown --shape "${a.shape}" (known: ${shapeNames().join(', ')})`);
-  return { llm: await LLM.random(cfg, options), label: `${a.shape} (random weights)` };
+  if (quantization !== null && !(RANDOM_QUANTIZATIONS as readonly string[]).includes(quantization)) {
+    throw new UsageError(`--quantization with random weights expects ${RANDOM_QUANTIZATIONS.join(', ')}, got "${quantization}"`);
+  }
+  const q = quantization as (typeof RANDOM_QUANTIZATIONS)[number] | null;
+  return { llm: await LLM.random(cfg, options, 0, q), label: `${a.shape} (random${q ? ` ${q}` : ''} weights)${tpLabel}` };
 }
 
 /** decode ms/step by batch from bench/hf_baseline.py's JSON line (the last line of the file) */
@@ -70,7 +88,7 @@ export async function runBench(argv: string[]): Promise<void> {
     return;
   }
   if (sub === 'throughput') {
-    const a = parse(rest, { ...MODEL_OPTS, 'num-requests': { type: 'string' }, temperature: { type: 'string' }, tp: { type: 'string' } });
+    const a = parse(rest, { ...MODEL_OPTS, 'num-requests': { type: 'string' }, temperature: { type: 'string' } });
     if (a.help) return void process.stdout.write(BENCH_HELP);
     const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
     const { llm, label } = await loadBenchModel(a, { maxNumSeqs: 256, maxNumBatchedTokens: 8192, maxModelLen: isl + osl + 16 });
@@ -84,18 +102,19 @@ export async function runBench(argv: string[]): Promise<void> {
     return;
   }
   if (sub === 'latency') {
-    const a = parse(rest, { ...MODEL_OPTS, batch: { type: 'string' }, prefill: { type: 'string' }, baseline: { type: 'string' } });
+    const a = parse(rest, { ...MODEL_OPTS, batch: { type: 'string' }, prefill: { type: 'string' }, baseline: { type: 'string' }, profile: { type: 'boolean' } });
     if (a.help) return void process.stdout.write(BENCH_HELP);
     const batchSizes = list(a.batch, [1, 8, 64, 256], 'batch');
     const prefillLens = list(a.prefill, [128, 2048], 'prefill');
     const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
     const maxB = Math.max(...batchSizes);
+    if (a.profile && (intArg(a.tp, 'tp') ?? 1) > 1) throw new UsageError('--profile runs one device\'s runner: drop --tp');
     const { llm, label } = await loadBenchModel(a, { maxNumSeqs: maxB, maxNumBatchedTokens: Math.max(...prefillLens, isl, maxB), maxModelLen: Math.max(isl + osl, ...prefillLens) + 16 });
     const { runLatency, latencyTables } = await import('../bench/latency.js');
     try {
-      const r = await runLatency(llm, { batchSizes, isl, osl, prefillLens });
+      const r = await runLatency(llm, { batchSizes, isl, osl, prefillLens, profile: a.profile === true });
       const hf = typeof a.baseline === 'string' ? readBaseline(a.baseline) : undefined;
-      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.backend.device, ...r }) + '\n' : `${label} on ${llm.backend.device}\n\n${latencyTables(r, hf)}\n`);
+      process.stdout.write(a.json ? JSON.stringify({ model: label, device: llm.device, tp: llm.tp, ...r }) + '\n' : `${label} on ${llm.device}\n\n${latencyTables(r, hf)}\n`);
     } finally {
       await llm.close();
     }

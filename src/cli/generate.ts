@@ -1,6 +1,6 @@
 /** `peregrine generate`: one prompt in, the completion out (streamed, or one JSON line). */
 import { LLM } from '../api/llm.js';
-import { deviceArg, floatArg, idListArg, intArg, parse, requireString, UsageError } from './args.js';
+import { deviceArg, floatArg, idListArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError } from './args.js';
 
 export const GENERATE_HELP = `peregrine generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]
 
@@ -21,6 +21,7 @@ Generates a completion for one prompt.
   --device cpu|cuda    backend (default cpu)
   --tp N               tensor-parallel ranks (default 1; must divide the heads): CPU worker
                        threads, or one GPU each (0 .. N-1) with --device cuda
+  --kv-cache-dtype D   auto (default: the activation dtype) or fp8 (E4M3 KV cache)
   --json               print one JSON object as the last line:
                        {"token_ids", "text", "finish_reason", "prompt_token_ids", ...}
 `;
@@ -41,6 +42,7 @@ export async function runGenerate(argv: string[]): Promise<void> {
     'ignore-eos': { type: 'boolean' },
     device: { type: 'string' },
     tp: { type: 'string' },
+    'kv-cache-dtype': { type: 'string' },
     json: { type: 'boolean' },
   });
   if (a.help) {
@@ -63,7 +65,8 @@ export async function runGenerate(argv: string[]): Promise<void> {
     ignoreEos: a['ignore-eos'] === true,
   };
   const init = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
-  const llm = await LLM.load(model, { device: deviceArg(a.device), tp: intArg(a.tp, 'tp'), maxNumSeqs: 1, maxNumBatchedTokens: 512 });
+  const kvCacheDtype = kvCacheDtypeArg(a['kv-cache-dtype']);
+  const llm = await LLM.load(model, { device: deviceArg(a.device), tp: intArg(a.tp, 'tp'), maxNumSeqs: 1, maxNumBatchedTokens: 512, kvCacheDtype });
   try {
     let prompt: string | number[] = promptIds ?? text!;
     if (a.chat) {

@@ -5,6 +5,9 @@ import { Checkpoint } from '../weights/checkpoint.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { parse, requireString } from './args.js';
 import { storageBytesPerElement } from '../weights/dtype.js';
+import { findKvScaleTensors } from '../weights/quant/kv-scales.js';
+
+const fmtKiB = (bytes: number): string => `${(bytes / 1024).toFixed(bytes < 10240 ? 2 : 1)} KiB`;
 
 export const INFO_HELP = `peregrine info --model DIR [--json]
 
@@ -32,7 +35,10 @@ export async function runInfo(argv: string[]): Promise<void> {
     dtypes.set(info.dtype, (dtypes.get(info.dtype) ?? 0) + 1);
   }
   const numTensors = ckpt.names().length;
+  const kvScaleLayers = findKvScaleTensors(ckpt.names()).size;
   ckpt.close();
+  // K and V of every layer, per token: bf16/f16 ('auto' on CUDA) and fp8 (E4M3)
+  const kvElemsPerToken = 2 * spec.numLayers * spec.numKvHeads * spec.headDim;
   const tok = Tokenizer.exists(dir) ? await Tokenizer.load(dir) : null;
   const summary = {
     architecture: spec.architecture,
@@ -42,6 +48,7 @@ export async function runInfo(argv: string[]): Promise<void> {
     tensors: numTensors,
     tensor_dtypes: Object.fromEntries(dtypes),
     tokenizer: tok ? { vocab_size: tok.vocabSize, bos: tok.bosTokenId, eos: tok.eosTokenId, chat_template: tok.chatTemplate !== null } : null,
+    kv_cache: { bytes_per_token: { auto_bf16: 2 * kvElemsPerToken, fp8: kvElemsPerToken }, fp8_scale_layers: kvScaleLayers },
     spec,
   };
   if (a.json) {
@@ -56,6 +63,8 @@ export async function runInfo(argv: string[]): Promise<void> {
     `positions      ${spec.positional}${spec.rope ? ` (${spec.rope.type}, theta ${spec.rope.theta}, rotary dim ${spec.rope.rotaryDim})` : ''}, max ${spec.maxPositionEmbeddings}`,
     `norm           ${spec.norm.type} eps ${spec.norm.eps}; activation ${spec.activation}${spec.gatedMlp ? ' (gated)' : ''}; tied embeddings ${spec.tieWordEmbeddings}`,
     `dtype          ${spec.torchDtype}; bos ${spec.bosTokenId}; eos ${spec.eosTokenIds.join(',')}`,
+    `kv cache       ${fmtKiB(2 * kvElemsPerToken)} a token in bf16/f16 (--kv-cache-dtype auto), ${fmtKiB(kvElemsPerToken)} in fp8; ` +
+      `checkpoint k/v scales: ${kvScaleLayers ? `${kvScaleLayers} of ${spec.numLayers} layers` : 'none (fp8 uses 1.0)'}`,
     `tokenizer      ${tok ? `vocab ${tok.vocabSize}, chat template ${tok.chatTemplate ? 'yes' : 'no'}` : 'none (prompts as token ids)'}`,
   ];
   process.stdout.write(lines.join('\n') + '\n');

@@ -3,7 +3,7 @@ import type { LLMOptions } from '../api/llm.js';
 import { startServer } from '../server/start-server.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import type { HfConfig } from '../models/config.js';
-import { deviceArg, floatArg, intArg, parse, requireString, UsageError } from './args.js';
+import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError } from './args.js';
 
 export const SERVE_HELP = `peregrine serve --model DIR [options]
        peregrine serve --shape NAME --random-weights [options]   (benchmarks: no tokenizer, token-id prompts)
@@ -28,6 +28,9 @@ Serves the model over an OpenAI-compatible HTTP API:
   --max-num-batched-tokens N     token budget of one engine step (default 2048)
   --gpu-memory-utilization F     share of free GPU memory for the KV cache (default 0.9)
   --num-kv-blocks N              KV cache size in blocks (default: from the memory budget)
+  --kv-cache-dtype auto|fp8      KV cache storage: auto (the activation dtype, default) or fp8
+                                 (E4M3: half the bytes, twice the blocks; the checkpoint's
+                                 k/v scales where it has them, else 1.0)
   --max-waiting-requests N       requests allowed to wait for admission; more get 503
   --no-prefix-caching            do not reuse the KV blocks of repeated prompt prefixes
 
@@ -52,6 +55,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     'max-num-batched-tokens': { type: 'string' },
     'gpu-memory-utilization': { type: 'string' },
     'num-kv-blocks': { type: 'string' },
+    'kv-cache-dtype': { type: 'string' },
     'max-waiting-requests': { type: 'string' },
     'no-prefix-caching': { type: 'boolean' },
   });
@@ -69,6 +73,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens'),
     gpuMemoryUtilization: floatArg(a['gpu-memory-utilization'], 'gpu-memory-utilization'),
     numKvBlocks: intArg(a['num-kv-blocks'], 'num-kv-blocks'),
+    kvCacheDtype: kvCacheDtypeArg(a['kv-cache-dtype']),
     maxWaiting: intArg(a['max-waiting-requests'], 'max-waiting-requests'),
     enablePrefixCaching: a['no-prefix-caching'] ? false : undefined,
   };
@@ -85,7 +90,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
   const { info } = server.engine;
   const name = server.app.context.servedModelName;
   process.stdout.write(
-    `peregrine serve: ${name} (${info.architecture}, max_model_len ${info.maxModelLen}, ${info.numKvBlocks} KV blocks of ${info.blockSize} tokens)\n` +
+    `peregrine serve: ${name} (${info.architecture}, max_model_len ${info.maxModelLen}, ${info.numKvBlocks} KV blocks of ${info.blockSize} tokens, KV dtype ${info.kvCacheDtype ?? 'auto'})\n` +
       `listening on ${server.url}\n`,
   );
   let stopping = false;

@@ -1,6 +1,6 @@
 export { Sequence, type SequenceInit, type SequenceStatus } from './sequence.js';
 export { Scheduler, type SchedulerConfig, type ScheduledBatch, type ScheduledEntry } from './scheduler.js';
-export type { ModelExecutor } from './executor.js';
+export { placeholderRow, placeholderToken, type ExecuteResults, type LaunchedStep, type ModelExecutor } from './executor.js';
 export { StopChecker, type FinishReason, type StopDecision } from './stop-checker.js';
 export {
   LLMEngine,

@@ -2,6 +2,14 @@
  * The engine loop over a model executor: one step is schedule -> execute (forward +
  * sample) -> postprocess -> stop checks and detokenization -> outputs. Sequences that
  * finish leave the batch in the same step and their blocks are freed.
+ *
+ * Async scheduling (vLLM V1's async scheduling, SGLang's overlap scheduler): one step is
+ * schedule n+1 -> launch n+1 -> collect n -> postprocess n -> outputs of n, so the host's
+ * work for step n+1 runs while the device runs step n. Sequences sampling in n hold a
+ * placeholder token in n+1, read on the device (executor.ts). A sequence that finishes at n
+ * already has a slot in n+1, whose result is dropped; its blocks are freed at once (the device
+ * runs later steps after n+1). Batches launch cannot take (executor.canLaunch) run as the
+ * synchronous step, after the step in flight is collected.
  */
 import { PeregrineError } from '../errors.js';
 import { BlockManager } from '../kvcache/block-manager.js';
@@ -10,7 +18,7 @@ import type { PromptLogprob } from '../sampling/prompt-logprobs.js';
 import type { SampleResult } from '../sampling/sampler.js';
 import { IncrementalDetokenizer } from '../tokenizer/detokenizer.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import type { ExecuteResults, ModelExecutor } from './executor.js';
+import type { ExecuteResults, LaunchedStep, ModelExecutor } from './executor.js';
 import { Scheduler, type ScheduledBatch } from './scheduler.js';
 import { Sequence } from './sequence.js';
 import { StopChecker, type FinishReason } from './stop-checker.js';
@@ -31,6 +39,11 @@ export interface LLMEngineOptions {
   enableChunkedPrefill?: boolean;
   /** requests allowed to wait for admission; more throw PGN_ERR_QUEUE_FULL (default unlimited) */
   maxWaiting?: number;
+  /**
+   * launch step n+1 before step n's tokens are back, where the executor can (`launch`); default
+   * false here (LLM turns it on for CUDA). Env PEREGRINE_ASYNC_SCHEDULING=0 turns it off.
+   */
+  asyncScheduling?: boolean;
 }
 
 export interface AddRequestInit {
@@ -84,6 +97,14 @@ export interface EngineStats {
   numGeneratedTokens: number;
 }
 
+/** A launched step not collected yet. */
+interface InflightStep {
+  readonly batch: ScheduledBatch;
+  /** which entries sample (Scheduler.markComputed at launch) */
+  readonly samples: boolean[];
+  readonly launched: LaunchedStep;
+}
+
 interface RequestState {
   readonly seq: Sequence;
   readonly stopChecker: StopChecker;
@@ -105,11 +126,14 @@ export class LLMEngine {
   readonly executor: ModelExecutor;
   readonly blockManager: BlockManager;
   readonly scheduler: Scheduler;
+  /** whether steps are launched ahead (options.asyncScheduling, the env switch and the executor) */
+  readonly asyncScheduling: boolean;
   private readonly tokenizer: Tokenizer | null;
   private readonly maxWaiting: number;
   private readonly requests = new Map<string, RequestState>();
   private readonly pendingAborts = new Set<string>();
   private stepping = false;
+  private inflight: InflightStep | null = null;
   private dead: { cause: unknown } | null = null;
   private numPromptTokens = 0;
   private numGeneratedTokens = 0;
@@ -118,6 +142,7 @@ export class LLMEngine {
     this.executor = executor;
     this.tokenizer = options.tokenizer ?? null;
     this.maxWaiting = options.maxWaiting ?? Infinity;
+    this.asyncScheduling = (options.asyncScheduling ?? false) && process.env.PEREGRINE_ASYNC_SCHEDULING !== '0' && typeof executor.launch === 'function';
     this.blockManager = new BlockManager(executor.numBlocks, executor.blockSize, {
       enablePrefixCaching: options.enablePrefixCaching ?? true,
     });
@@ -197,7 +222,8 @@ export class LLMEngine {
 
   /**
    * Runs one iteration and returns an output for every request that sampled a token,
-   * finished or was aborted in it.
+   * finished or was aborted in it. With async scheduling the tokens are those of the step
+   * launched by the previous call (the first call may return none).
    * @throws the executor's error; the engine is then dead (PGN_ERR_ENGINE_DEAD afterwards)
    */
   async step(): Promise<RequestOutput[]> {
@@ -207,24 +233,64 @@ export class LLMEngine {
     try {
       const outputs = this.applyAborts();
       const batch = this.scheduler.schedule();
-      if (batch.entries.length === 0) return outputs;
-      let results: ExecuteResults;
-      try {
-        results = await this.executor.execute(batch);
-        this.collectPromptLogprobs(batch.entries, results);
-        this.scheduler.postprocess(batch, results);
-      } catch (e) {
-        this.dead = { cause: e };
-        throw e;
+      if (batch.entries.length > 0 && this.asyncScheduling && (this.executor.canLaunch?.(batch) ?? true)) {
+        const prev = this.inflight;
+        this.inflight = await this.launch(batch);
+        if (prev) await this.collect(prev, outputs);
+      } else {
+        if (this.inflight) await this.collect(this.takeInflight(), outputs);
+        // tokens collected just now may have finished sequences of this batch
+        const entries = batch.entries.filter(({ seq }) => seq.status !== 'finished');
+        if (entries.length > 0) await this.runSync({ ...batch, entries, numBatchedTokens: entries.reduce((n, e) => n + e.numNewTokens, 0) }, outputs);
       }
-      batch.entries.forEach(({ seq }, i) => {
-        const result = results[i];
-        if (result != null && seq.status === 'running') outputs.push(this.processSample(seq, result));
-      });
+      // nothing left to run: the step in flight only holds results to drop
+      if (this.inflight && !this.hasUnfinishedRequests()) await this.collect(this.takeInflight(), outputs);
       return outputs;
+    } catch (e) {
+      this.dead = { cause: e };
+      throw e;
     } finally {
       this.stepping = false;
     }
+  }
+
+  /** The synchronous step: execute, postprocess, outputs. */
+  private async runSync(batch: ScheduledBatch, outputs: RequestOutput[]): Promise<void> {
+    const results: ExecuteResults = await this.executor.execute(batch);
+    this.collectPromptLogprobs(batch.entries, results);
+    this.scheduler.postprocess(batch, results);
+    batch.entries.forEach(({ seq }, i) => {
+      const result = results[i];
+      if (result != null && seq.status === 'running') outputs.push(this.processSample(seq, result));
+    });
+  }
+
+  /** Queues `batch`; each sampling sequence gets a placeholder for the token it will sample. */
+  private async launch(batch: ScheduledBatch): Promise<InflightStep> {
+    const launched = await this.executor.launch!(batch);
+    const samples = this.scheduler.markComputed(batch);
+    let row = 0;
+    batch.entries.forEach(({ seq }, i) => {
+      if (samples[i]) seq.appendPlaceholder(row++);
+    });
+    return { batch, samples, launched };
+  }
+
+  /** Waits for a launched step's tokens, fills them in and adds the outputs of the sequences still alive. */
+  private async collect(step: InflightStep, outputs: RequestOutput[]): Promise<void> {
+    const results = await step.launched.collect();
+    this.scheduler.appendSampled(step.batch, step.samples, results);
+    step.batch.entries.forEach(({ seq }, i) => {
+      const result = results[i];
+      // a sequence preempted after the launch (waiting now) still gets its token
+      if (result != null && seq.status !== 'finished') outputs.push(this.processSample(seq, result));
+    });
+  }
+
+  private takeInflight(): InflightStep {
+    const step = this.inflight!;
+    this.inflight = null;
+    return step;
   }
 
   stats(): EngineStats {

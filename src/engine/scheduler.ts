@@ -8,6 +8,11 @@
  *      remaining budget is split into chunks across steps.
  * An entry computes tokens [seq.numCachedTokens, seq.numCachedTokens + numNewTokens) and
  * samples one token iff that range reaches seq.numTokens.
+ *
+ * Async scheduling: the step after a launched one is scheduled before its tokens are known.
+ * A sequence sampling a token there already counts it (a placeholder); one whose finish is then
+ * known by count (max_tokens, the context length) is not scheduled again, and one preempted
+ * with a token pending is not readmitted before that token is filled in.
  */
 import { PeregrineError } from '../errors.js';
 import type { BlockManager } from '../kvcache/block-manager.js';
@@ -137,6 +142,7 @@ export class Scheduler {
 
     for (let i = 0; i < this.running.length && budget > 0; i++) {
       const seq = this.running[i];
+      if (this.finishesByCount(seq)) continue;
       while (!this.blockManager.canAppend(seq)) {
         const victim = this.running.pop() as Sequence;
         this.preempt(victim);
@@ -154,6 +160,7 @@ export class Scheduler {
     if (preempted.length === 0) {
       while (this.waiting.length > 0 && budget > 0 && this.running.length < this.config.maxNumSeqs) {
         const seq = this.waiting[0];
+        if (seq.numPendingTokens > 0) break; // preempted while its step runs: readmitted once its token is in
         if (!this.config.enableChunkedPrefill && seq.numTokens > budget) break;
         // as vLLM: prompt logprobs need the whole prompt computed, so no prefix-cache hits
         const reusePrefix = seq.params.promptLogprobs === null;
@@ -178,23 +185,57 @@ export class Scheduler {
    * SampleResult where the entry reaches the end of its sequence, null elsewhere.
    */
   postprocess(batch: ScheduledBatch, results: ReadonlyArray<SampleResult | null>): void {
+    this.appendSampled(batch, this.markComputed(batch), results);
+  }
+
+  /**
+   * The first half of postprocess (async scheduling: at launch): advances each entry's computed
+   * tokens and registers newly full blocks. Returns which entries sample.
+   */
+  markComputed(batch: ScheduledBatch): boolean[] {
+    return batch.entries.map(({ seq, numNewTokens }) => {
+      if (seq.status !== 'running') return false; // aborted while the step ran
+      seq.numCachedTokens += numNewTokens;
+      this.blockManager.cacheFullBlocks(seq);
+      return seq.numCachedTokens === seq.numTokens;
+    });
+  }
+
+  /**
+   * The second half (async scheduling: once the step is collected): appends each sampled token,
+   * or fills its placeholder, for the sequences not finished meanwhile (a sequence preempted
+   * since still gets its token). `samples` is what markComputed returned.
+   */
+  appendSampled(batch: ScheduledBatch, samples: readonly boolean[], results: ReadonlyArray<SampleResult | null>): void {
     if (results.length !== batch.entries.length) {
       throw new PeregrineError('PGN_ERR_INTERNAL', `executor returned ${results.length} results for ${batch.entries.length} scheduled sequences`);
     }
-    batch.entries.forEach(({ seq, numNewTokens }, i) => {
-      if (seq.status !== 'running') return; // aborted while the step ran
-      seq.numCachedTokens += numNewTokens;
-      this.blockManager.cacheFullBlocks(seq);
+    batch.entries.forEach(({ seq }, i) => {
+      if (seq.status === 'finished') return;
       const result = results[i];
-      const samples = seq.numCachedTokens === seq.numTokens;
-      if (samples !== (result != null)) {
+      if (samples[i] !== (result != null)) {
         throw new PeregrineError(
           'PGN_ERR_INTERNAL',
-          `executor ${samples ? 'returned no token' : 'sampled a token'} for request ${seq.requestId} at ${seq.numCachedTokens}/${seq.numTokens} tokens`,
+          `executor ${samples[i] ? 'returned no token' : 'sampled a token'} for request ${seq.requestId} at ${seq.numCachedTokens}/${seq.numTokens} tokens`,
         );
       }
-      if (result != null) seq.appendToken(result.tokenId);
+      if (result == null) return;
+      if (seq.numPendingTokens > 0) {
+        seq.fillPlaceholder(result.tokenId);
+        this.blockManager.cacheFullBlocks(seq);
+      } else {
+        seq.appendToken(result.tokenId);
+      }
     });
+  }
+
+  /**
+   * A sequence whose last token is pending and whose finish is already known by count: it
+   * reaches max_tokens or the context length with that token (StopChecker's 'length').
+   */
+  private finishesByCount(seq: Sequence): boolean {
+    if (seq.numPendingTokens === 0) return false;
+    return seq.numOutputTokens + seq.numPendingTokens >= seq.params.maxTokens || seq.numTokens >= this.config.maxModelLen;
   }
 
   /** Frees the blocks of `seq` and drops it from the queues. */

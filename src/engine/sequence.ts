@@ -1,9 +1,15 @@
 /**
  * One sequence being generated: its tokens (prompt + outputs), where it stands in the
  * scheduler, its KV blocks and its sampling state. One request with n > 1 is n sequences.
+ *
+ * Async scheduling: a token being sampled by a launched step is a placeholder at the end of
+ * tokenIds (at most two: the steps in flight) until its step is collected; outputTokenIds
+ * holds only real tokens.
  */
+import { placeholderToken } from './executor.js';
 import { createSamplingState, type SequenceSamplingState } from '../sampling/sampler.js';
 import type { SamplingParams } from '../sampling/params.js';
+import { PeregrineError } from '../errors.js';
 
 export type SequenceStatus = 'waiting' | 'running' | 'finished';
 
@@ -24,7 +30,7 @@ let nextSeqId = 0;
 export class Sequence {
   readonly seqId: number;
   readonly requestId: string;
-  /** prompt then outputs */
+  /** prompt then outputs, then placeholders of tokens still being sampled */
   readonly tokenIds: number[];
   readonly promptTokenIds: readonly number[];
   /** append-only; the sampling state reads it for penalties */
@@ -37,6 +43,8 @@ export class Sequence {
   /** prompt tokens found in the prefix cache at the first admission */
   numCachedPromptTokens = 0;
   numPreemptions = 0;
+  /** placeholders at the end of tokenIds (tokens launched steps are sampling) */
+  numPendingTokens = 0;
   readonly params: SamplingParams;
   readonly samplingState: SequenceSamplingState;
   readonly arrivalTime: number;
@@ -69,7 +77,22 @@ export class Sequence {
   }
 
   appendToken(tokenId: number): void {
+    if (this.numPendingTokens > 0) throw new PeregrineError('PGN_ERR_INTERNAL', `request ${this.requestId}: a token appended while ${this.numPendingTokens} are pending`);
     this.tokenIds.push(tokenId);
+    this.outputTokenIds.push(tokenId);
+  }
+
+  /** Async scheduling: the token a launched step samples in row `row`, not known yet. */
+  appendPlaceholder(row: number): void {
+    this.tokenIds.push(placeholderToken(row));
+    this.numPendingTokens++;
+  }
+
+  /** Replaces the oldest placeholder with the token its step sampled. */
+  fillPlaceholder(tokenId: number): void {
+    if (this.numPendingTokens === 0) throw new PeregrineError('PGN_ERR_INTERNAL', `request ${this.requestId}: no placeholder to fill`);
+    this.tokenIds[this.tokenIds.length - this.numPendingTokens] = tokenId;
+    this.numPendingTokens--;
     this.outputTokenIds.push(tokenId);
   }
 }

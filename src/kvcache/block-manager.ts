@@ -6,7 +6,8 @@
  *            an LRU and evicted (oldest first) when free blocks run out;
  *   used   - ref > 0, in the block table of at least one sequence.
  * Only full blocks whose KV has been computed are hashed and registered (cacheFullBlocks),
- * so a sequence admitted later never skips tokens another one is still computing.
+ * so a sequence admitted later never skips tokens another one is still computing; with async
+ * scheduling, only blocks whose tokens are all known (no placeholder) are.
  */
 import { PeregrineError } from '../errors.js';
 import { hashBlockTokens, ROOT_BLOCK_HASH } from './prefix-hash.js';
@@ -20,6 +21,8 @@ export interface BlockSequence {
   /** tokens at the start of tokenIds whose KV is in the cache */
   numCachedTokens: number;
   blockTable: number[];
+  /** async scheduling: placeholders at the end of tokenIds (tokens not sampled yet; default 0) */
+  readonly numPendingTokens?: number;
 }
 
 export interface BlockManagerOptions {
@@ -129,12 +132,14 @@ export class BlockManager {
   }
 
   /**
-   * Hashes and registers the blocks of `seq` that are full and computed (below
-   * seq.numCachedTokens) and not hashed yet. Call after numCachedTokens advances.
+   * Hashes and registers the blocks of `seq` that are full, computed (below
+   * seq.numCachedTokens), of known tokens (before any placeholder) and not hashed yet. Call after
+   * numCachedTokens advances or a placeholder is filled.
    */
   cacheFullBlocks(seq: BlockSequence): void {
     if (!this.enablePrefixCaching) return;
-    const numFull = Math.min(Math.floor(seq.numCachedTokens / this.blockSize), seq.blockTable.length);
+    const numKnown = Math.min(seq.numCachedTokens, seq.numTokens - (seq.numPendingTokens ?? 0));
+    const numFull = Math.min(Math.floor(numKnown / this.blockSize), seq.blockTable.length);
     // hashed blocks form a prefix of the table: walk back to the last hashed one
     let first = numFull;
     while (first > 0 && this.hashes[seq.blockTable[first - 1]] === null) first--;

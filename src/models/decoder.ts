@@ -15,11 +15,11 @@
  * positions and the embedding norm; the logits of an LM head cut by vocab rows are all-gathered.
  * Without one, nothing changes.
  */
-import { isQuantizedWeight, type AttentionMetadata, type AttentionParams, type Backend, type DType, type LayerKvCache, type QkNormParams, type RopeParams, type Tensor } from '../backends/backend.js';
+import { isQuantizedWeight, type AttentionMetadata, type AttentionParams, type Backend, type DType, type Fp8Activations, type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backends/backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../weights/dtype.js';
 import { buildCosSinTable } from './rope.js';
 import type { ModelSpec } from './spec.js';
-import type { LayerWeights, ModelWeights } from './model-weights.js';
+import type { LayerWeights, LinearWeight, ModelWeights } from './model-weights.js';
 import { PeregrineError } from '../errors.js';
 import type { Communicator } from '../parallel/communicator.js';
 
@@ -64,6 +64,8 @@ export class DecoderModel {
   private readonly routerLogits: Tensor | null; // f32 [T, numExperts]
   private readonly topkIds: Tensor | null;      // i32 [T, topK]
   private readonly topkWeights: Tensor | null;  // f32 [T, topK]
+  /** normed quantized to E4M3 by the norm, for FP8 qkv / gate_up linears (backend.rmsNormFp8); null when unused */
+  private readonly normedFp8: Fp8Activations | null;
   private readonly lastHidden: Tensor;
   private readonly lastNormed: Tensor;
   private readonly lastProjected: Tensor | null; // [R, wordEmbedDim] after project_out
@@ -108,6 +110,9 @@ export class DecoderModel {
     this.routerLogits = s.moe ? buf([T, s.moe.numExperts], 'f32') : null;
     this.topkIds = s.moe ? buf([T, s.moe.topK], 'i32') : null;
     this.topkWeights = s.moe ? buf([T, s.moe.topK], 'f32') : null;
+    const fp8Inputs = weights.layers.some((l) => isFp8(l.qkv) || isFp8(l.up));
+    const fuseFp8 = fp8Inputs && backend.rmsNormFp8 !== undefined && s.norm.type === 'rms' && !s.parallelResidual && s.normPlacement !== 'post' && H % 16 === 0;
+    this.normedFp8 = fuseFp8 ? { codes: buf([T, H / 4], 'i32'), scales: buf([T], 'f32') } : null;
     this.lastHidden = buf([R, H]);
     this.lastNormed = buf([R, H]);
     this.lastProjected = projected ? buf([R, s.wordEmbedDim]) : null;
@@ -226,8 +231,8 @@ export class DecoderModel {
    */
   private preNormLayer(i: number, lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number, pending: Tensor | null): Tensor {
     const b = this.backend;
-    this.norm(this.normed, pending ?? this.residual, lw.inputNorm, lw.inputNormBias, T, pending ? this.residual : null);
-    this.attention(i, lw, this.normed, cache, inp, T); // -> hidden
+    const qkvIn = this.normFor(lw.qkv, this.normed, pending ?? this.residual, lw.inputNorm, lw.inputNormBias, T, pending ? this.residual : null);
+    this.attention(i, lw, this.normed, cache, inp, T, qkvIn); // -> hidden
 
     if (this.spec.parallelResidual) {
       let mlpIn = this.normed;
@@ -247,8 +252,8 @@ export class DecoderModel {
       this.norm(this.branch, this.hidden, lw.attnOutNorm, null, T, null);
       attnOut = this.branch;
     }
-    this.norm(this.normed, attnOut, lw.postNorm!, lw.postNormBias, T, this.residual);
-    this.mlp(lw, this.normed, this.hidden, T);
+    const upIn = this.normFor(lw.up, this.normed, attnOut, lw.postNorm!, lw.postNormBias, T, this.residual);
+    this.mlp(lw, this.normed, this.hidden, T, upIn);
     this.reduce(this.hidden, T);
     if (lw.mlpOutNorm) {
       this.norm(this.branch, this.hidden, lw.mlpOutNorm, null, T, null);
@@ -271,10 +276,10 @@ export class DecoderModel {
     return null;
   }
 
-  /** attention block: hidden = o_proj(attn(rope([qkNorm]([clip](qkv(x)))))) */
-  private attention(i: number, lw: LayerWeights, x: Tensor, cache: LayerKvCache, inp: DeviceInputs, T: number): void {
+  /** attention block: hidden = o_proj(attn(rope([qkNorm]([clip](qkv(x)))))); xq: x in E4M3 for an FP8 qkv */
+  private attention(i: number, lw: LayerWeights, x: Tensor, cache: LayerKvCache, inp: DeviceInputs, T: number, xq: Fp8Activations | null = null): void {
     const { backend: b, spec: s } = this;
-    b.linear(this.qkv, x, lw.qkv, lw.qkvBias, T);
+    b.linear(this.qkv, x, lw.qkv, lw.qkvBias, T, xq);
     if (s.clipQkv !== null) b.clamp(this.qkv, this.qkv, -s.clipQkv, s.clipQkv, T);
     if (lw.qNorm && lw.kNorm) b.qkRmsNorm(this.qkv, lw.qNorm, lw.kNorm, s.norm.eps, T, this.qkNormParams);
     b.ropeWriteKv(this.qkv, inp.positions, this.cosSin, cache, inp.slotMapping, T, this.ropeParams);
@@ -282,8 +287,8 @@ export class DecoderModel {
     b.linear(this.hidden, this.attnOut, lw.o, lw.oBias, T);
   }
 
-  /** MLP block: out = down(act(gate) * up) or down(act(up)); MoE: the router's top-k experts */
-  private mlp(lw: LayerWeights, x: Tensor, out: Tensor, T: number): void {
+  /** MLP block: out = down(act(gate) * up) or down(act(up)); MoE: the router's top-k experts; xq: x in E4M3 for an FP8 up */
+  private mlp(lw: LayerWeights, x: Tensor, out: Tensor, T: number, xq: Fp8Activations | null = null): void {
     const { backend: b, spec: s } = this;
     if (s.moe && lw.router && this.routerLogits && this.topkIds && this.topkWeights) {
       b.linear(this.routerLogits, x, lw.router, null, T);
@@ -293,7 +298,7 @@ export class DecoderModel {
       return;
     }
     const up = this.mlpUp!, act = this.mlpAct!;
-    b.linear(up, x, lw.up, lw.upBias, T);
+    b.linear(up, x, lw.up, lw.upBias, T, xq);
     switch (s.activation) {
       case 'silu':
         if (!s.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'ungated SiLU MLP');
@@ -314,6 +319,17 @@ export class DecoderModel {
     b.linear(out, act, lw.down, lw.downBias, T);
   }
 
+  /**
+   * this.norm for the input of linear `next`: where that is FP8 and the backend fuses (rmsNormFp8), out is also
+   * quantized for it in one kernel; returns those E4M3 activations for `next`'s linear call, else null.
+   */
+  private normFor(next: LinearWeight, out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, n: number, residual: Tensor | null): Fp8Activations | null {
+    const xq = this.normedFp8;
+    if (xq && isFp8(next) && this.backend.rmsNormFp8!(out, x, weight, this.spec.norm.eps, n, residual, this.spec.norm.weightOffset, xq, next.inputScale)) return xq;
+    this.norm(out, x, weight, bias, n, residual);
+    return null;
+  }
+
   /** out = norm(x), or with `residual`: residual += x; out = norm(residual) */
   private norm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, n: number, residual: Tensor | null): void {
     const { eps, type, weightOffset } = this.spec.norm;
@@ -325,6 +341,10 @@ export class DecoderModel {
     for (const t of this.ownTensors) this.backend.free(t);
     this.ownTensors.length = 0;
   }
+}
+
+function isFp8(w: LinearWeight | null | undefined): w is QuantizedWeight {
+  return isQuantizedWeight(w) && w.kind === 'fp8';
 }
 
 function roundToDtype(x: number, dtype: DType): number {

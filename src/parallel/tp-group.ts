@@ -17,24 +17,28 @@
 import type { Backend } from '../backends/backend.js';
 import { createBackend, type DeviceName } from '../backends/index.js';
 import type { ExecuteResults, ModelExecutor } from '../engine/executor.js';
-import type { ScheduledBatch } from '../engine/scheduler.js';
 import { isPeregrineError, PeregrineError } from '../errors.js';
-import { loadModelConfig } from '../models/config.js';
+import type { HfConfig } from '../models/config.js';
+import type { RandomQuantization } from '../bench/random-weights.js';
 import type { LoadProgress } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import { buildForwardBatch } from '../runner/input-builder.js';
-import { DEFAULT_PROMPT_LOGPROB_ROWS, ModelRunner, withPromptLogprobRows, type RunnerConfig } from '../runner/model-runner.js';
+import { DEFAULT_PROMPT_LOGPROB_ROWS, ModelRunner, withPromptLogprobRows, type RunnerConfig, type RunnerEntry } from '../runner/model-runner.js';
+import type { ModelWeights } from '../models/model-weights.js';
 import type { Communicator } from './communicator.js';
 import { connect } from './connect.js';
 import { createCpuCommShared, DEFAULT_COLLECTIVE_TIMEOUT_MS } from './cpu-communicator.js';
-import { loadModelShard } from './load-shard.js';
+import { loadShard, sourceSpec } from './load-shard.js';
 import { checkTensorParallel } from './sharding.js';
-import type { TpCommInit } from './tp-protocol.js';
+import type { ModelSource, TpCommInit } from './tp-protocol.js';
 import { TpPeers } from './tp-peers.js';
 
 export interface TpGroupOptions {
-  readonly modelDir: string;
+  /** the checkpoint folder every rank loads its shard from; or `randomModel` */
+  readonly modelDir?: string;
+  /** benchmarks: every rank makes its shard of this config's model with random weights (bench/random-weights.ts) */
+  readonly randomModel?: { readonly config: HfConfig; readonly seed?: number; readonly quantization?: RandomQuantization };
   /** ranks in the group; must split the model's heads (checkTensorParallel) */
   readonly tp: number;
   /** 'cpu' (default): worker threads; 'cuda': one process per GPU over NCCL */
@@ -79,24 +83,25 @@ export class TpGroup implements ModelExecutor {
    *   load error with its code, PGN_ERR_ENGINE_DEAD when a worker dies while starting
    */
   static async start(opts: TpGroupOptions): Promise<TpGroup> {
-    const { modelDir, tp, runner: tpConfig } = opts;
+    const { tp, runner: tpConfig } = opts;
+    const model = modelSource(opts);
     const device = opts.device ?? 'cpu';
     const deviceIds = opts.deviceIds ?? Array.from({ length: tp }, (_, r) => r);
-    const { spec } = loadModelConfig(modelDir);
+    const spec = sourceSpec(model);
     checkTensorParallel(spec, tp);
     if (deviceIds.length < tp) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `${tp} ranks need ${tp} device ids, got [${deviceIds.join(', ')}]`, { param: 'deviceIds' });
     const comm: TpCommInit = device === 'cpu'
       ? { kind: 'cpu', shared: createCpuCommShared(tp, collectiveCapacity(spec, tp, tpConfig)), timeoutMs: opts.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS }
       : { kind: 'nccl', uniqueId: [...(await import('./nccl.js')).ncclUniqueId()] };
     const inits = Array.from({ length: tp - 1 }, (_, i) => i + 1).map((rank) => ({
-      modelDir, tp, rank, device, deviceId: deviceIds[rank]!, comm,
+      model, tp, rank, device, deviceId: deviceIds[rank]!, comm,
       exitAtStep: opts.exitAtStep?.rank === rank ? opts.exitAtStep.step : undefined,
     }));
     const peers = new TpPeers(inits, device === 'cpu' ? 'thread' : 'process');
     let backend: Backend | null = null;
     try {
       backend = await createBackend(device, { deviceId: deviceIds[0] });
-      const shard = loadModelShard(modelDir, backend, tp, 0, opts.onLoadProgress);
+      const shard = loadShard(model, backend, tp, 0, opts.onLoadProgress);
       await peers.waitAll('loaded');
       const { numBlocks } = tpConfig;
       const config: RunnerConfig = { ...tpConfig, numBlocks: typeof numBlocks === 'number' ? numBlocks : numBlocks(backend, shard.rankSpec) };
@@ -119,6 +124,10 @@ export class TpGroup implements ModelExecutor {
   get maxBlocksPerSeq(): number { return this.runner.maxBlocksPerSeq; }
   /** logits rows a step has for prompt logprobs beyond its sampling rows (every rank's runner has the same config) */
   get maxNumPromptLogprobRows(): number { return this.runner.maxNumPromptLogprobRows; }
+  /** every rank's runner config (rank 0's: the same on all ranks) */
+  get config(): RunnerConfig { return this.runner.config; }
+  /** rank 0's weight shard (benchmarks count the bytes a step reads; every rank's shard has the same shapes) */
+  get rankWeights(): ModelWeights { return this.runner.weights; }
 
   /** why the group cannot run, or null */
   get dead(): PeregrineError | null {
@@ -140,7 +149,7 @@ export class TpGroup implements ModelExecutor {
   }
 
   /** Forward on every rank + sampling on rank 0 (ModelExecutor); on the device where rank 0's runner samples there. */
-  async execute(batch: ScheduledBatch): Promise<ExecuteResults> {
+  async execute(batch: { readonly entries: readonly RunnerEntry[] }): Promise<ExecuteResults> {
     const entries = batch.entries;
     if (entries.length === 0) return [];
     if (this.dead) throw this.dead;
@@ -180,6 +189,15 @@ export class TpGroup implements ModelExecutor {
     this.comm.abort(err.message);
     return err;
   }
+}
+
+function modelSource(opts: TpGroupOptions): ModelSource {
+  if ((opts.modelDir === undefined) === (opts.randomModel === undefined)) {
+    throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'a tensor-parallel group needs exactly one of modelDir and randomModel', { param: 'modelDir' });
+  }
+  if (opts.modelDir !== undefined) return { kind: 'dir', dir: opts.modelDir };
+  const r = opts.randomModel!;
+  return { kind: 'random', config: r.config, seed: r.seed ?? 0, quantization: r.quantization ?? null };
 }
 
 /** Elements of one rank's slot in the CPU communicator: its largest collective part. */

@@ -3,6 +3,14 @@ import type { DeviceName } from '../backends/index.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import type { CpuCommShared } from './cpu-communicator.js';
 import type { RunnerConfig } from '../runner/model-runner.js';
+import type { HfConfig } from '../models/config.js';
+import type { RandomQuantization } from '../bench/random-weights.js';
+
+/** Where every rank's weights come from: a checkpoint folder, or random weights of a config's shape (benchmarks). */
+export type ModelSource =
+  | { readonly kind: 'dir'; readonly dir: string }
+  /** each rank makes its own shard (bench/random-weights.ts): no checkpoint, no full-model copy */
+  | { readonly kind: 'random'; readonly config: HfConfig; readonly seed: number; readonly quantization: RandomQuantization };
 
 export type TpCommInit =
   /** worker threads of one process over shared memory */
@@ -11,7 +19,7 @@ export type TpCommInit =
   | { readonly kind: 'nccl'; readonly uniqueId: readonly number[] };
 
 export interface TpWorkerInit {
-  readonly modelDir: string;
+  readonly model: ModelSource;
   readonly tp: number;
   readonly rank: number;
   readonly device: DeviceName;

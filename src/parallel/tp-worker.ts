@@ -10,7 +10,7 @@ import { createBackend } from '../backends/index.js';
 import { isPeregrineError } from '../errors.js';
 import type { Communicator } from './communicator.js';
 import { connect } from './connect.js';
-import { loadModelShard, type LoadedShard } from './load-shard.js';
+import { loadShard, type LoadedShard } from './load-shard.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import type { FromWorker, ToWorker, TpWorkerInit } from './tp-protocol.js';
 
@@ -51,7 +51,7 @@ class TpWorker {
       case 'init': {
         this.init = m.init;
         this.backend = await createBackend(m.init.device, { deviceId: m.init.deviceId });
-        this.shard = loadModelShard(m.init.modelDir, this.backend, m.init.tp, m.init.rank);
+        this.shard = loadShard(m.init.model, this.backend, m.init.tp, m.init.rank);
         this.channel.send({ t: 'loaded' });
         return;
       }

@@ -62,5 +62,6 @@ export function padDecodeBatch(fb: ForwardBatch, size: number, padBlock: number,
     blockTables,
     maxBlocksPerSeq: W,
     logitsIndices: Int32Array.from({ length: size }, (_, i) => i),
+    ...(fb.prevSampledRows && { prevSampledRows: pad(fb.prevSampledRows, size, -1) }),
   };
 }

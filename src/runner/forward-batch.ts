@@ -20,4 +20,10 @@ export interface ForwardBatch {
   readonly maxBlocksPerSeq: number;
   /** i32 [numSeqs]: row of each sequence's last token (the one that yields logits) */
   readonly logitsIndices: Int32Array;
+  /**
+   * Async scheduling, i32 [numTokens]: where >= 0, the token is still being sampled by the
+   * previous step; its id is that row of the previous step's sampled ids, read on the device
+   * (tokenIds holds 0 there). Absent when every token id is known.
+   */
+  readonly prevSampledRows?: Int32Array;
 }

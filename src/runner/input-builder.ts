@@ -1,7 +1,10 @@
 /**
  * Flattens scheduled sequences into a ForwardBatch: token ids, positions, slot
- * mapping, cumulative query lengths, context lengths and padded block tables.
+ * mapping, cumulative query lengths, context lengths and padded block tables. A placeholder
+ * token (async scheduling: still being sampled by the previous step) becomes a row of
+ * prevSampledRows.
  */
+import { placeholderRow } from '../engine/executor.js';
 import { PeregrineError } from '../errors.js';
 import type { ForwardBatch } from './forward-batch.js';
 
@@ -33,6 +36,7 @@ export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: num
   const contextLens = new Int32Array(numSeqs);
   const blockTables = new Int32Array(numSeqs * maxBlocksPerSeq).fill(-1);
   const logitsIdx: number[] = [];
+  let prevSampledRows: Int32Array | undefined;
 
   let t = 0;
   entries.forEach((e, s) => {
@@ -47,7 +51,13 @@ export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: num
       throw new PeregrineError('PGN_ERR_INTERNAL', `entry ${s}: ${end} tokens need ${numBlocks} blocks, table has ${seq.blockTable.length} (max ${maxBlocksPerSeq})`);
     }
     for (let p = start; p < end; p++, t++) {
-      tokenIds[t] = seq.tokenIds[p]!;
+      const id = seq.tokenIds[p]!;
+      if (id < 0) {
+        prevSampledRows ??= new Int32Array(numTokens).fill(-1);
+        prevSampledRows[t] = placeholderRow(id);
+      } else {
+        tokenIds[t] = id;
+      }
       positions[t] = p;
       slotMapping[t] = seq.blockTable[Math.floor(p / blockSize)]! * blockSize + (p % blockSize);
     }
@@ -68,5 +78,6 @@ export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: num
     blockTables,
     maxBlocksPerSeq,
     logitsIndices: Int32Array.from(logitsIdx),
+    ...(prevSampledRows && { prevSampledRows }),
   };
 }

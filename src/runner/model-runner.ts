@@ -8,24 +8,37 @@
  * on ranks 1..tp-1) and rank 0 samples (`executeForward`). Decode graphs stay on: NCCL
  * collectives (>= 2.9, one GPU per process) are captured like kernels, and every rank makes
  * the same capture decisions, as NCCL requires, since they see the same batches and config.
+ *
+ * Async scheduling (`launch`): the step is queued and its sampled ids come back later through
+ * pinned memory (result-slots.ts), while the engine schedules the next one. Placeholder tokens
+ * (the previous launch's samples) are read on the device by gatherTokenIds from `sampledIds`,
+ * before the embedding; decode graphs capture that gather too.
  */
 import type { Backend, Tensor } from '../backends/backend.js';
-import type { ExecuteResults } from '../engine/executor.js';
+import type { ExecuteResults, LaunchedStep } from '../engine/executor.js';
+import { PeregrineError } from '../errors.js';
 import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
 import { allTensors, type ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { Communicator } from '../parallel/communicator.js';
 import { computePromptLogprobs, numPromptLogprobRows, sampleRow, type PromptLogprob, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
+import { hasPenalties } from '../sampling/logits-processors.js';
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
-import { KvCachePool } from './kv-cache.js';
+import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
+import { hasPinnedMemory, idsToResults, ResultSlots } from './result-slots.js';
+import { StepTimer, type StepTiming } from './step-timing.js';
 
 /** A backend that samples on the device (CudaBackend.createSampler): token ids come back instead of logits. */
 interface DeviceSampler {
   canSample(state: SequenceSamplingState): boolean;
   sample(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Promise<SampleResult[]>;
   downloadRows(logits: Tensor, rowIndices: readonly number[]): Promise<Float32Array>;
+  /** `sample` without the download: i32 output words, `rowStride` per row */
+  launch(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Tensor;
+  readonly rowStride: number;
+  unpack(rows: readonly { logitsRow: number; state: SequenceSamplingState }[], words: Int32Array): SampleResult[];
   dispose(): void;
 }
 interface SamplingBackend extends Backend {
@@ -41,9 +54,6 @@ interface DeviceEvent {
   query(): boolean;
   destroy(): void;
 }
-
-/** a pause between steps longer than this is an idle engine, not step overhead */
-const MAX_COUNTED_GAP_MS = 50;
 
 /** logits rows beyond one per sequence, by default: prompt-logprob rows of one step */
 export const DEFAULT_PROMPT_LOGPROB_ROWS = 128;
@@ -65,6 +75,8 @@ export interface RunnerConfig {
   readonly maxNumLogits?: number;
   /** replay decode steps as CUDA graphs where the backend can (default true; env PEREGRINE_CUDA_GRAPHS=0 turns them off) */
   readonly enableCudaGraphs?: boolean;
+  /** KV cache storage (default 'auto': the activation dtype; 'fp8': E4M3) and, for fp8, the checkpoint's per-layer scales (default 1.0) */
+  readonly kvCache?: KvCacheOptions;
 }
 
 export interface RunnerSeq extends BatchSeq {
@@ -93,6 +105,19 @@ export class ModelRunner {
   private sampler: DeviceSampler | null | undefined;
   /** tensor parallel on a device: polled after each step, so the event loop notices a dead peer */
   private readonly done: DeviceEvent | null;
+  /** i32 [T]: where >= 0, the row of `sampledIds` whose id replaces the token (placeholders) */
+  private readonly srcIndex: Tensor;
+  /** i32 [S]: the last launch's sampled ids, in sampling-row order */
+  private readonly sampledIds: Tensor;
+  /** i32 [S] = r * the device sampler's rowStride: where each row's id sits in its output words */
+  private strideIndex: Tensor | null = null;
+  private readonly noPlaceholders: Int32Array;
+  private readonly timer: StepTimer;
+  /** pinned landing places of launched steps' results (CUDA), made at the first launch */
+  private resultSlots: ResultSlots | null = null;
+  private numUncollected = 0;
+  /** sampling rows of the last launch (null after a step that was not launched): what placeholders may name */
+  private lastLaunchRows: number | null = null;
 
   /**
    * @param spec what this runner's decoder runs: the model's spec, or a rank's shardSpec
@@ -112,20 +137,24 @@ export class ModelRunner {
     this.maxNumPromptLogprobRows = maxNumLogits - S;
     this.model = new DecoderModel(spec, backend, weights, { maxNumTokens: T, maxNumSeqs: S, maxNumLogits, blockSize }, comm);
     // one block more than the engine sees: the scratch block of padded graph rows
-    this.kvCache = new KvCachePool(backend, spec, numBlocks + 1, blockSize);
+    this.kvCache = new KvCachePool(backend, spec, numBlocks + 1, blockSize, config.kvCache);
     const graphsOn = (config.enableCudaGraphs ?? true) && process.env.PEREGRINE_CUDA_GRAPHS !== '0';
     this.graphBackend = graphsOn && canCaptureGraphs(backend) ? backend : null;
     this.buckets = graphBuckets(S);
     const i32 = (n: number) => backend.empty([n], 'i32');
     const tokenIds = i32(T), positions = i32(T), slotMapping = i32(T), logitsIndices = i32(maxNumLogits);
     const cuSeqlensQ = i32(S + 1), contextLens = i32(S), blockTables = i32(S * this.maxBlocksPerSeq);
-    this.inputTensors = [tokenIds, positions, slotMapping, logitsIndices, cuSeqlensQ, contextLens, blockTables];
+    this.srcIndex = i32(T);
+    this.sampledIds = i32(S);
+    this.noPlaceholders = new Int32Array(T).fill(-1);
+    this.inputTensors = [tokenIds, positions, slotMapping, logitsIndices, cuSeqlensQ, contextLens, blockTables, this.srcIndex, this.sampledIds];
     this.inputs = {
       tokenIds, positions, slotMapping, logitsIndices,
       meta: { numSeqs: 0, numTokens: 0, cuSeqlensQ, contextLens, blockTables, maxBlocksPerSeq: this.maxBlocksPerSeq, maxSeqlenQ: 0, maxSeqlenK: 0, isDecode: false },
     };
     this.scratch = new Float32Array(spec.vocabSize);
     this.done = comm && 'createEvent' in backend ? (backend as EventBackend).createEvent({ timing: false }) : null;
+    this.timer = new StepTimer(backend);
   }
 
   get blockSize(): number { return this.config.blockSize; }
@@ -172,6 +201,12 @@ export class ModelRunner {
     b.writeI32(inp.meta.cuSeqlensQ, fb.cuSeqlensQ);
     b.writeI32(inp.meta.contextLens, fb.contextLens);
     b.writeI32(inp.meta.blockTables, fb.blockTables);
+    b.writeI32(this.srcIndex, fb.prevSampledRows ?? this.noPlaceholders.subarray(0, fb.numTokens));
+  }
+
+  /** tokenIds[t] = sampledIds[srcIndex[t]] for the placeholder tokens of the step's first `numTokens`. */
+  private gatherPlaceholders(numTokens: number): void {
+    this.backend.gatherTokenIds(this.inputs.tokenIds, this.sampledIds, this.srcIndex, numTokens);
   }
 
   /**
@@ -193,11 +228,13 @@ export class ModelRunner {
     if (!graph) {
       const meta = { ...this.inputs.meta, numSeqs: bucket, numTokens: bucket, maxSeqlenQ: 1, maxSeqlenK: ctxBucket, isDecode: true };
       // an eager run first: lazy initialisation (GEMM algorithm choice, scratch growth) stays out of the graph
+      this.gatherPlaceholders(bucket);
       this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
       if (this.done) await this.deviceDone();
       else await b.synchronize();
       b.beginCapture();
       try {
+        this.gatherPlaceholders(bucket);
         this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
       } finally {
         graph = b.endCapture();
@@ -219,6 +256,7 @@ export class ModelRunner {
     }
     const meta = { ...inp.meta, numSeqs: fb.numSeqs, numTokens: fb.numTokens, maxSeqlenQ, maxSeqlenK, isDecode: maxSeqlenQ === 1 };
     const numLogits = fb.logitsIndices.length;
+    if (fb.prevSampledRows) this.gatherPlaceholders(fb.numTokens);
     const logits = this.model.forward({ ...inp, meta }, this.kvCache.layers, numLogits);
     return b.view(logits, [numLogits, this.spec.vocabSize]);
   }
@@ -227,39 +265,102 @@ export class ModelRunner {
   async execute(batch: { readonly entries: readonly RunnerEntry[] }): Promise<ExecuteResults> {
     const entries = batch.entries;
     if (entries.length === 0) return [];
-    const t0 = performance.now();
-    const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
+    const samples = samplingEntries(entries);
     const fb = withPromptLogprobRows(buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples), entries);
-    const tBuilt = performance.now();
+    this.checkPlaceholders(fb);
+    const mark = this.timer.begin();
     const out = await this.executeForward(fb, entries, samples);
-    this.recordStep(t0, tBuilt, performance.now());
+    this.timer.end(mark);
+    this.lastLaunchRows = null;
     return out;
   }
 
   /**
-   * Where the time of the steps since the last reset went: `hostGapMs` is host work while the
-   * device waits (the engine's postprocess and scheduling between steps, plus flattening the
-   * batch); `deviceMs` the rest (inputs, forward, sampling, results). Steps are serial, so the
-   * host gap is the device's idle time per step (issue 4's overlap target: < 5% at batch 256).
+   * Whether `launch` can run this batch: one device, no prompt logprobs, and every sampling row
+   * sampled without its token history (no penalties, min_tokens reached: the previous step's
+   * token is not in the history yet) where a device sampler takes it.
    */
-  stepTiming(reset = false): { numSteps: number; meanStepMs: number; meanHostGapMs: number; hostGapFraction: number } {
-    const t = this.timing;
-    const total = t.hostGapMs + t.deviceMs;
-    const r = { numSteps: t.numSteps, meanStepMs: t.numSteps ? total / t.numSteps : 0, meanHostGapMs: t.numSteps ? t.hostGapMs / t.numSteps : 0, hostGapFraction: total ? t.hostGapMs / total : 0 };
-    if (reset) Object.assign(t, { numSteps: 0, hostGapMs: 0, deviceMs: 0, lastEndMs: 0 });
-    return r;
+  canLaunch(batch: { readonly entries: readonly RunnerEntry[] }): boolean {
+    if (this.comm) return false;
+    const sampler = this.deviceSampler();
+    return batch.entries.every((e) => {
+      const { samplingState: state, numCachedTokens, tokenIds } = e.seq;
+      if (numPromptLogprobRows(state, numCachedTokens, e.numNewTokens) > 0) return false;
+      if (numCachedTokens + e.numNewTokens < tokenIds.length) return true;
+      return !hasPenalties(state.params) && state.outputTokenIds.length >= state.params.minTokens && (!sampler || sampler.canSample(state));
+    });
   }
 
-  private readonly timing = { numSteps: 0, hostGapMs: 0, deviceMs: 0, lastEndMs: 0 };
+  /**
+   * Async scheduling: queues the step (inputs, forward, sampling, the copy of the sampled ids to
+   * pinned host memory) and resolves before the device has run it. Token ids < 0 in the entries
+   * are placeholders for the previous launch's samples (engine/executor.ts). On a backend
+   * without pinned memory (the CPU) the step runs here and `collect` has nothing to wait for.
+   * @throws PeregrineError PGN_ERR_INTERNAL with two launches uncollected, or a placeholder that
+   *   names no sample of the previous launch
+   */
+  async launch(batch: { readonly entries: readonly RunnerEntry[] }): Promise<LaunchedStep> {
+    const entries = batch.entries;
+    if (this.numUncollected >= 2) throw new PeregrineError('PGN_ERR_INTERNAL', 'launch: two launched steps are not collected yet');
+    const samples = samplingEntries(entries);
+    const fb = buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples);
+    this.checkPlaceholders(fb);
+    const rows = entries.filter((_, i) => samples[i]).map((e, k) => ({ logitsRow: k, state: e.seq.samplingState }));
+    const sampler = this.deviceSampler();
+    const mark = this.timer.begin();
+    const logits = entries.length > 0 ? await this.forwardToDevice(fb) : null;
+    let read: () => SampleResult[];
+    if (sampler && logits && hasPinnedMemory(this.backend)) {
+      const words = sampler.launch(logits, rows);
+      const stride = sampler.rowStride;
+      this.strideIndex ??= this.backend.fromI32([this.config.maxNumSeqs], Int32Array.from({ length: this.config.maxNumSeqs }, (_, r) => r * stride));
+      this.backend.gatherTokenIds(this.sampledIds, words, this.strideIndex, rows.length);
+      // logprobs need the whole output rows; otherwise the compact ids are enough
+      const full = rows.some((r) => r.state.params.logprobs !== null);
+      const numWords = rows.length * (full ? stride : 1);
+      this.resultSlots ??= new ResultSlots(this.backend, this.config.maxNumSeqs * stride);
+      const slots = this.resultSlots;
+      const slot = slots.download(full ? words : this.sampledIds, numWords);
+      read = () => (full ? sampler.unpack(rows, slots.read(slot, numWords)) : idsToResults(slots.read(slot, numWords), this.spec.vocabSize));
+    } else {
+      const V = this.spec.vocabSize;
+      const host = logits ? await this.backend.downloadF32(logits) : new Float32Array(0);
+      const sampled = rows.map((r, k) => sampleRow(host.subarray(k * V, (k + 1) * V), r.state, this.scratch));
+      this.backend.writeI32(this.sampledIds, Int32Array.from(sampled, (r) => r.tokenId));
+      read = () => sampled;
+    }
+    this.timer.end(mark);
+    this.lastLaunchRows = rows.length;
+    this.numUncollected++;
+    return {
+      collect: async () => {
+        await this.timer.wait(mark);
+        this.numUncollected--;
+        const sampled = read();
+        let k = 0;
+        return entries.map((_, i) => (samples[i] ? sampled[k++]! : null));
+      },
+    };
+  }
 
-  private recordStep(t0: number, tBuilt: number, tEnd: number): void {
-    const t = this.timing;
-    // the gap since the previous step counts only within a busy run (an idle engine is not the device's loss)
-    const between = t.lastEndMs > 0 && t0 - t.lastEndMs < MAX_COUNTED_GAP_MS ? t0 - t.lastEndMs : 0;
-    t.hostGapMs += between + (tBuilt - t0);
-    t.deviceMs += tEnd - tBuilt;
-    t.numSteps++;
-    t.lastEndMs = tEnd;
+  /** Placeholders may only name sampling rows of the launch just before this step. */
+  private checkPlaceholders(fb: ForwardBatch): void {
+    if (!fb.prevSampledRows) return;
+    const limit = this.lastLaunchRows ?? 0;
+    const bad = fb.prevSampledRows.findIndex((r) => r >= limit);
+    if (bad >= 0) {
+      throw new PeregrineError('PGN_ERR_INTERNAL', `token ${bad} of the step is a placeholder for sample row ${fb.prevSampledRows[bad]}, but the previous step ${this.lastLaunchRows === null ? 'was not launched' : `sampled ${limit} rows`}`, { token: bad });
+    }
+  }
+
+  /**
+   * Where the device's time went since the last reset (step-timing.ts): `hostGapMs` is the time
+   * it had no queued work between steps (the engine's postprocess and scheduling, flattening
+   * the batch, not hidden behind a queued step); the rest is busy. Issue 4's overlap target:
+   * hostGapFraction < 5% at batch 256.
+   */
+  stepTiming(reset = false): StepTiming {
+    return this.timer.summary(reset);
   }
 
   /**
@@ -353,6 +454,11 @@ export class ModelRunner {
 
   dispose(): void {
     this.done?.destroy();
+    this.timer.dispose();
+    this.resultSlots?.dispose();
+    this.resultSlots = null;
+    if (this.strideIndex) this.backend.free(this.strideIndex);
+    this.strideIndex = null;
     this.sampler?.dispose();
     this.sampler = undefined;
     for (const g of this.graphs.values()) g.dispose();
@@ -362,6 +468,11 @@ export class ModelRunner {
     for (const t of this.inputTensors) this.backend.free(t);
     for (const t of allTensors(this.weights)) this.backend.free(t);
   }
+}
+
+/** Which entries sample: those whose range reaches the end of their sequence. */
+function samplingEntries(entries: readonly RunnerEntry[]): boolean[] {
+  return entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
 }
 
 /**

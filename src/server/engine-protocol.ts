@@ -3,6 +3,7 @@
  * Everything is structured-clone data: errors travel as {@link WireError}.
  */
 import type { LLMOptions } from '../api/llm.js';
+import type { KvCacheDType } from '../backends/backend.js';
 import type { HfConfig } from '../models/config.js';
 import type { StreamDelta } from '../api/outputs.js';
 import type { ErrorCode } from '../errors.js';
@@ -24,6 +25,8 @@ export interface EngineInfo {
   readonly numKvBlocks: number;
   readonly blockSize: number;
   readonly architecture: string;
+  /** what the KV cache stores: 'auto' (the activation dtype) or 'fp8' */
+  readonly kvCacheDtype?: KvCacheDType;
 }
 
 /** Engine counters as the server reports them (one place maps the engine's stats onto these). */

@@ -67,6 +67,7 @@ async function main(): Promise<void> {
     numKvBlocks: llm.executor.numBlocks,
     blockSize: llm.executor.blockSize,
     architecture: llm.spec.architecture,
+    kvCacheDtype: llm.kvCacheDtype,
   };
   post({ t: 'ready', info });
 

@@ -2,9 +2,11 @@
  * Quantized linears on CUDA (issue 6) against the CPU backend's quantized `linear` (the reference) on fresh
  * random inputs (PEREGRINE_TEST_SEED to replay): FP8 per-tensor / per-channel weights with static and dynamic
  * activation scales, INT8 per channel (and grouped), INT4 group 128 symmetric and asymmetric; M = 1, 7, 64,
- * odd and 16-multiple N, K a multiple of 128; every path (tensor-core FP8 GEMV, cuBLASLt FP8 with and without
- * outer-vector scales, the INT GEMV, dequantized tiles + half GEMM) forced where it is not the default; graph
- * replay; and the demo model's perplexity from quantized checkpoints, CUDA against CPU.
+ * odd and 16-multiple N, K a multiple of 128; every path (the decode GEMV qgemv, the older tensor-core FP8 GEMV
+ * and INT GEMV, cuBLASLt FP8 with and without outer-vector scales, dequantized tiles + half GEMM) forced where
+ * it is not the default; the decode GEMV on odd shapes (1..8 tokens, many tiles per block, fewer K steps than
+ * warps) with x quantized in the kernel or handed over (`xq`); graph replay; and the demo model's perplexity
+ * from quantized checkpoints, CUDA against CPU.
  * Without a CUDA device the suite skips.
  */
 import { after, describe, test } from 'node:test';
@@ -13,9 +15,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { DType, QuantizedWeight } from '../../src/backends/backend.js';
+import type { DType, Fp8Activations, QuantizedWeight } from '../../src/backends/backend.js';
 import { CpuBackend } from '../../src/backends/cpu/cpu-backend.js';
-import { disposeQuant, forceFp8Scaling, forceQuantPath, FP8_MMA_MAX_M, INT_GEMV_MAX_M, quantPathFor, type QuantPath } from '../../src/backends/cuda/cuda-quant.js';
+import { disposeQuant, forceFp8Scaling, forceQuantPath, quantizeFp8Activations, quantPathFor, type QuantPath } from '../../src/backends/cuda/cuda-quant.js';
+import { quantFastPolicy } from '../../src/backends/cuda/cuda-quant-gemv.js';
 import type { Backend } from '../../src/backends/backend.js';
 import { computePerplexity } from '../../src/bench/perplexity.js';
 import { isPeregrineError } from '../../src/errors.js';
@@ -54,6 +57,8 @@ interface Case {
   readonly path?: QuantPath;
   /** the path the backend should pick by itself */
   readonly expect?: QuantPath;
+  /** fp8: hand x over already quantized (Backend.linear's xq), as the fused norm does */
+  readonly xq?: boolean;
 }
 
 function describeW(w: WeightSpec): string {
@@ -91,14 +96,23 @@ if (!gpu) {
       const x = h.rand([c.M, c.K], act, 2);
       const out = h.output([c.M, c.N], outDtype);
       const bias = c.bias ? h.rand([c.N], c.bias) : null;
-      const label = `${describeW(c.w)} ${act}->${outDtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ` bias ${c.bias}` : ''} path ${c.path ?? 'auto'}`;
+      const label = `${describeW(c.w)} ${act}->${outDtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ` bias ${c.bias}` : ''}${c.xq ? ' xq' : ''} path ${c.path ?? 'auto'}`;
       if (c.expect) assert.equal(quantPathFor(gpu, w.gpu, c.M, x.gpu), c.expect, `${label}: default path`);
       h.cpu.linear(out.cpu, x.cpu, w.cpu, bias?.cpu ?? null, c.M);
+      let xq: Fp8Activations | null = null;
+      if (c.xq) {
+        xq = { codes: gpu.empty([c.M, c.K / 4], 'i32'), scales: gpu.empty([c.M], 'f32') };
+        quantizeFp8Activations(gpu, xq, x.gpu, c.M, w.gpu.inputScale);
+      }
       forceQuantPath(c.path ?? null);
       try {
-        gpu.linear(out.gpu, x.gpu, w.gpu, bias?.gpu ?? null, c.M);
+        gpu.linear(out.gpu, x.gpu, w.gpu, bias?.gpu ?? null, c.M, xq);
       } finally {
         forceQuantPath(null);
+        if (xq) {
+          gpu.free(xq.codes);
+          gpu.free(xq.scales);
+        }
       }
       const path = c.path ?? quantPathFor(gpu, w.gpu, c.M, x.gpu);
       await h.expectClose(out, label, undefined, TOL_OUT[outDtype] + (path === 'dequant' ? TOL_DEQUANT[act] : 0));
@@ -124,9 +138,10 @@ if (!gpu) {
     test('fp8: per-tensor / per-channel weights, static / dynamic activations, M = 1, 7, 64, default paths', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
       for (const w of fp8Specs) {
         for (const [N, K] of [[333, 256], [512, 640]] as const) {
-          await run({ w, M: 1, N, K, expect: 'mma' });
-          await run({ w, M: 7, N, K, expect: 'mma', bias: 'bf16' });
+          await run({ w, M: 1, N, K, expect: 'qgemv' });
+          await run({ w, M: 7, N, K, expect: 'qgemv', bias: 'bf16' });
           await run({ w, M: 64, N, K, expect: 'cublas' });
+          await run({ w, M: 64, N, K, xq: true });
         }
       }
     });
@@ -134,15 +149,17 @@ if (!gpu) {
     test('fp8: f32 / f16 outputs, biases, 16 tokens, a 4096-wide row', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
       const [tensor, channel] = fp8Specs as [WeightSpec, WeightSpec];
       await run({ w: tensor, M: 1, N: 4099, K: 4096, out: 'f32' });
-      await run({ w: channel, M: 16, N: 1000, K: 512, bias: 'f32', out: 'f32', expect: 16 <= FP8_MMA_MAX_M ? 'mma' : 'cublas' });
+      await run({ w: channel, M: 16, N: 1000, K: 512, bias: 'f32', out: 'f32', expect: 'cublas' });
       await run({ w: channel, M: 64, N: 1000, K: 512, bias: 'f32', out: 'f32' });
       await run({ w: tensor, M: 7, N: 257, K: 384, act: 'f16' });
       await run({ w: channel, M: 64, N: 256, K: 384, act: 'f16', bias: 'f16' });
     });
 
-    test('fp8 forced paths: cuBLASLt at few tokens, unscaled products + epilogue, dequantize (the pre-sm_89 path)', async () => {
+    test('fp8 forced paths: the older GEMV, cuBLASLt at few tokens, unscaled products + epilogue, dequantize (the pre-sm_89 path)', async () => {
       for (const w of fp8Specs) {
         if (fp8Cores) {
+          await run({ w, M: 1, N: 333, K: 640, path: 'mma' });
+          await run({ w, M: 7, N: 333, K: 256, path: 'mma', xq: true, bias: 'f32' });
           await run({ w, M: 7, N: 512, K: 256, path: 'cublas' });
           forceFp8Scaling('none');
           try {
@@ -168,11 +185,11 @@ if (!gpu) {
       }
     });
 
-    test('int8 / int4 weight-only: M = 1, 7, 64 by default, and the GEMV forced up to 8 tokens', async () => {
+    test('int8 / int4 weight-only: M = 1, 7, 64 by default, and the older GEMV forced up to 8 tokens', async () => {
       for (const w of intSpecs) {
         for (const [N, K] of [[333, 256], [512, 640]] as const) {
-          await run({ w, M: 1, N, K, expect: 'gemv' });
-          await run({ w, M: 7, N, K, expect: 7 <= INT_GEMV_MAX_M ? 'gemv' : 'dequant', bias: 'bf16' });
+          await run({ w, M: 1, N, K, expect: 'qgemv' });
+          await run({ w, M: 7, N, K, expect: 'qgemv', bias: 'bf16' });
           await run({ w, M: 64, N, K, expect: 'dequant' });
           await run({ w, M: 7, N, K, path: 'gemv', bias: 'f32', out: 'f32' });
         }
@@ -180,6 +197,50 @@ if (!gpu) {
       await run({ w: intSpecs[3]!, M: 1, N: 4097, K: 4096, out: 'f32' });
       await run({ w: intSpecs[0]!, M: 3, N: 1001, K: 1024, act: 'f16' });
       await run({ w: intSpecs[2]!, M: 64, N: 257, K: 384, act: 'f16', out: 'f32', bias: 'f16' });
+    });
+
+    test('decode GEMV (qgemv): 1..8 tokens, odd N, K from 1 step to more steps than warps, many tiles per block', async () => {
+      const kinds: WeightSpec[] = [
+        ...(fp8Cores ? fp8Specs : []),
+        { kind: 'int8' },
+        { kind: 'int8', groupSize: 64 },
+        { kind: 'int4', groupSize: 128, symmetric: true },
+        { kind: 'int4', groupSize: 256, symmetric: false },
+      ];
+      // [M, N, K]: K = 1 step (fp8/int8 64, int4 128) leaves 7 warps idle; 640 / 1152: steps not a multiple of 8
+      const shapes = [[1, 1, 256], [2, 17, 1152], [3, 1031, 640], [5, 16, 512], [8, 333, 256], [1, 4099, 4096], [8, 97, 2304]] as const;
+      for (const w of kinds) {
+        const step = w.kind === 'int4' ? 128 : 64;
+        const gs = w.kind === 'fp8' ? step : w.groupSize ?? 128;
+        await run({ w, M: 4, N: 45, K: Math.max(step, gs), path: 'qgemv' });
+        for (const [M, N, K] of shapes) {
+          if (K % gs !== 0) continue;
+          await run({ w, M, N, K, path: 'qgemv', bias: M % 2 ? 'bf16' : undefined });
+          if (w.kind === 'fp8') await run({ w, M, N, K, path: 'qgemv', xq: true });
+        }
+        await run({ w, M: 6, N: 301, K: 384 + (w.kind === 'int4' || gs > 128 ? 128 : 0), act: 'f16', out: 'f32', bias: 'f16', path: 'qgemv' });
+      }
+      // more tiles than resident blocks: every block loops over tiles, the copy ring runs across them
+      const many = gpu.props.numSMs * 3 * 16 * 2 + 5;
+      for (const w of [...(fp8Cores ? [fp8Specs[1]!] : []), intSpecs[3]!]) await run({ w, M: 8, N: many, K: 256, path: 'qgemv' });
+    });
+
+    test('decode GEMV policy: PEREGRINE_QGEMV_MAX_M and the switch back to the older kernels', () => {
+      const w = makeWeight(intSpecs[2]!, 64, 256);
+      const saved = { ...quantFastPolicy };
+      try {
+        const x = h.rand([8, 256], 'bf16');
+        assert.equal(quantPathFor(gpu, w.gpu, 8, x.gpu), 'qgemv');
+        quantFastPolicy.maxM = 4;
+        assert.equal(quantPathFor(gpu, w.gpu, 4, x.gpu), 'qgemv');
+        assert.equal(quantPathFor(gpu, w.gpu, 5, x.gpu), 'gemv');
+        quantFastPolicy.qgemv = false;
+        assert.equal(quantPathFor(gpu, w.gpu, 1, x.gpu), 'gemv');
+        assert.equal(quantPathFor(gpu, w.gpu, 9, x.gpu), 'dequant');
+      } finally {
+        Object.assign(quantFastPolicy, saved);
+        freeQuantWeight(w.gpu, gpu);
+      }
     });
 
     test('captured in a CUDA graph, replays read the new inputs (scratch addresses stay put)', async () => {

@@ -5,8 +5,9 @@
  * only where the CPU's own choice sits within float rounding of a boundary: counted, must be
  * rare), logprobs within 1e-4, and the Rng advanced identically. Through the engine, GPU
  * sampling gives the outputs of host sampling on the same backend (seeded, filtered, logprobs,
- * penalties and min_tokens on the host path) and the CPU backend's greedy tokens.
- * The Rng position/skip and parameter packing checks run without a GPU too.
+ * penalties and min_tokens) and the CPU backend's greedy tokens. Penalties and min_tokens on
+ * the device: cuda-penalties.test.ts. The Rng position/skip and parameter packing checks run
+ * without a GPU too.
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -108,14 +109,12 @@ test('packSampleParams writes the kernel layout and skips one draw for sampled r
   assert.deepEqual(res, { tokenId: 17, logprob: -0.5, topLogprobs: [{ tokenId: 3, logprob: -1.25 }, { tokenId: 9, logprob: -2 }, { tokenId: 2, logprob: -3 }] });
 });
 
-test('rows with penalties, min_tokens masking or too many logprobs stay on the host', () => {
+test('only rows asking for too many logprobs stay on the host', () => {
   const state = (init: SamplingParamsInit, outputs: number[] = []) => createSamplingState(makeSamplingParams(init), [1], outputs);
   assert.equal(canSampleOnDevice(state({ temperature: 0.7, topP: 0.9, logprobs: 20 })), true);
-  assert.equal(canSampleOnDevice(state({ repetitionPenalty: 1.1 })), false);
-  assert.equal(canSampleOnDevice(state({ presencePenalty: 0.5 })), false);
-  assert.equal(canSampleOnDevice(state({ frequencyPenalty: -0.5 })), false);
-  assert.equal(canSampleOnDevice(state({ minTokens: 2 }, [5])), false);
-  assert.equal(canSampleOnDevice(state({ minTokens: 2 }, [5, 6])), true);
+  assert.equal(canSampleOnDevice(state({ repetitionPenalty: 1.1 })), true);
+  assert.equal(canSampleOnDevice(state({ presencePenalty: 0.5, frequencyPenalty: -0.5 })), true);
+  assert.equal(canSampleOnDevice(state({ minTokens: 2 }, [5])), true);
   assert.equal(canSampleOnDevice(state({ logprobs: 21 })), false);
   assert.equal(canSampleOnDevice(state({ logprobs: 5 }), 4), false);
 });
@@ -193,8 +192,8 @@ if (!gpu) {
         }
         const [ok] = twinStates({ temperature: 0 }, 1, 0);
         assert.equal((await sampler.sample(x, [{ logitsRow: 1, state: ok }]))[0]!.tokenId, 0, 'argmax ties go to the lowest id');
-        const [pen] = twinStates({ repetitionPenalty: 1.2 }, 1, 0);
-        await assert.rejects(sampler.sample(x, [{ logitsRow: 1, state: pen }]), (e) => isPeregrineError(e) && /host/.test(e.message));
+        const [many] = twinStates({ logprobs: 21 }, 1, 0);
+        await assert.rejects(sampler.sample(x, [{ logitsRow: 1, state: many }]), (e) => isPeregrineError(e) && /21 logprobs, more than maxTopN 20: sample it on the host/.test(e.message));
         await assert.rejects(sampler.sample(x, [{ logitsRow: 2, state: ok }]), (e) => isPeregrineError(e) && /row 2 is outside \[0, 2\)/.test(e.message));
         const wrong = gpu.fromF32([1, 512], new Float32Array(512));
         await assert.rejects(sampler.sample(wrong, [{ logitsRow: 0, state: ok }]), (e) => isPeregrineError(e) && /512 entries.*vocab of 513/.test(e.message));
@@ -256,6 +255,7 @@ if (!gpu) {
       [prompts[1]!, { temperature: 0.7, repetitionPenalty: 1.3, seed: 5, maxTokens: 12, ignoreEos: true }],
       [prompts[2]!, { temperature: 0.9, minTokens: 4, seed: 3, maxTokens: 10, logprobs: 1 }],
       [prompts[1]!, { n: 2, temperature: 1.1, topP: 0.8, seed: 9, maxTokens: 8, ignoreEos: true }],
+      [prompts[0]!, { temperature: 0, presencePenalty: 0.8, frequencyPenalty: 1.5, minTokens: 3, maxTokens: 12, logprobs: 2 }],
     ];
     const run = async (device: 'cpu' | 'cuda', gpuSampling: boolean): Promise<RequestOutput[]> => {
       const saved = process.env.PEREGRINE_GPU_SAMPLING;

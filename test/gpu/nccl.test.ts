@@ -65,8 +65,21 @@ for (const [name, tp] of [['llama-linear', 2], ['mistral', 2], ['llama-linear', 
         const want = await ref.forward(all);
         const got = await group.forward(all);
         let err = 0, scale = 0;
-        for (let i = 0; i < want.length; i++) { err = Math.max(err, Math.abs(want[i]! - got[i]!)); scale = Math.max(scale, Math.abs(want[i]!)); }
-        assert.ok(err / scale < (model.spec.moe ? 0.3 : REL_TOL), `${name} tp ${tp}: max |error| ${err} of scale ${scale}`);
+        const V = model.spec.vocabSize;
+        const rowErr = ids.map((_, r) => {
+          let e = 0;
+          for (let i = r * V; i < (r + 1) * V; i++) { e = Math.max(e, Math.abs(want[i]! - got[i]!)); scale = Math.max(scale, Math.abs(want[i]!)); }
+          err = Math.max(err, e);
+          return e;
+        });
+        const rows = rowErr.map((e) => (e / scale).toFixed(3)).join(' ');
+        if (model.spec.moe) {
+          // a token whose top-k experts are a near-tie may route differently at bf16 (and so may the tokens after it): most positions must agree
+          const sorted = [...rowErr].sort((a, b) => a - b);
+          assert.ok(sorted[Math.floor(sorted.length / 2)]! / scale < REL_TOL, `${name} tp ${tp} case ${ci}: median row |error| over scale ${scale}; rows: ${rows}`);
+        } else {
+          assert.ok(err / scale < REL_TOL, `${name} tp ${tp} case ${ci}: max |error| ${err} of scale ${scale}; rows: ${rows}`);
+        }
         // greedy ids are decided by the model only where no top-2 gap is within the error
         if (c.minGreedyMargin <= 4 * err) continue;
         const single = await simpleGenerate(ref, [c.promptIds], { temperature: 0, maxTokens: c.greedyIds.length, ignoreEos: true });

@@ -149,6 +149,10 @@ export class CpuBackend implements Backend {
     rows.copy(out, x, numTokens);
   }
 
+  gatherTokenIds(tokenIds: Tensor, src: Tensor, srcIndex: Tensor, numTokens: number): void {
+    rows.gatherTokenIds(tokenIds, src, srcIndex, numTokens);
+  }
+
   scale(out: Tensor, x: Tensor, factor: number, numTokens: number): void {
     elementwise.scale(out, x, factor, numTokens);
   }

@@ -10,11 +10,15 @@
  * sequence's own keys into that many ranges, so any context length stays correct. When a
  * graph is captured, pass the largest maxSeqlenK it will serve, so that the split count
  * suits long contexts.
+ *
+ * An fp8 cache (LayerKvCache.dtype) runs the `*_fp8` twin of each kernel: the same launch, the
+ * byte cache pointers, and the layer's kScale / vScale as two more parameters.
  */
 import { PeregrineError } from '../../errors.js';
 import { bytesPerElement, type AttentionMetadata, type AttentionParams, type LayerKvCache, type Tensor } from '../backend.js';
 import type { DevicePtr } from './driver.js';
 import type { OpContext } from './cuda-ops.js';
+import type { CudaTensor } from './cuda-tensor.js';
 import { floatTensor, i32Tensor, invalid, requireLength, requireRows, sameDtype } from './op-checks.js';
 
 /** head sizes with tuned kernels (tensor-core prefill, split decode) */
@@ -48,8 +52,10 @@ export function prefillWarps(maxSeqlenQ: number): 4 | 8 {
   return maxSeqlenQ >= PREFILL_WIDE_MIN_QUERIES ? 8 : 4;
 }
 
-export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number): number {
-  return (16 * warps + 2 * prefillBn(headDim)) * (headDim + 8) * elemBytes;
+/** Q, K and V tiles of T; with an fp8 cache, also the byte staging of a K and a V tile */
+export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number, fp8 = false): number {
+  const bn = prefillBn(headDim);
+  return (16 * warps + 2 * bn) * (headDim + 8) * elemBytes + (fp8 ? 2 * bn * headDim : 0);
 }
 
 /** The decode launch shape: heads per block, head groups per KV head, and key splits. */
@@ -65,6 +71,38 @@ export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number
   return { hpb, headGroups, numSplits, partialOBytes: numSeqs * numHeads * numSplits * headDim * 4 };
 }
 
+/** A layer's K and V on the device, checked against the activations `act` and rows of `kvWidth` elements. */
+export interface DeviceKvCache {
+  readonly k: CudaTensor;
+  readonly v: CudaTensor;
+  readonly fp8: boolean;
+  /** cache rows (slots) both tensors hold */
+  readonly numSlots: number;
+  /** the fp8 kernels' trailing parameters (kScale, vScale); empty for an 'auto' cache */
+  readonly scaleArgs: readonly number[];
+}
+
+export function deviceKvCache(cache: LayerKvCache, act: CudaTensor, kvWidth: number, op: string): DeviceKvCache {
+  if ((cache.dtype ?? 'auto') === 'auto') {
+    const k = floatTensor(cache.k, op, 'cache.k');
+    const v = floatTensor(cache.v, op, 'cache.v');
+    sameDtype(op, act, [k, 'cache.k'], [v, 'cache.v']);
+    requireRows(k, 0, kvWidth, op, 'cache.k');
+    requireRows(v, 0, kvWidth, op, 'cache.v');
+    return { k, v, fp8: false, numSlots: kvWidth === 0 ? 0 : Math.floor(Math.min(k.numel, v.numel) / kvWidth), scaleArgs: [] };
+  }
+  if (cache.dtype !== 'fp8') throw invalid(op, `unknown KV cache dtype '${String(cache.dtype)}'`, { dtype: cache.dtype });
+  const k = i32Tensor(cache.k, op, 'cache.k', 0);
+  const v = i32Tensor(cache.v, op, 'cache.v', 0);
+  requireRows(k, 0, kvWidth / 4, op, 'cache.k');
+  requireRows(v, 0, kvWidth / 4, op, 'cache.v');
+  const kScale = cache.kScale ?? 1, vScale = cache.vScale ?? 1;
+  for (const [name, s] of [['kScale', kScale], ['vScale', vScale]] as const) {
+    if (!(s > 0 && Number.isFinite(s))) throw invalid(op, `${name} must be finite and positive, got ${s}`, { [name]: s });
+  }
+  return { k, v, fp8: true, numSlots: Math.floor((4 * Math.min(k.numel, v.numel)) / kvWidth), scaleArgs: [kScale, vScale] };
+}
+
 export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, qkvT: Tensor, cache: LayerKvCache, meta: AttentionMetadata, p: AttentionParams): void {
   const op = 'attention';
   const { numHeads, numKvHeads, headDim, blockSize, scale } = p;
@@ -77,14 +115,11 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   const { numSeqs, numTokens, maxBlocksPerSeq } = meta;
   const qkv = floatTensor(qkvT, op, 'qkv', ['bf16', 'f16']);
   const out = floatTensor(outT, op, 'out');
-  const k = floatTensor(cache.k, op, 'cache.k');
-  const v = floatTensor(cache.v, op, 'cache.v');
-  sameDtype(op, qkv, [out, 'out'], [k, 'cache.k'], [v, 'cache.v']);
+  sameDtype(op, qkv, [out, 'out']);
   const kvWidth = numKvHeads * headDim;
   requireRows(qkv, numTokens, (numHeads + 2 * numKvHeads) * headDim, op, 'qkv');
   requireRows(out, numTokens, numHeads * headDim, op, 'out');
-  requireRows(k, 0, kvWidth, op, 'cache.k');
-  requireRows(v, 0, kvWidth, op, 'cache.v');
+  const { k, v, fp8, scaleArgs } = deviceKvCache(cache, qkv, kvWidth, op);
   const cuQ = i32Tensor(meta.cuSeqlensQ, op, 'cuSeqlensQ', numSeqs + 1);
   const ctxLens = i32Tensor(meta.contextLens, op, 'contextLens', numSeqs);
   const tables = i32Tensor(meta.blockTables, op, 'blockTables', numSeqs * maxBlocksPerSeq);
@@ -97,9 +132,9 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   if (numSeqs === 0 || numTokens === 0) return;
   if (!tuned) {
     const dk = [1, 2, 4, 8].find((k) => 32 * k >= headDim)!;
-    ctx.kernels.get('attn_generic', `${qkv.dtype}_k${dk}`).launch([numTokens, numHeads], GENERIC_THREADS, 0, ctx.stream, [
+    ctx.kernels.get(fp8 ? 'attn_generic_fp8' : 'attn_generic', `${qkv.dtype}_k${dk}`).launch([numTokens, numHeads], GENERIC_THREADS, 0, ctx.stream, [
       out.ptr, qkv.ptr, k.ptr, v.ptr, cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null,
-      numSeqs, numHeads, numKvHeads, headDim, maxBlocksPerSeq, blockSize, scale, window, softcap,
+      numSeqs, numHeads, numKvHeads, headDim, maxBlocksPerSeq, blockSize, scale, window, softcap, ...scaleArgs,
     ]);
     return;
   }
@@ -109,9 +144,9 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes);
     const partialO = ws.ptr;
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
-    ctx.kernels.get('attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
+    ctx.kernels.get(fp8 ? 'attn_decode_fp8' : 'attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
       [plan.numSplits, numKvHeads * plan.headGroups, numSeqs], DECODE_THREADS, 0, ctx.stream,
-      [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits],
+      [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs],
     );
     if (plan.numSplits > 1) {
       const threads = Math.max(headDim, Math.ceil(plan.numSplits / 32) * 32);
@@ -120,9 +155,9 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     return;
   }
   const warps = prefillWarps(meta.maxSeqlenQ);
-  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps);
-  ctx.kernels.get('attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}`).launch(
+  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8);
+  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}`).launch(
     [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs], 32 * warps, shared, ctx.stream,
-    [out.ptr, qkv.ptr, k.ptr, v.ptr, ...common],
+    [out.ptr, qkv.ptr, k.ptr, v.ptr, ...common, ...scaleArgs],
   );
 }

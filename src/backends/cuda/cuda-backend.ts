@@ -11,7 +11,7 @@
  */
 import { PeregrineError } from '../../errors.js';
 import {
-  bytesPerElement, numel, type AttentionMetadata, type AttentionParams, type Backend, type DType, type GeluApprox,
+  bytesPerElement, numel, type AttentionMetadata, type AttentionParams, type Backend, type DType, type Fp8Activations, type GeluApprox,
   type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type StorageDType, type Tensor,
 } from '../backend.js';
 import { CachingAllocator, type AllocatorStats } from './allocator.js';
@@ -28,12 +28,16 @@ import { convertStorage, decodeToF32, encodeF32 } from './host-convert.js';
 import { loadKernels } from './kernel-image.js';
 import { CudaKernels } from './kernels.js';
 import { disposeQuant, quantLinear } from './cuda-quant.js';
+import { rmsNormFp8 } from './cuda-quant-norm.js';
 import { invalid } from './op-checks.js';
 import { CudaEvent, CudaStream } from './stream.js';
+import { PinnedBuffer } from './pinned.js';
+import { gatherTokenIds } from './cuda-tokens.js';
 
 export { CudaGraph } from './graph.js';
 export { CudaTensor } from './cuda-tensor.js';
 export { CudaSampler } from './cuda-sampler.js';
+export { PinnedBuffer } from './pinned.js';
 
 export interface CudaBackendOptions {
   /** CUDA device ordinal (default 0) */
@@ -238,6 +242,11 @@ export class CudaBackend implements Backend {
     return new CudaEvent(this.dev.drv, opts);
   }
 
+  /** Page-locked host memory for downloads that do not block the host (`PinnedBuffer.copyFromAsync`); free it before this backend. */
+  allocPinned(byteLength: number): PinnedBuffer {
+    return new PinnedBuffer(this.dev.drv, byteLength);
+  }
+
   // ---- ops -------------------------------------------------------------------
   embedding(out: Tensor, table: Tensor, ids: Tensor, numTokens: number): void { ops.embedding(this.#ctx, out, table, ids, numTokens); }
   embeddingShard(out: Tensor, table: Tensor, ids: Tensor, numTokens: number, vocabStart: number): void { ops.embeddingShard(this.#ctx, out, table, ids, numTokens, vocabStart); }
@@ -247,8 +256,11 @@ export class CudaBackend implements Backend {
   layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, eps: number, numTokens: number, residual?: Tensor | null): void {
     ops.layerNorm(this.#ctx, out, x, weight, bias, eps, numTokens, residual);
   }
-  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): void {
-    if ('qweight' in w) return quantLinear(this, out, x, w, bias, numTokens); // FP8 / INT8 / INT4 (cuda-quant.ts)
+  rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
+    return rmsNormFp8(this, out, x, weight, eps, numTokens, residual, weightOffset, xq, inputScale); // cuda-quant-norm.ts
+  }
+  linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, xq?: Fp8Activations | null): void {
+    if ('qweight' in w) return quantLinear(this, out, x, w, bias, numTokens, xq ?? null); // FP8 / INT8 / INT4 (cuda-quant.ts)
     ops.linear(this.#ctx, out, x, w, bias, numTokens);
   }
   ropeWriteKv(qkv: Tensor, positions: Tensor, cosSin: Tensor | null, cache: LayerKvCache, slotMapping: Tensor, numTokens: number, p: RopeParams): void {
@@ -264,6 +276,7 @@ export class CudaBackend implements Backend {
   add(out: Tensor, a: Tensor, b: Tensor, numTokens: number): void { ops.add(this.#ctx, out, a, b, numTokens); }
   gatherRows(out: Tensor, x: Tensor, indices: Tensor, numRows: number): void { ops.gatherRows(this.#ctx, out, x, indices, numRows); }
   copy(out: Tensor, x: Tensor, numTokens: number): void { ops.copy(this.#ctx, out, x, numTokens); }
+  gatherTokenIds(tokenIds: Tensor, src: Tensor, srcIndex: Tensor, numTokens: number): void { gatherTokenIds(this, tokenIds, src, srcIndex, numTokens); }
   scale(out: Tensor, x: Tensor, factor: number, numTokens: number): void { ops.scale(this.#ctx, out, x, factor, numTokens); }
   softcap(out: Tensor, x: Tensor, cap: number, numTokens: number): void { ops.softcap(this.#ctx, out, x, cap, numTokens); }
   clamp(out: Tensor, x: Tensor, min: number, max: number, numTokens: number): void { ops.clamp(this.#ctx, out, x, min, max, numTokens); }

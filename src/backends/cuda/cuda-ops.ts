@@ -6,6 +6,7 @@
 import { PeregrineError } from '../../errors.js';
 import { bytesPerElement, isQuantizedWeight, type GeluApprox, type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backend.js';
 import type { CublasLt } from './cublaslt.js';
+import { deviceKvCache } from './cuda-attention.js';
 import { linearGemv } from './cuda-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check, type Driver } from './driver.js';
@@ -230,13 +231,9 @@ export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, co
   requireCount(numTokens, op, 'numTokens');
   const { numHeads, numKvHeads, headDim, rotaryDim, style } = p;
   const qkv = floatTensor(qkvT, op, 'qkv');
-  const k = floatTensor(cache.k, op, 'cache.k');
-  const v = floatTensor(cache.v, op, 'cache.v');
-  sameDtype(op, qkv, [k, 'cache.k'], [v, 'cache.v']);
   const kvWidth = numKvHeads * headDim;
   requireRows(qkv, numTokens, (numHeads + 2 * numKvHeads) * headDim, op, 'qkv');
-  requireRows(k, 0, kvWidth, op, 'cache.k');
-  requireRows(v, 0, kvWidth, op, 'cache.v');
+  const { k, v, fp8, numSlots, scaleArgs } = deviceKvCache(cache, qkv, kvWidth, op);
   const slots = i32Tensor(slotMappingT, op, 'slotMapping', numTokens);
   let cosSin: CudaTensor | null = null;
   let positions: CudaTensor | null = null;
@@ -248,8 +245,8 @@ export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, co
     positions = i32Tensor(positionsT, op, 'positions', numTokens);
   }
   const numPositions = cosSin ? Math.floor(cosSin.numel / rotaryDim) : 0;
-  ctx.kernels.typed('rope_write_kv', qkv.dtype).launch([numTokens, Math.ceil((numHeads + numKvHeads) / 4)], 128, 0, ctx.stream, [
+  ctx.kernels.typed(fp8 ? 'rope_write_kv_fp8' : 'rope_write_kv', qkv.dtype).launch([numTokens, Math.ceil((numHeads + numKvHeads) / 4)], 128, 0, ctx.stream, [
     qkv.ptr, positions?.ptr ?? null, cosSin?.ptr ?? null, k.ptr, v.ptr, slots.ptr,
-    numHeads, numKvHeads, headDim, rotaryDim, style === 'gptj' ? 1 : 0, numPositions, Math.floor(Math.min(k.numel, v.numel) / kvWidth),
+    numHeads, numKvHeads, headDim, rotaryDim, style === 'gptj' ? 1 : 0, numPositions, numSlots, ...scaleArgs,
   ]);
 }

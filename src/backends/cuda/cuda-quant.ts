@@ -1,9 +1,12 @@
 /**
  * `linear` with a QuantizedWeight (backend.ts; issue 6) on the GPU, matching the CPU reference
  * (cpu/ops/quant-linear.ts). The path depends on the kind and the number of tokens M:
+ * - 'qgemv'   every kind, M <= 8 (cuda-quant-gemv.ts says where): the decode GEMV streaming the weights
+ *             through a cp.async ring; FP8 activations come from the fused norm (`xq`) or are quantized in it;
  * - 'mma'     fp8, M <= FP8_MMA_MAX_M, sm_89+: activations quantized to E4M3 (static input scale, or per
  *             token), then a tensor-core GEMV (mma m16n8k32 e4m3) applying both scales and the bias;
- * - 'cublas'  fp8, more tokens, sm_89+: the same quantization, then cuBLASLt's FP8 GEMM with outer-vector
+ * - 'cublas'  fp8, more tokens, sm_89+: the same quantization (none when the fused norm gave `xq`; else one
+ *             pass per row, quant_fp8_rows), then cuBLASLt's FP8 GEMM with outer-vector
  *             scales (per token x per channel) straight into out; where cuBLASLt refuses that (cuBLAS 13.1 on an
  *             H100 does) or N % 16 != 0, an unscaled product into f32 scratch and our scale epilogue;
  * - 'gemv'    int8 / int4, M <= INT_GEMV_MAX_M: a dequantizing GEMV (unpack, scale, FMA, f32 accumulation);
@@ -15,16 +18,17 @@
  * Scratch only grows; a replaced buffer stays allocated until disposeQuant, as captured graphs may read it.
  */
 import { PeregrineError } from '../../errors.js';
-import type { QuantizedWeight, Tensor } from '../backend.js';
+import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { QuantGemm, type Fp8Scaling, type OutDtype } from './cuda-quant-gemm.js';
+import { QGEMV_THREADS, qgemvCan, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check } from './driver.js';
 import type { Kernel, ParamKind } from './module.js';
 import { floatTensor, invalid, requireCount, requireLength, requireRows } from './op-checks.js';
 
-export type QuantPath = 'mma' | 'cublas' | 'gemv' | 'dequant';
+export type QuantPath = 'qgemv' | 'mma' | 'cublas' | 'gemv' | 'dequant';
 
 /**
  * int8 / int4: most tokens for the GEMV (H100, 8B shapes: at 4 and 8 tokens it beats dequantized tiles + GEMM
@@ -44,6 +48,9 @@ const TILE_ROW_ALIGN = 128;
 const ACC_BYTES = 64 << 20;
 const GEMM_WORKSPACE_BYTES = 32 << 20;
 const THREADS = 256;
+/** quant_fp8_rows: 16-byte units a thread holds, threads a block has at most */
+const ROWS_UNITS = 8;
+const ROWS_MAX_THREADS = 1024;
 const GEMV_WARPS = 4;
 /** quant_gemv's rows per warp */
 const GEMV_ROWS_PER_WARP = 2;
@@ -59,6 +66,9 @@ const p = 'ptr' as const, i32 = 'i32' as const, i64 = 'i64' as const, u32 = 'u32
 /** parameter lists of kernels/quant.cu, by kernel name prefix */
 const PARAMS = {
   quant_fp8_act: [p, p, p, p, p, i32, f32], // (xq, rowScales, xfq, x, inputScale, K, minScale)
+  quant_fp8_rows: [p, p, p, p, i32, f32], // (xq, rowScales, x, inputScale, K, minScale)
+  // (out, x, xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale)
+  qgemv: [p, p, p, p, p, p, p, p, p, i32, i32, i32, i32, i32, i32, i32, f32],
   quant_dequant: [p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, qw, scales, zeros, kind, n0, rows, K, groupSize, perTensor)
   quant_gemv: [p, p, p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind)
   quant_fp8_mma: [p, p, p, p, p, i32, p, i32, i32, i32, i32, i32], // (out, xq, xs, w, ws, wsPerTensor, bias, M, N, K, outKind, biasKind)
@@ -172,6 +182,8 @@ interface Call {
   readonly scales: CudaTensor;
   readonly zeros: CudaTensor | null;
   readonly inputScale: CudaTensor | null;
+  /** fp8: x as the fused norm quantized it (codes [>= M, K/4] 16-byte aligned, scales [>= M]) */
+  readonly xq: { readonly codes: CudaTensor; readonly scales: CudaTensor } | null;
   readonly M: number;
   readonly N: number;
   readonly K: number;
@@ -180,17 +192,21 @@ interface Call {
   readonly biasKind: number;
 }
 
-/** out [T, N] = x [T, K] @ dequant(w)^T (+ bias), as the CPU reference computes it. */
-export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: QuantizedWeight, biasT: Tensor | null, numTokens: number): void {
-  const c = checkCall(w, outT, xT, biasT, numTokens);
+/**
+ * out [T, N] = x [T, K] @ dequant(w)^T (+ bias), as the CPU reference computes it.
+ * @param xq fp8: x already quantized for w (Backend.linear's contract); used where a path reads E4M3 x.
+ */
+export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: QuantizedWeight, biasT: Tensor | null, numTokens: number, xq: Fp8Activations | null = null): void {
+  const c = checkCall(w, outT, xT, biasT, numTokens, xq);
   if (c.M === 0) return;
   const st = stateOf(be);
   const path = quantPathFor(be, w, c.M, c.x);
+  if (path === 'qgemv') return qgemv(st, c);
   if (path === 'gemv') return gemv(st, c);
   if (path === 'dequant') return dequantLinear(st, c);
-  const xs = quantizeActivations(st, c);
-  if (path === 'mma') return fp8Mma(st, c, xs);
-  fp8Cublas(st, c, xs);
+  const a = c.xq ? { xq: c.xq.codes.ptr, xs: c.xq.scales.ptr } : quantizeActivations(st, c);
+  if (path === 'mma') return fp8Mma(st, c, a);
+  fp8Cublas(st, c, a);
 }
 
 /** The path `quantLinear` takes for `numTokens` tokens of x (forceQuantPath wins; it throws if the path cannot run). */
@@ -199,7 +215,9 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
   const xAligned = asCuda(x, 'linear', 'x').ptr % 16 === 0;
   const [major, minor] = be.props.computeCapability;
   const fp8Cores = major * 10 + minor >= 89;
+  const qgemvAligned = xAligned && asCuda(w.qweight, 'linear', 'qweight').ptr % 16 === 0;
   const can: Record<QuantPath, boolean> = {
+    qgemv: qgemvAligned && qgemvCan({ kind: w.kind, M: numTokens, K, groupSize: w.groupSize }, { fp8Cores, maxSharedBytesPerBlock: be.props.maxSharedBytesPerBlock }),
     mma: w.kind === 'fp8' && fp8Cores && numTokens <= MMA_KERNEL_MAX_M && K % 64 === 0,
     cublas: w.kind === 'fp8' && fp8Cores && K % 16 === 0,
     gemv: w.kind !== 'fp8' && numTokens <= GEMV_KERNEL_MAX_M && K % GEMV_CHUNK[w.kind] === 0 && w.groupSize % GEMV_CHUNK[w.kind] === 0 && xAligned,
@@ -209,11 +227,12 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
     if (!can[forcedPath]) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: path '${forcedPath}' cannot run ${w.kind} [${w.shape.join(', ')}] with ${numTokens} tokens`, { path: forcedPath, kind: w.kind });
     return forcedPath;
   }
+  if (can.qgemv && quantFastPolicy.qgemv && numTokens <= quantFastPolicy.maxM) return 'qgemv';
   if (w.kind === 'fp8') return can.mma && numTokens <= FP8_MMA_MAX_M ? 'mma' : can.cublas ? 'cublas' : 'dequant';
   return can.gemv && numTokens <= INT_GEMV_MAX_M ? 'gemv' : 'dequant';
 }
 
-function checkCall(w: QuantizedWeight, outT: Tensor, xT: Tensor, biasT: Tensor | null, numTokens: number): Call {
+function checkCall(w: QuantizedWeight, outT: Tensor, xT: Tensor, biasT: Tensor | null, numTokens: number, xqT: Fp8Activations | null): Call {
   const op = 'linear';
   requireCount(numTokens, op, 'numTokens');
   if (!(w.kind in KIND_CODE)) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `the CUDA backend has no kernels for '${String(w.kind)}' quantized weights`, { kind: w.kind });
@@ -241,7 +260,20 @@ function checkCall(w: QuantizedWeight, outT: Tensor, xT: Tensor, biasT: Tensor |
   if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
   const outKind = OUT_KIND[out.dtype as OutDtype];
   const biasKind = bias ? BIAS_KIND[bias.dtype as OutDtype] : 0;
-  return { w, out, x, bias, qweight, scales, zeros, inputScale, M: numTokens, N, K, perTensor, outKind, biasKind };
+  const xq = w.kind === 'fp8' && xqT ? checkXq(xqT, numTokens, K) : null;
+  return { w, out, x, bias, qweight, scales, zeros, inputScale, xq, M: numTokens, N, K, perTensor, outKind, biasKind };
+}
+
+/** The fused norm's E4M3 x for this call; null (x is quantized here instead) where its codes are not 16-byte aligned. */
+function checkXq(xqT: Fp8Activations, M: number, K: number): Call['xq'] {
+  const op = 'linear';
+  const codes = asCuda(xqT.codes, op, 'xq.codes');
+  const scales = floatTensor(xqT.scales, op, 'xq.scales', ['f32']);
+  if (codes.dtype !== 'i32' || codes.shape.at(-1) !== K / 4 || codes.numel < (M * K) / 4) {
+    throw invalid(op, `xq.codes must be i32 [>= ${M}, ${K / 4}] (E4M3 x of ${M} tokens), got ${codes.dtype} [${codes.shape.join(', ')}]`, { shape: codes.shape });
+  }
+  if (scales.numel < M) throw invalid(op, `xq.scales hold ${scales.numel} values, expected >= ${M}`, { shape: scales.shape });
+  return codes.ptr % 16 === 0 ? { codes, scales } : null;
 }
 
 function blocksFor(st: QuantState, work: number): number {
@@ -255,24 +287,50 @@ function gemv(st: QuantState, c: Call): void {
   ]);
 }
 
-/** x -> E4M3 [M, K] and per-token scales [M] in scratch; returns the scales' address (xq sits in 'xq'). */
-function quantizeActivations(st: QuantState, c: Call): number {
-  const xq = st.buf('xq', c.M * c.K);
-  const xs = st.buf('xs', c.M * 4);
-  st.kernel('quant_fp8_act', c.x.dtype).launch(c.M, THREADS, 0, st.be.stream, [xq, xs, null, c.x.ptr, c.inputScale?.ptr ?? null, c.K, FP8_MIN_ACTIVATION_SCALE]);
-  return xs;
+/** The decode GEMV (kernels/quant_gemv.cu): one launch, any kind; fp8 reads `xq` or quantizes x itself. */
+function qgemv(st: QuantState, c: Call): void {
+  const { M, N, K, w } = c;
+  const name = w.kind !== 'fp8' ? `${w.kind}_${c.x.dtype}` : c.xq ? 'fp8q' : `fp8_${c.x.dtype}`;
+  const shared = qgemvSharedBytes(w.kind, M, K);
+  const grid = qgemvGrid(N, shared, st.be.props.numSMs, st.be.props.maxSharedBytesPerBlock);
+  st.kernel('qgemv', name).launch(grid, QGEMV_THREADS, shared, st.be.stream, [
+    c.out.ptr, c.x.ptr, c.xq?.codes.ptr ?? null, c.xq?.scales.ptr ?? null, c.inputScale?.ptr ?? null, c.qweight.ptr, c.scales.ptr, c.zeros?.ptr ?? null,
+    c.bias?.ptr ?? null, M, N, K, qgemvGroupShift(w.kind, K, w.groupSize)!, c.perTensor ? 1 : 0, c.outKind, c.biasKind, FP8_MIN_ACTIVATION_SCALE,
+  ]);
 }
 
-function fp8Mma(st: QuantState, c: Call, xs: number): void {
-  const xq = st.buffers.get('xq')!.ptr;
+/** E4M3 activations of a call: codes [M, K] bytes and per-token scales [M] (device addresses). */
+interface QuantizedX {
+  readonly xq: number;
+  readonly xs: number;
+}
+
+/** x -> E4M3 [M, K] and per-token scales [M] in scratch. */
+function quantizeActivations(st: QuantState, c: Call): QuantizedX {
+  const dst = { xq: st.buf('xq', c.M * c.K), xs: st.buf('xs', c.M * 4) };
+  quantizeInto(st, dst, c.x, c.M, c.K, c.inputScale);
+  return dst;
+}
+
+/** One pass per row (quant_fp8_rows) where x allows, else quant_fp8_act. */
+function quantizeInto(st: QuantState, dst: QuantizedX, x: CudaTensor, M: number, K: number, inputScale: CudaTensor | null): void {
+  const units = K / 8;
+  if (quantFastPolicy.fused && K % 8 === 0 && x.ptr % 16 === 0 && units <= ROWS_UNITS * ROWS_MAX_THREADS) {
+    const threads = Math.min(ROWS_MAX_THREADS, Math.max(32, Math.ceil(units / 32) * 32)); // <= ROWS_UNITS units each
+    st.kernel('quant_fp8_rows', x.dtype).launch(M, threads, 0, st.be.stream, [dst.xq, dst.xs, x.ptr, inputScale?.ptr ?? null, K, FP8_MIN_ACTIVATION_SCALE]);
+  } else {
+    st.kernel('quant_fp8_act', x.dtype).launch(M, THREADS, 0, st.be.stream, [dst.xq, dst.xs, null, x.ptr, inputScale?.ptr ?? null, K, FP8_MIN_ACTIVATION_SCALE]);
+  }
+}
+
+function fp8Mma(st: QuantState, c: Call, { xq, xs }: QuantizedX): void {
   st.kernel('quant_fp8_mma', c.M <= 8 ? 'n1' : 'n2').launch(Math.ceil(c.N / MMA_ROWS_PER_BLOCK), THREADS, 0, st.be.stream, [
     c.out.ptr, xq, xs, c.qweight.ptr, c.scales.ptr, c.perTensor ? 1 : 0, c.bias?.ptr ?? null, c.M, c.N, c.K, c.outKind, c.biasKind,
   ]);
 }
 
-function fp8Cublas(st: QuantState, c: Call, xs: number): void {
+function fp8Cublas(st: QuantState, c: Call, { xq, xs }: QuantizedX): void {
   const { M, N, K } = c;
-  const xq = st.buffers.get('xq')!.ptr;
   const prep = prepareFp8(st, c);
   const outDtype = c.out.dtype as OutDtype;
   if (N === prep.Npad && (forcedScaling === 'outer-vec' || (forcedScaling === null && st.outerVec))) {
@@ -356,6 +414,27 @@ function dequantLinear(st: QuantState, c: Call): void {
     st.gemm.half({ out: c.out.ptr + n0 * outBytes, outDtype: c.out.dtype as OutDtype, ldOut: N, x, w: tile, dtype: act, M, N: rows, K }, st.be.stream);
   }
   addBias(st, c);
+}
+
+/**
+ * xq = x [T, K] quantized to E4M3 as an FP8 linear with `inputScale` (null: per token) quantizes it: the
+ * unfused counterpart of rmsNormFp8 (tests, benchmarks). quant_fp8_rows, or quant_fp8_act where x does not
+ * suit it or PEREGRINE_QUANT_FAST=0.
+ */
+export function quantizeFp8Activations(be: CudaBackend, xq: Fp8Activations, xT: Tensor, numTokens: number, inputScaleT: Tensor | null): void {
+  const op = 'quantizeFp8Activations';
+  requireCount(numTokens, op, 'numTokens');
+  const x = floatTensor(xT, op, 'x', ['bf16', 'f16']);
+  const K = x.shape.at(-1)!;
+  const codes = asCuda(xq.codes, op, 'xq.codes');
+  const scales = floatTensor(xq.scales, op, 'xq.scales', ['f32']);
+  requireRows(x, numTokens, K, op, 'x');
+  if (codes.dtype !== 'i32' || K % 4 !== 0) throw invalid(op, `xq.codes must be i32 [${numTokens}, ${K / 4}], got ${codes.dtype} [${codes.shape.join(', ')}]`, { shape: codes.shape });
+  requireRows(codes, numTokens, K / 4, op, 'xq.codes');
+  requireLength(scales, numTokens, op, 'xq.scales');
+  const inputScale = inputScaleT ? floatTensor(inputScaleT, op, 'inputScale', ['f32']) : null;
+  if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
+  if (numTokens > 0) quantizeInto(stateOf(be), { xq: codes.ptr, xs: scales.ptr }, x, numTokens, K, inputScale);
 }
 
 /** Fills an i32 tensor with random words AND `mask` on the device (code tensors for benchmarks). */

@@ -5,8 +5,9 @@
  * same logits and Rng state: the kernel follows its every rounding step, and each row's
  * draw is the next word of the sequence's Philox stream, which the host then skips.
  *
- * Rows that need penalties or min_tokens masking read the token history: they stay on the
- * host (`canSample` is false; `downloadRows` fetches just those rows).
+ * Rows with penalties or a min_tokens mask also upload their token history (sample-params.ts):
+ * the kernel applies it to a copy of the row first (penalties.cuh). Only rows asking for more
+ * than maxTopN logprobs stay on the host (`canSample` false; `downloadRows` fetches just those).
  *
  * ```ts
  * const sampler = backend.createSampler(256, vocab);
@@ -15,72 +16,30 @@
  */
 import { PeregrineError } from '../../errors.js';
 import type { Tensor } from '../backend.js';
-import { hasPenalties } from '../../sampling/logits-processors.js';
-import { isGreedy } from '../../sampling/params.js';
-import { Rng } from '../../sampling/rng.js';
 import type { SampleResult, SequenceSamplingState, TokenLogprob } from '../../sampling/sampler.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { asCuda } from './cuda-tensor.js';
 import type { Kernel, ParamKind } from './module.js';
 import { invalid } from './op-checks.js';
+import { packSampleParams, SAMPLE_PARAM_BYTES, sampleParamsBytes, type DeviceSampleRow } from './sample-params.js';
+
+export { HISTORY_ENTRY_BYTES, packSampleParams, readsTokenHistory, SAMPLE_PARAM_BYTES, sampleParamsBytes } from './sample-params.js';
+export type { DeviceSampleRow } from './sample-params.js';
 
 /** most top-n alternatives the kernel returns (SAMPLE_MAX_TOP_N; OpenAI's limit too) */
 export const MAX_TOP_LOGPROBS = 20;
-/** bytes of one row's SampleParams record */
-export const SAMPLE_PARAM_BYTES = 72;
 const THREADS = 512;
-const GREEDY = 1;
 const KERNEL_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32'];
-
-/** One row to sample: its row in the logits tensor and its sequence's sampling state. */
-export interface DeviceSampleRow {
-  readonly logitsRow: number;
-  readonly state: SequenceSamplingState;
-}
 
 /** i32 words per row of the kernel's output: token, logprob, then (id, logprob) pairs. */
 export function outputStride(maxTopN: number): number {
   return 2 + 2 * maxTopN;
 }
 
-/** Whether the kernel can sample this row: no penalties, no min_tokens masking, top-n within maxTopN. */
+/** Whether the kernel can sample this row: top-n within maxTopN (penalties and min_tokens run on the device too). */
 export function canSampleOnDevice(state: SequenceSamplingState, maxTopN = MAX_TOP_LOGPROBS): boolean {
-  const p = state.params;
-  if (hasPenalties(p)) return false;
-  if (state.outputTokenIds.length < p.minTokens) return false;
-  return p.logprobs === null || p.logprobs <= maxTopN;
-}
-
-/**
- * Writes the SampleParams records of `rows` into `view` (72 bytes each, layout of sampling.cu)
- * and moves each non-greedy row's Rng past the one word the kernel draws (greedy rows draw none,
- * as on the CPU).
- */
-export function packSampleParams(rows: readonly DeviceSampleRow[], view: DataView): void {
-  rows.forEach(({ logitsRow, state }, r) => {
-    const p = state.params;
-    const o = r * SAMPLE_PARAM_BYTES;
-    const greedy = isGreedy(p);
-    view.setFloat64(o, p.temperature, true);
-    view.setFloat64(o + 8, p.topP, true);
-    view.setFloat64(o + 16, p.minP, true);
-    view.setInt32(o + 24, p.topK, true);
-    view.setInt32(o + 28, p.logprobs ?? -1, true);
-    view.setInt32(o + 32, logitsRow, true);
-    view.setInt32(o + 36, greedy ? GREEDY : 0, true);
-    let key0 = 0, key1 = 0, word = 0;
-    let counter: ArrayLike<number> = [0, 0, 0, 0];
-    if (!greedy) {
-      state.rng ??= Rng.fromEntropy();
-      ({ key0, key1, counter, word } = state.rng.position());
-      state.rng.skip(1);
-    }
-    view.setUint32(o + 40, key0, true);
-    view.setUint32(o + 44, key1, true);
-    for (let i = 0; i < 4; i++) view.setUint32(o + 48 + 4 * i, counter[i]!, true);
-    view.setUint32(o + 64, word, true);
-    view.setUint32(o + 68, 0, true);
-  });
+  const n = state.params.logprobs;
+  return n === null || n <= maxTopN;
 }
 
 /** The SampleResults of `rows` from the kernel's output words. */
@@ -106,12 +65,13 @@ export class CudaSampler {
   readonly maxTopN: number;
   readonly #backend: CudaBackend;
   readonly #kernel: Kernel;
-  readonly #params: Tensor;
+  /** i32: the step's records and history entries (sample-params.ts); grown as needed */
+  #params: Tensor;
   readonly #out: Tensor;
   /** f32 [maxRows, vocab]: the kernel's working rows; also the landing place of downloadRows */
   readonly #scratch: Tensor;
   readonly #rowIndices: Tensor;
-  readonly #paramBytes: ArrayBuffer;
+  #paramBytes: ArrayBuffer;
   #disposed = false;
 
   /** Use `CudaBackend.createSampler`. */
@@ -145,18 +105,30 @@ export class CudaSampler {
     if (rows.length === 0) return [];
     const x = this.#checkLogits(logits, 'sample', rows.map((r) => r.logitsRow));
     for (const { state } of rows) {
-      if (!this.canSample(state)) throw invalid('sample', 'a row needs penalties, min_tokens masking or more than maxTopN logprobs: sample it on the host', { logprobs: state.params.logprobs });
+      if (!this.canSample(state)) throw invalid('sample', `a row asks for ${state.params.logprobs} logprobs, more than maxTopN ${this.maxTopN}: sample it on the host`, { logprobs: state.params.logprobs, maxTopN: this.maxTopN });
     }
     const n = rows.length;
     const b = this.#backend;
-    const view = new DataView(this.#paramBytes, 0, n * SAMPLE_PARAM_BYTES);
-    packSampleParams(rows, view);
-    b.writeI32(this.#params, new Int32Array(this.#paramBytes, 0, (n * SAMPLE_PARAM_BYTES) / 4));
+    this.#uploadParams(rows);
     const stride = outputStride(this.maxTopN);
     const out = asCuda(this.#out, 'sample', 'out');
     this.#kernel.launch(n, THREADS, 0, b.stream, [out.ptr, asCuda(this.#scratch, 'sample', 'scratch').ptr, x.ptr, asCuda(this.#params, 'sample', 'params').ptr, this.vocab, stride]);
     const words = await b.downloadI32(b.view(this.#out, [n * stride]));
     return unpackSampleResults(rows, words, stride, this.vocab);
+  }
+
+  /** Packs the records and history entries of `rows` and uploads them in one copy, growing the buffers when they do not fit. */
+  #uploadParams(rows: readonly DeviceSampleRow[]): void {
+    const numBytes = sampleParamsBytes(rows);
+    if (numBytes > this.#paramBytes.byteLength) {
+      const capacity = Math.max(numBytes, 2 * this.#paramBytes.byteLength);
+      const grown = this.#backend.empty([capacity / 4], 'i32');
+      this.#backend.free(this.#params);
+      this.#params = grown;
+      this.#paramBytes = new ArrayBuffer(capacity);
+    }
+    packSampleParams(rows, new DataView(this.#paramBytes, 0, numBytes));
+    this.#backend.writeI32(this.#params, new Int32Array(this.#paramBytes, 0, numBytes / 4));
   }
 
   /** The f32 logits of `rowIndices` (rows of `logits`), gathered on the device and downloaded in one copy: [rowIndices.length * vocab]. */
@@ -169,6 +141,38 @@ export class CudaSampler {
     const dst = b.view(this.#scratch, [n, this.vocab]);
     b.gatherRows(dst, logits, this.#rowIndices, n);
     return b.downloadF32(dst);
+  }
+
+  // ---- async scheduling: launch now, read the outputs later -------------------------------------
+  /** i32 words per row of the output tensor `launch` returns */
+  get rowStride(): number {
+    return outputStride(this.maxTopN);
+  }
+
+  /**
+   * `sample` without the download: queues the parameter upload and the kernel, and returns the
+   * output words, i32 [rows.length * rowStride] (unpackSampleResults reads them), valid once the
+   * stream has run them and until the next launch or sample. Advances each non-greedy row's Rng.
+   */
+  launch(logits: Tensor, rows: readonly DeviceSampleRow[]): Tensor {
+    const x = this.#checkLogits(logits, 'launch', rows.map((r) => r.logitsRow));
+    for (const { state } of rows) {
+      if (!this.canSample(state)) throw invalid('launch', `a row asks for ${state.params.logprobs} logprobs, more than maxTopN ${this.maxTopN}: sample it on the host`, { logprobs: state.params.logprobs, maxTopN: this.maxTopN });
+    }
+    const n = rows.length;
+    const b = this.#backend;
+    const stride = this.rowStride;
+    if (n > 0) {
+      this.#uploadParams(rows);
+      const out = asCuda(this.#out, 'launch', 'out');
+      this.#kernel.launch(n, THREADS, 0, b.stream, [out.ptr, asCuda(this.#scratch, 'launch', 'scratch').ptr, x.ptr, asCuda(this.#params, 'launch', 'params').ptr, this.vocab, stride]);
+    }
+    return b.view(this.#out, [Math.max(1, n) * stride]);
+  }
+
+  /** The SampleResults of `rows` from the words a `launch` of them produced (downloaded). */
+  unpack(rows: readonly DeviceSampleRow[], words: Int32Array): SampleResult[] {
+    return unpackSampleResults(rows, words, this.rowStride, this.vocab);
   }
 
   dispose(): void {

@@ -20,6 +20,9 @@ type Fn = ReturnType<KoffiLib['func']>;
 
 export const HANDLE = koffi.pointer('PgnCuHandle', koffi.opaque());
 const H = 'PgnCuHandle';
+/** CUipcMemHandle: 64 opaque bytes that name a cuMemAlloc allocation to another process */
+export const CU_IPC_HANDLE_BYTES = 64;
+koffi.struct('PgnCuIpcMemHandle', { reserved: koffi.array('uint8_t', CU_IPC_HANDLE_BYTES) });
 
 const SIGNATURES = {
   cuInit: 'int cuInit(unsigned int flags)',
@@ -36,6 +39,9 @@ const SIGNATURES = {
   cuMemGetInfo: 'int cuMemGetInfo_v2(_Out_ size_t *free, _Out_ size_t *total)',
   cuMemAlloc: 'int cuMemAlloc_v2(_Out_ uint64_t *dptr, size_t bytes)',
   cuMemFree: 'int cuMemFree_v2(uint64_t dptr)',
+  // page-locked host memory (async scheduling's downloads)
+  cuMemHostAlloc: 'int cuMemHostAlloc(_Out_ void **pp, size_t bytes, unsigned int flags)',
+  cuMemFreeHost: 'int cuMemFreeHost(void *p)',
   cuMemcpyHtoDAsync: `int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t bytes, ${H} stream)`,
   cuMemcpyDtoHAsync: `int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, ${H} stream)`,
   cuMemcpyDtoDAsync: `int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, ${H} stream)`,
@@ -63,6 +69,11 @@ const SIGNATURES = {
   cuGraphLaunch: `int cuGraphLaunch(${H} exec, ${H} stream)`,
   cuGraphExecDestroy: `int cuGraphExecDestroy(${H} exec)`,
   cuGraphDestroy: `int cuGraphDestroy(${H} graph)`,
+  // CUDA IPC between the processes of a tensor-parallel group (parallel/custom-allreduce.ts)
+  cuDeviceCanAccessPeer: 'int cuDeviceCanAccessPeer(_Out_ int *canAccessPeer, int dev, int peerDev)',
+  cuIpcGetMemHandle: 'int cuIpcGetMemHandle(_Out_ PgnCuIpcMemHandle *handle, uint64_t dptr)',
+  cuIpcOpenMemHandle: 'int cuIpcOpenMemHandle_v2(_Out_ uint64_t *dptr, PgnCuIpcMemHandle handle, unsigned int flags)',
+  cuIpcCloseMemHandle: 'int cuIpcCloseMemHandle(uint64_t dptr)',
   cuGetErrorName: 'int cuGetErrorName(int error, _Out_ const char **name)',
   cuGetErrorString: 'int cuGetErrorString(int error, _Out_ const char **text)',
 } as const;
@@ -82,6 +93,7 @@ export const CU_STREAM_NON_BLOCKING = 1;
 export const CU_EVENT_DEFAULT = 0;
 export const CU_EVENT_DISABLE_TIMING = 2;
 export const CU_STREAM_CAPTURE_MODE_RELAXED = 2;
+export const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1;
 export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 export const CU_DEVICE_ATTRIBUTE = {
   MULTIPROCESSOR_COUNT: 16,

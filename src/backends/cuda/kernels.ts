@@ -56,6 +56,11 @@ export const KERNEL_PARAMS = {
   attn_decode: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32],
   // (out, partialO, partialML, cuSeqlensQ, numHeads, D, numSplits)
   attn_decode_combine: [ptr, ptr, ptr, ptr, i32, i32, i32],
+  // the fp8 KV cache's kernels: the same parameters, then (kScale, vScale)
+  rope_write_kv_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32, f32, f32],
+  attn_prefill_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, f32, f32],
+  attn_generic_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, f32, f32, f32],
+  attn_decode_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32, f32, f32],
 } as const satisfies Record<string, readonly ParamKind[]>;
 
 export type KernelFamily = keyof typeof KERNEL_PARAMS;

@@ -10,9 +10,11 @@
  *
  * Score order follows HF Gemma 2: score = q.k * scale, then cap * tanh(score / cap),
  * then the ALiBi bias slope[h] * (j - pos); softmax with max subtraction, in f64.
+ * An fp8 cache is dequantized (E4M3 code * scale, in f32) row by row before the math.
  */
 import type { AttentionMetadata, AttentionParams, LayerKvCache, Tensor } from '../../backend.js';
 import { f32Of, i32Of, internal, requireLength, requireRows } from '../cpu-tensor.js';
+import { kvCacheRows, type KvRows } from './kv-cache-rows.js';
 
 const OP = 'attention';
 
@@ -30,11 +32,9 @@ export function attention(out: Tensor, qkv: Tensor, cache: LayerKvCache, meta: A
   const od = f32Of(out, OP, 'out');
   requireRows(qkv, qkvd, numTokens, rowWidth, OP, 'qkv');
   requireRows(out, od, numTokens, qWidth, OP, 'out');
-  const kd = f32Of(cache.k, OP, 'cache.k');
-  const vd = f32Of(cache.v, OP, 'cache.v');
-  requireRows(cache.k, kd, 0, kvWidth, OP, 'cache.k');
-  requireRows(cache.v, vd, 0, kvWidth, OP, 'cache.v');
-  const numCacheBlocks = Math.floor(Math.min(kd.length, vd.length) / kvWidth / blockSize);
+  const kRows = kvCacheRows(cache, 'k', kvWidth, OP);
+  const vRows = kvCacheRows(cache, 'v', kvWidth, OP);
+  const numCacheBlocks = Math.floor(Math.min(kRows.numSlots, vRows.numSlots) / blockSize);
 
   const cuQ = i32Of(meta.cuSeqlensQ, OP, 'cuSeqlensQ');
   const contextLens = i32Of(meta.contextLens, OP, 'contextLens');
@@ -53,6 +53,9 @@ export function attention(out: Tensor, qkv: Tensor, cache: LayerKvCache, meta: A
   for (let s = 0; s < numSeqs; s++) maxKvLen = Math.max(maxKvLen, contextLens[s]);
   const kvRows = new Int32Array(maxKvLen); // kv position -> offset of its cache row
   const head: HeadScratch = { scores: new Float64Array(maxKvLen), acc: new Float64Array(headDim) };
+  // the rows attention reads: the cache itself (f32), or one sequence's rows dequantized
+  const seqK = kRows.f32 ?? new Float32Array(maxKvLen * kvWidth);
+  const seqV = vRows.f32 ?? new Float32Array(maxKvLen * kvWidth);
   const group = numHeads / numKvHeads;
 
   for (let s = 0; s < numSeqs; s++) {
@@ -62,6 +65,7 @@ export function attention(out: Tensor, qkv: Tensor, cache: LayerKvCache, meta: A
     if (q0 < 0 || qLen < 0 || q1 > numTokens) throw internal(`${OP}: seq ${s} has query rows ${q0}..${q1}, outside 0..${numTokens}`, { seq: s, q0, q1, numTokens });
     if (qLen > kvLen) throw internal(`${OP}: seq ${s} has ${qLen} queries but contextLens ${kvLen}`, { seq: s, qLen, kvLen });
     resolveKvRows(kvRows, blockTables.subarray(s * maxBlocksPerSeq, (s + 1) * maxBlocksPerSeq), kvLen, blockSize, kvWidth, numCacheBlocks, s);
+    if (!kRows.f32 || !vRows.f32) dequantizeSeq(kRows, vRows, seqK, seqV, kvRows, kvLen, kvWidth);
     for (let i = 0; i < qLen; i++) {
       const pos = kvLen - qLen + i;
       const lo = window === null ? 0 : Math.max(0, pos - window + 1);
@@ -69,7 +73,7 @@ export function attention(out: Tensor, qkv: Tensor, cache: LayerKvCache, meta: A
       for (let h = 0; h < numHeads; h++) {
         const q = qkvd.subarray(t * rowWidth + h * headDim, t * rowWidth + (h + 1) * headDim);
         const kvOff = Math.floor(h / group) * headDim;
-        attendHead(head, q, kd, vd, kvRows, kvOff, lo, pos, scale, cap, slopes ? slopes[h] : 0);
+        attendHead(head, q, seqK, seqV, kvRows, kvOff, lo, pos, scale, cap, slopes ? slopes[h] : 0);
         const o = t * qWidth + h * headDim;
         for (let d = 0; d < headDim; d++) od[o + d] = head.acc[d];
       }
@@ -88,6 +92,16 @@ function resolveKvRows(kvRows: Int32Array, blockTable: Int32Array, kvLen: number
     }
     const end = Math.min(blockSize, kvLen - b * blockSize);
     for (let o = 0; o < end; o++) kvRows[b * blockSize + o] = (block * blockSize + o) * kvWidth;
+  }
+}
+
+/** Row j of seqK / seqV = the cache rows of kv position j, dequantized; kvRows then points into them. */
+function dequantizeSeq(kRows: KvRows, vRows: KvRows, seqK: Float32Array, seqV: Float32Array, kvRows: Int32Array, kvLen: number, kvWidth: number): void {
+  for (let j = 0; j < kvLen; j++) {
+    const slot = kvRows[j]! / kvWidth;
+    kRows.read(slot, seqK, j * kvWidth);
+    vRows.read(slot, seqV, j * kvWidth);
+    kvRows[j] = j * kvWidth;
   }
 }
 

@@ -6,9 +6,12 @@
  * cosSin row p: [cos_0 .. cos_{r/2-1}, sin_0 .. sin_{r/2-1}]; pair j uses cos_j / sin_j:
  *   neox (HF rotate_half): dims (j, j + r/2);  gptj: dims (2j, 2j + 1).
  * k and v inside qkv are left untouched: the rotated k only goes to the cache.
+ * An fp8 cache (LayerKvCache.dtype) stores E4M3 codes of f32(x / scale), rounded to nearest even
+ * and saturated at +-448, as the CUDA kernel does.
  */
 import type { LayerKvCache, RopeParams, Tensor } from '../../backend.js';
 import { f32Of, i32Of, internal, requireCount, requireLength, requireRows } from '../cpu-tensor.js';
+import { kvCacheRows } from './kv-cache-rows.js';
 
 const OP = 'ropeWriteKv';
 
@@ -20,11 +23,10 @@ export function ropeWriteKv(qkv: Tensor, positions: Tensor, cosSin: Tensor | nul
   const rowWidth = qWidth + 2 * kvWidth;
   const qkvd = f32Of(qkv, OP, 'qkv');
   requireRows(qkv, qkvd, numTokens, rowWidth, OP, 'qkv');
-  const kd = f32Of(cache.k, OP, 'cache.k');
-  const vd = f32Of(cache.v, OP, 'cache.v');
-  requireRows(cache.k, kd, 0, kvWidth, OP, 'cache.k');
-  requireRows(cache.v, vd, 0, kvWidth, OP, 'cache.v');
-  const numSlots = kvWidth === 0 ? 0 : Math.floor(Math.min(kd.length, vd.length) / kvWidth);
+  const kRows = kvCacheRows(cache, 'k', kvWidth, OP);
+  const vRows = kvCacheRows(cache, 'v', kvWidth, OP);
+  const numSlots = Math.min(kRows.numSlots, vRows.numSlots);
+  const kRow = new Float32Array(kvWidth);
   const slots = i32Of(slotMapping, OP, 'slotMapping');
   requireLength(slotMapping, slots, numTokens, OP, 'slotMapping');
 
@@ -58,13 +60,13 @@ export function ropeWriteKv(qkv: Tensor, positions: Tensor, cosSin: Tensor | nul
     const slot = slots[t];
     if (slot < 0) continue;
     if (slot >= numSlots) throw internal(`${OP}: slotMapping[${t}] = ${slot} is outside the cache (${numSlots} slots)`, { token: t, slot, numSlots });
-    const dst = slot * kvWidth;
     const kSrc = row + qWidth;
-    kd.set(qkvd.subarray(kSrc, kSrc + kvWidth), dst);
-    vd.set(qkvd.subarray(kSrc + kvWidth, kSrc + 2 * kvWidth), dst);
+    kRow.set(qkvd.subarray(kSrc, kSrc + kvWidth));
     if (table) {
-      for (let h = 0; h < numKvHeads; h++) rotate(kd, dst + h * headDim, table, cs, rotaryDim);
+      for (let h = 0; h < numKvHeads; h++) rotate(kRow, h * headDim, table, cs, rotaryDim);
     }
+    kRows.write(slot, kRow);
+    vRows.write(slot, qkvd.subarray(kSrc + kvWidth, kSrc + 2 * kvWidth));
   }
 }
 

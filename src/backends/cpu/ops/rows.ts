@@ -1,5 +1,5 @@
 /**
- * Row-wise data movement and elementwise ops: embedding, embeddingShard, gatherRows, copy, add.
+ * Row-wise data movement and elementwise ops: embedding, embeddingShard, gatherRows, copy, add, gatherTokenIds.
  */
 import type { Tensor } from '../../backend.js';
 import { f32Of, i32Of, internal, lastDim, requireCount, requireLength, requireRows } from '../cpu-tensor.js';
@@ -76,4 +76,21 @@ export function add(out: Tensor, a: Tensor, b: Tensor, numTokens: number): void 
   requireRows(b, bd, numTokens, H, op, 'b');
   const n = numTokens * H;
   for (let i = 0; i < n; i++) od[i] = ad[i] + bd[i];
+}
+
+/** tokenIds[t] = src[srcIndex[t]] where srcIndex[t] >= 0 (async scheduling's tokens still being sampled); all i32. */
+export function gatherTokenIds(tokenIds: Tensor, src: Tensor, srcIndex: Tensor, numTokens: number): void {
+  const op = 'gatherTokenIds';
+  requireCount(numTokens, op, 'numTokens');
+  const out = i32Of(tokenIds, op, 'tokenIds');
+  const sd = i32Of(src, op, 'src');
+  const idx = i32Of(srcIndex, op, 'srcIndex');
+  requireLength(tokenIds, out, numTokens, op, 'tokenIds');
+  requireLength(srcIndex, idx, numTokens, op, 'srcIndex');
+  for (let t = 0; t < numTokens; t++) {
+    const s = idx[t]!;
+    if (s < 0) continue;
+    if (s >= sd.length) throw internal(`${op}: srcIndex[${t}] = ${s} is outside src [0, ${sd.length})`, { op, index: t, srcIndex: s, srcLength: sd.length });
+    out[t] = sd[s]!;
+  }
 }

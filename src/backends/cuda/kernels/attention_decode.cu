@@ -11,7 +11,9 @@
 // numSplits == 1 writes `out` directly; otherwise each split writes its unnormalised
 // accumulator to partialO [numSeqs, numHeads, numSplits, D] and (max, sum) in the log2
 // domain to partialML [.., 2], and attn_decode_combine finishes.
-#include "common.cuh"
+// An fp8 cache (C = kv_fp8_t, kv_fp8.cuh) is read 8 bytes a lane; kScale is folded into the query
+// and vScale into the output, so the codes convert exactly and nothing else changes.
+#include "kv_fp8.cuh"
 
 #define PGN_DECODE_WARPS 4
 #define PGN_DECODE_UNROLL 4
@@ -20,11 +22,12 @@
 // tried (2026-11-27, H100): it needed ~165 registers (3 blocks an SM) and ran 10-40% slower.
 #define PGN_DECODE_MIN_BLOCKS(HPB) ((HPB) <= 4 ? 4 : 3)
 
-template <typename T, int D, int HPB>
-__device__ void attn_decode(T* out, float* partialO, float* partialML, const T* qkv, const T* kCache, const T* vCache,
+template <typename T, typename C, int D, int HPB>
+__device__ void attn_decode(T* out, float* partialO, float* partialML, const T* qkv, const C* kCache, const C* vCache,
                             const int* cuSeqlensQ, const int* contextLens, const int* blockTables,
                             const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize,
-                            float scale, int window, float softcap, int numSplits) {
+                            float scale, int window, float softcap, int numSplits, float kScale, float vScale) {
+  constexpr bool F8 = sizeof(C) == 1;
   constexpr int CHUNKS = D / 8;
   constexpr int LPK = CHUNKS <= 8 ? 8 : (CHUNKS <= 16 ? 16 : 32);  // lanes per key
   constexpr int KPW = 32 / LPK;                                    // keys per warp
@@ -50,7 +53,7 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   {
-    const float qScale = plain ? scale * PGN_LOG2E : scale;
+    const float qScale = (plain ? scale * PGN_LOG2E : scale) * kScale;
     const T* q = qkv + (long long)qRow * qStride + h0 * D;
     for (int i = tid; i < HPB * D; i += blockDim.x) sq[i / D][i % D] = i < nh * D ? to_f32(q[i]) * qScale : 0.f;
   }
@@ -74,75 +77,153 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
     for (int e = 0; e < 8; e++) acc[h][e] = 0.f;
   }
 
-  for (int base = jBegin; base < jEnd; base += SLOTS * U) {
-    uint4 kr[U], vr[U];
+  if constexpr (F8) {
+    // more keys in flight: a lane loads 8 bytes of a key, not 16 (as many as fit in registers unspilled)
+    constexpr int U8 = HPB >= 8 ? 2 : (HPB >= 4 ? 6 : 2 * U);
+    for (int base = jBegin; base < jEnd; base += SLOTS * U8) {
+      uint2 kr[U8], vr[U8];
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int j = base + u * SLOTS + slot;
-      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-      if (j < jEnd && active) {
-        const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
-        kr[u] = *reinterpret_cast<const uint4*>(kCache + row * kvStride + colOffset);
-        vr[u] = *reinterpret_cast<const uint4*>(vCache + row * kvStride + colOffset);
-      }
-    }
-    // scores of the U keys for every head (independent, so the reductions overlap)
-    float s[U][HPB];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const T* kh = reinterpret_cast<const T*>(&kr[u]);
-      float kf[8];
-#pragma unroll
-      for (int e = 0; e < 8; e++) kf[e] = to_f32(kh[e]);
-#pragma unroll
-      for (int h = 0; h < HPB; h++) {
-        const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
-        const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
-        s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
-      }
-    }
-#pragma unroll
-    for (int o = 1; o < LPK; o <<= 1) {
-#pragma unroll
-      for (int u = 0; u < U; u++) {
-#pragma unroll
-        for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int j = base + u * SLOTS + slot;
-#pragma unroll
-      for (int h = 0; h < HPB; h++) {
-        float x = s[u][h];
-        if (!plain) {
-          if (softcap > 0.f) x = softcap * tanhf(x / softcap);
-          x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
+      for (int u = 0; u < U8; u++) {
+        const int j = base + u * SLOTS + slot;
+        kr[u] = vr[u] = make_uint2(0, 0);
+        if (j < jEnd && active) {
+          const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
+          kr[u] = *reinterpret_cast<const uint2*>(kCache + row * kvStride + colOffset);
+          vr[u] = *reinterpret_cast<const uint2*>(vCache + row * kvStride + colOffset);
         }
-        s[u][h] = j < jEnd ? x : PGN_NEG_INF;
+      }
+      float s[U8][HPB];
+#pragma unroll
+      for (int u = 0; u < U8; u++) {
+        float kf[8];
+        kv_fp8x8_to_f32(kr[u], kf);
+#pragma unroll
+        for (int h = 0; h < HPB; h++) {
+          const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
+          const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
+          s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+        }
+      }
+#pragma unroll
+      for (int o = 1; o < LPK; o <<= 1) {
+#pragma unroll
+        for (int u = 0; u < U8; u++) {
+#pragma unroll
+          for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U8; u++) {
+        const int j = base + u * SLOTS + slot;
+#pragma unroll
+        for (int h = 0; h < HPB; h++) {
+          float x = s[u][h];
+          if (!plain) {
+            if (softcap > 0.f) x = softcap * tanhf(x / softcap);
+            x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
+          }
+          s[u][h] = j < jEnd ? x : PGN_NEG_INF;
+        }
+      }
+      // the online-softmax rescale of every head, then the values key by key (converted once for all heads)
+      float mUse[HPB];
+#pragma unroll
+      for (int h = 0; h < HPB; h++) {
+        float mNew = m[h];
+#pragma unroll
+        for (int u = 0; u < U8; u++) mNew = fmaxf(mNew, s[u][h]);
+        mUse[h] = mNew == PGN_NEG_INF ? 0.f : mNew;
+        const float alpha = fast_exp2(m[h] - mUse[h]);
+        m[h] = mNew;
+        l[h] *= alpha;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
+      }
+#pragma unroll
+      for (int u = 0; u < U8; u++) {
+        float vf[8];
+        kv_fp8x8_to_f32(vr[u], vf);
+#pragma unroll
+        for (int h = 0; h < HPB; h++) {
+          const float p = fast_exp2(s[u][h] - mUse[h]);
+          l[h] += p;
+#pragma unroll
+          for (int e = 0; e < 8; e++) acc[h][e] += p * vf[e];
+        }
       }
     }
-    // one online-softmax step for the U keys
-#pragma unroll
-    for (int h = 0; h < HPB; h++) {
-      float mNew = m[h];
-#pragma unroll
-      for (int u = 0; u < U; u++) mNew = fmaxf(mNew, s[u][h]);
-      const float mUse = mNew == PGN_NEG_INF ? 0.f : mNew;
-      const float alpha = fast_exp2(m[h] - mUse);
-      m[h] = mNew;
-      l[h] *= alpha;
-#pragma unroll
-      for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
-#pragma unroll
+  } else {
+    for (int base = jBegin; base < jEnd; base += SLOTS * U) {
+      uint4 kr[U], vr[U];
+  #pragma unroll
       for (int u = 0; u < U; u++) {
-        const float p = fast_exp2(s[u][h] - mUse);
-        l[h] += p;
-        const T* vh = reinterpret_cast<const T*>(&vr[u]);
-#pragma unroll
-        for (int e = 0; e < 8; e++) acc[h][e] += p * to_f32(vh[e]);
+        const int j = base + u * SLOTS + slot;
+        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+        if (j < jEnd && active) {
+          const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
+          kr[u] = *reinterpret_cast<const uint4*>(kCache + row * kvStride + colOffset);
+          vr[u] = *reinterpret_cast<const uint4*>(vCache + row * kvStride + colOffset);
+        }
+      }
+      // scores of the U keys for every head (independent, so the reductions overlap)
+      float s[U][HPB];
+  #pragma unroll
+      for (int u = 0; u < U; u++) {
+        const T* kh = reinterpret_cast<const T*>(&kr[u]);
+        float kf[8];
+  #pragma unroll
+        for (int e = 0; e < 8; e++) kf[e] = to_f32(kh[e]);
+  #pragma unroll
+        for (int h = 0; h < HPB; h++) {
+          const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
+          const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
+          s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
+        }
+      }
+  #pragma unroll
+      for (int o = 1; o < LPK; o <<= 1) {
+  #pragma unroll
+        for (int u = 0; u < U; u++) {
+  #pragma unroll
+          for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+        }
+      }
+  #pragma unroll
+      for (int u = 0; u < U; u++) {
+        const int j = base + u * SLOTS + slot;
+  #pragma unroll
+        for (int h = 0; h < HPB; h++) {
+          float x = s[u][h];
+          if (!plain) {
+            if (softcap > 0.f) x = softcap * tanhf(x / softcap);
+            x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
+          }
+          s[u][h] = j < jEnd ? x : PGN_NEG_INF;
+        }
+      }
+      // one online-softmax step for the U keys
+  #pragma unroll
+      for (int h = 0; h < HPB; h++) {
+        float mNew = m[h];
+  #pragma unroll
+        for (int u = 0; u < U; u++) mNew = fmaxf(mNew, s[u][h]);
+        const float mUse = mNew == PGN_NEG_INF ? 0.f : mNew;
+        const float alpha = fast_exp2(m[h] - mUse);
+        m[h] = mNew;
+        l[h] *= alpha;
+  #pragma unroll
+        for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
+  #pragma unroll
+        for (int u = 0; u < U; u++) {
+          const float p = fast_exp2(s[u][h] - mUse);
+          l[h] += p;
+          const T* vh = reinterpret_cast<const T*>(&vr[u]);
+  #pragma unroll
+          for (int e = 0; e < 8; e++) acc[h][e] += p * to_f32(vh[e]);
+        }
       }
     }
+
   }
 
   // merge the key groups of a warp (lanes with the same chunk differ in bits >= log2(LPK))
@@ -184,6 +265,7 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
       L += sl[w][h] * f;
       A += so[w][h][d] * f;
     }
+    A *= vScale;
     const int head = h0 + h;
     if (numSplits == 1) {
       out[((long long)qRow * numHeads + head) * D + d] = from_f32<T>(L > 0.f ? A / L : 0.f);
@@ -233,9 +315,18 @@ __device__ void attn_decode_combine(T* out, const float* partialO, const float* 
       const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
       int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
       int numSplits) {                                                                                           \
-    attn_decode<T, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables,  \
-                           alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
-                           numSplits);                                                                           \
+    attn_decode<T, T, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
+                              alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
+                              numSplits, 1.f, 1.f);                                                              \
+  }                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB)) attn_decode_fp8_##S##_d##D##_h##HPB( \
+      T* out, float* partialO, float* partialML, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache,   \
+      const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
+      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
+      int numSplits, float kScale, float vScale) {                                                               \
+    attn_decode<T, kv_fp8_t, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,     \
+                                     blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,  \
+                                     scale, window, softcap, numSplits, kScale, vScale);                          \
   }
 #define PGN_DECODE_HPB(T, S, D) PGN_DECODE(T, S, D, 1) PGN_DECODE(T, S, D, 2) PGN_DECODE(T, S, D, 4) PGN_DECODE(T, S, D, 8)
 #define PGN_DECODE_ALL(T, S)                                                                                     \

@@ -4,15 +4,16 @@
 //
 // Grid (numTokens, numHeads), 4 warps. Lane l holds dims l, l + 32, ... (DK of them, D <= 32 DK);
 // warp w takes keys lo + w, lo + w + 4, ... with its own online softmax, merged at the end.
-#include "common.cuh"
+// An fp8 cache (C = kv_fp8_t): kScale folded into the query, vScale into the output.
+#include "kv_fp8.cuh"
 
 #define PGN_GENERIC_WARPS 4
 
-template <typename T, int DK>
-__device__ void attn_generic(T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ,
+template <typename T, typename C, int DK>
+__device__ void attn_generic(T* out, const T* qkv, const C* kCache, const C* vCache, const int* cuSeqlensQ,
                              const int* contextLens, const int* blockTables, const float* alibiSlopes, int numSeqs,
                              int numHeads, int numKvHeads, int D, int maxBlocksPerSeq, int blockSize, float scale,
-                             int window, float softcap) {
+                             int window, float softcap, float kScale, float vScale) {
   constexpr int NW = PGN_GENERIC_WARPS;
   __shared__ float sm[NW], sl[NW];
   __shared__ float so[NW][32 * DK];
@@ -42,19 +43,19 @@ __device__ void attn_generic(T* out, const T* qkv, const T* kCache, const T* vCa
 #pragma unroll
   for (int k = 0; k < DK; k++) {
     const int d = lane + 32 * k;
-    qf[k] = d < D ? to_f32(q[d]) * (plain ? scale * PGN_LOG2E : scale) : 0.f;
+    qf[k] = d < D ? to_f32(q[d]) * (plain ? scale * PGN_LOG2E : scale) * kScale : 0.f;
     acc[k] = 0.f;
   }
   float m = PGN_NEG_INF, l = 0.f;
   for (int j = jBegin + warp; j <= pos; j += NW) {
     const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
-    const T* kr = kCache + row * kvStride + kvHead * D;
-    const T* vr = vCache + row * kvStride + kvHead * D;
+    const C* kr = kCache + row * kvStride + kvHead * D;
+    const C* vr = vCache + row * kvStride + kvHead * D;
     float dot = 0.f;
 #pragma unroll
     for (int k = 0; k < DK; k++) {
       const int d = lane + 32 * k;
-      if (d < D) dot += qf[k] * to_f32(kr[d]);
+      if (d < D) dot += qf[k] * kv_to_f32(kr[d]);
     }
     float s = warp_sum(dot);
     if (!plain) {
@@ -68,7 +69,7 @@ __device__ void attn_generic(T* out, const T* qkv, const T* kCache, const T* vCa
 #pragma unroll
     for (int k = 0; k < DK; k++) {
       const int d = lane + 32 * k;
-      acc[k] = acc[k] * alpha + (d < D ? p * to_f32(vr[d]) : 0.f);
+      acc[k] = acc[k] * alpha + (d < D ? p * kv_to_f32(vr[d]) : 0.f);
     }
   }
   if (lane == 0) { sm[warp] = m; sl[warp] = l; }
@@ -83,7 +84,7 @@ __device__ void attn_generic(T* out, const T* qkv, const T* kCache, const T* vCa
   float L = 0.f;
 #pragma unroll
   for (int w = 0; w < NW; w++) L += sl[w] * exp2f(sm[w] - mUse);
-  const float inv = L > 0.f ? 1.f / L : 0.f;
+  const float inv = L > 0.f ? vScale / L : 0.f;
   T* o = out + (long long)t * numHeads * D + head * D;
 #pragma unroll
   for (int k = 0; k < DK; k++) {
@@ -101,8 +102,17 @@ __device__ void attn_generic(T* out, const T* qkv, const T* kCache, const T* vCa
       T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ, const int* contextLens,      \
       const int* blockTables, const float* alibiSlopes, int numSeqs, int numHeads, int numKvHeads, int D,        \
       int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap) {                              \
-    attn_generic<T, DK>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes, numSeqs,    \
-                        numHeads, numKvHeads, D, maxBlocksPerSeq, blockSize, scale, window, softcap);            \
+    attn_generic<T, T, DK>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes, numSeqs, \
+                           numHeads, numKvHeads, D, maxBlocksPerSeq, blockSize, scale, window, softcap, 1.f, 1.f); \
+  }                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(32 * PGN_GENERIC_WARPS) attn_generic_fp8_##S##_k##DK(             \
+      T* out, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache, const int* cuSeqlensQ,               \
+      const int* contextLens, const int* blockTables, const float* alibiSlopes, int numSeqs, int numHeads,       \
+      int numKvHeads, int D, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,         \
+      float kScale, float vScale) {                                                                              \
+    attn_generic<T, kv_fp8_t, DK>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,   \
+                                  numSeqs, numHeads, numKvHeads, D, maxBlocksPerSeq, blockSize, scale, window,   \
+                                  softcap, kScale, vScale);                                                      \
   }
 #define PGN_GENERIC_ALL(T, S) PGN_GENERIC(T, S, 1) PGN_GENERIC(T, S, 2) PGN_GENERIC(T, S, 4) PGN_GENERIC(T, S, 8)
 

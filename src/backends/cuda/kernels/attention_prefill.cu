@@ -10,7 +10,11 @@
 // + slope[h] * (j - pos) (ALiBi); softmax in the log2 domain.
 // Shared memory (dynamic): Q [BM][D+8], K [BN][D+8], V [BN][D+8] of T; the 16-byte row
 // pad keeps ldmatrix free of bank conflicts. Keep BN in step with cuda-attention.ts.
+// An fp8 cache (C = kv_fp8_t): K and V tiles arrive by cp.async in byte staging buffers
+// (2 BN D bytes after V) and are converted to T in shared memory before their MMAs (exact);
+// kScale is folded into the score scale and vScale into the output.
 #include "mma.cuh"
+#include "kv_fp8.cuh"
 
 #define PGN_PREFILL_BN(D) ((D) <= 128 ? 64 : 32)
 // Blocks an SM must hold (caps registers): 16 warps (128 registers) where the accumulators fit
@@ -18,15 +22,19 @@
 // 8 warps: 128 registers, a small spill); head size 256 needs ~250 registers.
 #define PGN_PREFILL_MIN_BLOCKS(D, NW) ((D) <= 96 ? 16 / (NW) : (D) == 128 ? ((NW) == 4 ? 3 : 2) : 1)
 
-template <typename T, int D, int BN, int NW>
-__device__ void attn_prefill(T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ,
+template <typename T, typename C, int D, int BN, int NW>
+__device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCache, const int* cuSeqlensQ,
                              const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,
-                             int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap) {
+                             int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,
+                             float kScale, float vScale) {
+  constexpr bool F8 = sizeof(C) == 1;
   constexpr int BM = 16 * NW, STRIDE = D + 8, CHUNKS = D / 8, THREADS = 32 * NW;
   extern __shared__ __align__(16) unsigned char smemRaw[];
   T* sQ = reinterpret_cast<T*>(smemRaw);
   T* sK = sQ + BM * STRIDE;
   T* sV = sK + BN * STRIDE;
+  kv_fp8_t* stK = reinterpret_cast<kv_fp8_t*>(sV + BN * STRIDE);  // fp8 staging [BN][D]
+  kv_fp8_t* stV = stK + BN * D;
 
   // the last query tiles see the most keys: start them first
   const int seq = blockIdx.z, head = blockIdx.y, m0 = (gridDim.x - 1 - blockIdx.x) * BM;
@@ -49,24 +57,34 @@ __device__ void attn_prefill(T* out, const T* qkv, const T* kCache, const T* vCa
     const bool valid = m0 + r < qLen;
     cp_async16(sQ + r * STRIDE + c, qkv + (long long)(q0 + (valid ? m0 + r : 0)) * qStride + head * D + c, valid);
   }
-  auto loadKv = [&](T* dst, const T* cache, int n0) {
+  // a K or V tile: straight into its T tile, or (fp8) into its staging buffer
+  auto loadKv = [&](T* dst, kv_fp8_t* stage, const C* cache, int n0) {
     for (int i = tid; i < BN * CHUNKS; i += THREADS) {
       const int r = i / CHUNKS, c = (i - r * CHUNKS) * 8;
       const int j = n0 + r;
       const bool valid = j < jEnd;
       long long slot = 0;
       if (valid) slot = (long long)table[j / blockSize] * blockSize + j % blockSize;
-      cp_async16(dst + r * STRIDE + c, cache + slot * kvStride + kvHead * D + c, valid);
+      if constexpr (F8) kv_cp_async8(stage + r * D + c, cache + slot * kvStride + kvHead * D + c, valid);
+      else cp_async16(dst + r * STRIDE + c, cache + slot * kvStride + kvHead * D + c, valid);
     }
   };
-  loadKv(sK, kCache, nBegin);
+  // fp8: staging bytes -> the T tile (then a barrier before the tile's MMAs)
+  auto convertKv = [&](T* dst, const kv_fp8_t* stage) {
+    for (int i = tid; i < BN * CHUNKS; i += THREADS) {
+      const int r = i / CHUNKS, c = (i - r * CHUNKS) * 8;
+      *reinterpret_cast<uint4*>(dst + r * STRIDE + c) = kv_fp8x8_to_pack<T>(*reinterpret_cast<const uint2*>(stage + r * D + c));
+    }
+    __syncthreads();
+  };
+  loadKv(sK, stK, kCache, nBegin);
   cp_async_commit();  // group: Q + first K
 
   const int row0 = m0 + warp * 16 + (lane >> 2);  // query index of c0,c1; c2,c3 are row0 + 8
   const int pos0 = firstPos + row0, pos1 = pos0 + 8;
   const bool valid0 = row0 < qLen, valid1 = row0 + 8 < qLen;
   const bool plain = softcap == 0.f && alibiSlopes == nullptr;
-  const float qkScale = plain ? scale * PGN_LOG2E : scale;
+  const float qkScale = (plain ? scale * PGN_LOG2E : scale) * kScale;
   const float slope = alibiSlopes ? alibiSlopes[head] : 0.f;
   // masks are needed on tiles that reach past the first query's position, on window
   // tiles and where some query rows of the tile are padding
@@ -79,10 +97,11 @@ __device__ void attn_prefill(T* out, const T* qkv, const T* kCache, const T* vCa
   float mRow[2] = {PGN_NEG_INF, PGN_NEG_INF}, lRow[2] = {0.f, 0.f};
 
   for (int n0 = nBegin; n0 < jEnd; n0 += BN) {
-    loadKv(sV, vCache, n0);
+    loadKv(sV, stV, vCache, n0);
     cp_async_commit();
     cp_async_wait<1>();  // Q and this K
     __syncthreads();
+    if constexpr (F8) convertKv(sK, stK);
 
     float s[BN / 8][4];
 #pragma unroll
@@ -149,9 +168,10 @@ __device__ void attn_prefill(T* out, const T* qkv, const T* kCache, const T* vCa
     cp_async_wait<0>();  // this V
     __syncthreads();     // every warp is done with K
     if (n0 + BN < jEnd) {
-      loadKv(sK, kCache, n0 + BN);
+      loadKv(sK, stK, kCache, n0 + BN);
       cp_async_commit();
     }
+    if constexpr (F8) convertKv(sV, stV);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
       const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
@@ -172,7 +192,7 @@ __device__ void attn_prefill(T* out, const T* qkv, const T* kCache, const T* vCa
   for (int r = 0; r < 2; r++) {
     lRow[r] += __shfl_xor_sync(0xffffffffu, lRow[r], 1);
     lRow[r] += __shfl_xor_sync(0xffffffffu, lRow[r], 2);
-    inv[r] = lRow[r] > 0.f ? 1.f / lRow[r] : 0.f;
+    inv[r] = lRow[r] > 0.f ? vScale / lRow[r] : 0.f;
   }
   T* out0 = out + (long long)(q0 + row0) * outStride + head * D + 2 * (lane & 3);
 #pragma unroll
@@ -182,18 +202,27 @@ __device__ void attn_prefill(T* out, const T* qkv, const T* kCache, const T* vCa
   }
 }
 
-#define PGN_PREFILL(T, S, D, NW, NAME)                                                                           \
+#define PGN_PREFILL(T, S, D, NW)                                                                                 \
   extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
-      NAME(T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ,     \
-                              const int* contextLens, const int* blockTables, const float* alibiSlopes,          \
-                              int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale,     \
-                              int window, float softcap) {                                                       \
-    attn_prefill<T, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables,        \
-                                          alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale,  \
-                                          window, softcap);                                                      \
+      attn_prefill_##S##_d##D##_w##NW(T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ,                         \
+           const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,               \
+           int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap) {         \
+    attn_prefill<T, T, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
+                                                 alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,  \
+                                                 scale, window, softcap, 1.f, 1.f);                              \
+  }                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
+      attn_prefill_fp8_##S##_d##D##_w##NW(T* out, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache, const int* cuSeqlensQ,    \
+                 const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,         \
+                 int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,     \
+                 float kScale, float vScale) {                                                                   \
+    attn_prefill<T, kv_fp8_t, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,       \
+                                                        blockTables, alibiSlopes, numHeads, numKvHeads,          \
+                                                        maxBlocksPerSeq, blockSize, scale, window, softcap,      \
+                                                        kScale, vScale);                                         \
   }
 #define PGN_PREFILL_NW(T, S, D) \
-  PGN_PREFILL(T, S, D, 4, attn_prefill_##S##_d##D##_w4) PGN_PREFILL(T, S, D, 8, attn_prefill_##S##_d##D##_w8)
+  PGN_PREFILL(T, S, D, 4) PGN_PREFILL(T, S, D, 8)
 #define PGN_PREFILL_ALL_D(T, S)                                                                                  \
   PGN_PREFILL_NW(T, S, 64) PGN_PREFILL_NW(T, S, 80) PGN_PREFILL_NW(T, S, 96) PGN_PREFILL_NW(T, S, 128)          \
   PGN_PREFILL_NW(T, S, 256)

@@ -128,3 +128,51 @@ __device__ void qk_rms_norm(T* qkv, const T* qWeight, const T* kWeight, float ep
 
 PGN_FLOAT_TYPES(PGN_NORM)
 PGN_FLOAT_TYPES(PGN_QK_NORM)
+
+// ---- RMSNorm fused with FP8 activation quantization (issue 6) ----------------------------------------------
+// rms_norm_fp8: rms_norm's vector path (the same thread mapping and reductions, so `out` and the residual come
+// out bit-identical to rms_norm with the same blockDim) that also quantizes its output to E4M3 for the FP8
+// linear reading it: xq [rows, H] bytes and xs [rows], the static *inputScale or max(rowAmax / 448, minScale)
+// of the stored out values, exactly as quant_fp8_act / quant_fp8_rows would from `out`. H % 8 == 0, 16-byte
+// aligned rows. One block per row.
+#include "quant.cuh"
+
+template <typename T>
+__device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* x, T* residual, const T* weight, float eps,
+                                 float weightOffset, int H, const float* inputScale, float minScale) {
+  __shared__ float scratch[32];
+  constexpr int N = Pack<T>::N;
+  const T* src;
+  const float sumSq = block_sum(residual_pass<T, true>(x, residual, H, &src, true), scratch);
+  const float inv = rsqrtf(sumSq / H + eps);
+  float amax = 0.f;
+  for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+    Pack<T> v = load_pack(src + c), w = load_pack(weight + c), r;
+#pragma unroll
+    for (int e = 0; e < N; e++) r.set(e, v.get(e) * inv * (w.get(e) + weightOffset));
+    store_pack(out + c, r);
+#pragma unroll
+    for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(r.get(e)));
+  }
+  float s;
+  if (inputScale != nullptr) s = *inputScale;
+  else s = fmaxf(__fdiv_rn(q_block_max(amax, scratch), PGN_E4M3_MAX), minScale);
+  if (threadIdx.x == 0) *xs = s;
+  for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+    const Pack<T> r = load_pack(out + c);  // this thread's own stores
+    unsigned q[2] = {0u, 0u};
+#pragma unroll
+    for (int e = 0; e < N; e++) q[e >> 2] |= e4m3_encode(__fdiv_rn(r.get(e), s)) << (8 * (e & 3));
+    *reinterpret_cast<uint2*>(xq + c) = make_uint2(q[0], q[1]);
+  }
+}
+
+#define PGN_NORM_FP8(T, S)                                                                                         \
+  extern "C" __global__ void rms_norm_fp8_##S(T* out, unsigned char* xq, float* xs, const T* x, T* residual,      \
+                                              const T* weight, float eps, float weightOffset, int H,             \
+                                              const float* inputScale, float minScale) {                        \
+    const long long r = blockIdx.x;                                                                                \
+    rms_norm_fp8_row<T>(out + r * H, xq + r * H, xs + r, x + r * H, residual ? residual + r * H : nullptr, weight,  \
+                        eps, weightOffset, H, inputScale, minScale);                                               \
+  }
+PGN_HALF_TYPES(PGN_NORM_FP8)

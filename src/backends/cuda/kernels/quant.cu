@@ -2,67 +2,16 @@
 // little-endian in 32-bit words along K (fp8 / int8 bytes, int4 nibbles), scales f32 [N, numGroups] (one per
 // tensor allowed for fp8), int4 zero points f32 or 8 (symmetric).
 // - quant_fp8_act: activations -> E4M3 (static input scale, or per token amax / 448), as fp8.ts does it;
+//   quant_fp8_rows the same in one memory round trip for aligned rows;
 // - quant_fp8_mma: FP8 GEMV for up to 16 tokens on tensor cores (mma m16n8k32 e4m3, sm_89+), both scales and
 //   the bias applied in its epilogue;
 // - quant_gemv: INT8 / INT4 weight-only GEMV for a few tokens (unpack, scale, FMA, f32 accumulation);
 // - quant_dequant: weights -> the activation dtype, tile by tile (the path for many tokens: a half GEMM follows);
 // - quant_scale_out / quant_bias_add: epilogues around cuBLASLt's GEMMs.
+// The decode GEMV for every kind (cp.async-streamed, up to 8 tokens) is in quant_gemv.cu; shared helpers in
+// quant.cuh.
 // Output dtype (outKind): 0 f32, 1 bf16, 2 f16. Bias dtype (biasKind): 0 none, 1 f32, 2 bf16, 3 f16.
-#include "common.cuh"
-
-#define PGN_E4M3_MAX 448.f
-#define PGN_Q_FP8 0
-#define PGN_Q_INT8 1
-#define PGN_Q_INT4 2
-// 2^23: an integer 0..255 OR-ed into this float's mantissa is read back exactly by subtracting it
-#define PGN_MAGIC_2P23 8388608.f
-
-__device__ __forceinline__ void q_store(void* out, long long i, float v, int outKind) {
-  if (outKind == 0) static_cast<float*>(out)[i] = v;
-  else if (outKind == 1) static_cast<bf16*>(out)[i] = __float2bfloat16_rn(v);
-  else static_cast<f16*>(out)[i] = __float2half_rn(v);
-}
-
-__device__ __forceinline__ float q_load(const void* p, long long i, int outKind) {
-  if (outKind == 0) return static_cast<const float*>(p)[i];
-  if (outKind == 1) return __bfloat162float(static_cast<const bf16*>(p)[i]);
-  return __half2float(static_cast<const f16*>(p)[i]);
-}
-
-__device__ __forceinline__ float q_bias(const void* bias, int n, int biasKind) {
-  if (biasKind == 0) return 0.f;
-  return q_load(bias, n, biasKind - 1);
-}
-
-// f32 -> E4M3 (OCP e4m3fn) byte: round to nearest even, saturating to +-448, NaN -> NaN (fp8.ts encodeE4M3).
-__device__ __forceinline__ unsigned e4m3_encode(float x) {
-  const unsigned u = __float_as_uint(x);
-  const unsigned sign = (u >> 24) & 0x80u;
-  const unsigned a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7fu;
-  if (a >= 0x43e00000u) return sign | 0x7eu;                       // >= 448
-  if (a < 0x3c800000u) return sign | (unsigned)__float2int_rn(__uint_as_float(a) * 512.f);  // subnormal: m * 2^-9
-  const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;      // keep 3 mantissa bits, ties to even
-  return sign | (r - (120u << 3));                                 // f32 bias 127 -> E4M3 bias 7
-}
-
-// E4M3 byte -> f32, exactly: exponent and mantissa moved into an f32 (a denormal for E4M3 subnormals) and
-// rebiased by 2^120. (0x7f, NaN, decodes as 480: never produced by the encoder from finite input.)
-__device__ __forceinline__ float e4m3_decode(unsigned b) {
-  const float mag = __uint_as_float((b & 0x7fu) << 20) * 0x1p120f;
-  return (b & 0x80u) ? -mag : mag;
-}
-
-__device__ __forceinline__ float q_block_max(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int numWarps = (blockDim.x + 31) >> 5;
-  v = warp_max(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < numWarps ? scratch[lane] : 0.f;
-  return warp_max(v);
-}
+#include "quant.cuh"
 
 // ---- FP8 activations -------------------------------------------------------------------------
 // One block per token row of x [M, K] (K % 4 == 0). scale = *inputScale, or max(rowAmax / 448, minScale).
@@ -102,6 +51,50 @@ __device__ void quant_fp8_act(unsigned* xq, float* rowScales, T* xfq, const T* x
     quant_fp8_act<T>(xq, rowScales, xfq, x, inputScale, K, minScale);                                            \
   }
 PGN_HALF_TYPES(PGN_QUANT_ACT)
+
+// quant_fp8_rows: the same for 16-byte aligned rows with K % 8 == 0 and K / 8 <= 8 * blockDim, one block per row
+// with every thread's 16-byte units loaded at once and kept in registers between the amax and the encode (one
+// memory round trip, where quant_fp8_act's strided loop makes many). Writes xq [M, K] and rowScales [M].
+#define PGN_QROWS_UNITS 8
+template <typename T>
+__device__ void quant_fp8_rows(unsigned char* xq, float* rowScales, const T* x, const float* inputScale, int K, float minScale) {
+  __shared__ float red[32];
+  const long long row = blockIdx.x;
+  const int kUnits = K >> 3;
+  const T* xr = x + row * K;
+  Pack<T> v[PGN_QROWS_UNITS];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < PGN_QROWS_UNITS; i++) {
+    const int u = threadIdx.x + i * blockDim.x;
+    if (u < kUnits) {
+      v[i] = load_pack(xr + u * 8);
+#pragma unroll
+      for (int e = 0; e < 8; e++) amax = fmaxf(amax, fabsf(v[i].get(e)));
+    }
+  }
+  float s;
+  if (inputScale != nullptr) s = *inputScale;
+  else s = fmaxf(__fdiv_rn(q_block_max(amax, red), PGN_E4M3_MAX), minScale);
+  if (threadIdx.x == 0) rowScales[row] = s;
+#pragma unroll
+  for (int i = 0; i < PGN_QROWS_UNITS; i++) {
+    const int u = threadIdx.x + i * blockDim.x;
+    if (u < kUnits) {
+      unsigned q[2] = {0u, 0u};
+#pragma unroll
+      for (int e = 0; e < 8; e++) q[e >> 2] |= e4m3_encode(__fdiv_rn(v[i].get(e), s)) << (8 * (e & 3));
+      *reinterpret_cast<uint2*>(xq + row * K + u * 8) = make_uint2(q[0], q[1]);
+    }
+  }
+}
+
+#define PGN_QUANT_ROWS(T, S)                                                                                      \
+  extern "C" __global__ void __launch_bounds__(1024) quant_fp8_rows_##S(unsigned char* xq, float* rowScales, const T* x, \
+                                                                        const float* inputScale, int K, float minScale) { \
+    quant_fp8_rows<T>(xq, rowScales, x, inputScale, K, minScale);                                                 \
+  }
+PGN_HALF_TYPES(PGN_QUANT_ROWS)
 
 // ---- dequantization -------------------------------------------------------------------------------
 // Rows n0 .. n0 + rows of w [N, K] into out [rows, K] (16-byte aligned, K % 8 == 0 for int4, % 4 otherwise);
@@ -276,20 +269,6 @@ PGN_HALF_TYPES(PGN_QUANT_GEMV_M)
 // a2/b1: k 16+4t..) is a permutation of the step's bytes shared by A and B, so the dot products are exact.
 // Fragments (PTX ISA, 8-bit m16n8k32): a0 (row g), a1 (row g+8), a2 (row g), a3 (row g+8); c0,c1 (row g,
 // tokens 2t, 2t+1), c2,c3 (row g+8, same tokens).
-__device__ __forceinline__ void mma_e4m3(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-  __trap();  // the host dispatches here only on sm_89+
-#endif
-}
-
-__device__ __forceinline__ uint4 q_ld16(const unsigned char* p, bool valid) {
-  return valid ? __ldg(reinterpret_cast<const uint4*>(p)) : make_uint4(0, 0, 0, 0);
-}
-
 template <int NT>
 __device__ void quant_fp8_mma(void* out, const unsigned char* xq, const float* xs, const unsigned char* w, const float* ws,
                               int wsPerTensor, const void* bias, int M, int N, int K, int outKind, int biasKind) {

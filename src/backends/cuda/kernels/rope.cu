@@ -7,11 +7,14 @@
 // k and v inside qkv are left as they were.
 // Grid (numTokens, ceil((numHeads + numKvHeads) / 4)), 4 warps: a warp per head; heads below
 // numHeads are query heads (rotated in place), the rest KV heads (written to the cache).
-#include "common.cuh"
+// Cache elements C are T, or E4M3 codes of f32(x / kScale) and f32(x / vScale) (kv_fp8.cuh):
+// the rotated k is quantized from f32, before any rounding to T.
+#include "kv_fp8.cuh"
 
-template <typename T>
-__device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin, T* kCache, T* vCache, const int* slotMapping,
-                              int numHeads, int numKvHeads, int D, int rotaryDim, int gptj, int numPositions, int numSlots) {
+template <typename T, typename C>
+__device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin, C* kCache, C* vCache, const int* slotMapping,
+                              int numHeads, int numKvHeads, int D, int rotaryDim, int gptj, int numPositions, int numSlots,
+                              float kScale, float vScale) {
   const long long t = blockIdx.x;
   const int head = blockIdx.y * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (head >= numHeads + numKvHeads) return;
@@ -24,31 +27,36 @@ __device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin,
     p = p < 0 ? 0 : (p >= numPositions ? numPositions - 1 : p);
     cs = cosSin + (long long)p * rotaryDim;
   }
-  const T* src;
-  T* dst;
   if (head < numHeads) {
     if (!cs) return;
-    src = dst = row + head * D;
-  } else {
-    const int slot = slotMapping[t];
-    if (slot < 0 || slot >= numSlots) return;
-    const int kvHead = head - numHeads;
-    src = row + qWidth + kvHead * D;
-    dst = kCache + (long long)slot * kvWidth + kvHead * D;
-    const T* v = row + qWidth + kvWidth + kvHead * D;
-    T* vDst = vCache + (long long)slot * kvWidth + kvHead * D;
-    for (int d = lane; d < D; d += 32) {
-      vDst[d] = v[d];
-      if (!cs || d >= rotaryDim) dst[d] = src[d];
+    T* q = row + head * D;
+    for (int j = lane; j < half; j += 32) {
+      const int i0 = gptj ? 2 * j : j, i1 = gptj ? 2 * j + 1 : j + half;
+      const float x1 = to_f32(q[i0]), x2 = to_f32(q[i1]);
+      const float c = cs[j], s = cs[half + j];
+      q[i0] = from_f32<T>(x1 * c - x2 * s);
+      q[i1] = from_f32<T>(x2 * c + x1 * s);
     }
-    if (!cs) return;
+    return;
   }
+  const int slot = slotMapping[t];
+  if (slot < 0 || slot >= numSlots) return;
+  const int kvHead = head - numHeads;
+  const T* src = row + qWidth + kvHead * D;
+  C* dst = kCache + (long long)slot * kvWidth + kvHead * D;
+  const T* v = row + qWidth + kvWidth + kvHead * D;
+  C* vDst = vCache + (long long)slot * kvWidth + kvHead * D;
+  for (int d = lane; d < D; d += 32) {
+    vDst[d] = kv_from_f32<C>(to_f32(v[d]), vScale);
+    if (!cs || d >= rotaryDim) dst[d] = kv_from_f32<C>(to_f32(src[d]), kScale);
+  }
+  if (!cs) return;
   for (int j = lane; j < half; j += 32) {
     const int i0 = gptj ? 2 * j : j, i1 = gptj ? 2 * j + 1 : j + half;
     const float x1 = to_f32(src[i0]), x2 = to_f32(src[i1]);
     const float c = cs[j], s = cs[half + j];
-    dst[i0] = from_f32<T>(x1 * c - x2 * s);
-    dst[i1] = from_f32<T>(x2 * c + x1 * s);
+    dst[i0] = kv_from_f32<C>(x1 * c - x2 * s, kScale);
+    dst[i1] = kv_from_f32<C>(x2 * c + x1 * s, kScale);
   }
 }
 
@@ -56,8 +64,15 @@ __device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin,
   extern "C" __global__ void rope_write_kv_##S(T* qkv, const int* positions, const float* cosSin, T* kCache,   \
                                                T* vCache, const int* slotMapping, int numHeads, int numKvHeads, \
                                                int D, int rotaryDim, int gptj, int numPositions, int numSlots) { \
-    rope_write_kv<T>(qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D, rotaryDim,   \
-                     gptj, numPositions, numSlots);                                                             \
+    rope_write_kv<T, T>(qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D, rotaryDim, \
+                        gptj, numPositions, numSlots, 1.f, 1.f);                                                \
+  }                                                                                                             \
+  extern "C" __global__ void rope_write_kv_fp8_##S(T* qkv, const int* positions, const float* cosSin,          \
+                                                   kv_fp8_t* kCache, kv_fp8_t* vCache, const int* slotMapping,  \
+                                                   int numHeads, int numKvHeads, int D, int rotaryDim, int gptj, \
+                                                   int numPositions, int numSlots, float kScale, float vScale) { \
+    rope_write_kv<T, kv_fp8_t>(qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D,     \
+                               rotaryDim, gptj, numPositions, numSlots, kScale, vScale);                        \
   }
 
 PGN_FLOAT_TYPES(PGN_ROPE)

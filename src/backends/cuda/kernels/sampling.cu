@@ -1,6 +1,8 @@
 // Sampling on the GPU: one thread block per row of f32 logits, the CPU sampler's semantics
 // (src/sampling/sampler.ts) reproduced step for step so that a row gives the same token:
-//   greedy  -> argmax of the raw logits (ties: lowest id);
+//   history -> rows with a min_tokens mask or penalties are first copied into the block's
+//              scratch row and processed there (penalties.cuh); the others read the logits;
+//   greedy  -> argmax of the (processed) logits (ties: lowest id);
 //   else    -> y = f32(x / temperature) (divided in f64, as JS does), top-k on y (exactly k,
 //              ties to the lowest ids), w = f32(exp(y - max y)) (f64 exp, as Math.exp),
 //              top-p on w (smallest prefix of (w desc, id asc) with mass >= topP * total),
@@ -17,9 +19,11 @@
 // digit passes (11, 11, 10 bits) with shared-memory histograms; top-p histograms hold masses as
 // fixed-point integers (w * 2^(63 - bits(vocab)) in two 32-bit words: exact, order-free sums
 // that cannot overflow; 2^46 for a 128k vocab).
-// Scratch: one f32 row per block, for y (top-k with temperature) or w (top-p), which several
-// passes read. The logits are never written.
+// Scratch: one f32 row per block, for the processed logits, y (top-k with temperature) or w
+// (top-p), which several passes read, each overwriting the last in place. The logits are never
+// written.
 #include "common.cuh"
+#include "penalties.cuh"
 
 #define SAMPLE_MAX_TOP_N 20
 #define SAMPLE_MAX_WARPS 32
@@ -30,7 +34,7 @@
 
 namespace pgn_sample {
 
-// One row's parameters, 72 bytes (written by cuda-sampler.ts: keep the two in step).
+// One row's parameters, 104 bytes (written by sample-params.ts: keep the two in step).
 struct SampleParams {
   double temperature;  // ignored when greedy
   double topP;         // 1: off
@@ -42,7 +46,12 @@ struct SampleParams {
   unsigned key0, key1;                // Philox key (the seed)
   unsigned ctr0, ctr1, ctr2, ctr3;    // Philox counter of the block holding the draw
   unsigned word;                      // which of its 4 words is the draw
-  unsigned pad;
+  int numMasked;                      // min_tokens: ids set to -inf (the first entries)
+  double repetitionPenalty;           // 1: off
+  double presencePenalty;
+  double frequencyPenalty;
+  int entryStart;                     // i32 word of the params buffer where the row's entries start
+  int numPenalized;                   // (id, output count) pairs after the masked ids
 };
 
 struct RadixResult {
@@ -673,11 +682,27 @@ __device__ void top_logprobs(const RowCtx& c, const float* x, int k, double lse,
   }
 }
 
+// s <- x with the row's min_tokens mask and penalties applied (only rows that have them).
+__device__ __forceinline__ void process_history(const RowCtx& c, const float* x, float* s, const SampleParams* params, int row) {
+  for_each_chunk(c, x, [&](int i0, const float* v) { store4(s, i0, c.end, v); });
+  __syncthreads();
+  const SampleParams& P = params[row];
+  pgn_penalties::HistoryParams h;
+  h.entries = reinterpret_cast<const int*>(params) + P.entryStart;
+  h.numMasked = P.numMasked;
+  h.numPenalized = P.numPenalized;
+  h.repetition = P.repetitionPenalty;
+  h.presence = P.presencePenalty;
+  h.frequency = P.frequencyPenalty;
+  pgn_penalties::apply_history(s, c.n, h);
+}
+
 }  // namespace pgn_sample
 
 // out [numRows, outStride] i32: token (-1: none), logprob (f32 bits; NaN when not asked),
 // then (id, f32 logprob) pairs of the top-n. scratch f32 [numRows, vocab]; logits f32
-// [*, vocab]; params [numRows]. Grid: one block per row.
+// [*, vocab]; params [numRows] records followed by the rows' history entries. Grid: one block
+// per row.
 extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* scratch, const float* logits, const pgn_sample::SampleParams* params, int vocab, int outStride) {
   using namespace pgn_sample;
   __shared__ SampleShared sh;
@@ -687,12 +712,20 @@ extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* s
   float* s = scratch + (long long)blockIdx.x * vocab;
   int* o = out + (long long)blockIdx.x * outStride;
 
-  const RawStats st = raw_stats(c, x, P.numLogprobs >= 0, sh);
-  const int token = (P.flags & SAMPLE_GREEDY) ? st.argmax : sample_token(c, x, s, P, st.maxV, sh);
-  if (P.numLogprobs > 0) top_logprobs(c, x, min(P.numLogprobs, vocab), st.lse, o, sh);
+  // the row the token is chosen from; log-probabilities stay those of the raw logits
+  const float* src = x;
+  if (P.numMasked > 0 || P.numPenalized > 0) {
+    process_history(c, x, s, params, blockIdx.x);
+    src = s;
+  }
+  const bool wantLse = P.numLogprobs >= 0;
+  const RawStats st = raw_stats(c, src, wantLse && src == x, sh);
+  const int token = (P.flags & SAMPLE_GREEDY) ? st.argmax : sample_token(c, src, s, P, st.maxV, sh);
+  const double lse = src == x || !wantLse ? st.lse : raw_stats(c, x, true, sh).lse;
+  if (P.numLogprobs > 0) top_logprobs(c, x, min(P.numLogprobs, vocab), lse, o, sh);
   if (threadIdx.x == 0) {
     o[0] = token;
     const bool want = P.numLogprobs >= 0 && token >= 0;
-    o[1] = __float_as_int(want ? (float)((double)x[token] - st.lse) : __int_as_float(0x7fc00000));
+    o[1] = __float_as_int(want ? (float)((double)x[token] - lse) : __int_as_float(0x7fc00000));
   }
 }

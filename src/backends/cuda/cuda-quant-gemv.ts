@@ -1,0 +1,107 @@
+/**
+ * The quantized decode GEMV (kernels/quant_gemv.cu): `linear` with an FP8 / INT8 / INT4 QuantizedWeight for up
+ * to 8 tokens, on tensor cores, with the weights streamed through a per-warp cp.async ring by persistent
+ * blocks. FP8 activations come quantized (`xq`, from the fused RMSNorm) or are quantized inside the kernel, so a
+ * decode linear is one launch. Same results as the CPU reference within f32 accumulation.
+ *
+ * What it takes (`qgemvCan`, pure, unit-tested): M <= 8; K % 64 (int4: K % 128); int groups of one row or of a
+ * power of two of 64-k (int8) / 128-k (int4) steps; fp8 only on sm_89+; x staged in shared memory must fit a block. Policy (`qgemvPolicy`): on by
+ * default for M <= QGEMV_MAX_M; PEREGRINE_QGEMV=0 (or PEREGRINE_QUANT_FAST=0, which also turns off the fused
+ * norm and the one-pass activation quantizer: the code as it was before) sends linears to the older kernels;
+ * PEREGRINE_QGEMV_MAX_M=n (0..8) bounds the tokens.
+ */
+import type { QuantizedWeight } from '../backend.js';
+
+export type QgemvKind = QuantizedWeight['kind'];
+
+/** tokens one launch takes (the mma's n8) */
+export const QGEMV_MAX_M = 8;
+/** kernels/quant_gemv.cu: QG_WARPS, QG_STAGES, QG_RING_W / QG_RING_S, QG_MIN_BLOCKS */
+export const QGEMV_THREADS = 256;
+const WARPS = 8;
+const STAGES = 6;
+const RING_CODE_BYTES = 1024;
+const RING_SCALE_BYTES = 512;
+const MAX_BLOCKS_PER_SM = 3;
+/** partial sums [2][WARPS][16][8] f32 + token scales [8] f32 + a 32-byte zero slot */
+const RED_BYTES = 2 * WARPS * 16 * 8 * 4 + 8 * 4 + 32;
+/** shared memory the driver keeps per resident block */
+const RESERVED_SHARED_PER_BLOCK = 1024;
+/** k of one step (64 bytes of a row) */
+const STEP_K: Record<QgemvKind, number> = { fp8: 64, int8: 64, int4: 128 };
+
+function envFlag(name: string): boolean {
+  return process.env[name] !== '0';
+}
+
+function envMaxM(): number {
+  const n = Number(process.env.PEREGRINE_QGEMV_MAX_M ?? QGEMV_MAX_M);
+  return Number.isInteger(n) && n >= 0 && n <= QGEMV_MAX_M ? n : QGEMV_MAX_M;
+}
+
+/** Read once from the environment; tests and benchmarks may change it. */
+export const quantFastPolicy = {
+  /** the decode GEMV for linears of <= maxM tokens */
+  qgemv: envFlag('PEREGRINE_QGEMV') && envFlag('PEREGRINE_QUANT_FAST'),
+  maxM: envMaxM(),
+  /** rmsNormFp8 (the fused norm) and quant_fp8_rows (one-pass activation quantization) */
+  fused: envFlag('PEREGRINE_QUANT_FAST'),
+};
+
+/** Bytes between rows of x in the kernel's shared memory (qg_x_stride): fp8 = 64 mod 128, int = 16 mod 128. */
+export function qgemvXStride(kind: QgemvKind, K: number): number {
+  const mod = (a: number) => ((a % 128) + 128) % 128;
+  return kind === 'fp8' ? K + mod(64 - K) : 2 * K + mod(16 - 2 * K);
+}
+
+/** Dynamic shared memory of one block for M tokens of K. */
+export function qgemvSharedBytes(kind: QgemvKind, M: number, K: number): number {
+  const ring = WARPS * STAGES * (RING_CODE_BYTES + (kind === 'fp8' ? 0 : RING_SCALE_BYTES));
+  return ring + RED_BYTES + M * qgemvXStride(kind, K);
+}
+
+export interface QgemvShape {
+  readonly kind: QgemvKind;
+  readonly M: number;
+  readonly K: number;
+  readonly groupSize: number;
+}
+
+export interface QgemvDevice {
+  /** sm_89+ (FP8 tensor cores) */
+  readonly fp8Cores: boolean;
+  readonly maxSharedBytesPerBlock: number;
+}
+
+/**
+ * The kernel's groupShift: int groups of 2^shift steps (-1: one group a row, and for fp8); null when the groups
+ * are not whole powers of two of steps.
+ */
+export function qgemvGroupShift(kind: QgemvKind, K: number, groupSize: number): number | null {
+  if (kind === 'fp8' || groupSize >= K) return -1;
+  const steps = groupSize / STEP_K[kind];
+  if (!Number.isInteger(steps) || steps < 1 || (steps & (steps - 1)) !== 0) return null;
+  return Math.log2(steps);
+}
+
+/** Whether the kernel can run this shape on this device (alignment is the caller's). */
+export function qgemvCan(s: QgemvShape, dev: QgemvDevice): boolean {
+  if (!Number.isInteger(s.M) || s.M < 1 || s.M > QGEMV_MAX_M) return false;
+  if (s.K <= 0 || s.K % STEP_K[s.kind] !== 0) return false;
+  if (s.kind === 'fp8' && !dev.fp8Cores) return false;
+  if (qgemvGroupShift(s.kind, s.K, s.groupSize) === null) return false;
+  return qgemvSharedBytes(s.kind, s.M, s.K) <= dev.maxSharedBytesPerBlock;
+}
+
+/**
+ * Blocks to launch: persistent blocks, at most as many as can be resident at once (the shared memory an SM has
+ * is taken as the opt-in maximum of a block + the driver's reserve, which holds for sm_80 / 89 / 90), and no
+ * more than give every block the same number of tiles of 16 rows (the last one excepted), so that no block
+ * works a tile longer than the others.
+ */
+export function qgemvGrid(N: number, sharedBytes: number, numSMs: number, maxSharedBytesPerBlock: number): number {
+  const perSM = Math.floor((maxSharedBytesPerBlock + RESERVED_SHARED_PER_BLOCK) / (sharedBytes + RESERVED_SHARED_PER_BLOCK));
+  const resident = numSMs * Math.max(1, Math.min(MAX_BLOCKS_PER_SM, perSM));
+  const tiles = Math.ceil(N / 16);
+  return Math.max(1, Math.ceil(tiles / Math.ceil(tiles / resident)));
+}

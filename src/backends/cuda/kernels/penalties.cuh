@@ -1,0 +1,43 @@
+// Token-history logits processors of one row, before temperature/top-k/top-p (vLLM's order,
+// as src/sampling/logits-processors.ts): the min_tokens mask, then the repetition penalty over
+// prompt + output tokens, then presence/frequency penalties over output tokens.
+// The host (sample-params.ts) packs each row's list: `numMasked` ids to set to -inf (eos and
+// stop ids while the output is shorter than min_tokens), then `numPenalized` (id, count) pairs,
+// one per distinct id (count = occurrences in the output; 0 for prompt-only ids). Ids outside
+// the row are ignored, as on the CPU. The arithmetic is the CPU's: f64 ops on the f32 logit,
+// rounded once to f32; explicit _rn intrinsics keep nvcc from fusing them into an FMA.
+#pragma once
+#include "common.cuh"
+
+namespace pgn_penalties {
+
+struct HistoryParams {
+  const int* entries;  // [numMasked ids (each followed by an unused word)][numPenalized (id, count)]
+  int numMasked;
+  int numPenalized;
+  double repetition;   // 1: off
+  double presence;
+  double frequency;
+};
+
+// `row` is the block's own f32 copy of the logits row; every thread of the block calls this.
+__device__ void apply_history(float* row, int vocab, const HistoryParams& h) {
+  for (int j = threadIdx.x; j < h.numMasked; j += blockDim.x) {
+    const int id = h.entries[2 * j];
+    if (id >= 0 && id < vocab) row[id] = PGN_NEG_INF;
+  }
+  __syncthreads();
+  const bool rep = h.repetition != 1.0, presFreq = h.presence != 0.0 || h.frequency != 0.0;
+  const int* pairs = h.entries + 2 * h.numMasked;
+  for (int j = threadIdx.x; j < h.numPenalized; j += blockDim.x) {
+    const int id = pairs[2 * j], count = pairs[2 * j + 1];
+    if (id < 0 || id >= vocab) continue;
+    float v = row[id];
+    if (rep) v = (float)(v > 0.f ? __ddiv_rn((double)v, h.repetition) : __dmul_rn((double)v, h.repetition));
+    if (presFreq && count > 0) v = (float)__dsub_rn((double)v, __dadd_rn(__dmul_rn(h.frequency, (double)count), h.presence));
+    row[id] = v;
+  }
+  __syncthreads();
+}
+
+}  // namespace pgn_penalties

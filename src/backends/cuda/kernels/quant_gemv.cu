@@ -1,0 +1,427 @@
+// Quantized GEMV for decode (issue 6): out [M, N] = x [M, K] @ dequant(w)^T (+ bias [N]) for M <= 8 tokens, FP8 /
+// INT8 / INT4 weights in QuantizedWeight's layouts (backends/backend.ts), on tensor cores, streaming the weights
+// at close to copy bandwidth. Same results as quant_fp8_mma / quant_gemv (and the CPU reference).
+//
+// Work: a tile is 16 weight rows (the mma's m16). Blocks are persistent (grid <= SMs x blocks per SM) and take
+// tiles blockIdx.x, + gridDim.x, ...; warp w takes a tile's K steps w, w + 8, ... so that the block streams 512
+// contiguous bytes of each row at a time. A step is 64 bytes of each of the 16 rows (64 fp8 / int8 or 128 int4
+// values): lane (g, t) = (lane / 4, lane % 4) owns bytes 16t .. 16t+15 of rows g and g+8.
+//
+// Weights never wait in registers: each lane cp.asyncs its two 16-byte pieces (int formats: also the two rows'
+// scale and zero of the step's group) into its own slots of a per-warp ring of QG_STAGES steps, QG_STAGES - 1
+// steps ahead of the one it computes, across tile boundaries. So 40 KiB per block stay in flight whatever ptxas
+// makes of the compute, and a lane only reads back what it copied itself: no barrier per step.
+//
+// x is staged once per block in shared memory: fp8 as E4M3 (copied when the caller quantized it, e.g. the fused
+// RMSNorm, else quantized here from bf16 / f16 with the static scale or each row's amax / 448 as quant_fp8_act
+// does, but multiplying by the reciprocal); int formats in the activation dtype. Lanes of tokens >= M read a
+// zero slot.
+//
+// k order: a reduction does not care which physical k an mma's logical k stands for, so each lane feeds its 16
+// bytes in the order that unpacks cheapest and reads x in the same order:
+// - fp8 / int8 (m16n8k16): bytes (0,1) / (2,3) of word i are a0 / a2 of mma i, as f16 (E4M3 converts exactly;
+//   sm_90 has no FP8 mma.sync, its m16n8k32 e4m3 is this same conversion plus more adds) or as T via f32 (int8,
+//   exact); x alike (fp8: its E4M3 converted the same way).
+// - int4 (m16n8k16): word i (k 8i .. 8i+7 of the lane's 32) gives nibble pairs (0,4), (1,5) to mma 2i and
+//   (2,6), (3,7) to mma 2i+1, as (magic + q) - (magic + zero) in bf16 / f16: small integers, exact; x's pairs
+//   are made with byte permutes. x rows are swizzled in shared memory so these reads hit no bank twice.
+// Int formats scale each step's partial sums by its rows' group scales (f32); fp8 applies the token and weight
+// scales at the end. The 8 warps' partial sums meet in shared memory at each tile's end.
+//
+// Shared memory (dynamic, laid out below; cuda-quant-gemv.ts computes the same size): the rings, a double
+// buffer for the partial sums, the token scales, and x [M][xStride]. Requirements (the host checks): M <= 8,
+// K % 64 == 0 (int4: K % 128 == 0 and groupSize % 128 == 0; int8: groupSize % 64 == 0), 16-byte aligned codes,
+// x and xq; fp8 needs sm_89+.
+#include "mma.cuh"
+#include "quant.cuh"
+
+#define QG_WARPS 8
+#define QG_STAGES 6
+#define QG_MAX_M 8
+// blocks per SM the register budget must allow (<= 85 registers); the host never assumes more
+#define QG_MIN_BLOCKS 3
+// bytes per warp and stage: 2 rows x 32 lanes x 16 bytes of codes, + 32 lanes x 16 bytes of scales / zeros
+#define QG_RING_W 1024
+#define QG_RING_S 512
+
+// cp.async with "memory" clobbers: the compiler keeps shared-memory reads of a slot after its wait and before
+// the copy that refills it.
+__device__ __forceinline__ void qg_cp16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void qg_cp4(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void qg_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ uint4 qg_lds16(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// Shared-memory row stride of x in bytes: fp8 rows = 64 mod 128 and int rows = 16 mod 128, so the 8 lanes of
+// one 16-byte load phase (tokens g, g+1; t = 0..3) land in 8 different 16-byte bank groups.
+template <int KIND> __device__ __forceinline__ int qg_x_stride(int K) {
+  return KIND == PGN_Q_FP8 ? K + ((64 - K) & 127) : 2 * K + ((16 - 2 * K) & 127);
+}
+
+// int4 x: 16-byte unit u of a row is stored at u ^ 2 when bit 3 of u is set (lanes t and t+2 apart)
+__device__ __forceinline__ int qg_swz(int u) { return u ^ (((u >> 3) & 1) << 1); }
+
+// int4 codes OR-ed into these halves read as (magic + q), exactly: 128 + q in bf16, 1024 + q in f16
+template <typename T> struct QgMagic;
+template <> struct QgMagic<bf16> { static constexpr unsigned BITS = 0x43004300u; static constexpr float VALUE = 128.f; };
+template <> struct QgMagic<f16> { static constexpr unsigned BITS = 0x64006400u; static constexpr float VALUE = 1024.f; };
+
+template <typename T> __device__ __forceinline__ unsigned qg_hsub2(unsigned a, unsigned b);
+template <> __device__ __forceinline__ unsigned qg_hsub2<bf16>(unsigned a, unsigned b) {
+  __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+  return *reinterpret_cast<unsigned*>(&r);
+}
+template <> __device__ __forceinline__ unsigned qg_hsub2<f16>(unsigned a, unsigned b) {
+  __half2 r = __hsub2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+  return *reinterpret_cast<unsigned*>(&r);
+}
+
+// int8 bytes b, b+1 of w (already ^ 0x80808080: q + 128) -> two T, exactly: 0x4b0000XX is 2^23 + XX in f32.
+template <typename T> __device__ __forceinline__ unsigned qg_i8pair(unsigned w, int b) {
+  const float lo = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7540 + b)) - (PGN_MAGIC_2P23 + 128.f);
+  const float hi = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7540 + b + 1)) - (PGN_MAGIC_2P23 + 128.f);
+  return pack2<T>(lo, hi);
+}
+
+// E4M3 bytes (0,1) / (2,3) of w -> f16x2, exactly (sm_89+; the host sends fp8 here only there)
+__device__ __forceinline__ unsigned qg_e4m3_lo(unsigned w) {
+  unsigned d = 0u;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.rn.f16x2.e4m3x2 %0, l; }" : "=r"(d) : "r"(w));
+#else
+  __trap();
+#endif
+  return d;
+}
+__device__ __forceinline__ unsigned qg_e4m3_hi(unsigned w) {
+  unsigned d = 0u;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.rn.f16x2.e4m3x2 %0, h; }" : "=r"(d) : "r"(w));
+#else
+  __trap();
+#endif
+  return d;
+}
+// (lo, hi) f32 -> two E4M3 bytes in the low 16 bits (lo in the low byte): round to nearest even, saturating
+__device__ __forceinline__ unsigned qg_e4m3x2(float lo, float hi) {
+  unsigned short d = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(d) : "f"(hi), "f"(lo));
+#else
+  __trap();
+#endif
+  return d;
+}
+
+// One fp8 / int8 step of a lane: k = 64 step + 16t + (0..15), bytes (0,1) / (2,3) of word i are a0 / a2 of
+// mma i (m16n8k16): fp8 as f16 (E4M3 values are exact in f16, products exact in the f32 sums), int8 as T.
+// x: 16 E4M3 bytes (fp8) or 16 T (int8) of the lane's token at xp (a zero slot for tokens >= M).
+template <int KIND, typename T>
+__device__ __forceinline__ void qg_step64(float* c, const uint4& lo, const uint4& hi, const unsigned char* xp) {
+  const unsigned wl[4] = {lo.x, lo.y, lo.z, lo.w}, wh[4] = {hi.x, hi.y, hi.z, hi.w};
+  unsigned xw[8];
+  if (KIND == PGN_Q_FP8) {
+    const uint4 x = qg_lds16(xp);
+    const unsigned xb[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      xw[2 * i] = qg_e4m3_lo(xb[i]);
+      xw[2 * i + 1] = qg_e4m3_hi(xb[i]);
+    }
+  } else {
+    const uint4 x0 = qg_lds16(xp), x1 = qg_lds16(xp + 16);
+    xw[0] = x0.x; xw[1] = x0.y; xw[2] = x0.z; xw[3] = x0.w;
+    xw[4] = x1.x; xw[5] = x1.y; xw[6] = x1.z; xw[7] = x1.w;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    if (KIND == PGN_Q_FP8) {
+      const unsigned a[4] = {qg_e4m3_lo(wl[i]), qg_e4m3_lo(wh[i]), qg_e4m3_hi(wl[i]), qg_e4m3_hi(wh[i])};
+      mma16816<f16>(c, a, xw[2 * i], xw[2 * i + 1]);
+    } else {
+      const unsigned l = wl[i] ^ 0x80808080u, h = wh[i] ^ 0x80808080u;
+      const unsigned a[4] = {qg_i8pair<T>(l, 0), qg_i8pair<T>(h, 0), qg_i8pair<T>(l, 2), qg_i8pair<T>(h, 2)};
+      mma16816<T>(c, a, xw[2 * i], xw[2 * i + 1]);
+    }
+  }
+}
+
+// One int4 step of a lane: k = 128 step + 32t + (0..31); c += (rows - zero) . x (unscaled). xp[i]: the 8 x
+// values of word i (k 8i .. 8i+7 of the lane), or the zero slot.
+template <typename T>
+__device__ __forceinline__ void qg_step_int4(float* c, const uint4& lo, const uint4& hi, const unsigned char* const* xp, int xoff, unsigned zl, unsigned zh) {
+  constexpr unsigned MAGIC = QgMagic<T>::BITS;
+  const unsigned wl[4] = {lo.x, lo.y, lo.z, lo.w}, wh[4] = {hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint4 x = qg_lds16(xp[i] + xoff);
+    const unsigned x04 = __byte_perm(x.x, x.z, 0x5410), x15 = __byte_perm(x.x, x.z, 0x7632);
+    const unsigned x26 = __byte_perm(x.y, x.w, 0x5410), x37 = __byte_perm(x.y, x.w, 0x7632);
+    const unsigned l = wl[i], h = wh[i], l8 = l >> 8, h8 = h >> 8;
+    unsigned a[4];
+    a[0] = qg_hsub2<T>((l & 0x000f000fu) | MAGIC, zl);
+    a[1] = qg_hsub2<T>((h & 0x000f000fu) | MAGIC, zh);
+    a[2] = qg_hsub2<T>(((l >> 4) & 0x000f000fu) | MAGIC, zl);
+    a[3] = qg_hsub2<T>(((h >> 4) & 0x000f000fu) | MAGIC, zh);
+    mma16816<T>(c, a, x04, x15);
+    a[0] = qg_hsub2<T>((l8 & 0x000f000fu) | MAGIC, zl);
+    a[1] = qg_hsub2<T>((h8 & 0x000f000fu) | MAGIC, zh);
+    a[2] = qg_hsub2<T>(((l8 >> 4) & 0x000f000fu) | MAGIC, zl);
+    a[3] = qg_hsub2<T>(((h8 >> 4) & 0x000f000fu) | MAGIC, zh);
+    mma16816<T>(c, a, x26, x37);
+  }
+}
+
+// x [M, K] (T) -> E4M3 rows of xsm and their scales (static, or max(rowAmax / 448, minScale)); every thread.
+// Values are multiplied by the scale's reciprocal (not divided, as quant_fp8_act does: at most one f32 ulp
+// apart before the rounding to E4M3) and rounded by the hardware conversion: cheap enough for 8 tokens.
+template <typename T>
+__device__ __forceinline__ void qg_quantize_x(unsigned char* xsm, int xStride, float* xscale, float* scratch, const T* x, const float* inputScale, int M,
+                                              int K, float minScale) {
+  constexpr int QB = 4;  // 16-byte units per thread loaded together
+  const int kUnits = K >> 3, units = M * kUnits, tid = threadIdx.x;
+  if (inputScale == nullptr) {
+    float amax[QG_MAX_M];
+#pragma unroll
+    for (int m = 0; m < QG_MAX_M; m++) amax[m] = 0.f;
+    for (int u0 = tid; u0 < units; u0 += blockDim.x * QB) {
+      uint4 v[QB];
+#pragma unroll
+      for (int b = 0; b < QB; b++) {
+        const int u = u0 + b * blockDim.x, m = u / kUnits;
+        v[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + (u - m * kUnits) * 8)) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int b = 0; b < QB; b++) {
+        const int u = u0 + b * blockDim.x, m = u / kUnits;
+        Pack<T> p;
+        p.raw = v[b];
+        float a = 0.f;
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; e++) a = fmaxf(a, fabsf(p.get(e)));
+#pragma unroll
+        for (int mm = 0; mm < QG_MAX_M; mm++)
+          if (mm == m && u < units) amax[mm] = fmaxf(amax[mm], a);
+      }
+    }
+    const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int m = 0; m < QG_MAX_M; m++) {
+      const float a = warp_max(amax[m]);
+      if (lane == 0) scratch[warp * QG_MAX_M + m] = a;
+    }
+    __syncthreads();
+    if (tid < M) {
+      float a = 0.f;
+      for (int w = 0; w < (int)(blockDim.x >> 5); w++) a = fmaxf(a, scratch[w * QG_MAX_M + tid]);
+      xscale[tid] = fmaxf(__fdiv_rn(a, PGN_E4M3_MAX), minScale);
+    }
+  } else if (tid < M) {
+    xscale[tid] = *inputScale;
+  }
+  __syncthreads();
+  for (int u0 = tid; u0 < units; u0 += blockDim.x * QB) {
+    uint4 v[QB];
+#pragma unroll
+    for (int b = 0; b < QB; b++) {
+      const int u = u0 + b * blockDim.x, m = u / kUnits;
+      v[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + (u - m * kUnits) * 8)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int b = 0; b < QB; b++) {
+      const int u = u0 + b * blockDim.x, m = u / kUnits;
+      if (u < units) {
+        Pack<T> p;
+        p.raw = v[b];
+        const float r = __frcp_rn(xscale[m]);
+        const unsigned q0 = qg_e4m3x2(p.get(0) * r, p.get(1) * r) | (qg_e4m3x2(p.get(2) * r, p.get(3) * r) << 16);
+        const unsigned q1 = qg_e4m3x2(p.get(4) * r, p.get(5) * r) | (qg_e4m3x2(p.get(6) * r, p.get(7) * r) << 16);
+        *reinterpret_cast<uint2*>(xsm + m * xStride + (u - m * kUnits) * 8) = make_uint2(q0, q1);
+      }
+    }
+  }
+}
+
+template <int KIND, typename T, bool XQ>
+__device__ void qgemv(void* out, const T* x, const unsigned char* xq, const float* xs, const float* inputScale, const unsigned char* qw,
+                      const float* scales, const float* zeros, const void* bias, int M, int N, int K, int groupShift, int wsPerTensor,
+                      int outKind, int biasKind, float minScale) {
+  constexpr bool FP8 = KIND == PGN_Q_FP8;
+  constexpr int S = QG_STAGES;
+  constexpr int STEP_K = KIND == PGN_Q_INT4 ? 128 : 64;
+  extern __shared__ __align__(16) unsigned char qg_smem[];
+  uint4* ringW = reinterpret_cast<uint4*>(qg_smem);                              // [WARPS][S][2][32]
+  float4* ringS = reinterpret_cast<float4*>(qg_smem + QG_WARPS * S * QG_RING_W);  // [WARPS][S][32] (int formats)
+  float* red = reinterpret_cast<float*>(qg_smem + QG_WARPS * S * (QG_RING_W + (FP8 ? 0 : QG_RING_S)));  // [2][WARPS][16][8]
+  float* xscale = red + 2 * QG_WARPS * 128;                                      // [QG_MAX_M] (fp8)
+  uint4* zero16 = reinterpret_cast<uint4*>(xscale + QG_MAX_M);                  // 32 zero bytes: x of tokens >= M
+  unsigned char* xsm = reinterpret_cast<unsigned char*>(zero16 + 2);              // [M][xStride]
+  const int xStride = qg_x_stride<KIND>(K);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int rowBytes = KIND == PGN_Q_INT4 ? K >> 1 : K;
+  const int numSteps = K / STEP_K;
+  // warp w takes steps w, w + 8, ...: at any time the block streams 512 contiguous bytes of each row
+  const int cnt = numSteps > warp ? (numSteps - warp + QG_WARPS - 1) / QG_WARPS : 0;
+  const int numTiles = (N + 15) >> 4;
+  const int numG = groupShift < 0 ? 1 : (numSteps + (1 << groupShift) - 1) >> groupShift;  // groups of 2^groupShift steps
+  uint4* const myW = ringW + warp * S * 64 + lane;
+  float4* const myS = ringS + warp * S * 32 + lane;
+
+  // the copy side of the ring: item (tile, step) in the order the warp computes them
+  int issTile = blockIdx.x, issI = 0, issSlot = 0;
+  bool v0 = false, v1 = false;
+  const unsigned char *w0 = qw, *w1 = qw;
+  const float *s0 = scales, *s1 = scales, *z0 = zeros, *z1 = zeros;
+  auto rowsOf = [&](int tile) {
+    const int r0 = tile * 16 + g, r1 = r0 + 8;
+    v0 = r0 < N;
+    v1 = r1 < N;
+    const long long c0 = v0 ? r0 : 0, c1 = v1 ? r1 : 0;
+    w0 = qw + c0 * rowBytes + warp * 64 + t * 16;
+    w1 = qw + c1 * rowBytes + warp * 64 + t * 16;
+    if (!FP8) {
+      s0 = scales + c0 * numG;
+      s1 = scales + c1 * numG;
+      if (zeros != nullptr) {
+        z0 = zeros + c0 * numG;
+        z1 = zeros + c1 * numG;
+      }
+    }
+  };
+  rowsOf(issTile);
+  auto issue = [&]() {
+    if (cnt > 0 && issTile < numTiles) {
+      const int off = issI * (QG_WARPS * 64);
+      qg_cp16(myW + issSlot * 64, w0 + off, v0);
+      qg_cp16(myW + issSlot * 64 + 32, w1 + off, v1);
+      if (!FP8) {
+        float* sz = reinterpret_cast<float*>(myS + issSlot * 32);
+        const int gi = groupShift < 0 ? 0 : (warp + issI * QG_WARPS) >> groupShift;
+        qg_cp4(sz, s0 + gi, v0);
+        qg_cp4(sz + 1, s1 + gi, v1);
+        if (zeros != nullptr) {
+          qg_cp4(sz + 2, z0 + gi, v0);
+          qg_cp4(sz + 3, z1 + gi, v1);
+        }
+      }
+      if (++issI == cnt) {
+        issI = 0;
+        issTile += gridDim.x;
+        if (issTile < numTiles) rowsOf(issTile);
+      }
+    }
+    qg_commit();  // empty groups past the end keep the count uniform
+    issSlot = issSlot + 1 == S ? 0 : issSlot + 1;
+  };
+
+  // x: copies (int formats, quantized fp8) form the first group; the ring's first S - 1 steps follow
+  if (tid < 2) zero16[tid] = make_uint4(0u, 0u, 0u, 0u);
+  if (!FP8) {
+    const int kUnits = K >> 3;
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      qg_cp16(xsm + m * xStride + (KIND == PGN_Q_INT4 ? qg_swz(c) : c) * 16, x + (long long)m * K + c * 8, true);
+    }
+  } else if (XQ) {
+    const int kUnits = K >> 4;
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      qg_cp16(xsm + m * xStride + c * 16, xq + (long long)m * K + c * 16, true);
+    }
+    if (tid < M) xscale[tid] = xs[tid];
+  }
+  qg_commit();
+  for (int p = 0; p < S - 1; p++) issue();
+  if (FP8 && !XQ) qg_quantize_x<T>(xsm, xStride, xscale, red, x, inputScale, M, K, minScale);  // while the ring fills
+  qg_wait<S - 1>();  // this thread's x copies
+  __syncthreads();
+
+  // where this lane reads x: its token's row (or the zero slot), advanced per step
+  const bool hasX = g < M;
+  const unsigned char* z16 = reinterpret_cast<const unsigned char*>(zero16);
+  const unsigned char* xrow = xsm + g * xStride;
+  const int xStep = hasX ? (KIND == PGN_Q_INT4 ? 256 : FP8 ? 64 : 128) * QG_WARPS : 0;  // bytes between a warp's steps
+  const unsigned char* xp[4];
+  if (KIND == PGN_Q_INT4) {
+    const int sw = t & 2;  // qg_swz of unit 16 step + 4t + i is 16 step + 4t + (i ^ sw)
+#pragma unroll
+    for (int i = 0; i < 4; i++) xp[i] = hasX ? xrow + warp * 256 + t * 64 + (i ^ sw) * 16 : z16;
+  } else {
+    xp[0] = hasX ? xrow + warp * (FP8 ? 64 : 128) + t * (FP8 ? 16 : 32) : z16;
+  }
+  int slot = 0, par = 0;
+  for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int i = 0; i < cnt; i++) {
+      issue();
+      qg_wait<S - 1>();
+      const uint4 lo = myW[slot * 64], hi = myW[slot * 64 + 32];
+      const int xoff = i * xStep;
+      if (KIND != PGN_Q_INT4) {
+        if (FP8) {
+          qg_step64<KIND, T>(acc, lo, hi, xp[0] + xoff);
+        } else {
+          const float4 sz = myS[slot * 32];
+          float part[4] = {0.f, 0.f, 0.f, 0.f};
+          qg_step64<KIND, T>(part, lo, hi, xp[0] + xoff);
+          acc[0] = fmaf(part[0], sz.x, acc[0]);
+          acc[1] = fmaf(part[1], sz.x, acc[1]);
+          acc[2] = fmaf(part[2], sz.y, acc[2]);
+          acc[3] = fmaf(part[3], sz.y, acc[3]);
+        }
+      } else {
+        const float4 sz = myS[slot * 32];
+        const float zLo = zeros != nullptr ? sz.z : 8.f, zHi = zeros != nullptr ? sz.w : 8.f;
+        const unsigned zl = pack2<T>(QgMagic<T>::VALUE + zLo, QgMagic<T>::VALUE + zLo), zh = pack2<T>(QgMagic<T>::VALUE + zHi, QgMagic<T>::VALUE + zHi);
+        float part[4] = {0.f, 0.f, 0.f, 0.f};
+        qg_step_int4<T>(part, lo, hi, xp, xoff, zl, zh);
+        acc[0] = fmaf(part[0], sz.x, acc[0]);
+        acc[1] = fmaf(part[1], sz.x, acc[1]);
+        acc[2] = fmaf(part[2], sz.y, acc[2]);
+        acc[3] = fmaf(part[3], sz.y, acc[3]);
+      }
+      slot = slot + 1 == S ? 0 : slot + 1;
+    }
+    // C fragment: acc0,1 = (row g, tokens 2t, 2t+1), acc2,3 = (row g+8, same) -> red[par][warp][row][token]
+    float* r = red + (par * QG_WARPS + warp) * 128;
+    r[g * 8 + 2 * t] = acc[0];
+    r[g * 8 + 2 * t + 1] = acc[1];
+    r[(g + 8) * 8 + 2 * t] = acc[2];
+    r[(g + 8) * 8 + 2 * t + 1] = acc[3];
+    __syncthreads();  // the next tile writes the other buffer; the one after waits at its own barrier
+    if (tid < 16 * M) {
+      const int m = tid >> 4, row = tid & 15, n = tile * 16 + row;
+      if (n < N) {
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < QG_WARPS; w++) s += red[(par * QG_WARPS + w) * 128 + row * 8 + m];
+        if (FP8) s *= xscale[m] * scales[wsPerTensor ? 0 : n];
+        q_store(out, (long long)m * N + n, s + q_bias(bias, n, biasKind), outKind);
+      }
+    }
+    par ^= 1;
+  }
+  qg_wait<0>();
+}
+
+// qgemv_<kind>_<dtype>(out, x, xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind,
+// biasKind, minScale); qgemv_fp8q reads x already quantized (xq [M, K] E4M3, xs [M]) and no x. groupShift: int
+// formats' group = 2^groupShift steps, or -1 for one group a row (per channel).
+#define PGN_QGEMV_ARGS                                                                                                  \
+  void *out, const void *x, const unsigned char *xq, const float *xs, const float *inputScale, const unsigned char *qw, \
+      const float *scales, const float *zeros, const void *bias, int M, int N, int K, int groupShift, int wsPerTensor,   \
+      int outKind, int biasKind, float minScale
+#define PGN_QGEMV_PASS(T) \
+  out, static_cast<const T*>(x), xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale
+#define PGN_QGEMV(T, S)                                                                                                           \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, T, false>(PGN_QGEMV_PASS(T)); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); }
+PGN_HALF_TYPES(PGN_QGEMV)
+extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); }

@@ -1,0 +1,61 @@
+// Host-side rules of the quantized decode GEMV (cuda-quant-gemv.ts), without a GPU: which shapes the kernel
+// takes, its shared memory (the kernel lays it out the same way), and how many persistent blocks it launches.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { QGEMV_MAX_M, qgemvCan, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvXStride } from '../src/backends/cuda/cuda-quant-gemv.js';
+
+const H100 = { fp8Cores: true, maxSharedBytesPerBlock: 227 * 1024 };
+const A100 = { fp8Cores: false, maxSharedBytesPerBlock: 163 * 1024 };
+
+test('x rows in shared memory: fp8 stride = 64 mod 128, int stride = 16 mod 128, never shorter than the row', () => {
+  for (const K of [64, 128, 192, 640, 4096, 14336]) {
+    const f = qgemvXStride('fp8', K), i = qgemvXStride('int4', K);
+    assert.equal(f % 128, 64, `fp8 K=${K}`);
+    assert.ok(f >= K && f < K + 128, `fp8 K=${K}: ${f}`);
+    assert.equal(i % 128, 16, `int K=${K}`);
+    assert.ok(i >= 2 * K && i < 2 * K + 128, `int K=${K}: ${i}`);
+  }
+  assert.equal(qgemvXStride('fp8', 4096), 4160);
+  assert.equal(qgemvXStride('int8', 4096), 8208);
+});
+
+test('shared memory: rings (fp8 48 KiB, int 72 KiB) + partial sums, token scales, zero slot + x rows', () => {
+  assert.equal(qgemvSharedBytes('fp8', 1, 4096), 49152 + 8256 + 4160);
+  assert.equal(qgemvSharedBytes('int4', 1, 14336), 73728 + 8256 + 28688);
+  assert.equal(qgemvSharedBytes('int8', 3, 4096), 73728 + 8256 + 3 * 8208);
+});
+
+test('group shift: one group a row -> -1, else log2 of the steps a group spans, null where that is no power of two', () => {
+  assert.equal(qgemvGroupShift('fp8', 4096, 4096), -1);
+  assert.equal(qgemvGroupShift('int8', 4096, 4096), -1);
+  assert.equal(qgemvGroupShift('int4', 4096, 128), 0);
+  assert.equal(qgemvGroupShift('int4', 4096, 512), 2);
+  assert.equal(qgemvGroupShift('int8', 4096, 128), 1);
+  assert.equal(qgemvGroupShift('int8', 4096, 192), null);
+  assert.equal(qgemvGroupShift('int4', 4096, 64), null);
+});
+
+test('shapes: tokens 1..8, K in whole steps, int groups in whole steps, fp8 on sm_89+, x that fits', () => {
+  const ok = (kind: 'fp8' | 'int8' | 'int4', M: number, K: number, groupSize: number, dev = H100) => qgemvCan({ kind, M, K, groupSize }, dev);
+  assert.equal(QGEMV_MAX_M, 8);
+  assert.ok(ok('fp8', 1, 4096, 4096));
+  assert.ok(ok('fp8', 8, 14336, 14336), 'fp8 x of 8 x 14336 bytes fits one H100 block');
+  assert.ok(!ok('fp8', 0, 4096, 4096) && !ok('fp8', 9, 4096, 4096) && !ok('fp8', 1.5, 4096, 4096));
+  assert.ok(!ok('fp8', 1, 4000, 4000), 'K % 64');
+  assert.ok(!ok('fp8', 1, 4096, 4096, A100), 'no FP8 tensor cores on sm_80');
+  assert.ok(ok('int4', 1, 4096, 4096, A100), 'int formats run on sm_80');
+  assert.ok(ok('int8', 2, 640, 64) && !ok('int8', 2, 640, 32) && !ok('int8', 2, 640, 192), 'int8 groups of 2^n whole 64-k steps');
+  assert.ok(ok('int4', 2, 640, 128) && !ok('int4', 2, 640, 64) && !ok('int4', 2, 576, 64), 'int4: K and groups of whole 128-k steps');
+  assert.ok(ok('int4', 5, 14336, 128), 'int x of 5 x 14336 halves fits');
+  assert.ok(!ok('int4', 8, 14336, 128), 'int x of 8 x 14336 halves does not: the older GEMV takes it');
+});
+
+test('grid: persistent blocks, up to 3 an SM as shared memory allows, each with the same number of tiles', () => {
+  const sms = 132, max = H100.maxSharedBytesPerBlock;
+  assert.equal(qgemvGrid(4096, qgemvSharedBytes('fp8', 1, 4096), sms, max), 256, 'fewer tiles than block slots');
+  // 1792 tiles over <= 396 resident blocks: 5 tiles each -> 359 blocks (not 396 with 4 or 5)
+  assert.equal(qgemvGrid(28672, qgemvSharedBytes('fp8', 1, 4096), sms, max), 359);
+  assert.equal(qgemvGrid(28672, qgemvSharedBytes('int4', 1, 14336), sms, max), 256, '7 tiles each over <= 264 blocks');
+  assert.equal(qgemvGrid(28672, qgemvSharedBytes('int4', 5, 14336), sms, max), 128, '14 tiles each over <= 132 blocks');
+  assert.equal(qgemvGrid(1, qgemvSharedBytes('int8', 1, 64), sms, max), 1);
+});
