@@ -293,3 +293,19 @@ test('CLI: generate --kv-cache-dtype fp8 runs; an unknown value is a usage error
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--kv-cache-dtype expects auto or fp8.*"fp16"/);
 });
+
+test('tensor parallel (2 CPU ranks) with the fp8 KV cache gives the one-rank greedy ids', async () => {
+  const dir = fixtureDir('llama-gqa-llama3');
+  const prompts = [[3, 17, 42, 99, 5, 6, 7], [1, 2, 3, 4]];
+  const one = await LLM.load(dir, { kvCacheDtype: 'fp8', maxNumSeqs: 4 });
+  const two = await LLM.load(dir, { kvCacheDtype: 'fp8', maxNumSeqs: 4, tp: 2 });
+  try {
+    assert.equal(two.kvCacheDtype, 'fp8');
+    const params = { temperature: 0, maxTokens: 12, ignoreEos: true };
+    const [a, b] = [await one.generate(prompts, params), await two.generate(prompts, params)];
+    assert.deepEqual(b.map((o) => o.outputs[0]!.tokenIds), a.map((o) => o.outputs[0]!.tokenIds));
+  } finally {
+    await one.close();
+    await two.close();
+  }
+});
