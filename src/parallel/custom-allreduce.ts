@@ -22,8 +22,16 @@ import { CudaStream } from '../backends/cuda/stream.js';
 import { PeregrineError } from '../errors.js';
 import type { Communicator } from './communicator.js';
 
-/** the largest all-reduce the kernel takes by default (bytes of one slot of the receive buffers) */
-export const DEFAULT_CUSTOM_ALLREDUCE_MAX_BYTES = 512 * 1024;
+/**
+ * The largest all-reduce the kernel takes by default (bytes of one slot of the receive buffers), by
+ * group size. Measured inside CUDA graphs on H100s (NVLink), bf16, 2026-11-28: 2 ranks: the kernel beat
+ * NCCL at every size up to 2 MiB (5.1 against 6.7 us at 8 KiB, 13.4 against 28.0 at 2 MiB); 4 ranks:
+ * up to 1 MiB (5.2 against 9.6 us at 8 KiB, 16.1 against 17.9 at 1 MiB), not at 2 MiB (27.4 against 26.6).
+ * More ranks read more per byte: 512 KiB there, unmeasured.
+ */
+export function defaultCustomAllReduceMaxBytes(numRanks: number): number {
+  return numRanks <= 2 ? 2 << 20 : numRanks <= 4 ? 1 << 20 : 512 << 10;
+}
 // keep in step with kernels/custom_allreduce.cu
 const MAX_RANKS = 8;
 const MAX_BLOCKS = 64;
@@ -32,14 +40,17 @@ const PACK_BYTES = 16;
 /** PgnArSignal: start [MAX_BLOCKS][MAX_RANKS] u32, counter [MAX_BLOCKS] u32, abort u32 */
 const SIGNAL_ABORT_OFFSET = (MAX_BLOCKS * MAX_RANKS + MAX_BLOCKS) * 4;
 const SIGNAL_BYTES = SIGNAL_ABORT_OFFSET + 4;
-/** blocks of every all-reduce (each takes an SM while it runs) */
-const DEFAULT_BLOCKS = 16;
+/** blocks of every all-reduce (each takes an SM while it runs): on 2 H100s 36 matched 16 up to 128 KiB and beat it above */
+const DEFAULT_BLOCKS = 36;
 const FLOAT_DTYPES: readonly DType[] = ['f32', 'bf16', 'f16'];
 
 export interface CustomAllReduceOptions {
-  /** messages up to this many bytes take the kernel (default PEREGRINE_CUSTOM_ALLREDUCE_MAX_BYTES or 512 KiB) */
+  /**
+   * messages up to this many bytes take the kernel (default PEREGRINE_CUSTOM_ALLREDUCE_MAX_BYTES, else
+   * defaultCustomAllReduceMaxBytes: 2 MiB for 2 ranks, 1 MiB for 3-4, 512 KiB above)
+   */
   readonly maxBytes?: number;
-  /** blocks of every all-reduce of the group (default PEREGRINE_CUSTOM_ALLREDUCE_BLOCKS or 16, at most 64) */
+  /** blocks of every all-reduce of the group (default PEREGRINE_CUSTOM_ALLREDUCE_BLOCKS or 36, at most 64) */
   readonly blocks?: number;
 }
 
@@ -94,21 +105,23 @@ export class CustomAllReduce {
 
   /**
    * Joins the group of `comm` (every rank calls this, in the same order as its other collectives).
-   * @returns null on every rank when any rank cannot take part; the reason is in `refusal`
+   * @returns `allReduce` null on every rank when any rank cannot take part, with the reason in `refusal`
    */
   static async create(backend: CudaBackend, comm: Communicator, opts: CustomAllReduceOptions = {}): Promise<{ allReduce: CustomAllReduce | null; refusal: string | null }> {
     const drv = backend.dev.drv;
     const { rank, size } = comm;
-    const maxBytes = Math.ceil((opts.maxBytes ?? (Number(process.env.PEREGRINE_CUSTOM_ALLREDUCE_MAX_BYTES) || DEFAULT_CUSTOM_ALLREDUCE_MAX_BYTES)) / PACK_BYTES) * PACK_BYTES;
+    const maxBytes = Math.ceil((opts.maxBytes ?? (Number(process.env.PEREGRINE_CUSTOM_ALLREDUCE_MAX_BYTES) || defaultCustomAllReduceMaxBytes(size))) / PACK_BYTES) * PACK_BYTES;
     const blocks = Math.max(1, Math.min(MAX_BLOCKS, opts.blocks ?? (Number(process.env.PEREGRINE_CUSTOM_ALLREDUCE_BLOCKS) || DEFAULT_BLOCKS)));
     const ordinal = backend.dev.props.ordinal;
-    // round 1: where every rank runs, and whether it wants to join
+    // round 1: where every rank runs, whether it wants to join, and with which sizes (every rank must use the same)
     const refused = localRefusal(size);
-    const where = await allGatherWords(backend, comm, Int32Array.of(hostId(), ordinal, refused === null ? 1 : 0));
+    const where = await allGatherWords(backend, comm, Int32Array.of(hostId(), ordinal, refused === null ? 1 : 0, maxBytes, blocks));
     const whyNot = (): string | null => {
       if (refused) return refused;
       const other = where.findIndex((w) => w[2] === 0);
       if (other >= 0) return `rank ${other} does not take part`;
+      const differs = where.findIndex((w) => w[3] !== maxBytes || w[4] !== blocks);
+      if (differs >= 0) return `rank ${differs} asks for ${where[differs]![3]} bytes and ${where[differs]![4]} blocks, rank ${rank} for ${maxBytes} and ${blocks}`;
       for (const [p, w] of where.entries()) {
         if (p === rank) continue;
         if (w[0] !== where[rank]![0]) return `rank ${p} runs on another host`;

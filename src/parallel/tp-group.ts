@@ -5,7 +5,9 @@
  * It is a ModelExecutor, so the engine runs over it unchanged.
  *
  * CPU: ranks 1..tp-1 are worker threads over a shared-memory communicator (the CI path).
- * CUDA: one process per GPU over NCCL, device r for rank r unless told otherwise.
+ * CUDA: one process per GPU over NCCL (small all-reduces on the custom one-shot kernel where the
+ * GPUs can map each other's memory: cuda-communicator.ts), device r for rank r unless told otherwise.
+ * Weights come from a checkpoint folder, or each rank makes its shard of a random model (benchmarks).
  * A rank that dies turns the next (or the current) step into PGN_ERR_ENGINE_DEAD; nothing hangs.
  *
  * @example

@@ -1,20 +1,22 @@
 // One rank of test/gpu/custom-allreduce.test.ts (a forked process, one GPU): the custom all-reduce
 // against NCCL's on the same random inputs (several dtypes and sizes), eagerly and replayed from a
 // CUDA graph with fresh inputs each time, and which messages it accepts. Sends back what it saw.
+import { createHash } from 'node:crypto';
 import type { DType, Tensor } from '../../src/backends/backend.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { CustomAllReduce } from '../../src/parallel/custom-allreduce.js';
 import { NcclCommunicator } from '../../src/parallel/nccl.js';
 
 export interface RankCase { name: string; numel: number; maxAbsDiff: number; mismatches: number; maxAbs: number }
-export interface RankReport { rank: number; refusal: string | null; cases: RankCase[]; accepts: Record<string, boolean>; error?: string }
+export interface RankReport { rank: number; refusal: string | null; cases: RankCase[]; accepts: Record<string, boolean>; /** a hash of each case's custom result */ digests: string[]; error?: string }
 
 const MAX_BYTES = 1 << 20;
 const BYTES = [16, 8 * 1024, 64 * 1024, 512 * 1024 + 48, MAX_BYTES];
 const GRAPH_REPLAYS = 3;
 
-async function compare(b: CudaBackend, name: string, want: Tensor, got: Tensor, numel: number): Promise<RankCase> {
+async function compare(b: CudaBackend, name: string, want: Tensor, got: Tensor, numel: number, digests: string[]): Promise<RankCase> {
   const w = await b.downloadF32(want), g = await b.downloadF32(got);
+  digests.push(createHash('sha256').update(g.subarray(0, numel)).digest('hex'));
   let maxAbsDiff = 0, mismatches = 0, maxAbs = 0;
   for (let i = 0; i < numel; i++) {
     const d = Math.abs(w[i]! - g[i]!);
@@ -29,7 +31,7 @@ async function run(m: { id: number[]; rank: number; size: number }): Promise<Ran
   const b = CudaBackend.create({ deviceId: m.rank });
   const nccl = NcclCommunicator.create(b, Uint8Array.from(m.id), m.rank, m.size);
   const { allReduce: car, refusal } = await CustomAllReduce.create(b, nccl, { maxBytes: MAX_BYTES });
-  const report: RankReport = { rank: m.rank, refusal, cases: [], accepts: {} };
+  const report: RankReport = { rank: m.rank, refusal, cases: [], accepts: {}, digests: [] };
   if (car) {
     const seed = (k: number) => 1000 * k + m.rank;
     let k = 0;
@@ -41,7 +43,7 @@ async function run(m: { id: number[]; rank: number; size: number }): Promise<Ran
         b.fillUniform(got, seed(k), 1);
         nccl.allReduceSum(want, numel);
         car.allReduceSum(got, numel);
-        report.cases.push(await compare(b, `eager ${dtype} ${bytes} B`, want, got, numel));
+        report.cases.push(await compare(b, `eager ${dtype} ${bytes} B`, want, got, numel, report.digests));
         b.free(want); b.free(got);
       }
     }
@@ -60,7 +62,7 @@ async function run(m: { id: number[]; rank: number; size: number }): Promise<Ran
       });
       b.replay(graph);
       refs.forEach((t, i) => nccl.allReduceSum(t, sizes[i]!));
-      for (const [i, t] of refs.entries()) report.cases.push(await compare(b, `graph replay ${r} bf16 ${sizes[i]! * 2} B`, t, ins[i]!, sizes[i]!));
+      for (const [i, t] of refs.entries()) report.cases.push(await compare(b, `graph replay ${r} bf16 ${sizes[i]! * 2} B`, t, ins[i]!, sizes[i]!, report.digests));
       refs.forEach((t) => b.free(t));
     }
     graph.dispose();
@@ -79,6 +81,6 @@ async function run(m: { id: number[]; rank: number; size: number }): Promise<Ran
 process.once('message', (m: { id: number[]; rank: number; size: number }) => {
   run(m).then(
     (r) => process.send!(r),
-    (e) => process.send!({ rank: m.rank, refusal: null, cases: [], accepts: {}, error: (e as Error).stack ?? String(e) }),
+    (e) => process.send!({ rank: m.rank, refusal: null, cases: [], accepts: {}, digests: [], error: (e as Error).stack ?? String(e) }),
   ).finally(() => process.disconnect());
 });

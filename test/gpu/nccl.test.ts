@@ -1,6 +1,8 @@
 // NCCL tensor parallelism on 2 (and 4) GPUs; skips without at least 2. Collectives through the
 // koffi bindings (f32 and bf16, all-gather by columns over 1 and 2 rows), the TP group against
-// TP = 1 on the golden fixtures, and a dead worker process turning a step into PGN_ERR_ENGINE_DEAD.
+// TP = 1 on the golden fixtures (the group's all-reduces on the custom kernel where peer access allows,
+// PEREGRINE_CUSTOM_ALLREDUCE=0 for NCCL alone), and a dead worker process turning a step into
+// PGN_ERR_ENGINE_DEAD (the custom kernel's abort word releasing rank 0's wait).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
