@@ -2,7 +2,7 @@
 // takes, its shared memory (the kernel lays it out the same way), and how many persistent blocks it launches.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { QGEMV_MAX_M, qgemvCan, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvXStride } from '../src/backends/cuda/cuda-quant-gemv.js';
+import { QGEMV_MAX_M, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvXStride } from '../src/backends/cuda/cuda-quant-gemv.js';
 
 const H100 = { fp8Cores: true, maxSharedBytesPerBlock: 227 * 1024 };
 const A100 = { fp8Cores: false, maxSharedBytesPerBlock: 163 * 1024 };
@@ -46,8 +46,12 @@ test('shapes: tokens 1..8, K in whole steps, int groups in whole steps, fp8 on s
   assert.ok(ok('int4', 1, 4096, 4096, A100), 'int formats run on sm_80');
   assert.ok(ok('int8', 2, 640, 64) && !ok('int8', 2, 640, 32) && !ok('int8', 2, 640, 192), 'int8 groups of 2^n whole 64-k steps');
   assert.ok(ok('int4', 2, 640, 128) && !ok('int4', 2, 640, 64) && !ok('int4', 2, 576, 64), 'int4: K and groups of whole 128-k steps');
-  assert.ok(ok('int4', 5, 14336, 128), 'int x of 5 x 14336 halves fits');
-  assert.ok(!ok('int4', 8, 14336, 128), 'int x of 8 x 14336 halves does not: the older GEMV takes it');
+  assert.ok(ok('int4', 8, 14336, 128), 'int x of 8 x 14336 halves runs in chunks');
+  assert.equal(qgemvChunkM('int4', 14336, H100.maxSharedBytesPerBlock), 5, 'x of 5 x 14336 halves fits a block');
+  assert.equal(qgemvChunkM('int8', 4096, H100.maxSharedBytesPerBlock), 8);
+  assert.equal(qgemvChunkM('fp8', 14336, H100.maxSharedBytesPerBlock), 8, 'fp8 x is one byte a value');
+  assert.equal(qgemvChunkM('int4', 65536, H100.maxSharedBytesPerBlock), 1);
+  assert.ok(!ok('int4', 1, 131072, 128), 'not even one token of x fits');
 });
 
 test('grid: persistent blocks, up to 3 an SM as shared memory allows, each with the same number of tiles', () => {

@@ -55,6 +55,7 @@ const VARIANTS: readonly Variant[] = [
   { kind: 'int8', tokens: [1, 8, 128] },
   { kind: 'int4', tokens: [1, 2, 4, 8, 16, 128] },
   { kind: 'fp8', path: 'mma', tokens: [1, 8] },
+  { kind: 'fp8', path: 'mma', xq: true, tokens: [1, 8] },
   { kind: 'int8', path: 'gemv', tokens: [1, 8] },
   { kind: 'int4', path: 'gemv', tokens: [1, 8] },
   { kind: 'fp8', oldQuant: true, tokens: [16, 128], linears: ['o_proj', 'down_proj'] },
@@ -88,7 +89,7 @@ export function quantCases(be: CudaBackend, rand: (shape: number[]) => Tensor, o
   const out: QuantBenchCase[] = [];
   let seed = 1000;
   for (const v of VARIANTS) {
-    const name = v.path ? `${v.kind}/${v.path}${v.scaling ? `-${v.scaling}` : ''}` : `${v.kind}${v.xq ? '+xq' : v.oldQuant ? '-actq' : ''}`;
+    const name = `${v.kind}${v.path ? `/${v.path}` : ''}${v.scaling ? `-${v.scaling}` : ''}${v.xq ? '+xq' : ''}${v.oldQuant ? '-actq' : ''}`;
     for (const T of v.tokens) {
       for (const [linear, N, K] of LINEARS) {
         if (v.linears && !v.linears.includes(linear)) continue;

@@ -97,7 +97,7 @@ if (!gpu) {
       const out = h.output([c.M, c.N], outDtype);
       const bias = c.bias ? h.rand([c.N], c.bias) : null;
       const label = `${describeW(c.w)} ${act}->${outDtype} M=${c.M} N=${c.N} K=${c.K}${c.bias ? ` bias ${c.bias}` : ''}${c.xq ? ' xq' : ''} path ${c.path ?? 'auto'}`;
-      if (c.expect) assert.equal(quantPathFor(gpu, w.gpu, c.M, x.gpu), c.expect, `${label}: default path`);
+      if (c.expect) assert.equal(quantPathFor(gpu, w.gpu, c.M, x.gpu, c.xq ?? false), c.expect, `${label}: default path`);
       h.cpu.linear(out.cpu, x.cpu, w.cpu, bias?.cpu ?? null, c.M);
       let xq: Fp8Activations | null = null;
       if (c.xq) {
@@ -114,7 +114,7 @@ if (!gpu) {
           gpu.free(xq.scales);
         }
       }
-      const path = c.path ?? quantPathFor(gpu, w.gpu, c.M, x.gpu);
+      const path = c.path ?? quantPathFor(gpu, w.gpu, c.M, x.gpu, c.xq ?? false);
       await h.expectClose(out, label, undefined, TOL_OUT[outDtype] + (path === 'dequant' ? TOL_DEQUANT[act] : 0));
     } finally {
       freeQuantWeight(w.gpu, gpu);
@@ -148,7 +148,11 @@ if (!gpu) {
 
     test('fp8: f32 / f16 outputs, biases, 16 tokens, a 4096-wide row', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
       const [tensor, channel] = fp8Specs as [WeightSpec, WeightSpec];
-      await run({ w: tensor, M: 1, N: 4099, K: 4096, out: 'f32' });
+      await run({ w: tensor, M: 1, N: 4099, K: 4096, out: 'f32', expect: 'qgemv' });
+      // quantized x (handed over, or past 2 tokens quantized first): the decode GEMV up to 4096 rows, the older GEMV above
+      await run({ w: tensor, M: 1, N: 4099, K: 4096, xq: true, expect: 'mma' });
+      await run({ w: channel, M: 5, N: 4097, K: 512, expect: 'mma', bias: 'bf16' });
+      await run({ w: channel, M: 5, N: 4096, K: 512, expect: 'qgemv', bias: 'bf16' });
       await run({ w: channel, M: 16, N: 1000, K: 512, bias: 'f32', out: 'f32', expect: 'cublas' });
       await run({ w: channel, M: 64, N: 1000, K: 512, bias: 'f32', out: 'f32' });
       await run({ w: tensor, M: 7, N: 257, K: 384, act: 'f16' });
@@ -223,6 +227,8 @@ if (!gpu) {
       // more tiles than resident blocks: every block loops over tiles, the copy ring runs across them
       const many = gpu.props.numSMs * 3 * 16 * 2 + 5;
       for (const w of [...(fp8Cores ? [fp8Specs[1]!] : []), intSpecs[3]!]) await run({ w, M: 8, N: many, K: 256, path: 'qgemv' });
+      // int x of 8 tokens x 14336 does not fit one block: the tokens run in chunks
+      for (const w of [intSpecs[0]!, intSpecs[3]!]) await run({ w, M: 8, N: 33, K: 14336, path: 'qgemv', expect: 'qgemv' });
     });
 
     test('decode GEMV policy: PEREGRINE_QGEMV_MAX_M and the switch back to the older kernels', () => {

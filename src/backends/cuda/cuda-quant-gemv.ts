@@ -16,6 +16,18 @@ export type QgemvKind = QuantizedWeight['kind'];
 
 /** tokens one launch takes (the mma's n8) */
 export const QGEMV_MAX_M = 8;
+/**
+ * fp8 without quantized x: the kernel quantizes x itself up to this many tokens; beyond, one quant_fp8_rows pass
+ * first is cheaper (H100, 8B shapes: o_proj / down_proj at 1-2 tokens 9.5-9.8 / 26-29 us in-kernel against
+ * 11.9 / 31.5 for the older path; at 8 tokens 15.8 / 44.2, where a separate pass + the GEMV is ~12 / ~28).
+ */
+export const QGEMV_FP8_QUANT_MAX_M = 2;
+/**
+ * fp8 with quantized x: the decode GEMV up to this many weight rows, the older tensor-core GEMV (quant_fp8_mma)
+ * above, where it measured faster (H100, 1 / 8 tokens: N = 4096 8.8-9.5 / 24.7-25.3 us against 9.4-9.8 /
+ * 26.7-27.4; qkv_proj N = 6144 12.1 / 12.8 against 11.6 / 12.3; gate_up_proj 45.4 / 44.6 against 42.2 / 43.6).
+ */
+export const QGEMV_FP8_MAX_N = 4096;
 /** kernels/quant_gemv.cu: QG_WARPS, QG_STAGES, QG_RING_W / QG_RING_S, QG_MIN_BLOCKS */
 export const QGEMV_THREADS = 256;
 const WARPS = 8;
@@ -84,13 +96,23 @@ export function qgemvGroupShift(kind: QgemvKind, K: number, groupSize: number): 
   return Math.log2(steps);
 }
 
-/** Whether the kernel can run this shape on this device (alignment is the caller's). */
+/**
+ * Whether the kernel can run this shape on this device (alignment is the caller's). Tokens whose x does not fit
+ * one block's shared memory run in chunks of `qgemvChunkM` (int formats of 8 tokens x 14336 on an H100).
+ */
 export function qgemvCan(s: QgemvShape, dev: QgemvDevice): boolean {
   if (!Number.isInteger(s.M) || s.M < 1 || s.M > QGEMV_MAX_M) return false;
   if (s.K <= 0 || s.K % STEP_K[s.kind] !== 0) return false;
   if (s.kind === 'fp8' && !dev.fp8Cores) return false;
   if (qgemvGroupShift(s.kind, s.K, s.groupSize) === null) return false;
-  return qgemvSharedBytes(s.kind, s.M, s.K) <= dev.maxSharedBytesPerBlock;
+  return qgemvChunkM(s.kind, s.K, dev.maxSharedBytesPerBlock) >= 1;
+}
+
+/** The most tokens (<= 8) one launch takes for K: as many as x in shared memory allows. */
+export function qgemvChunkM(kind: QgemvKind, K: number, maxSharedBytesPerBlock: number): number {
+  let m = QGEMV_MAX_M;
+  while (m > 0 && qgemvSharedBytes(kind, m, K) > maxSharedBytesPerBlock) m--;
+  return m;
 }
 
 /**

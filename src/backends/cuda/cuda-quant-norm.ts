@@ -33,7 +33,7 @@ export function rmsNormFp8(
 ): boolean {
   const op = 'rmsNormFp8';
   requireCount(numTokens, op, 'numTokens');
-  const x = floatTensor(xT, op, 'x', ['bf16', 'f16']);
+  const x = floatTensor(xT, op, 'x');
   const out = floatTensor(outT, op, 'out');
   const weight = floatTensor(weightT, op, 'weight');
   const residual = residualT ? floatTensor(residualT, op, 'residual') : null;
@@ -48,7 +48,7 @@ export function rmsNormFp8(
   const inputScale = inputScaleT ? floatTensor(inputScaleT, op, 'inputScale', ['f32']) : null;
   if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
   const aligned = [x, out, weight, residual, codes].every((t) => t === null || t.ptr % 16 === 0);
-  if (!quantFastPolicy.fused || H % PACK !== 0 || !aligned) return false;
+  if (!quantFastPolicy.fused || x.dtype === 'f32' || H % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
   be.kernels.module.kernel(`rms_norm_fp8_${x.dtype}`, PARAMS).launch(numTokens, normRowThreads(H), 0, be.stream, [
     out.ptr, codes.ptr, scales.ptr, x.ptr, residual?.ptr ?? null, weight.ptr, eps, weightOffset, H, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,

@@ -2,7 +2,9 @@
  * `linear` with a QuantizedWeight (backend.ts; issue 6) on the GPU, matching the CPU reference
  * (cpu/ops/quant-linear.ts). The path depends on the kind and the number of tokens M:
  * - 'qgemv'   every kind, M <= 8 (cuda-quant-gemv.ts says where): the decode GEMV streaming the weights
- *             through a cp.async ring; FP8 activations come from the fused norm (`xq`) or are quantized in it;
+ *             through a cp.async ring; FP8 activations come from the fused norm (`xq`), or are quantized in it
+ *             (<= 2 tokens) or by one quant_fp8_rows pass first. FP8 weights of > 4096 rows with quantized x
+ *             go to 'mma' instead, which measured faster there;
  * - 'mma'     fp8, M <= FP8_MMA_MAX_M, sm_89+: activations quantized to E4M3 (static input scale, or per
  *             token), then a tensor-core GEMV (mma m16n8k32 e4m3) applying both scales and the bias;
  * - 'cublas'  fp8, more tokens, sm_89+: the same quantization (none when the fused norm gave `xq`; else one
@@ -22,7 +24,7 @@ import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { QuantGemm, type Fp8Scaling, type OutDtype } from './cuda-quant-gemm.js';
-import { QGEMV_THREADS, qgemvCan, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
+import { QGEMV_FP8_MAX_N, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check } from './driver.js';
 import type { Kernel, ParamKind } from './module.js';
@@ -200,8 +202,8 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
   const c = checkCall(w, outT, xT, biasT, numTokens, xq);
   if (c.M === 0) return;
   const st = stateOf(be);
-  const path = quantPathFor(be, w, c.M, c.x);
-  if (path === 'qgemv') return qgemv(st, c);
+  const path = quantPathFor(be, w, c.M, c.x, c.xq !== null);
+  if (path === 'qgemv') return qgemv(st, c, c.w.kind === 'fp8' && !c.xq && c.M > QGEMV_FP8_QUANT_MAX_M ? quantizeActivations(st, c) : null);
   if (path === 'gemv') return gemv(st, c);
   if (path === 'dequant') return dequantLinear(st, c);
   const a = c.xq ? { xq: c.xq.codes.ptr, xs: c.xq.scales.ptr } : quantizeActivations(st, c);
@@ -209,8 +211,11 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
   fp8Cublas(st, c, a);
 }
 
-/** The path `quantLinear` takes for `numTokens` tokens of x (forceQuantPath wins; it throws if the path cannot run). */
-export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: number, x: Tensor): QuantPath {
+/**
+ * The path `quantLinear` takes for `numTokens` tokens of x (forceQuantPath wins; it throws if the path cannot
+ * run); `hasXq`: fp8 x comes quantized (or, past QGEMV_FP8_QUANT_MAX_M tokens, will be).
+ */
+export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: number, x: Tensor, hasXq = false): QuantPath {
   const [, K] = w.shape;
   const xAligned = asCuda(x, 'linear', 'x').ptr % 16 === 0;
   const [major, minor] = be.props.computeCapability;
@@ -227,7 +232,11 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
     if (!can[forcedPath]) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: path '${forcedPath}' cannot run ${w.kind} [${w.shape.join(', ')}] with ${numTokens} tokens`, { path: forcedPath, kind: w.kind });
     return forcedPath;
   }
-  if (can.qgemv && quantFastPolicy.qgemv && numTokens <= quantFastPolicy.maxM) return 'qgemv';
+  if (can.qgemv && quantFastPolicy.qgemv && numTokens <= quantFastPolicy.maxM) {
+    const quantized = hasXq || numTokens > QGEMV_FP8_QUANT_MAX_M;
+    if (w.kind !== 'fp8' || !quantized || w.shape[0] <= QGEMV_FP8_MAX_N || !can.mma) return 'qgemv';
+    return 'mma';
+  }
   if (w.kind === 'fp8') return can.mma && numTokens <= FP8_MMA_MAX_M ? 'mma' : can.cublas ? 'cublas' : 'dequant';
   return can.gemv && numTokens <= INT_GEMV_MAX_M ? 'gemv' : 'dequant';
 }
@@ -287,16 +296,28 @@ function gemv(st: QuantState, c: Call): void {
   ]);
 }
 
-/** The decode GEMV (kernels/quant_gemv.cu): one launch, any kind; fp8 reads `xq` or quantizes x itself. */
-function qgemv(st: QuantState, c: Call): void {
-  const { M, N, K, w } = c;
-  const name = w.kind !== 'fp8' ? `${w.kind}_${c.x.dtype}` : c.xq ? 'fp8q' : `fp8_${c.x.dtype}`;
-  const shared = qgemvSharedBytes(w.kind, M, K);
-  const grid = qgemvGrid(N, shared, st.be.props.numSMs, st.be.props.maxSharedBytesPerBlock);
-  st.kernel('qgemv', name).launch(grid, QGEMV_THREADS, shared, st.be.stream, [
-    c.out.ptr, c.x.ptr, c.xq?.codes.ptr ?? null, c.xq?.scales.ptr ?? null, c.inputScale?.ptr ?? null, c.qweight.ptr, c.scales.ptr, c.zeros?.ptr ?? null,
-    c.bias?.ptr ?? null, M, N, K, qgemvGroupShift(w.kind, K, w.groupSize)!, c.perTensor ? 1 : 0, c.outKind, c.biasKind, FP8_MIN_ACTIVATION_SCALE,
-  ]);
+/**
+ * The decode GEMV (kernels/quant_gemv.cu): one launch per chunk of tokens whose x fits a block (one for <= 8
+ * tokens but int formats of long rows), any kind; fp8 reads quantized x (the fused norm's, or `a`) or
+ * quantizes x itself.
+ */
+function qgemv(st: QuantState, c: Call, a: QuantizedX | null): void {
+  const { N, K, w } = c;
+  const q = c.xq ? { xq: c.xq.codes.ptr, xs: c.xq.scales.ptr } : a;
+  const name = w.kind !== 'fp8' ? `${w.kind}_${c.x.dtype}` : q ? 'fp8q' : `fp8_${c.x.dtype}`;
+  const kernel = st.kernel('qgemv', name);
+  const chunk = qgemvChunkM(w.kind, K, st.be.props.maxSharedBytesPerBlock);
+  const outBytes = c.out.dtype === 'f32' ? 4 : 2;
+  for (let m0 = 0; m0 < c.M; m0 += chunk) {
+    const M = Math.min(chunk, c.M - m0);
+    const shared = qgemvSharedBytes(w.kind, M, K);
+    const grid = qgemvGrid(N, shared, st.be.props.numSMs, st.be.props.maxSharedBytesPerBlock);
+    kernel.launch(grid, QGEMV_THREADS, shared, st.be.stream, [
+      c.out.ptr + m0 * N * outBytes, c.x.ptr + m0 * K * 2, q ? q.xq + m0 * K : null, q ? q.xs + m0 * 4 : null, c.inputScale?.ptr ?? null, c.qweight.ptr,
+      c.scales.ptr, c.zeros?.ptr ?? null, c.bias?.ptr ?? null, M, N, K, qgemvGroupShift(w.kind, K, w.groupSize)!, c.perTensor ? 1 : 0, c.outKind, c.biasKind,
+      FP8_MIN_ACTIVATION_SCALE,
+    ]);
+  }
 }
 
 /** E4M3 activations of a call: codes [M, K] bytes and per-token scales [M] (device addresses). */
