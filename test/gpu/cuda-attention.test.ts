@@ -1,16 +1,36 @@
 /**
  * CUDA paged attention against the CPU reference: prefill, chunked prefill (earlier
- * context in the cache) and decode (split along the keys), every supported head size,
- * MHA/GQA/MQA, sliding window, ALiBi, soft-capping, block tables drawn from a shuffled
- * pool. Without a CUDA device the suite skips.
+ * context in the cache) and decode (split along the keys into 2..128 splits: eager twice,
+ * captured and replayed twice, then eager again), every supported head size, MHA/GQA/MQA, sliding window, ALiBi, soft-capping,
+ * block tables drawn from a shuffled pool. Without a CUDA device the suite skips (the split
+ * plan's host-side rules are tested anyway).
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AttentionMetadata, AttentionParams } from '../../src/backends/backend.js';
+import { decodePlan } from '../../src/backends/cuda/cuda-attention.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { Harness, openCuda, SEED, shuffled, type Pair } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
+/** the CUDA backend's default attention workspace */
+const WORKSPACE_BYTES = 32 << 20;
+
+test('decode plan: no split once the unsplit grid fills half the block slots', () => {
+  // Llama-3.1-8B: 32 heads over 8 KV heads, 4 heads a block; 132 SMs of 4 blocks = 528 slots
+  const llama8b = (numSeqs: number, ctx: number) => decodePlan(numSeqs, 32, 8, 128, ctx, 0, 132, WORKSPACE_BYTES).numSplits;
+  assert.equal(llama8b(64, 512), 1, 'batch 64: 512 blocks fill 528 slots unsplit');
+  assert.equal(llama8b(33, 512), 2, '264 blocks are half the slots: still split');
+  assert.equal(llama8b(34, 512), 1);
+  assert.equal(llama8b(1, 512), 8, 'batch 1: 64 keys a split');
+  assert.equal(llama8b(1, 8192), 66, 'batch 1, long context: the slots');
+  assert.equal(llama8b(25, 4096), 3);
+  // 8 heads a block hold 3 blocks an SM: 396 slots
+  const mqa = (numSeqs: number) => decodePlan(numSeqs, 12, 1, 64, 1 << 16, 0, 132, WORKSPACE_BYTES).numSplits;
+  assert.equal(mqa(1), 128, 'MQA at batch 1: the most splits');
+  assert.equal(mqa(99), 2, '198 blocks: half the slots');
+  assert.equal(mqa(100), 1);
+});
 
 interface Case {
   readonly headDim: number;
@@ -23,6 +43,10 @@ interface Case {
   readonly alibi?: boolean;
   readonly softcap?: number;
   readonly dtype?: 'bf16' | 'f16';
+  /** the launch's maxSeqlenK (default the longest context): sets the decode split count */
+  readonly maxSeqlenK?: number;
+  /** decode: run eagerly twice more, then capture a graph and replay it twice, checking every run */
+  readonly replays?: boolean;
 }
 
 if (!gpu) {
@@ -62,7 +86,7 @@ if (!gpu) {
       contextLens: t(h.ints([numSeqs], Int32Array.from(seqs.map(([, k]) => k)))),
       blockTables: t(h.ints([numSeqs, maxBlocksPerSeq], tables)),
       maxSeqlenQ: Math.max(...seqs.map(([q]) => q)),
-      maxSeqlenK: Math.max(...seqs.map(([, k]) => k)),
+      maxSeqlenK: c.maxSeqlenK ?? Math.max(...seqs.map(([, k]) => k)),
       isDecode: seqs.every(([q]) => q === 1),
     });
     const params = (t: (p: Pair) => Pair['cpu']): AttentionParams => ({
@@ -70,10 +94,34 @@ if (!gpu) {
       slidingWindow: c.slidingWindow ?? null, logitSoftcap: c.softcap ?? null, alibiSlopes: slopes ? t(slopes) : null,
     });
     h.cpu.attention(out.cpu, qkv.cpu, { k: kCache.cpu, v: vCache.cpu }, meta((p) => p.cpu), params((p) => p.cpu));
-    gpu!.attention(out.gpu, qkv.gpu, { k: kCache.gpu, v: vCache.gpu }, meta((p) => p.gpu), params((p) => p.gpu));
+    const gpuMeta = meta((p) => p.gpu), gpuParams = params((p) => p.gpu);
+    const launch = () => gpu!.attention(out.gpu, qkv.gpu, { k: kCache.gpu, v: vCache.gpu }, gpuMeta, gpuParams);
     const what = `attention ${dtype} D=${headDim} heads ${numHeads}/${numKvHeads} seqs ${JSON.stringify(seqs)}` +
-      `${c.slidingWindow ? ` window ${c.slidingWindow}` : ''}${c.alibi ? ' alibi' : ''}${c.softcap ? ` softcap ${c.softcap}` : ''}`;
-    await h.expectClose(out, what, undefined, dtype === 'bf16' ? 2e-2 : 5e-3);
+      `${c.slidingWindow ? ` window ${c.slidingWindow}` : ''}${c.alibi ? ' alibi' : ''}${c.softcap ? ` softcap ${c.softcap}` : ''}` +
+      `${c.maxSeqlenK ? ` maxSeqlenK ${c.maxSeqlenK}` : ''}`;
+    const tol = dtype === 'bf16' ? 2e-2 : 5e-3;
+    if (!c.replays) {
+      launch();
+      return h.expectClose(out, what, undefined, tol);
+    }
+    const poison = () => gpu!.writeF32(out.gpu, new Float32Array(numTokens * numHeads * headDim).fill(NaN));
+    gpu!.beginCapture();
+    let graph;
+    try {
+      launch();
+    } finally {
+      graph = gpu!.endCapture();
+    }
+    try {
+      for (const run of ['eager', 'eager again', 'graph replay', 'graph replay again', 'eager after the graph']) {
+        poison();
+        if (run.startsWith('graph')) gpu!.replay(graph);
+        else launch();
+        await h.expectClose(out, `${what} (${run})`, undefined, tol);
+      }
+    } finally {
+      graph.dispose();
+    }
   }
 
   describe(`CUDA attention on ${gpu.props.name} (seed ${SEED + 1})`, () => {
@@ -109,6 +157,23 @@ if (!gpu) {
       await check({ headDim: 128, numHeads: 8, numKvHeads: 2, seqs, slidingWindow: 100 });
       await check({ headDim: 64, numHeads: 8, numKvHeads: 8, seqs, alibi: true });
       await check({ headDim: 256, numHeads: 8, numKvHeads: 4, seqs, softcap: 30 });
+    });
+
+    test('split decode: several split counts, eager and graph replays, each twice', async () => {
+      const cases: Case[] = [
+        { headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 150]], maxSeqlenK: 100 },
+        { headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 150]], maxSeqlenK: 512 },
+        { headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 5000], [1, 3]], maxSeqlenK: 8192 },
+        { headDim: 64, numHeads: 12, numKvHeads: 1, seqs: [[1, 3000]], maxSeqlenK: 1 << 16 },
+        { headDim: 256, numHeads: 8, numKvHeads: 8, seqs: [[1, 700], [1, 1], [1, 90]], maxSeqlenK: 4096, dtype: 'f16' },
+        { headDim: 96, numHeads: 6, numKvHeads: 3, seqs: [[1, 999], [1, 400]], maxSeqlenK: 2048, slidingWindow: 300 },
+      ];
+      const splits = new Set<number>();
+      for (const c of cases) {
+        splits.add(decodePlan(c.seqs.length, c.numHeads, c.numKvHeads, c.headDim, c.maxSeqlenK!, c.slidingWindow ?? 0, gpu.props.numSMs, WORKSPACE_BYTES).numSplits);
+        await check({ ...c, replays: true });
+      }
+      assert.ok(splits.has(2) && splits.has(128) && splits.size >= 5, `split counts ${[...splits].join(', ')}`);
     });
 
     test('other head sizes run the generic kernel: prefill, decode, window, ALiBi, softcap', async () => {

@@ -1,6 +1,7 @@
 /**
  * The FP8 (E4M3) KV cache on CUDA against the CPU reference: ropeWriteKv's codes, paged attention
- * over an fp8 cache (decode split along the keys, prefill and chunked prefill with context in the
+ * over an fp8 cache (decode split along the keys into several split counts, eager and graph
+ * replays, 1/2/4/8 heads a block; prefill and chunked prefill with context in the
  * cache, the generic kernel), head sizes 64/128/256 and others, GQA/MQA; a model fixture with the
  * fp8 cache; twice the blocks for the same memory. Without a CUDA device the suite skips.
  */
@@ -29,6 +30,10 @@ interface Case {
   readonly seqs: readonly (readonly [number, number])[];
   readonly dtype?: 'bf16' | 'f16';
   readonly slidingWindow?: number;
+  /** the launch's maxSeqlenK (default the longest context): sets the decode split count */
+  readonly maxSeqlenK?: number;
+  /** decode: also eager again, then a captured graph replayed twice, checking every run */
+  readonly replays?: boolean;
 }
 
 /** E4M3 codes of x / scale, 4 to an i32 word */
@@ -84,25 +89,57 @@ if (!gpu) {
       contextLens: t(h.ints([numSeqs], Int32Array.from(seqs.map(([, k]) => k)))),
       blockTables: t(h.ints([numSeqs, maxBlocksPerSeq], tables)),
       maxSeqlenQ: Math.max(...seqs.map(([q]) => q)),
-      maxSeqlenK: Math.max(...seqs.map(([, k]) => k)),
+      maxSeqlenK: c.maxSeqlenK ?? Math.max(...seqs.map(([, k]) => k)),
       isDecode: seqs.every(([q]) => q === 1),
     });
     const params = { numHeads, numKvHeads, headDim, blockSize, scale: 1 / Math.sqrt(headDim), slidingWindow: c.slidingWindow ?? null };
     h.cpu.attention(out.cpu, qkv.cpu, cache.cpu, meta((p) => p.cpu), params);
-    gpu!.attention(out.gpu, qkv.gpu, cache.gpu, meta((p) => p.gpu), params);
-    const what = `fp8-KV attention ${dtype} D=${headDim} heads ${numHeads}/${numKvHeads} seqs ${JSON.stringify(seqs)}`;
-    await h.expectClose(out, what, undefined, dtype === 'bf16' ? 2e-2 : 5e-3);
-    cache.free();
+    const gpuMeta = meta((p) => p.gpu);
+    const launch = () => gpu!.attention(out.gpu, qkv.gpu, cache.gpu, gpuMeta, params);
+    const what = `fp8-KV attention ${dtype} D=${headDim} heads ${numHeads}/${numKvHeads} seqs ${JSON.stringify(seqs)}${c.maxSeqlenK ? ` maxSeqlenK ${c.maxSeqlenK}` : ''}`;
+    const tol = dtype === 'bf16' ? 2e-2 : 5e-3;
+    try {
+      launch();
+      await h.expectClose(out, what, undefined, tol);
+      if (!c.replays) return;
+      gpu!.beginCapture();
+      let graph;
+      try {
+        launch();
+      } finally {
+        graph = gpu!.endCapture();
+      }
+      try {
+        for (const run of ['eager again', 'graph replay', 'graph replay again']) {
+          gpu!.writeF32(out.gpu, new Float32Array(numTokens * numHeads * headDim).fill(NaN));
+          if (run.startsWith('graph')) gpu!.replay(graph);
+          else launch();
+          await h.expectClose(out, `${what} (${run})`, undefined, tol);
+        }
+      } finally {
+        graph.dispose();
+      }
+    } finally {
+      cache.free();
+    }
   }
 
   describe(`CUDA fp8 KV cache on ${gpu.props.name} (seed ${SEED + 7})`, () => {
     test('decode over an fp8 cache, split along long contexts, GQA/MQA', async () => {
       const seqs = [[1, 1], [1, 17], [1, 300], [1, 2100], [1, 999]] as const;
       for (const headDim of [64, 128, 256]) {
-        for (const [numHeads, numKvHeads] of [[4, 4], [32, 8], [12, 1], [8, 2]] as const) await check({ headDim, numHeads, numKvHeads, seqs });
+        for (const [numHeads, numKvHeads] of [[4, 4], [32, 8], [12, 1], [8, 2], [8, 4]] as const) await check({ headDim, numHeads, numKvHeads, seqs });
       }
       await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 4000]], dtype: 'f16' });
       await check({ headDim: 80, numHeads: 8, numKvHeads: 2, seqs, slidingWindow: 100 });
+      await check({ headDim: 96, numHeads: 8, numKvHeads: 2, seqs });
+    });
+
+    test('split decode over an fp8 cache: several split counts, eager and graph replays', async () => {
+      await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 150]], maxSeqlenK: 100, replays: true });
+      await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 5000], [1, 3]], maxSeqlenK: 8192, replays: true });
+      await check({ headDim: 64, numHeads: 12, numKvHeads: 1, seqs: [[1, 3000]], maxSeqlenK: 1 << 16, replays: true });
+      await check({ headDim: 256, numHeads: 4, numKvHeads: 2, seqs: [[1, 700], [1, 1], [1, 90]], maxSeqlenK: 4096, dtype: 'f16', replays: true });
     });
 
     test('prefill and chunked prefill (context in the cache) over an fp8 cache', async () => {

@@ -1,9 +1,9 @@
 /**
  * Paged attention dispatch. Pure decode steps (one query per sequence) go to the
- * flash-decoding kernel, split along the keys when the batch alone would not fill the
- * GPU; everything else (prefill, chunked prefill, mixed batches) to the tiled tensor-core
- * prefill kernel. Head sizes without tuned kernels (tiny test models, 40, 112, ...) take a
- * simple generic kernel. All read K/V only from the paged cache.
+ * flash-decoding kernel, split along the keys when the batch alone would fill less than half
+ * the GPU's block slots; everything else (prefill, chunked prefill, mixed batches) to the
+ * tiled tensor-core prefill kernel. Head sizes without tuned kernels (tiny test models, 40,
+ * 112, ...) take a simple generic kernel. All read K/V only from the paged cache.
  *
  * The number of splits depends only on host-side numbers (batch shape and
  * meta.maxSeqlenK), so a captured decode graph keeps its grid; the kernel cuts each
@@ -36,7 +36,10 @@ const DECODE_THREADS = 128;
 const HEADS_PER_BLOCK = [1, 2, 4, 8] as const;
 /** keep in step with PGN_DECODE_MAX_SPLITS in kernels/attention_decode.cu (the combine's block holds one thread a split) */
 const MAX_SPLITS = 128;
-/** fewer keys than this per split cost more in the combine than they save */
+/**
+ * fewer keys than this per split cost more in the combine than they save (H100, 8B shape, batch
+ * 1, 2026-11-28: 16 keys a split, i.e. 32 splits for 512 keys, took 9.5 us a layer; 64 keys, 8 splits, 7.9)
+ */
 const MIN_KEYS_PER_SPLIT = 64;
 /** decode blocks an SM holds: keep in step with PGN_DECODE_MIN_BLOCKS in kernels/attention_decode.cu */
 const decodeBlocksPerSm = (hpb: number): number => (hpb <= 4 ? 4 : 3);
@@ -58,14 +61,19 @@ export function prefillSharedBytes(headDim: number, elemBytes: number, warps: nu
   return (16 * warps + 2 * bn) * (headDim + 8) * elemBytes + (fp8 ? 2 * bn * headDim : 0);
 }
 
-/** The decode launch shape: heads per block, head groups per KV head, and key splits. */
+/**
+ * The decode launch shape: heads per block, head groups per KV head, and key splits. No split
+ * once the unsplit grid fills at least half the block slots: measured 2026-11-28 (H100, 8B
+ * shape, batch 64, context ~160), 2 splits took 31.3 us a layer and 1 split 23.3.
+ */
 export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number) {
   const group = numHeads / numKvHeads;
   const hpb = HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
   const headGroups = Math.ceil(group / hpb);
   const baseBlocks = numSeqs * numKvHeads * headGroups;
   const keys = window > 0 ? Math.min(maxSeqlenK, window) : maxSeqlenK;
-  let numSplits = Math.min(Math.ceil((decodeBlocksPerSm(hpb) * numSMs) / baseBlocks), Math.ceil(keys / MIN_KEYS_PER_SPLIT), MAX_SPLITS);
+  const slots = decodeBlocksPerSm(hpb) * numSMs;
+  let numSplits = baseBlocks * 2 > slots ? 1 : Math.min(Math.ceil(slots / baseBlocks), Math.ceil(keys / MIN_KEYS_PER_SPLIT), MAX_SPLITS);
   const bytesPerSplit = numSeqs * numHeads * (headDim + 2) * 4;
   numSplits = Math.max(1, Math.min(numSplits, Math.floor((workspaceBytes - 256) / bytesPerSplit)));
   return { hpb, headGroups, numSplits, partialOBytes: numSeqs * numHeads * numSplits * headDim * 4 };

@@ -10,12 +10,18 @@
 // for any context length) and ranges are computed from each sequence's own length.
 // numSplits == 1 writes `out` directly; otherwise each split writes its unnormalised
 // accumulator to partialO [numSeqs, numHeads, numSplits, D] and (max, sum) in the log2
-// domain to partialML [.., 2], and attn_decode_combine finishes.
+// domain to partialML [.., 2], and attn_decode_combine finishes. Combining in this kernel
+// instead (the last split of a (seq, head group) to count in an atomic does it, the counter
+// reset for the next replay) was measured 2026-11-28 (H100, 8B shape, batch 1, 8 splits): 7.87
+// us a layer against 7.86 with the second launch, and the unsplit path 2-7% slower (the extra
+// shared memory and epilogue): not kept.
 // An fp8 cache (C = kv_fp8_t, kv_fp8.cuh) is read 8 bytes a lane, with more keys in flight (U8)
 // to keep as many bytes loading; kScale is folded into the query and vScale into the output, so
 // the codes convert exactly. Measured 2026-11-28 (H100, Llama-3.1-8B shape, batch 256, context
-// ~1000): 19.4 ms/step against 21.7 for bf16 (U8 = U: 20.3); still ~57% of copy bandwidth, so
-// the fp8 loop is latency-bound: 16-byte loads (16 codes a lane) are the next thing to try.
+// ~1000): 19.4 ms/step against 21.7 for bf16 (U8 = U: 20.3); still ~57% of copy bandwidth.
+// 16-byte loads (16 codes a lane, LPK halved) were tried the same day: with 4 heads a block the 64
+// accumulators need > 128 registers (spills even at 1 key in flight), so 3 blocks an SM and 3 keys
+// in flight: 23.9 ms/step against 19.5 (batch 256, context ~1000): not kept.
 #include "kv_fp8.cuh"
 
 #define PGN_DECODE_WARPS 4
