@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import type { DType, Tensor } from '../../src/backends/backend.js';
 import { CpuBackend, cpuData } from '../../src/backends/cpu/cpu-backend.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
+import { loadDriver, out } from '../../src/backends/cuda/driver.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
 import { rng, shuffled } from '../helpers/random.js';
 
@@ -14,6 +15,14 @@ export { rng, shuffled };
 
 /** relative L2 error allowed per output dtype */
 export const TOL: Record<DType, number> = { f32: 2e-5, bf16: 1e-2, f16: 2e-3, i32: 0 };
+
+/** GPUs the driver sees (0 without a GPU): the multi-GPU suites skip below their count. */
+export function gpuCount(): number {
+  if (!CudaBackend.isAvailable()) return 0;
+  const drv = loadDriver();
+  drv.cuInit(0);
+  return out<number>((b) => drv.cuDeviceGetCount(b), drv, 'cuDeviceGetCount', 0);
+}
 
 export const SEED = Number(process.env.PEREGRINE_TEST_SEED ?? Math.floor(Math.random() * 2 ** 31));
 

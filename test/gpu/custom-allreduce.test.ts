@@ -6,17 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
-import { loadDriver, out } from '../../src/backends/cuda/driver.js';
+import { gpuCount } from './cuda-harness.js';
 import { ncclUniqueId } from '../../src/parallel/nccl.js';
 import type { RankReport } from './custom-allreduce-rank.js';
-
-function gpuCount(): number {
-  if (!CudaBackend.isAvailable()) return 0;
-  const drv = loadDriver();
-  drv.cuInit(0);
-  return out<number>((b) => drv.cuDeviceGetCount(b), drv, 'cuDeviceGetCount', 0);
-}
 
 const GPUS = gpuCount();
 const skip = GPUS >= 2 ? false : `needs 2 GPUs, found ${GPUS}`;

@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
-import { loadDriver, out } from '../../src/backends/cuda/driver.js';
 import { loadModel } from '../../src/models/load-model.js';
+import { gpuCount } from './cuda-harness.js';
 import { ncclUniqueId } from '../../src/parallel/nccl.js';
 import { TpGroup } from '../../src/parallel/tp-group.js';
 import { buildForwardBatch } from '../../src/runner/input-builder.js';
@@ -21,13 +21,6 @@ import { expectedCollectives, type CollectiveResults } from '../helpers/comm-ran
 import { loadGolden } from '../helpers/golden.js';
 
 process.env.NCCL_NVLS_ENABLE = '0';
-
-function gpuCount(): number {
-  if (!CudaBackend.isAvailable()) return 0;
-  const drv = loadDriver();
-  drv.cuInit(0);
-  return out<number>((b) => drv.cuDeviceGetCount(b), drv, 'cuDeviceGetCount', 0);
-}
 
 const GPUS = gpuCount();
 const skip = GPUS >= 2 ? false : `needs 2 GPUs, found ${GPUS}`;

@@ -153,7 +153,8 @@ export function geluMul(ctx: OpContext, out: Tensor, gateUp: Tensor, numTokens: 
   gated(ctx, 'gelu_mul', out, gateUp, numTokens, [geluFlag('geluMul', approx)]);
 }
 
-function normArgs(op: string, outT: Tensor, xT: Tensor, weightT: Tensor, numTokens: number, residualT: Tensor | null | undefined) {
+/** The checked tensors of a norm op (rmsNorm, layerNorm, rmsNormFp8): same dtype, rows of the weight's width. */
+export function normArgs(op: string, outT: Tensor, xT: Tensor, weightT: Tensor, numTokens: number, residualT: Tensor | null | undefined) {
   requireCount(numTokens, op, 'numTokens');
   const x = floatTensor(xT, op, 'x');
   const out = floatTensor(outT, op, 'out');

@@ -14,7 +14,8 @@ import type { CudaBackend } from './cuda-backend.js';
 import { quantFastPolicy } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { ParamKind } from './module.js';
-import { floatTensor, i32Tensor, invalid, lastDim, requireCount, requireLength, requireRows, sameDtype } from './op-checks.js';
+import { normArgs } from './cuda-ops.js';
+import { floatTensor, i32Tensor, invalid, lastDim, requireLength } from './op-checks.js';
 
 const PACK = 8;
 // (out, xq, xs, x, residual, weight, eps, weightOffset, H, inputScale, minScale)
@@ -32,16 +33,7 @@ export function rmsNormFp8(
   residualT: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScaleT: Tensor | null,
 ): boolean {
   const op = 'rmsNormFp8';
-  requireCount(numTokens, op, 'numTokens');
-  const x = floatTensor(xT, op, 'x');
-  const out = floatTensor(outT, op, 'out');
-  const weight = floatTensor(weightT, op, 'weight');
-  const residual = residualT ? floatTensor(residualT, op, 'residual') : null;
-  sameDtype(op, x, [out, 'out'], [weight, 'weight'], [residual, 'residual']);
-  const H = weight.numel;
-  requireRows(x, numTokens, H, op, 'x');
-  requireRows(out, numTokens, H, op, 'out');
-  if (residual) requireRows(residual, numTokens, H, op, 'residual');
+  const { x, out, weight, residual, H } = normArgs(op, outT, xT, weightT, numTokens, residualT);
   const codes = asCodes(xq.codes, numTokens, H);
   const scales = floatTensor(xq.scales, op, 'xq.scales', ['f32']);
   if (scales.numel < numTokens) throw invalid(op, `xq.scales hold ${scales.numel} values, expected >= ${numTokens}`, { shape: scales.shape });
