@@ -3,6 +3,7 @@ import type { Backend, KvCacheDType } from '../backends/backend.js';
 import type { DeviceName } from '../backends/index.js';
 import { PeregrineError } from '../errors.js';
 import type { ModelSpec } from '../models/spec.js';
+import { checkMultiNode, DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, type MultiNode } from '../parallel/node-protocol.js';
 import { DEFAULT_BLOCK_SIZE, KvCachePool, parseKvCacheDtype, type KvCacheOptions } from '../runner/kv-cache.js';
 import { DEFAULT_PROMPT_LOGPROB_ROWS } from '../runner/model-runner.js';
 import { readKvCacheScalesInDir } from '../weights/quant/kv-scales.js';
@@ -18,8 +19,22 @@ export interface LLMOptions {
    * PGN_ERR_INVALID_ARGUMENT. CPU: worker threads; CUDA: one process per GPU over NCCL.
    */
   readonly tp?: number;
-  /** the GPU of each rank with tp > 1 (default 0 .. tp-1) */
+  /** the GPU of each rank with tp > 1 (default 0 .. tp-1); multi-node: of this node's ranks (default 0 .. tp/nnodes-1) */
   readonly deviceIds?: readonly number[];
+  /**
+   * Multi-node tensor parallelism (CUDA only): nodes in the group (default 1). tp must be a multiple;
+   * every node runs tp / nnodes ranks, one GPU each. Node 0 (nodeRank 0) loads the LLM and owns
+   * the scheduler; every other node runs LLM.hostRanks with the same options but its nodeRank.
+   */
+  readonly nnodes?: number;
+  /** this node's place in 0 .. nnodes-1 (default 0) */
+  readonly nodeRank?: number;
+  /** node 0's address, which it listens on and the other nodes connect to (default 127.0.0.1) */
+  readonly masterAddr?: string;
+  /** node 0's rendezvous port (default 29500) */
+  readonly masterPort?: number;
+  /** how long node 0 waits for the other nodes to join, and they for node 0 (default 5 min) */
+  readonly nodeTimeoutMs?: number;
   /** longest prompt + output; default: the model's max_position_embeddings */
   readonly maxModelLen?: number;
   /** most sequences in one step (default 64) */
@@ -116,4 +131,26 @@ export function asyncSchedulingOf(options: LLMOptions, device: DeviceName): bool
   const env = process.env.PEREGRINE_ASYNC_SCHEDULING;
   if (env === '0') return false;
   return options.asyncScheduling ?? (env === '1' || device === 'cuda');
+}
+
+/**
+ * The multi-node layout of `options`, checked; undefined on one node.
+ * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT for nnodes > 1 off CUDA, tp not a multiple of
+ *   nnodes, a node rank out of range or a bad port
+ */
+export function multiNodeOf(options: LLMOptions): MultiNode | undefined {
+  const nnodes = options.nnodes ?? 1;
+  if (nnodes === 1 && (options.nodeRank ?? 0) === 0) return undefined;
+  const nodes: MultiNode = {
+    nnodes,
+    nodeRank: options.nodeRank ?? 0,
+    masterAddr: options.masterAddr ?? DEFAULT_MASTER_ADDR,
+    masterPort: options.masterPort ?? DEFAULT_MASTER_PORT,
+    timeoutMs: options.nodeTimeoutMs,
+  };
+  checkMultiNode(nodes, options.tp ?? 1);
+  if ((options.device ?? 'cpu') !== 'cuda') {
+    throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `multi-node tensor parallelism (nnodes ${nnodes}) needs device 'cuda' (NCCL between nodes); the CPU backend's ranks are threads of one process`, { param: 'device' });
+  }
+  return nodes;
 }

@@ -30,7 +30,7 @@ import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
 import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
-import { asyncSchedulingOf, defaultNumKvBlocks, kvCacheOptions, limits, type Limits, type LLMOptions } from './llm-options.js';
+import { asyncSchedulingOf, defaultNumKvBlocks, kvCacheOptions, limits, multiNodeOf, type Limits, type LLMOptions } from './llm-options.js';
 
 export type { LLMOptions } from './llm-options.js';
 
@@ -109,6 +109,7 @@ export class LLM {
    */
   static async load(dir: string, options: LLMOptions = {}): Promise<LLM> {
     parseKvCacheDtype(options.kvCacheDtype); // a bad value fails before the model loads
+    checkNodeZero(options);
     const tp = options.tp ?? 1;
     if (tp !== 1) return LLM.loadTensorParallel(dir, tp, options);
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
@@ -132,6 +133,7 @@ export class LLM {
       tp,
       device: options.device ?? 'cpu',
       deviceIds: options.deviceIds,
+      nodes: multiNodeOf(options),
       eosTokenIds: spec.eosTokenIds,
       onLoadProgress: options.onLoadProgress,
       runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
@@ -146,6 +148,7 @@ export class LLM {
    * @param quantization 'fp8': the layers' linears in E4M3 with per-tensor scales
    */
   static async random(config: HfConfig, options: LLMOptions = {}, seed = 0, quantization: RandomQuantization = null): Promise<LLM> {
+    checkNodeZero(options);
     if ((options.tp ?? 1) !== 1) return LLM.randomTensorParallel(config, options, seed, quantization);
     parseKvCacheDtype(options.kvCacheDtype);
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
@@ -170,10 +173,27 @@ export class LLM {
       tp,
       device: options.device ?? 'cpu',
       deviceIds: options.deviceIds,
+      nodes: multiNodeOf(options),
       eosTokenIds: spec.eosTokenIds,
       runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
     });
     return new LLM(spec, null, group, LLM.makeEngine(group, null, lim, options), {}, kvCache.dtype ?? 'auto');
+  }
+
+  /**
+   * Multi-node, on node K > 0 (options.nodeRank): hosts this node's tp / nnodes ranks for node 0's
+   * LLM (same tp, nnodes, masterAddr, masterPort) and resolves once node 0 has closed it.
+   * @param dir this node's copy of the checkpoint (null: node 0's path as sent, or its random weights)
+   * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT for a bad layout or when node 0 refuses this
+   *   node, PGN_ERR_ENGINE_DEAD when node 0 does not answer within nodeTimeoutMs or goes away mid-run
+   * @example
+   * await LLM.hostRanks('/models/llama-70b', { device: 'cuda', tp: 16, nnodes: 2, nodeRank: 1, masterAddr: '10.0.0.1' });
+   */
+  static async hostRanks(dir: string | null, options: LLMOptions, log?: (line: string) => void): Promise<void> {
+    const nodes = multiNodeOf(options);
+    if (!nodes || nodes.nodeRank === 0) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'LLM.hostRanks is for nodes 1 .. nnodes-1 (nodeRank > 0); node 0 calls LLM.load', { param: 'node_rank' });
+    const { runNodeHost } = await import('../parallel/node-host.js');
+    await runNodeHost({ nodes, tp: options.tp ?? 1, modelDir: dir ?? undefined, deviceIds: options.deviceIds, log });
   }
 
   /** @param dir the checkpoint (fp8 KV scales are read from it); null for random weights */
@@ -367,6 +387,14 @@ export class LLM {
     await ex.backend.synchronize();
     ex.dispose();
     ex.backend.dispose();
+  }
+}
+
+/** LLM.load / LLM.random run node 0 only: other nodes host ranks (LLM.hostRanks). */
+function checkNodeZero(options: LLMOptions): void {
+  const nodes = multiNodeOf(options);
+  if (nodes && nodes.nodeRank !== 0) {
+    throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `node ${nodes.nodeRank} of ${nodes.nnodes} does not load the LLM: it hosts ranks for node 0 (LLM.hostRanks, or the same peregrine command)`, { param: 'node_rank' });
   }
 }
 

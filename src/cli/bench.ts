@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { LLM, type LLMOptions } from '../api/llm.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
+import { hostRanksIfRemote, NODE_HELP, NODE_OPTS, nodeOptions } from './nodes.js';
 
 export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
 
@@ -24,6 +25,8 @@ export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
                --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
                [--model NAME] [--api-key KEY] [--vocab-size 32000]
 
+Multi-node (throughput, latency; --device cuda; the same command on every node, only node 0 prints):
+${NODE_HELP}
 Common: --device cpu|cuda, --json, --kv-cache-dtype auto|fp8 (throughput, latency: fp8 = E4M3
 KV cache, half the bytes a token). Shapes: ${shapeNames().join(', ')}.
 Random weights: --quantization fp8 makes the layers' linears E4M3 (per-tensor scales), int8 / int4
@@ -36,13 +39,17 @@ const MODEL_OPTS: OptionSpec = {
   device: { type: 'string' }, isl: { type: 'string' }, osl: { type: 'string' }, json: { type: 'boolean' },
   'max-num-seqs': { type: 'string' }, 'max-num-batched-tokens': { type: 'string' }, 'max-model-len': { type: 'string' },
   tp: { type: 'string' }, quantization: { type: 'string' }, 'kv-cache-dtype': { type: 'string' },
+  ...NODE_OPTS,
 };
 const RANDOM_QUANTIZATIONS = ['fp8', 'int8', 'int4'] as const;
 
-async function loadBenchModel(a: Record<string, string | boolean | undefined>, defaults: LLMOptions): Promise<{ llm: LLM; label: string }> {
+/** null on node K > 0 of a multi-node group, once node 0 has stopped its ranks */
+async function loadBenchModel(a: Record<string, string | boolean | undefined>, defaults: LLMOptions): Promise<{ llm: LLM; label: string } | null> {
+  const device = deviceArg(a.device);
   const options: LLMOptions = {
     ...defaults,
-    device: deviceArg(a.device),
+    device,
+    ...nodeOptions(a, intArg(a.tp, 'tp'), device),
     maxNumSeqs: intArg(a['max-num-seqs'], 'max-num-seqs') ?? defaults.maxNumSeqs,
     maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens') ?? defaults.maxNumBatchedTokens,
     maxModelLen: intArg(a['max-model-len'], 'max-model-len') ?? defaults.maxModelLen,
@@ -53,6 +60,7 @@ async function loadBenchModel(a: Record<string, string | boolean | undefined>, d
   const quantization = a.quantization === undefined ? null : String(a.quantization);
   if (typeof a.model === 'string') {
     if (quantization !== null) throw new UsageError('--quantization applies to --random-weights; a quantized checkpoint says so in its config');
+    if (await hostRanksIfRemote(options, a.model)) return null;
     return { llm: await LLM.load(a.model, options), label: `${a.model}${tpLabel}` };
   }
   if (typeof a.shape !== 'string' || !a['random-weights']) throw new UsageError('give --model DIR, or --shape NAME with --random-weights');
@@ -62,6 +70,7 @@ async function loadBenchModel(a: Record<string, string | boolean | undefined>, d
     throw new UsageError(`--quantization with random weights expects ${RANDOM_QUANTIZATIONS.join(', ')}, got "${quantization}"`);
   }
   const q = quantization as (typeof RANDOM_QUANTIZATIONS)[number] | null;
+  if (await hostRanksIfRemote(options, null)) return null;
   return { llm: await LLM.random(cfg, options, 0, q), label: `${a.shape} (random${q ? ` ${q}` : ''} weights)${tpLabel}` };
 }
 
@@ -91,7 +100,9 @@ export async function runBench(argv: string[]): Promise<void> {
     const a = parse(rest, { ...MODEL_OPTS, 'num-requests': { type: 'string' }, temperature: { type: 'string' } });
     if (a.help) return void process.stdout.write(BENCH_HELP);
     const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
-    const { llm, label } = await loadBenchModel(a, { maxNumSeqs: 256, maxNumBatchedTokens: 8192, maxModelLen: isl + osl + 16 });
+    const loaded = await loadBenchModel(a, { maxNumSeqs: 256, maxNumBatchedTokens: 8192, maxModelLen: isl + osl + 16 });
+    if (!loaded) return;
+    const { llm, label } = loaded;
     const { runThroughput, throughputTable } = await import('../bench/throughput.js');
     try {
       const r = await runThroughput(llm, { numRequests: intArg(a['num-requests'], 'num-requests') ?? 256, isl, osl, temperature: floatArg(a.temperature, 'temperature') });
@@ -109,7 +120,9 @@ export async function runBench(argv: string[]): Promise<void> {
     const isl = intArg(a.isl, 'isl') ?? 128, osl = intArg(a.osl, 'osl') ?? 128;
     const maxB = Math.max(...batchSizes);
     if (a.profile && (intArg(a.tp, 'tp') ?? 1) > 1) throw new UsageError('--profile runs one device\'s runner: drop --tp');
-    const { llm, label } = await loadBenchModel(a, { maxNumSeqs: maxB, maxNumBatchedTokens: Math.max(...prefillLens, isl, maxB), maxModelLen: Math.max(isl + osl, ...prefillLens) + 16 });
+    const loaded = await loadBenchModel(a, { maxNumSeqs: maxB, maxNumBatchedTokens: Math.max(...prefillLens, isl, maxB), maxModelLen: Math.max(isl + osl, ...prefillLens) + 16 });
+    if (!loaded) return;
+    const { llm, label } = loaded;
     const { runLatency, latencyTables } = await import('../bench/latency.js');
     try {
       const r = await runLatency(llm, { batchSizes, isl, osl, prefillLens, profile: a.profile === true });

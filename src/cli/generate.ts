@@ -1,6 +1,7 @@
 /** `peregrine generate`: one prompt in, the completion out (streamed, or one JSON line). */
 import { LLM } from '../api/llm.js';
 import { deviceArg, floatArg, idListArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError } from './args.js';
+import { hostRanksIfRemote, NODE_HELP, NODE_OPTS, nodeOptions } from './nodes.js';
 
 export const GENERATE_HELP = `peregrine generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]
 
@@ -22,7 +23,7 @@ Generates a completion for one prompt.
   --tp N               tensor-parallel ranks (default 1; must divide the heads): CPU worker
                        threads, or one GPU each (0 .. N-1) with --device cuda
   --kv-cache-dtype D   auto (default: the activation dtype) or fp8 (E4M3 KV cache)
-  --json               print one JSON object as the last line:
+${NODE_HELP}  --json               print one JSON object as the last line:
                        {"token_ids", "text", "finish_reason", "prompt_token_ids", ...}
 `;
 
@@ -44,6 +45,7 @@ export async function runGenerate(argv: string[]): Promise<void> {
     tp: { type: 'string' },
     'kv-cache-dtype': { type: 'string' },
     json: { type: 'boolean' },
+    ...NODE_OPTS,
   });
   if (a.help) {
     process.stdout.write(GENERATE_HELP);
@@ -66,7 +68,10 @@ export async function runGenerate(argv: string[]): Promise<void> {
   };
   const init = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
   const kvCacheDtype = kvCacheDtypeArg(a['kv-cache-dtype']);
-  const llm = await LLM.load(model, { device: deviceArg(a.device), tp: intArg(a.tp, 'tp'), maxNumSeqs: 1, maxNumBatchedTokens: 512, kvCacheDtype });
+  const device = deviceArg(a.device), tp = intArg(a.tp, 'tp');
+  const options = { device, tp, ...nodeOptions(a, tp, device), maxNumSeqs: 1, maxNumBatchedTokens: 512, kvCacheDtype };
+  if (await hostRanksIfRemote(options, model)) return;
+  const llm = await LLM.load(model, options);
   try {
     let prompt: string | number[] = promptIds ?? text!;
     if (a.chat) {

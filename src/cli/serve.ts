@@ -4,6 +4,7 @@ import { startServer } from '../server/start-server.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import type { HfConfig } from '../models/config.js';
 import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError } from './args.js';
+import { hostRanksIfRemote, NODE_OPTS, nodeOptions } from './nodes.js';
 
 export const SERVE_HELP = `peregrine serve --model DIR [options]
        peregrine serve --shape NAME --random-weights [options]   (benchmarks: no tokenizer, token-id prompts)
@@ -23,6 +24,12 @@ Serves the model over an OpenAI-compatible HTTP API:
   --device cpu|cuda              backend (default cpu)
   --tp N                         tensor-parallel ranks (default 1; must divide the heads): CPU
                                  worker threads, or one GPU each (0 .. N-1) with --device cuda
+  --nnodes N                     multi-node tensor parallelism (--device cuda): N nodes of
+                                 --tp/N GPUs each; the same command on every node (default 1)
+  --node-rank K                  this node (default 0): node 0 serves HTTP and runs the
+                                 scheduler; K > 0 only hosts its ranks
+  --master-addr HOST             node 0's address (default 127.0.0.1)
+  --master-port PORT             node 0's rendezvous port (default 29500)
   --max-model-len N              longest prompt + output (default: the model's context)
   --max-num-seqs N               most sequences in one engine step (default 64)
   --max-num-batched-tokens N     token budget of one engine step (default 2048)
@@ -58,6 +65,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     'kv-cache-dtype': { type: 'string' },
     'max-waiting-requests': { type: 'string' },
     'no-prefix-caching': { type: 'boolean' },
+    ...NODE_OPTS,
   });
   if (a.help) {
     process.stdout.write(SERVE_HELP);
@@ -65,9 +73,11 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
   }
   const port = intArg(a.port, 'port') ?? 8000;
   if (port < 0 || port > 65535) throw new UsageError(`--port must be in [0, 65535], got ${port}`);
+  const device = deviceArg(a.device), tp = intArg(a.tp, 'tp');
   const engine: Omit<LLMOptions, 'onLoadProgress'> = {
-    device: deviceArg(a.device),
-    tp: intArg(a.tp, 'tp'),
+    device,
+    tp,
+    ...nodeOptions(a, tp, device),
     maxModelLen: intArg(a['max-model-len'], 'max-model-len'),
     maxNumSeqs: intArg(a['max-num-seqs'], 'max-num-seqs'),
     maxNumBatchedTokens: intArg(a['max-num-batched-tokens'], 'max-num-batched-tokens'),
@@ -78,6 +88,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     enablePrefixCaching: a['no-prefix-caching'] ? false : undefined,
   };
   const randomWeights = randomShape(a);
+  if (await hostRanksIfRemote(engine, randomWeights ? null : requireString(a.model, 'model'))) return; // node K > 0: no HTTP
   const server = await startServer({
     modelDir: randomWeights ? String(a.shape) : requireString(a.model, 'model'),
     randomWeights,

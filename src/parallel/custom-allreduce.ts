@@ -62,10 +62,14 @@ function localRefusal(size: number): string | null {
   return null;
 }
 
-/** 31 bits naming this host (and boot): ranks elsewhere cannot map our memory */
+/**
+ * 31 bits naming this host (and boot) and the GPUs this process sees: ranks elsewhere cannot map
+ * our memory, and ranks that see other GPUs (e.g. two "nodes" of one host with CUDA_VISIBLE_DEVICES
+ * 0 and 1) do not number them as we do, so they count as another host (NCCL then).
+ */
 function hostId(): number {
   const boot = existsSync('/proc/sys/kernel/random/boot_id') ? readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() : '';
-  return createHash('sha256').update(`${hostname()}\n${boot}`).digest().readUInt32LE(0) & 0x7fffffff;
+  return createHash('sha256').update(`${hostname()}\n${boot}\n${process.env.CUDA_VISIBLE_DEVICES ?? '*'}`).digest().readUInt32LE(0) & 0x7fffffff;
 }
 
 /** Every rank's `words` (the same count on each), rank after rank; a collective. */
@@ -125,6 +129,7 @@ export class CustomAllReduce {
       for (const [p, w] of where.entries()) {
         if (p === rank) continue;
         if (w[0] !== where[rank]![0]) return `rank ${p} runs on another host`;
+        if (w[1] === ordinal) return `rank ${p} runs on GPU ${ordinal} too`;
         const can = out<number>((b) => drv.cuDeviceCanAccessPeer(b, ordinal, w[1]!), drv, 'cuDeviceCanAccessPeer', 0);
         if (!can) return `GPU ${ordinal} cannot access GPU ${w[1]} (rank ${p}) as a peer`;
       }

@@ -5,7 +5,9 @@
  * `timeoutMs` fails the group with PGN_ERR_ENGINE_DEAD rather than hanging it.
  *
  * Wire format (little-endian u32s): hello = magic, nodeRank, nnodes; reply = status 0 + the
- * id, or status 1 + byte length + UTF-8 reason.
+ * id, or status 1 + byte length + UTF-8 reason. In session mode (listenSession /
+ * joinRendezvousSession) the connections stay open after the id, for the nodes' messages
+ * (tcp-transport.ts).
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { PeregrineError } from '../errors.js';
@@ -36,20 +38,35 @@ export class RendezvousServer {
 
   /** Node 0: listens and hands `id` to nodes 1..nnodes-1 once all have joined. */
   static async listen(addr: RendezvousAddress, id: Uint8Array): Promise<RendezvousServer> {
+    return (await RendezvousServer.open(addr, id, false)).server;
+  }
+
+  /**
+   * Node 0 of a session: as listen, but every node's connection stays open once it has the id;
+   * `sockets` resolves with them by node rank (1..nnodes-1), or rejects as `done` does.
+   */
+  static async listenSession(addr: RendezvousAddress, id: Uint8Array): Promise<{ server: RendezvousServer; sockets: Promise<ReadonlyMap<number, Socket>> }> {
+    return RendezvousServer.open(addr, id, true);
+  }
+
+  private static async open(addr: RendezvousAddress, id: Uint8Array, keepOpen: boolean): Promise<{ server: RendezvousServer; sockets: Promise<ReadonlyMap<number, Socket>> }> {
     const { host, nnodes } = addr;
     const timeoutMs = addr.timeoutMs ?? DEFAULT_RENDEZVOUS_TIMEOUT_MS;
     const joined = new Map<number, Socket>();
     const server = createServer();
     let port = addr.port;
     let finish!: (e?: PeregrineError) => void;
-    const done = new Promise<void>((resolve, reject) => {
+    const sockets = new Promise<ReadonlyMap<number, Socket>>((resolve, reject) => {
       finish = (e) => {
         clearTimeout(timer);
         server.close();
         if (e) for (const s of joined.values()) s.destroy();
-        e ? reject(e) : resolve();
+        e ? reject(e) : resolve(joined);
       };
     });
+    sockets.catch(() => {}); // read through `done` or by the session's caller
+    const done = sockets.then(() => {});
+    done.catch(() => {}); // a session's caller reads `sockets`
     const timer = setTimeout(() => {
       const missing = Array.from({ length: nnodes - 1 }, (_, i) => i + 1).filter((r) => !joined.has(r));
       finish(new PeregrineError('PGN_ERR_ENGINE_DEAD', `rendezvous on ${host}:${port}: node(s) ${missing.join(', ')} of ${nnodes} did not join within ${timeoutMs} ms`, { missing, nnodes }));
@@ -62,7 +79,7 @@ export class RendezvousServer {
         joined.set(hello.readUInt32LE(4), socket);
         if (joined.size < nnodes - 1) return;
         const reply = frame([STATUS_OK], id);
-        for (const s of joined.values()) s.end(reply);
+        for (const s of joined.values()) keepOpen ? s.write(reply) : s.end(reply);
         finish();
       }, () => socket.destroy());
     });
@@ -77,7 +94,7 @@ export class RendezvousServer {
     }
     port = (server.address() as { port: number }).port;
     if (nnodes <= 1) finish();
-    return new RendezvousServer(server, port, done);
+    return { server: new RendezvousServer(server, port, done), sockets };
   }
 
   close(): void {
@@ -91,10 +108,18 @@ export class RendezvousServer {
  *   PGN_ERR_ENGINE_DEAD when no id arrives within the timeout
  */
 export async function joinRendezvous(addr: RendezvousAddress, nodeRank: number): Promise<Uint8Array> {
+  const { id, socket } = await joinRendezvousSession(addr, nodeRank);
+  socket.destroy();
+  return id;
+}
+
+/** As joinRendezvous, but the connection to node 0 stays open (its timeout off) for the session's messages. */
+export async function joinRendezvousSession(addr: RendezvousAddress, nodeRank: number): Promise<{ id: Uint8Array; socket: Socket }> {
   const timeoutMs = addr.timeoutMs ?? DEFAULT_RENDEZVOUS_TIMEOUT_MS;
   const deadline = Date.now() + timeoutMs;
   const where = `${addr.host}:${addr.port}`;
   let lastError = 'no answer';
+  let kept: Socket | null = null;
   while (Date.now() < deadline) {
     const socket = connect({ host: addr.host, port: addr.port });
     try {
@@ -102,7 +127,12 @@ export async function joinRendezvous(addr: RendezvousAddress, nodeRank: number):
       await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
       socket.write(frame([MAGIC, nodeRank, addr.nnodes]));
       const status = (await readBytes(socket, 4)).readUInt32LE(0);
-      if (status === STATUS_OK) return new Uint8Array(await readBytes(socket, 128));
+      if (status === STATUS_OK) {
+        const id = new Uint8Array(await readBytes(socket, 128));
+        socket.setTimeout(0);
+        kept = socket;
+        return { id, socket };
+      }
       const reason = (await readBytes(socket, (await readBytes(socket, 4)).readUInt32LE(0))).toString('utf8');
       throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `rendezvous at ${where} refused node ${nodeRank}: ${reason}`, { nodeRank, reason });
     } catch (e) {
@@ -110,7 +140,7 @@ export async function joinRendezvous(addr: RendezvousAddress, nodeRank: number):
       lastError = (e as Error).message;
       await new Promise((resolve) => setTimeout(resolve, Math.min(RETRY_MS, Math.max(0, deadline - Date.now()))));
     } finally {
-      socket.destroy();
+      if (kept !== socket) socket.destroy();
     }
   }
   throw new PeregrineError('PGN_ERR_ENGINE_DEAD', `node ${nodeRank} got no NCCL id from the rendezvous at ${where} within ${timeoutMs} ms (${lastError})`, { nodeRank, host: addr.host, port: addr.port });

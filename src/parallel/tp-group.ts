@@ -8,6 +8,9 @@
  * CUDA: one process per GPU over NCCL (small all-reduces on the custom one-shot kernel where the
  * GPUs can map each other's memory: cuda-communicator.ts), device r for rank r unless told otherwise.
  * Weights come from a checkpoint folder, or each rank makes its shard of a random model (benchmarks).
+ * Multi-node (`nodes`, CUDA only): this is node 0, hosting ranks 0 .. tp/nnodes-1; the other ranks
+ * run on rank hosts (node-host.ts) that joined at nodes.masterAddr:masterPort, reached over TCP
+ * (node-links.ts), the NCCL id handed over by the rendezvous; a node that drops is a dead rank.
  * A rank that dies turns the next (or the current) step into PGN_ERR_ENGINE_DEAD; nothing hangs.
  *
  * @example
@@ -33,6 +36,8 @@ import { connect } from './connect.js';
 import { createCpuCommShared, DEFAULT_COLLECTIVE_TIMEOUT_MS } from './cpu-communicator.js';
 import { loadShard, sourceSpec } from './load-shard.js';
 import { checkTensorParallel } from './sharding.js';
+import { NodeLinks } from './node-links.js';
+import { checkMultiNode, ranksPerNode, type MultiNode } from './node-protocol.js';
 import type { ModelSource, TpCommInit } from './tp-protocol.js';
 import { TpPeers } from './tp-peers.js';
 
@@ -45,8 +50,10 @@ export interface TpGroupOptions {
   readonly tp: number;
   /** 'cpu' (default): worker threads; 'cuda': one process per GPU over NCCL */
   readonly device?: DeviceName;
-  /** GPU of each rank (default: rank r on device r) */
+  /** GPU of each rank (default: rank r on device r); multi-node: of this node's ranks (default 0 .. tp/nnodes-1) */
   readonly deviceIds?: readonly number[];
+  /** multi-node (CUDA): this must be node 0; the other nodes run runNodeHost with the same tp and layout */
+  readonly nodes?: MultiNode;
   readonly runner: TpRunnerConfig;
   /** tokens that end generation (default: the model config's) */
   readonly eosTokenIds?: readonly number[];
@@ -75,6 +82,7 @@ export class TpGroup implements ModelExecutor {
     private readonly runner: ModelRunner,
     private readonly comm: Communicator,
     private readonly peers: TpPeers,
+    private readonly links: NodeLinks | null,
   ) {
     peers.onDeath((e) => comm.abort(e.message));
   }
@@ -88,18 +96,21 @@ export class TpGroup implements ModelExecutor {
     const { tp, runner: tpConfig } = opts;
     const model = modelSource(opts);
     const device = opts.device ?? 'cpu';
-    const deviceIds = opts.deviceIds ?? Array.from({ length: tp }, (_, r) => r);
+    const nodes = multiNode(opts);
+    const numLocal = nodes ? ranksPerNode(tp, nodes.nnodes) : tp;
+    const deviceIds = opts.deviceIds ?? Array.from({ length: numLocal }, (_, r) => r);
     const spec = sourceSpec(model);
     checkTensorParallel(spec, tp);
-    if (deviceIds.length < tp) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `${tp} ranks need ${tp} device ids, got [${deviceIds.join(', ')}]`, { param: 'deviceIds' });
+    if (deviceIds.length < numLocal) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `${numLocal} ranks need ${numLocal} device ids, got [${deviceIds.join(', ')}]`, { param: 'deviceIds' });
     const comm: TpCommInit = device === 'cpu'
       ? { kind: 'cpu', shared: createCpuCommShared(tp, collectiveCapacity(spec, tp, tpConfig)), timeoutMs: opts.collectiveTimeoutMs ?? DEFAULT_COLLECTIVE_TIMEOUT_MS }
       : { kind: 'nccl', uniqueId: [...(await import('./nccl.js')).ncclUniqueId()] };
+    const links = nodes && comm.kind === 'nccl' ? await NodeLinks.accept(nodes, tp, Uint8Array.from(comm.uniqueId)) : null;
     const inits = Array.from({ length: tp - 1 }, (_, i) => i + 1).map((rank) => ({
-      model, tp, rank, device, deviceId: deviceIds[rank]!, comm,
+      model, tp, rank, device, deviceId: deviceIds[rank % numLocal]!, comm, // a remote node puts its ranks on its own GPUs
       exitAtStep: opts.exitAtStep?.rank === rank ? opts.exitAtStep.step : undefined,
     }));
-    const peers = new TpPeers(inits, device === 'cpu' ? 'thread' : 'process');
+    const peers = new TpPeers(inits, device === 'cpu' ? 'thread' : 'process', { remote: links ?? undefined });
     let backend: Backend | null = null;
     try {
       backend = await createBackend(device, { deviceId: deviceIds[0] });
@@ -111,9 +122,10 @@ export class TpGroup implements ModelExecutor {
       const communicator = await connect(comm, 0, tp, backend);
       await peers.waitAll('ready');
       const runner = new ModelRunner(backend, shard.rankSpec, shard.weights, config, communicator);
-      return new TpGroup(spec, opts.eosTokenIds ?? spec.eosTokenIds, backend, runner, communicator, peers);
+      return new TpGroup(spec, opts.eosTokenIds ?? spec.eosTokenIds, backend, runner, communicator, peers, links);
     } catch (e) {
       await peers.stop();
+      links?.close();
       backend?.dispose();
       throw e;
     }
@@ -180,6 +192,7 @@ export class TpGroup implements ModelExecutor {
     this.runner.dispose();
     this.comm.dispose();
     await this.peers.exited();
+    this.links?.close();
     this.backend.dispose();
   }
 
@@ -200,6 +213,16 @@ function modelSource(opts: TpGroupOptions): ModelSource {
   if (opts.modelDir !== undefined) return { kind: 'dir', dir: opts.modelDir };
   const r = opts.randomModel!;
   return { kind: 'random', config: r.config, seed: r.seed ?? 0, quantization: r.quantization ?? null };
+}
+
+/** The multi-node layout of node 0, checked; null on one host. */
+function multiNode(opts: TpGroupOptions): MultiNode | null {
+  const nodes = opts.nodes;
+  if (!nodes || nodes.nnodes === 1) return null;
+  checkMultiNode(nodes, opts.tp);
+  if ((opts.device ?? 'cpu') !== 'cuda') throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `multi-node tensor parallelism (nnodes ${nodes.nnodes}) needs the CUDA backend (NCCL between nodes); the CPU backend's ranks share one process's memory`, { param: 'device' });
+  if (nodes.nodeRank !== 0) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `node ${nodes.nodeRank} hosts ranks (runNodeHost); only node 0 starts the group`, { param: 'node_rank' });
+  return nodes;
 }
 
 /** Elements of one rank's slot in the CPU communicator: its largest collective part. */

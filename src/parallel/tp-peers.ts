@@ -1,6 +1,7 @@
 /**
  * Ranks 1..tp-1 as seen from rank 0: worker threads (CPU) or forked processes (one GPU
- * each), what they report, and how they end. The first error or unexpected exit marks the
+ * each), or ranks on other nodes reached through their node's connection (node-links.ts),
+ * what they report, and how they end. The first error or unexpected exit marks the
  * group dead: every wait rejects with it and `onDeath` listeners run (rank 0 aborts its
  * communicator there, so a collective never waits for a rank that is gone).
  */
@@ -8,6 +9,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { PeregrineError, type ErrorCode } from '../errors.js';
+import type { NodeLinks } from './node-links.js';
 import type { FromWorker, ToWorker, TpWorkerInit } from './tp-protocol.js';
 
 /** how long stopped workers get to free their memory before they are killed */
@@ -15,6 +17,13 @@ const STOP_GRACE_MS = 5_000;
 const WORKER_URL = new URL('./tp-worker.js', import.meta.url);
 
 export type Transport = 'thread' | 'process';
+
+export interface TpPeersOptions {
+  /** multi-node: the ranks these links host run on other nodes */
+  readonly remote?: NodeLinks;
+  /** tests: the worker script (default tp-worker.js) */
+  readonly workerUrl?: URL;
+}
 
 interface Deferred {
   readonly promise: Promise<void>;
@@ -46,8 +55,8 @@ export class TpPeers {
   private readonly peers: Peer[];
 
   /** Starts one worker per init (ranks 1..tp-1) and sends each its init. */
-  constructor(inits: readonly TpWorkerInit[], transport: Transport) {
-    this.peers = inits.map((init) => this.spawn(init, transport));
+  constructor(inits: readonly TpWorkerInit[], transport: Transport, private readonly opts: TpPeersOptions = {}) {
+    this.peers = inits.map((init) => this.spawn(init, opts.remote?.hosts(init.rank) ? 'remote' : transport));
   }
 
   /** why the group is dead, or null */
@@ -120,18 +129,27 @@ export class TpPeers {
     this.markDead(new PeregrineError('PGN_ERR_ENGINE_DEAD', `tensor-parallel rank ${rank} exited (${how})`, { rank }));
   }
 
-  private spawn(init: TpWorkerInit, transport: Transport): Peer {
+  private spawn(init: TpWorkerInit, transport: Transport | 'remote'): Peer {
     const { rank } = init;
     const phases = { loaded: deferred(), ready: deferred() };
+    const url = this.opts.workerUrl ?? WORKER_URL;
     let peer: Peer;
-    if (transport === 'thread') {
-      const w = new Worker(WORKER_URL, { execArgv: [] });
+    if (transport === 'remote') {
+      let resolveExit!: () => void;
+      const exited = new Promise<void>((resolve) => (resolveExit = resolve));
+      const r = this.opts.remote!.open(rank, {
+        onMessage: (m) => this.onMessage(rank, m),
+        onExit: (how) => { this.onExit(rank, how); resolveExit(); },
+      });
+      peer = { rank, phases, exited, send: (m) => r.send(m), kill: () => r.kill() };
+    } else if (transport === 'thread') {
+      const w = new Worker(url, { execArgv: [] });
       w.on('message', (m: FromWorker) => this.onMessage(rank, m));
       w.on('error', (e) => this.markDead(new PeregrineError('PGN_ERR_ENGINE_DEAD', `tensor-parallel rank ${rank} crashed: ${e.message}`, { rank }, { cause: e })));
       const exited = new Promise<void>((resolve) => w.on('exit', (code) => { this.onExit(rank, `code ${code}`); resolve(); }));
       peer = { rank, phases, exited, send: async (m) => w.postMessage(m), kill: () => void w.terminate() };
     } else {
-      const c: ChildProcess = fork(fileURLToPath(WORKER_URL), [], {
+      const c: ChildProcess = fork(fileURLToPath(url), [], {
         serialization: 'advanced', // typed arrays of the ForwardBatch travel as such
         execArgv: [],
         env: { ...process.env, NCCL_NVLS_ENABLE: '0' }, // never NVLink multicast on shared hosts
