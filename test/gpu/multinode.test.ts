@@ -13,7 +13,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
-import { loadDriver, out } from '../../src/backends/cuda/driver.js';
 import { LLMEngine } from '../../src/engine/llm-engine.js';
 import { loadModel } from '../../src/models/load-model.js';
 import { TpGroup } from '../../src/parallel/tp-group.js';
@@ -22,16 +21,15 @@ import { ModelRunner } from '../../src/runner/model-runner.js';
 import { simpleGenerate } from '../../src/runner/simple-generate.js';
 import { makeSamplingParams } from '../../src/sampling/index.js';
 import { loadGolden } from '../helpers/golden.js';
+import { gpuCount } from './cuda-harness.js';
 
-process.env.NCCL_NVLS_ENABLE = '0';
-process.env.NCCL_SOCKET_IFNAME ??= 'lo'; // node 0 runs in this process in two tests: its NCCL bootstrap on loopback too
-
-function gpuCount(): number {
-  if (!CudaBackend.isAvailable()) return 0;
-  const drv = loadDriver();
-  drv.cuInit(0);
-  return out<number>((b) => drv.cuDeviceGetCount(b), drv, 'cuDeviceGetCount', 0);
-}
+/**
+ * NCCL as between real nodes: bootstrap and data over TCP sockets on loopback (no P2P / shared
+ * memory between the "nodes"; two processes that see different GPU sets would otherwise judge
+ * P2P reachability differently). Node 0 runs in this process in two tests: set before its NCCL init.
+ */
+const NCCL_AS_NODES = { NCCL_NVLS_ENABLE: '0', NCCL_SOCKET_IFNAME: 'lo', NCCL_P2P_DISABLE: '1', NCCL_SHM_DISABLE: '1', NCCL_IB_DISABLE: '1' };
+Object.assign(process.env, NCCL_AS_NODES);
 
 const GPUS = gpuCount();
 const skip = GPUS >= 2 ? false : `needs 2 GPUs, found ${GPUS}`;
@@ -43,7 +41,7 @@ const REL_TOL = 4e-2;
 /** each command's limit: loading a tiny model and 24 tokens take seconds */
 const COMMAND_TIMEOUT_MS = 120_000;
 /** NCCL over loopback on one host; the nodes wait for each other at most this long */
-const NODE_ENV = { NCCL_NVLS_ENABLE: '0', NCCL_SOCKET_IFNAME: 'lo', PEREGRINE_NODE_TIMEOUT_MS: '60000' };
+const NODE_ENV = { ...NCCL_AS_NODES, PEREGRINE_NODE_TIMEOUT_MS: '60000' };
 
 async function freePort(): Promise<number> {
   const s = createServer();
