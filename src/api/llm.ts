@@ -126,20 +126,9 @@ export class LLM {
   /** Starts the tensor-parallel group (rank 0 here) and the engine over it. */
   private static async loadTensorParallel(dir: string, tp: number, options: LLMOptions): Promise<LLM> {
     const { spec, tokenizer, defaults } = await loadModelExtras(dir, loadModelConfig(dir).spec);
-    const lim = limits(spec, options);
-    const kvCache = kvCacheOptions(options, dir, spec.numLayers);
-    const group = await TpGroup.start({
-      modelDir: dir,
-      tp,
-      device: options.device ?? 'cpu',
-      deviceIds: options.deviceIds,
-      nodes: multiNodeOf(options),
-      eosTokenIds: spec.eosTokenIds,
-      onLoadProgress: options.onLoadProgress,
-      runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
-    });
-    return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults, kvCache.dtype ?? 'auto');
+    return LLM.startTensorParallel({ modelDir: dir }, spec, tokenizer, defaults, dir, tp, options);
   }
+
 
   /**
    * A model of a real shape with random weights and no tokenizer, for benchmarks.
@@ -164,21 +153,29 @@ export class LLM {
 
   /** Random weights over a tensor-parallel group: every rank makes its own shard, no checkpoint (benchmarks). */
   private static async randomTensorParallel(config: HfConfig, options: LLMOptions, seed: number, quantization: RandomQuantization): Promise<LLM> {
-    const spec = parseModelConfig(config);
-    const tp = options.tp ?? 1;
+    return LLM.startTensorParallel({ randomModel: { config, seed, quantization } }, parseModelConfig(config), null, {}, null, options.tp ?? 1, options);
+  }
+
+  /** Ranks 1..tp-1 started (here, or on other nodes) and rank 0 in this process, over a checkpoint or random weights. */
+  private static async startTensorParallel(
+    source: { modelDir: string } | { randomModel: { config: HfConfig; seed: number; quantization: RandomQuantization } },
+    spec: ModelSpec, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, dir: string | null, tp: number, options: LLMOptions,
+  ): Promise<LLM> {
     const lim = limits(spec, options);
-    const kvCache = kvCacheOptions(options, null, spec.numLayers);
+    const kvCache = kvCacheOptions(options, dir, spec.numLayers);
     const group = await TpGroup.start({
-      randomModel: { config, seed, quantization },
+      ...source,
       tp,
       device: options.device ?? 'cpu',
       deviceIds: options.deviceIds,
       nodes: multiNodeOf(options),
       eosTokenIds: spec.eosTokenIds,
+      onLoadProgress: options.onLoadProgress,
       runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
     });
-    return new LLM(spec, null, group, LLM.makeEngine(group, null, lim, options), {}, kvCache.dtype ?? 'auto');
+    return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults, kvCache.dtype ?? 'auto');
   }
+
 
   /**
    * Multi-node, on node K > 0 (options.nodeRank): hosts this node's tp / nnodes ranks for node 0's
