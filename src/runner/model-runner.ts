@@ -21,7 +21,7 @@ import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
 import { allTensors, type ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { Communicator } from '../parallel/communicator.js';
-import { computePromptLogprobs, numPromptLogprobRows, sampleRow, type PromptLogprob, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
+import { numPromptLogprobRows, sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
 import { hasPenalties } from '../sampling/logits-processors.js';
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
@@ -29,21 +29,11 @@ import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
 import { hasPinnedMemory, idsToResults, ResultSlots } from './result-slots.js';
 import { StepTimer, type StepTiming } from './step-timing.js';
+import { createDeviceSampler, downloadRowRange, sampleOnDevice, type DeviceSampler } from './device-sampling.js';
+import { promptLogprobs, withPromptLogprobRows } from './prompt-logprob-rows.js';
 
-/** A backend that samples on the device (CudaBackend.createSampler): token ids come back instead of logits. */
-interface DeviceSampler {
-  canSample(state: SequenceSamplingState): boolean;
-  sample(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Promise<SampleResult[]>;
-  downloadRows(logits: Tensor, rowIndices: readonly number[]): Promise<Float32Array>;
-  /** `sample` without the download: i32 output words, `rowStride` per row */
-  launch(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Tensor;
-  readonly rowStride: number;
-  unpack(rows: readonly { logitsRow: number; state: SequenceSamplingState }[], words: Int32Array): SampleResult[];
-  dispose(): void;
-}
-interface SamplingBackend extends Backend {
-  createSampler(maxRows: number, vocab: number): DeviceSampler;
-}
+export { withPromptLogprobRows };
+
 /** What a CUDA backend offers to wait for queued work without blocking the event loop. */
 interface EventBackend extends Backend {
   readonly stream: unknown;
@@ -377,8 +367,8 @@ export class ModelRunner {
     let promptLogits: Float32Array;
     if (sampler) {
       const logits = await this.forwardToDevice(fb);
-      promptLogits = await this.downloadRowRange(sampler, logits, numSampleRows, numPromptRows);
-      results = await this.sampleOnDevice(sampler, logits, entries, samples);
+      promptLogits = await downloadRowRange(sampler, logits, numSampleRows, numPromptRows, V, Math.min(this.config.maxNumSeqs, this.config.maxNumBatchedTokens));
+      results = await sampleOnDevice(sampler, logits, entries, samples, V, this.scratch);
     } else {
       const logits = await this.forward(fb);
       promptLogits = logits.subarray(numSampleRows * V);
@@ -393,58 +383,9 @@ export class ModelRunner {
     return results;
   }
 
-  /** Logits rows [first, first + n) to the host, at most a sampler's worth of rows per copy. */
-  private async downloadRowRange(sampler: DeviceSampler, logits: Tensor, first: number, n: number): Promise<Float32Array> {
-    const V = this.spec.vocabSize;
-    const out = new Float32Array(n * V);
-    const maxRows = Math.min(this.config.maxNumSeqs, this.config.maxNumBatchedTokens);
-    for (let r = 0; r < n; r += maxRows) {
-      const rows = Array.from({ length: Math.min(maxRows, n - r) }, (_, k) => first + r + k);
-      out.set(await sampler.downloadRows(logits, rows), r * V);
-    }
-    return out;
-  }
-
   private deviceSampler(): DeviceSampler | null {
-    if (this.sampler === undefined) {
-      const b = this.backend as Partial<SamplingBackend>;
-      const on = process.env.PEREGRINE_GPU_SAMPLING !== '0' && typeof b.createSampler === 'function';
-      const { maxNumSeqs, maxNumBatchedTokens } = this.config;
-      this.sampler = on ? b.createSampler!(Math.min(maxNumSeqs, maxNumBatchedTokens), this.spec.vocabSize) : null;
-    }
+    if (this.sampler === undefined) this.sampler = createDeviceSampler(this.backend, Math.min(this.config.maxNumSeqs, this.config.maxNumBatchedTokens), this.spec.vocabSize);
     return this.sampler;
-  }
-
-  /**
-   * Samples every sampling entry from `logits` (one row each, in entry order) on the device;
-   * rows with penalties or min_tokens masking read the token history, so only those rows are
-   * downloaded and sampled on the host.
-   */
-  private async sampleOnDevice(sampler: DeviceSampler, logits: Tensor, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<Array<SampleResult | null>> {
-    const results: Array<SampleResult | null> = entries.map(() => null);
-    const deviceRows: { logitsRow: number; state: SequenceSamplingState }[] = [], deviceAt: number[] = [];
-    const hostRows: number[] = [], hostAt: number[] = [];
-    let row = 0;
-    entries.forEach((e, i) => {
-      if (!samples[i]) return;
-      const state = e.seq.samplingState;
-      if (sampler.canSample(state)) {
-        deviceRows.push({ logitsRow: row, state });
-        deviceAt.push(i);
-      } else {
-        hostRows.push(row);
-        hostAt.push(i);
-      }
-      row++;
-    });
-    if (hostRows.length > 0) {
-      const V = this.spec.vocabSize;
-      const host = await sampler.downloadRows(logits, hostRows);
-      hostAt.forEach((at, k) => (results[at] = sampleRow(host.subarray(k * V, (k + 1) * V), entries[at]!.seq.samplingState, this.scratch)));
-    }
-    const sampled = await sampler.sample(logits, deviceRows);
-    deviceAt.forEach((at, k) => (results[at] = sampled[k]!));
-    return results;
   }
 
   /** number of decode graphs captured so far */
@@ -473,31 +414,4 @@ export class ModelRunner {
 /** Which entries sample: those whose range reaches the end of their sequence. */
 function samplingEntries(entries: readonly RunnerEntry[]): boolean[] {
   return entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
-}
-
-/**
- * `fb` with one more logits row per prompt position whose next token wants a prompt logprob
- * (after the sampling rows, in entry order). Decode steps get none, so they stay graphable.
- */
-export function withPromptLogprobRows(fb: ForwardBatch, entries: readonly RunnerEntry[]): ForwardBatch {
-  const extra: number[] = [];
-  entries.forEach((e, s) => {
-    const n = numPromptLogprobRows(e.seq.samplingState, e.seq.numCachedTokens, e.numNewTokens);
-    for (let r = 0; r < n; r++) extra.push(fb.cuSeqlensQ[s]! + r);
-  });
-  if (extra.length === 0) return fb;
-  return { ...fb, logitsIndices: Int32Array.from([...fb.logitsIndices, ...extra]) };
-}
-
-/** Splits prompt-logprob rows (f32 [rows, vocab], in entry order) into each entry's prompt logprobs. */
-function promptLogprobs(rows: Float32Array, entries: readonly RunnerEntry[], vocab: number): Array<PromptLogprob[] | null> {
-  let row = 0;
-  return entries.map((e) => {
-    const { samplingState, numCachedTokens } = e.seq;
-    const n = numPromptLogprobRows(samplingState, numCachedTokens, e.numNewTokens);
-    if (n === 0) return null;
-    const out = computePromptLogprobs(rows.subarray(row * vocab, (row + n) * vocab), samplingState, numCachedTokens, n);
-    row += n;
-    return out;
-  });
 }
