@@ -1,11 +1,11 @@
-/** `peregrine bench throughput | latency | serve`. */
+/** `peregrine bench throughput | latency | ppl | serve | build`. */
 import { readFileSync } from 'node:fs';
 import { LLM, type LLMOptions } from '../api/llm.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
 import { hostRanksIfRemote, NODE_HELP, NODE_OPTS, nodeOptions } from './nodes.js';
 
-export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
+export const BENCH_HELP = `peregrine bench <throughput|latency|ppl|serve|build> [options]
 
   throughput   offline: all requests at once with ignore_eos; total output tok/s, req/s
                (--model DIR | --shape NAME --random-weights) [--isl 128] [--osl 128]
@@ -24,6 +24,8 @@ export const BENCH_HELP = `peregrine bench <throughput|latency|serve> [options]
   serve        client against a running server: Poisson arrivals, TTFT / TPOT / ITL
                --url URL [--num-prompts 200] [--rate R|inf] [--isl 128] [--osl 128]
                [--model NAME] [--api-key KEY] [--vocab-size 32000]
+  build        time \`peregrine build\` on a real shape: writes a random BF16 checkpoint, quantizes it
+               --shape NAME [--quantization fp8,int8,int4] [--dir DIR] [--jobs N]
 
 Multi-node (throughput, latency; --device cuda; the same command on every node, only node 0 prints):
 ${NODE_HELP}
@@ -152,6 +154,22 @@ export async function runBench(argv: string[]): Promise<void> {
     }
     return;
   }
+  if (sub === 'build') {
+    const a = parse(rest, { shape: { type: 'string' }, quantization: { type: 'string' }, dir: { type: 'string' }, jobs: { type: 'string' }, json: { type: 'boolean' } });
+    if (a.help) return void process.stdout.write(BENCH_HELP);
+    const shape = requireString(a.shape, 'shape');
+    const config = SHAPES[shape];
+    if (!config) throw new UsageError(`unknown --shape "${shape}" (known: ${shapeNames().join(', ')})`);
+    const kinds = String(a.quantization ?? 'fp8,int8,int4').split(',').map((k) => k.trim());
+    for (const k of kinds) if (!['fp8', 'int8', 'int4'].includes(k)) throw new UsageError(`--quantization takes fp8, int8, int4 (comma-separated), got "${k}"`);
+    const { runBuildBench, buildBenchTable } = await import('../bench/build-bench.js');
+    const r = await runBuildBench({
+      config, label: shape, kinds: kinds as Array<'fp8' | 'int8' | 'int4'>, dir: typeof a.dir === 'string' ? a.dir : undefined, jobs: intArg(a.jobs, 'jobs'),
+      onLine: a.json ? undefined : (line) => process.stderr.write(`${line}\n`),
+    });
+    process.stdout.write(a.json ? JSON.stringify(r) + '\n' : buildBenchTable(r) + '\n');
+    return;
+  }
   if (sub === 'serve') {
     const a = parse(rest, {
       url: { type: 'string' }, model: { type: 'string' }, 'api-key': { type: 'string' }, 'num-prompts': { type: 'string' },
@@ -170,5 +188,5 @@ export async function runBench(argv: string[]): Promise<void> {
     process.stdout.write(a.json ? JSON.stringify(r) + '\n' : serveBenchTable(r) + '\n');
     return;
   }
-  throw new UsageError(`unknown bench "${sub}" (throughput, latency, serve)`);
+  throw new UsageError(`unknown bench "${sub}" (throughput, latency, ppl, serve, build)`);
 }

@@ -29,6 +29,7 @@ import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
 import { hasPinnedMemory, idsToResults, ResultSlots } from './result-slots.js';
 import { StepTimer, type StepTiming } from './step-timing.js';
+import { pollUntilDone, stepTimeoutMs } from './device-wait.js';
 import { createDeviceSampler, downloadRowRange, sampleOnDevice, type DeviceSampler } from './device-sampling.js';
 import { promptLogprobs, withPromptLogprobRows } from './prompt-logprob-rows.js';
 
@@ -93,6 +94,8 @@ export class ModelRunner {
   private readonly buckets: number[];
   /** made at the first execute; null where the backend has none (or PEREGRINE_GPU_SAMPLING=0) */
   private sampler: DeviceSampler | null | undefined;
+  /** how long a tensor-parallel step may wait for its collectives (PEREGRINE_STEP_TIMEOUT_S) */
+  private readonly stepTimeoutMs = stepTimeoutMs();
   /** tensor parallel on a device: polled after each step, so the event loop notices a dead peer */
   private readonly done: DeviceEvent | null;
   /** i32 [T]: where >= 0, the row of `sampledIds` whose id replaces the token (placeholders) */
@@ -173,12 +176,19 @@ export class ModelRunner {
   /**
    * Tensor parallel: waits for the queued step by polling an event, so the event loop stays
    * free while collectives wait for the other ranks (a peer's death aborts the communicator
-   * from there). One device: nothing to wait for here.
+   * from there); a step that outlives PEREGRINE_STEP_TIMEOUT_S (a rank alive but stuck) aborts
+   * the communicator and fails with PGN_ERR_ENGINE_DEAD. One device: nothing to wait for here.
    */
   private async deviceDone(): Promise<void> {
     if (!this.done) return;
-    this.done.record((this.backend as EventBackend).stream as never);
-    while (!this.done.query()) await new Promise((resolve) => setImmediate(resolve));
+    const done = this.done;
+    done.record((this.backend as EventBackend).stream as never);
+    try {
+      await pollUntilDone(() => done.query(), this.stepTimeoutMs, 'a tensor-parallel step');
+    } catch (e) {
+      this.comm?.abort((e as Error).message); // collectives in flight return, so the stream drains
+      throw e;
+    }
   }
 
   private writeInputs(fb: ForwardBatch): void {
