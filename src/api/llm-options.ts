@@ -126,6 +126,17 @@ export function kvCacheOptions(options: LLMOptions, dir: string | null, numLayer
   return { dtype, scales: dtype === 'fp8' && dir !== null ? readKvCacheScalesInDir(dir, numLayers) : null };
 }
 
+/**
+ * Tensor parallel: whether the group launches steps ahead (every rank then takes rank 0's sampled
+ * ids through a broadcast). Off unless asked (`options.asyncScheduling` true, or
+ * PEREGRINE_ASYNC_SCHEDULING=1) until measured on GPUs; PEREGRINE_ASYNC_SCHEDULING=0 wins.
+ */
+export function asyncTensorParallelOf(options: LLMOptions): boolean {
+  const env = process.env.PEREGRINE_ASYNC_SCHEDULING;
+  if (env === '0') return false;
+  return options.asyncScheduling ?? env === '1';
+}
+
 /** Whether the engine schedules ahead of the device: `options.asyncScheduling`, else the env's =1 or =0, else on for CUDA. */
 export function asyncSchedulingOf(options: LLMOptions, device: DeviceName): boolean {
   const env = process.env.PEREGRINE_ASYNC_SCHEDULING;

@@ -30,7 +30,7 @@ import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
 import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
-import { asyncSchedulingOf, defaultNumKvBlocks, kvCacheOptions, limits, multiNodeOf, type Limits, type LLMOptions } from './llm-options.js';
+import { asyncSchedulingOf, asyncTensorParallelOf, defaultNumKvBlocks, kvCacheOptions, limits, multiNodeOf, type Limits, type LLMOptions } from './llm-options.js';
 
 export type { LLMOptions } from './llm-options.js';
 
@@ -171,7 +171,10 @@ export class LLM {
       nodes: multiNodeOf(options),
       eosTokenIds: spec.eosTokenIds,
       onLoadProgress: options.onLoadProgress,
-      runner: { ...lim, kvCache, numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)) },
+      runner: {
+        ...lim, kvCache, broadcastSampledIds: asyncTensorParallelOf(options),
+        numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)),
+      },
     });
     return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults, kvCache.dtype ?? 'auto');
   }

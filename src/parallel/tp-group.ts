@@ -21,7 +21,7 @@
  */
 import type { Backend } from '../backends/backend.js';
 import { createBackend, type DeviceName } from '../backends/index.js';
-import type { ExecuteResults, ModelExecutor } from '../engine/executor.js';
+import type { ExecuteResults, LaunchedStep, ModelExecutor } from '../engine/executor.js';
 import { isPeregrineError, PeregrineError } from '../errors.js';
 import type { HfConfig } from '../models/config.js';
 import type { RandomQuantization } from '../bench/random-weights.js';
@@ -179,6 +179,43 @@ export class TpGroup implements ModelExecutor {
     }
     if (this.dead) throw this.dead;
     return results;
+  }
+
+  /**
+   * Whether the engine may launch this batch ahead of the previous step's results (async
+   * scheduling): only when the group was started with runner.broadcastSampledIds (every rank then
+   * takes rank 0's sampled ids on the device), and under rank 0's runner's own conditions.
+   */
+  canLaunch(batch: { readonly entries: readonly RunnerEntry[] }): boolean {
+    return this.runner.config.broadcastSampledIds === true && this.runner.canLaunch(batch);
+  }
+
+  /** Queues one step on every rank without waiting for it (ModelExecutor.launch); collect() gives rank 0's samples. */
+  async launch(batch: { readonly entries: readonly RunnerEntry[] }): Promise<LaunchedStep> {
+    if (this.dead) throw this.dead;
+    const entries = batch.entries;
+    const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
+    const fb = buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples);
+    void this.peers.send({ t: 'step', fb });
+    let step: LaunchedStep;
+    try {
+      step = await this.runner.launchForward(fb, entries, samples);
+    } catch (e) {
+      throw this.fail(e);
+    }
+    return {
+      collect: async () => {
+        if (this.dead) throw this.dead;
+        let results: ExecuteResults;
+        try {
+          results = await step.collect();
+        } catch (e) {
+          throw this.fail(e);
+        }
+        if (this.dead) throw this.dead; // NCCL returns early once aborted: the samples are not whole
+        return results;
+      },
+    };
   }
 
   /** Ends rank `rank` abruptly, as a crash would (fault drills and tests); resolves once it is gone. */

@@ -68,6 +68,12 @@ export interface RunnerConfig {
   readonly enableCudaGraphs?: boolean;
   /** KV cache storage (default 'auto': the activation dtype; 'fp8': E4M3) and, for fp8, the checkpoint's per-layer scales (default 1.0) */
   readonly kvCache?: KvCacheOptions;
+  /**
+   * Tensor parallel with async scheduling: every rank takes rank 0's sampled ids (a broadcast
+   * before the placeholder gather, captured in the decode graphs) so all ranks can launch steps
+   * whose tokens rank 0 has not downloaded yet. Every rank's runner must have the same value.
+   */
+  readonly broadcastSampledIds?: boolean;
 }
 
 export interface RunnerSeq extends BatchSeq {
@@ -102,6 +108,7 @@ export class ModelRunner {
   private readonly srcIndex: Tensor;
   /** i32 [S]: the last launch's sampled ids, in sampling-row order */
   private readonly sampledIds: Tensor;
+  private readonly sampledIdsLength: number;
   /** i32 [S] = r * the device sampler's rowStride: where each row's id sits in its output words */
   private strideIndex: Tensor | null = null;
   private readonly noPlaceholders: Int32Array;
@@ -139,6 +146,7 @@ export class ModelRunner {
     const cuSeqlensQ = i32(S + 1), contextLens = i32(S), blockTables = i32(S * this.maxBlocksPerSeq);
     this.srcIndex = i32(T);
     this.sampledIds = i32(S);
+    this.sampledIdsLength = S;
     this.noPlaceholders = new Int32Array(T).fill(-1);
     this.inputTensors = [tokenIds, positions, slotMapping, logitsIndices, cuSeqlensQ, contextLens, blockTables, this.srcIndex, this.sampledIds];
     this.inputs = {
@@ -166,10 +174,10 @@ export class ModelRunner {
   }
 
   /** `forward` without the download: the logits stay on the backend, f32 [logitsIndices.length, vocab]. */
-  private async forwardToDevice(fb: ForwardBatch): Promise<Tensor> {
+  private async forwardToDevice(fb: ForwardBatch, waitForDevice = true): Promise<Tensor> {
     const bucket = this.graphBackend && isGraphableDecode(fb) ? this.buckets.find((x) => x >= fb.numSeqs) : undefined;
     const logits = bucket !== undefined ? await this.forwardGraph(fb, bucket) : await this.forwardEager(fb);
-    await this.deviceDone();
+    if (waitForDevice) await this.deviceDone();
     return logits;
   }
 
@@ -183,10 +191,15 @@ export class ModelRunner {
     if (!this.done) return;
     const done = this.done;
     done.record((this.backend as EventBackend).stream as never);
+    await this.waitBounded(() => done.query());
+  }
+
+  /** Polls `isDone` until the step deadline; past it, aborts the communicator (collectives in flight return) and throws. */
+  private async waitBounded(isDone: () => boolean): Promise<void> {
     try {
-      await pollUntilDone(() => done.query(), this.stepTimeoutMs, 'a tensor-parallel step');
+      await pollUntilDone(isDone, this.stepTimeoutMs, 'a tensor-parallel step');
     } catch (e) {
-      this.comm?.abort((e as Error).message); // collectives in flight return, so the stream drains
+      this.comm?.abort((e as Error).message);
       throw e;
     }
   }
@@ -206,6 +219,7 @@ export class ModelRunner {
 
   /** tokenIds[t] = sampledIds[srcIndex[t]] for the placeholder tokens of the step's first `numTokens`. */
   private gatherPlaceholders(numTokens: number): void {
+    if (this.comm && this.config.broadcastSampledIds) this.comm.broadcast(this.sampledIds, this.sampledIdsLength, 0);
     this.backend.gatherTokenIds(this.inputs.tokenIds, this.sampledIds, this.srcIndex, numTokens);
   }
 
@@ -281,7 +295,7 @@ export class ModelRunner {
    * token is not in the history yet) where a device sampler takes it.
    */
   canLaunch(batch: { readonly entries: readonly RunnerEntry[] }): boolean {
-    if (this.comm) return false;
+    if (this.comm && !this.config.broadcastSampledIds) return false;
     const sampler = this.deviceSampler();
     return batch.entries.every((e) => {
       const { samplingState: state, numCachedTokens, tokenIds } = e.seq;
@@ -300,15 +314,22 @@ export class ModelRunner {
    *   names no sample of the previous launch
    */
   async launch(batch: { readonly entries: readonly RunnerEntry[] }): Promise<LaunchedStep> {
-    const entries = batch.entries;
+    const samples = samplingEntries(batch.entries);
+    return this.launchForward(buildForwardBatch(batch.entries, this.config.blockSize, this.maxBlocksPerSeq, samples), batch.entries, samples);
+  }
+
+  /**
+   * `launch` over a batch already flattened (rank 0 of a tensor-parallel group sends `fb` to the
+   * other ranks first; they run it with forwardStep, taking placeholder ids from the broadcast).
+   */
+  async launchForward(fb: ForwardBatch, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<LaunchedStep> {
     if (this.numUncollected >= 2) throw new PeregrineError('PGN_ERR_INTERNAL', 'launch: two launched steps are not collected yet');
-    const samples = samplingEntries(entries);
-    const fb = buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples);
     this.checkPlaceholders(fb);
     const rows = entries.filter((_, i) => samples[i]).map((e, k) => ({ logitsRow: k, state: e.seq.samplingState }));
     const sampler = this.deviceSampler();
     const mark = this.timer.begin();
-    const logits = entries.length > 0 ? await this.forwardToDevice(fb) : null;
+    // no wait here with a communicator either: collect() waits (with the step deadline)
+    const logits = entries.length > 0 ? await this.forwardToDevice(fb, false) : null;
     let read: () => SampleResult[];
     if (sampler && logits && hasPinnedMemory(this.backend)) {
       const words = sampler.launch(logits, rows);
@@ -334,7 +355,8 @@ export class ModelRunner {
     this.numUncollected++;
     return {
       collect: async () => {
-        await this.timer.wait(mark);
+        if (this.comm) await this.waitBounded(() => this.timer.isDone(mark));
+        else await this.timer.wait(mark);
         this.numUncollected--;
         const sampled = read();
         let k = 0;
