@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU-machine call that checks what the open issues measure (run from the repo root after
+# `source .devslim/boot.sh`; see docs/DESIGN.md "Running on the GPU machine"). Needs 2 GPUs for
+# the multi-GPU suites and for running the benchmarks of GPU 0 and GPU 1 side by side; on one GPU
+# the multi-GPU suites skip and the benchmarks run one after the other. Logs go to $OUT (or ./out).
+#   GPU suites (one file at a time, each killed after PEREGRINE_GPU_TEST_FILE_TIMEOUT_S)
+#   GPU 0: 8B BF16 decode latency + prefill; bench serve at rate inf vs offline (issue 4)
+#   GPU 1: 8B FP8 latency; FP8 offline 128/128 and 1000/1000 with the FP8 KV cache (issue 6)
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-out}; mkdir -p "$out"
+cli="node dist/src/cli/main.js"
+S=llama-3.1-8b
+gpus=$(nvidia-smi -L | wc -l)
+t0=$(date +%s)
+PEREGRINE_GPU_TEST_FILE_TIMEOUT_S=${PEREGRINE_GPU_TEST_FILE_TIMEOUT_S:-240} node scripts/run-tests.mjs --gpu > "$out/gpu-tests.log" 2>&1
+echo "GPU suites: exit $? in $(( $(date +%s) - t0 )) s"
+sed -n '/^GPU suites:/,$p' "$out/gpu-tests.log"
+gpu0() {
+  export CUDA_VISIBLE_DEVICES=0
+  $cli bench latency --shape $S --random-weights --device cuda --batch 1,8,64,256 --isl 128 --osl 32 --prefill 128,2048
+  bash bench/serve-vs-offline.sh $S 512 128 128
+}
+gpu1() {
+  export CUDA_VISIBLE_DEVICES=$(( gpus > 1 ? 1 : 0 ))
+  $cli bench latency --shape $S --random-weights --device cuda --quantization fp8 --batch 1,8,64,256 --isl 128 --osl 32 --prefill 128,2048
+  $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs 512
+  $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --kv-cache-dtype fp8 --num-requests 256 --isl 1000 --osl 1000
+}
+if [ "$gpus" -gt 1 ]; then
+  gpu0 > "$out/gpu0.log" 2>&1 & gpu1 > "$out/gpu1.log" 2>&1 & wait
+else
+  gpu0 > "$out/gpu0.log" 2>&1; gpu1 > "$out/gpu1.log" 2>&1
+fi
+echo "benchmarks done in $(( $(date +%s) - t0 )) s"
+grep -v '^\[#' "$out/gpu0.log" | tail -40
+tail -30 "$out/gpu1.log"
