@@ -105,13 +105,13 @@ test('bench latency --tp 2 times the group through rank 0 (random weights, no ch
   assert.ok(j.prefill[0].ms > 0);
 });
 
-test('bench --quantization names a random-weights kind, and is refused with a checkpoint', () => {
+test('bench --quantization names a known kind, with random weights and with a checkpoint (quantized at load)', () => {
   const bad = cli(['bench', 'latency', '--shape', 'tiny-llama', '--random-weights', '--quantization', 'int3']);
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /--quantization with random weights expects fp8(, \w+)*, got "int3"/);
-  const ckpt = cli(['bench', 'latency', '--model', loadGolden('llama-linear').dir, '--quantization', 'fp8']);
+  const ckpt = cli(['bench', 'latency', '--model', loadGolden('llama-linear').dir, '--quantization', 'int3']);
   assert.notEqual(ckpt.code, 0);
-  assert.match(ckpt.stderr, /--quantization applies to --random-weights/);
+  assert.match(ckpt.stderr, /--quantization expects fp8, int8, int4, got "int3"/);
 });
 
 test('a server started with tp 2 answers a completion', async () => {

@@ -6,7 +6,9 @@ import type { ModelSpec } from '../models/spec.js';
 import { checkMultiNode, DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT, type MultiNode } from '../parallel/node-protocol.js';
 import { DEFAULT_BLOCK_SIZE, KvCachePool, parseKvCacheDtype, type KvCacheOptions } from '../runner/kv-cache.js';
 import { DEFAULT_PROMPT_LOGPROB_ROWS } from '../runner/model-runner.js';
+import type { BuildProgress } from '../weights/quant/build.js';
 import { readKvCacheScalesInDir } from '../weights/quant/kv-scales.js';
+import type { QuantKind } from '../weights/quant/types.js';
 
 export interface LLMOptions {
   /** 'cpu' (default) or 'cuda' */
@@ -66,6 +68,18 @@ export interface LLMOptions {
   /** most requests waiting for admission before addRequest fails with PGN_ERR_QUEUE_FULL */
   readonly maxWaiting?: number;
   readonly onLoadProgress?: (loaded: number, total: number) => void;
+  /**
+   * Quantize a plain (BF16 / F16 / F32) checkpoint at load: 'fp8' (E4M3 weights, dynamic per-token
+   * FP8 activations), 'int8' (weight-only, per channel) or 'int4' (weight-only, groups of 128).
+   * Done once per machine: the `peregrine build` of the checkpoint is cached (see
+   * weights/quant/quantize-on-load.ts) and reused by later loads. A checkpoint already quantized
+   * the same way loads as it is; another way is PGN_ERR_INVALID_ARGUMENT.
+   */
+  readonly quantization?: QuantKind;
+  /** where quantized builds are cached (default $PEREGRINE_CACHE_DIR or ~/.cache/peregrine) */
+  readonly quantizationCacheDir?: string;
+  /** progress of a quantization build (the first load of a checkpoint with `quantization`) */
+  readonly onQuantizeProgress?: (p: BuildProgress) => void;
 }
 
 const DEFAULT_CPU_KV_BYTES = 256 * 1024 * 1024;

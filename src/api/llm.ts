@@ -23,6 +23,7 @@ import type { ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import { TpGroup } from '../parallel/tp-group.js';
 import type { RandomQuantization } from '../bench/random-weights.js';
+import { parseQuantization, quantizedCheckpointDir } from '../weights/quant/quantize-on-load.js';
 import { parseKvCacheDtype } from '../runner/kv-cache.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import { makeSamplingParams, type SampleResult, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
@@ -110,6 +111,7 @@ export class LLM {
   static async load(dir: string, options: LLMOptions = {}): Promise<LLM> {
     parseKvCacheDtype(options.kvCacheDtype); // a bad value fails before the model loads
     checkNodeZero(options);
+    dir = await LLM.checkpointToLoad(dir, options);
     const tp = options.tp ?? 1;
     if (tp !== 1) return LLM.loadTensorParallel(dir, tp, options);
     const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
@@ -193,7 +195,15 @@ export class LLM {
     const nodes = multiNodeOf(options);
     if (!nodes || nodes.nodeRank === 0) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'LLM.hostRanks is for nodes 1 .. nnodes-1 (nodeRank > 0); node 0 calls LLM.load', { param: 'node_rank' });
     const { runNodeHost } = await import('../parallel/node-host.js');
-    await runNodeHost({ nodes, tp: options.tp ?? 1, modelDir: dir ?? undefined, deviceIds: options.deviceIds, log });
+    const modelDir = dir === null ? undefined : await LLM.checkpointToLoad(dir, options);
+    await runNodeHost({ nodes, tp: options.tp ?? 1, modelDir, deviceIds: options.deviceIds, log });
+  }
+
+  /** `dir`, or with options.quantization its quantized build (cached; made on first use). */
+  private static async checkpointToLoad(dir: string, options: LLMOptions): Promise<string> {
+    if (options.quantization === undefined) return dir;
+    const kind = parseQuantization(options.quantization);
+    return quantizedCheckpointDir(dir, { kind }, { cacheDir: options.quantizationCacheDir, onProgress: options.onQuantizeProgress });
   }
 
   /** @param dir the checkpoint (fp8 KV scales are read from it); null for random weights */

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { LLM, type LLMOptions } from '../api/llm.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
+import { quantizationArg, quantizeProgress } from './quantize-on-load.js';
 import { hostRanksIfRemote, NODE_HELP, NODE_OPTS, nodeOptions } from './nodes.js';
 
 export const BENCH_HELP = `peregrine bench <throughput|latency|ppl|serve|build> [options]
@@ -33,7 +34,8 @@ Common: --device cpu|cuda, --json, --kv-cache-dtype auto|fp8 (throughput, latenc
 KV cache, half the bytes a token). Shapes: ${shapeNames().join(', ')}.
 Random weights: --quantization fp8 makes the layers' linears E4M3 (per-tensor scales), int8 / int4
 weight-only (per channel / symmetric groups of 128); with --tp N every rank makes its own shard
-of the same model.
+of the same model. With --model DIR, --quantization fp8|int8|int4 quantizes the checkpoint at load
+(once: the build is cached under $PEREGRINE_CACHE_DIR or ~/.cache/peregrine).
 `;
 
 const MODEL_OPTS: OptionSpec = {
@@ -61,9 +63,10 @@ async function loadBenchModel(a: Record<string, string | boolean | undefined>, d
   const tpLabel = (options.tp ?? 1) > 1 ? ` (tp ${options.tp})` : '';
   const quantization = a.quantization === undefined ? null : String(a.quantization);
   if (typeof a.model === 'string') {
-    if (quantization !== null) throw new UsageError('--quantization applies to --random-weights; a quantized checkpoint says so in its config');
-    if (await hostRanksIfRemote(options, a.model)) return null;
-    return { llm: await LLM.load(a.model, options), label: `${a.model}${tpLabel}` };
+    const kind = quantizationArg(quantization ?? undefined);
+    const withQuant = { ...options, quantization: kind, onQuantizeProgress: kind ? quantizeProgress(kind) : undefined };
+    if (await hostRanksIfRemote(withQuant, a.model)) return null;
+    return { llm: await LLM.load(a.model, withQuant), label: `${a.model}${kind ? ` (${kind})` : ''}${tpLabel}` };
   }
   if (typeof a.shape !== 'string' || !a['random-weights']) throw new UsageError('give --model DIR, or --shape NAME with --random-weights');
   const cfg = SHAPES[a.shape];

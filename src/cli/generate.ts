@@ -1,5 +1,6 @@
 /** `peregrine generate`: one prompt in, the completion out (streamed, or one JSON line). */
 import { LLM } from '../api/llm.js';
+import { quantizationArg, quantizeProgress } from './quantize-on-load.js';
 import { deviceArg, floatArg, idListArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError } from './args.js';
 import { hostRanksIfRemote, NODE_HELP, NODE_OPTS, nodeOptions } from './nodes.js';
 
@@ -23,6 +24,7 @@ Generates a completion for one prompt.
   --tp N               tensor-parallel ranks (default 1; must divide the heads): CPU worker
                        threads, or one GPU each (0 .. N-1) with --device cuda
   --kv-cache-dtype D   auto (default: the activation dtype) or fp8 (E4M3 KV cache)
+  --quantization Q     fp8, int8 or int4: quantize the checkpoint at load (once, cached)
 ${NODE_HELP}  --json               print one JSON object as the last line:
                        {"token_ids", "text", "finish_reason", "prompt_token_ids", ...}
 `;
@@ -44,6 +46,7 @@ export async function runGenerate(argv: string[]): Promise<void> {
     device: { type: 'string' },
     tp: { type: 'string' },
     'kv-cache-dtype': { type: 'string' },
+    quantization: { type: 'string' },
     json: { type: 'boolean' },
     ...NODE_OPTS,
   });
@@ -69,7 +72,11 @@ export async function runGenerate(argv: string[]): Promise<void> {
   const init = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== undefined));
   const kvCacheDtype = kvCacheDtypeArg(a['kv-cache-dtype']);
   const device = deviceArg(a.device), tp = intArg(a.tp, 'tp');
-  const options = { device, tp, ...nodeOptions(a, tp, device), maxNumSeqs: 1, maxNumBatchedTokens: 512, kvCacheDtype };
+  const quantization = quantizationArg(a.quantization);
+  const options = {
+    device, tp, ...nodeOptions(a, tp, device), maxNumSeqs: 1, maxNumBatchedTokens: 512, kvCacheDtype,
+    quantization, onQuantizeProgress: quantization ? quantizeProgress(quantization) : undefined,
+  };
   if (await hostRanksIfRemote(options, model)) return;
   const llm = await LLM.load(model, options);
   try {

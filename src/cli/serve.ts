@@ -3,6 +3,9 @@ import type { LLMOptions } from '../api/llm.js';
 import { startServer } from '../server/start-server.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import type { HfConfig } from '../models/config.js';
+import * as path from 'node:path';
+import { quantizedCheckpointDir } from '../weights/quant/quantize-on-load.js';
+import { QUANTIZATION_HELP, quantizationArg, quantizeProgress } from './quantize-on-load.js';
 import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError } from './args.js';
 import { hostRanksIfRemote, NODE_OPTS, nodeOptions } from './nodes.js';
 
@@ -35,6 +38,7 @@ Serves the model over an OpenAI-compatible HTTP API:
   --max-num-batched-tokens N     token budget of one engine step (default 2048)
   --gpu-memory-utilization F     share of free GPU memory for the KV cache (default 0.9)
   --num-kv-blocks N              KV cache size in blocks (default: from the memory budget)
+  ${QUANTIZATION_HELP}
   --kv-cache-dtype auto|fp8      KV cache storage: auto (the activation dtype, default) or fp8
                                  (E4M3: half the bytes, twice the blocks; the checkpoint's
                                  k/v scales where it has them, else 1.0)
@@ -63,6 +67,7 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     'gpu-memory-utilization': { type: 'string' },
     'num-kv-blocks': { type: 'string' },
     'kv-cache-dtype': { type: 'string' },
+    quantization: { type: 'string' },
     'max-waiting-requests': { type: 'string' },
     'no-prefix-caching': { type: 'boolean' },
     ...NODE_OPTS,
@@ -88,14 +93,19 @@ export async function runServe(argv: string[], hooks: { onListening?: (url: stri
     enablePrefixCaching: a['no-prefix-caching'] ? false : undefined,
   };
   const randomWeights = randomShape(a);
-  if (await hostRanksIfRemote(engine, randomWeights ? null : requireString(a.model, 'model'))) return; // node K > 0: no HTTP
+  const quantization = quantizationArg(a.quantization);
+  if (quantization && randomWeights) throw new UsageError('--quantization quantizes a checkpoint (--model DIR); random weights stay BF16 here');
+  if (await hostRanksIfRemote({ ...engine, quantization }, randomWeights ? null : requireString(a.model, 'model'))) return; // node K > 0: no HTTP
+  const modelDir = randomWeights ? String(a.shape) : requireString(a.model, 'model');
+  // quantized here (with a progress bar, once: cached) so the engine thread loads the result as it is
+  const loadDir = quantization ? await quantizedCheckpointDir(modelDir, { kind: quantization }, { onProgress: quantizeProgress(quantization) }) : modelDir;
   const server = await startServer({
-    modelDir: randomWeights ? String(a.shape) : requireString(a.model, 'model'),
+    modelDir: loadDir,
     randomWeights,
     host: typeof a.host === 'string' ? a.host : undefined,
     port,
     apiKey: typeof a['api-key'] === 'string' ? a['api-key'] : process.env.PEREGRINE_API_KEY || undefined,
-    servedModelName: typeof a['served-model-name'] === 'string' ? a['served-model-name'] : undefined,
+    servedModelName: typeof a['served-model-name'] === 'string' ? a['served-model-name'] : quantization ? path.basename(path.resolve(modelDir)) : undefined,
     engine: Object.fromEntries(Object.entries(engine).filter(([, v]) => v !== undefined)),
   });
   const { info } = server.engine;

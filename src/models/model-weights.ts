@@ -12,7 +12,8 @@ import type { Checkpoint } from '../weights/checkpoint.js';
 import type { RawTensor } from '../weights/safetensors.js';
 import type { GlobalWeight, LayerWeight, ModelSpec, WeightEntry, WeightMap, WeightSource, WeightTransform } from './spec.js';
 import { applyWeightTransforms, sliceTensor, type TensorSlice } from './weight-transform.js';
-import { linearWeightExists, loadLinearWeight } from '../weights/quant/load.js';
+import { linearWeightExists, loadLinearWeight, readQuantizedLinear, uploadQuantWeight } from '../weights/quant/load.js';
+import { sliceQuantWeight } from '../weights/quant/slice.js';
 import type { QuantConfig } from '../weights/quant/index.js';
 
 /** A linear layer's weight: plain, or quantized (FP8 / INT8 / INT4) when the checkpoint stores it so. */
@@ -125,8 +126,10 @@ export function loadModelWeights(
     onProgress?.(loaded + 1, total);
     loaded++;
     if (linear && quant) {
-      if (shard !== 'all') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `tensor parallelism over quantized checkpoints is not supported yet (${key})`, { tensor: key });
-      return loadLinearWeight(ckpt, r.concat ? r.names : r.names[0]!, backend, quant, r.transforms);
+      if (shard === 'all') return loadLinearWeight(ckpt, r.concat ? r.names : r.names[0]!, backend, quant, r.transforms);
+      // a tensor-parallel rank: its rows (column-parallel) or whole groups of columns (row-parallel)
+      const host = readQuantizedLinear(ckpt, r.concat ? r.names : r.names[0]!, quant, r.transforms);
+      if (host) return uploadQuantWeight(sliceQuantWeight(host, shard as TensorSlice, key), backend);
     }
     const raw = read(r, shard);
     return backend.fromBytes(raw.shape, raw.dtype, raw.bytes, dtype);

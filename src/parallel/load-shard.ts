@@ -36,7 +36,7 @@ export function loadShard(source: ModelSource, backend: Backend, tp: number, ran
 /**
  * Loads rank `rank` of `tp`: every weight cut to the rank's slice as it is read.
  * @throws PeregrineError PGN_ERR_INVALID_ARGUMENT when tp does not split the model,
- *   PGN_ERR_UNSUPPORTED_FEATURE for a quantized checkpoint with tp > 1, and the loader's errors
+ *   PGN_ERR_UNSUPPORTED_FEATURE for a quantized layout a rank's split cannot cut (groups across ranks), and the loader's errors
  */
 export function loadModelShard(dir: string, backend: Backend, tp: number, rank: number, onProgress?: LoadProgress): LoadedShard {
   const { spec, raw } = loadModelConfig(dir);
@@ -45,7 +45,6 @@ export function loadModelShard(dir: string, backend: Backend, tp: number, rank: 
   const ckpt = Checkpoint.open(dir);
   try {
     const quant = detectQuantizationInDir(dir, raw);
-    if (quant && tp > 1) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `tensor parallelism over quantized checkpoints is not supported yet (${dir})`, { dir, tp });
     const weights = loadModelWeights(ckpt, spec, family.weightMap(spec), backend, onProgress, quant, shardOf(spec, tp, rank));
     return { spec, rankSpec, weights };
   } finally {
