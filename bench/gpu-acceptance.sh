@@ -4,7 +4,8 @@
 # the multi-GPU suites and for running the benchmarks of GPU 0 and GPU 1 side by side; on one GPU
 # the multi-GPU suites skip and the benchmarks run one after the other. Logs go to $OUT (or ./out).
 #   GPU suites (one file at a time, each killed after PEREGRINE_GPU_TEST_FILE_TIMEOUT_S)
-#   GPU 0: 8B BF16 decode latency + prefill; bench serve at rate inf vs offline (issue 4)
+#   GPU 0: 8B BF16 decode latency + prefill, then again with PEREGRINE_PDL=1 (issue 3 A/B);
+#          bench serve at rate inf vs offline (issue 4)
 #   GPU 1: 8B FP8 latency; FP8 offline 128/128 and 1000/1000 with the FP8 KV cache (issue 6)
 set -u
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ sed -n '/^GPU suites:/,$p' "$out/gpu-tests.log"
 gpu0() {
   export CUDA_VISIBLE_DEVICES=0
   $cli bench latency --shape $S --random-weights --device cuda --batch 1,8,64,256 --isl 128 --osl 32 --prefill 128,2048
+  echo "== issue 3 A/B: the same latency run with programmatic dependent launch (PEREGRINE_PDL=1)"
+  PEREGRINE_PDL=1 $cli bench latency --shape $S --random-weights --device cuda --batch 1,8,64,256 --isl 128 --osl 32 --prefill 128,2048
   bash bench/serve-vs-offline.sh $S 512 128 128
 }
 gpu1() {

@@ -36,6 +36,7 @@ const SIGNATURES = {
   cuDevicePrimaryCtxRelease: 'int cuDevicePrimaryCtxRelease_v2(int device)',
   cuCtxSetCurrent: `int cuCtxSetCurrent(${H} ctx)`,
   cuCtxSynchronize: 'int cuCtxSynchronize()',
+  cuCtxGetDevice: 'int cuCtxGetDevice(_Out_ int *device)',
   cuMemGetInfo: 'int cuMemGetInfo_v2(_Out_ size_t *free, _Out_ size_t *total)',
   cuMemAlloc: 'int cuMemAlloc_v2(_Out_ uint64_t *dptr, size_t bytes)',
   cuMemFree: 'int cuMemFree_v2(uint64_t dptr)',
@@ -78,10 +79,18 @@ const SIGNATURES = {
   cuGetErrorString: 'int cuGetErrorString(int error, _Out_ const char **text)',
 } as const;
 
+/** cuLaunchKernelEx (CUDA 11.8+; optional: PDL launches, module.ts). `config` is a native CUlaunchConfig (pdl.ts). */
+const LAUNCH_KERNEL_EX = `int cuLaunchKernelEx(const void *config, ${H} fn, void *params, void *extra)`;
+
 /** cuEventElapsedTime became _v2 in CUDA 12.8; older drivers only have the first. */
 const ELAPSED_TIME = ['int cuEventElapsedTime_v2(_Out_ float *ms, PgnCuHandle start, PgnCuHandle end)', 'int cuEventElapsedTime(_Out_ float *ms, PgnCuHandle start, PgnCuHandle end)'];
 
-export type Driver = { readonly [K in keyof typeof SIGNATURES]: Fn } & { readonly cuEventElapsedTime: Fn; readonly path: string };
+export type Driver = { readonly [K in keyof typeof SIGNATURES]: Fn } & {
+  readonly cuEventElapsedTime: Fn;
+  /** null where the driver predates it (then kernels launch without PDL) */
+  readonly cuLaunchKernelEx: Fn | null;
+  readonly path: string;
+};
 
 // CUresult values we act on
 export const CUDA_SUCCESS = 0;
@@ -95,6 +104,7 @@ export const CU_EVENT_DISABLE_TIMING = 2;
 export const CU_STREAM_CAPTURE_MODE_RELAXED = 2;
 export const CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1;
 export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+export const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 export const CU_DEVICE_ATTRIBUTE = {
   MULTIPROCESSOR_COUNT: 16,
   MEMORY_CLOCK_RATE: 36,
@@ -135,7 +145,7 @@ export function loadDriver(): Driver {
   if (loadError) throw loadError;
   try {
     const { lib, path } = openLibcuda();
-    const fns: Record<string, Fn | string> = { path };
+    const fns: Record<string, Fn | string | null> = { path };
     for (const [name, sig] of Object.entries(SIGNATURES)) fns[name] = lib.func(sig);
     let elapsed: Fn | null = null;
     for (const sig of ELAPSED_TIME) {
@@ -148,6 +158,13 @@ export function loadDriver(): Driver {
     }
     if (!elapsed) throw new PeregrineError('PGN_ERR_CUDA', `${path} has no cuEventElapsedTime`, { library: path });
     fns.cuEventElapsedTime = elapsed;
+    let launchEx: Fn | null = null;
+    try {
+      launchEx = lib.func(LAUNCH_KERNEL_EX);
+    } catch {
+      // a driver older than CUDA 11.8
+    }
+    fns.cuLaunchKernelEx = launchEx;
     cached = fns as unknown as Driver;
     return cached;
   } catch (e) {

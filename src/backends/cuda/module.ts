@@ -6,10 +6,14 @@
  * them), so a launch only writes the values and calls cuLaunchKernel: no allocation,
  * no marshalling of arrays. cuLaunchKernel copies the values, so reusing the buffer
  * is safe, also while a stream is being captured into a graph.
+ *
+ * With PEREGRINE_PDL=1 (sm_90+), launches go through cuLaunchKernelEx with programmatic
+ * dependent launch instead (pdl.ts); without it, cuLaunchKernel exactly as before.
  */
 import koffi from 'koffi';
 import { PeregrineError } from '../../errors.js';
 import { check, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, out, type Driver, type Handle } from './driver.js';
+import { PdlLaunch } from './pdl.js';
 import type { CudaStream } from './stream.js';
 
 /** How a kernel parameter is passed: device pointers and i64 take 8 bytes, the rest 4. */
@@ -22,16 +26,23 @@ export class CudaModule {
   readonly #drv: Driver;
   readonly handle: Handle;
   readonly #kernels = new Map<string, Kernel>();
+  readonly #pdl: PdlLaunch | null;
   #unloaded = false;
 
-  private constructor(drv: Driver, handle: Handle) {
+  private constructor(drv: Driver, handle: Handle, pdl: PdlLaunch | null) {
     this.#drv = drv;
     this.handle = handle;
+    this.#pdl = pdl;
   }
 
   static load(drv: Driver, image: Uint8Array, what: string): CudaModule {
     const handle = out<Handle>((b) => drv.cuModuleLoadData(b, image), drv, `cuModuleLoadData(${what})`, null);
-    return new CudaModule(drv, handle);
+    return new CudaModule(drv, handle, PdlLaunch.forCurrentContext(drv));
+  }
+
+  /** Whether this module's kernels launch with PDL (PEREGRINE_PDL=1, and a PDL launch has succeeded). */
+  get pdlActive(): boolean {
+    return this.#pdl?.active ?? false;
   }
 
   /** The kernel `name` with parameters `params` (must match the extern "C" signature). */
@@ -43,7 +54,7 @@ export class CudaModule {
       if (rc !== 0) {
         throw new PeregrineError('PGN_ERR_CUDA', `kernel ${name} is not in the loaded kernel image (rebuild with npm run build:kernels)`, { kernel: name, cudaError: rc });
       }
-      k = new Kernel(this.#drv, box[0], name, params);
+      k = new Kernel(this.#drv, box[0], name, params, this.#pdl);
       this.#kernels.set(name, k);
     }
     return k;
@@ -66,11 +77,13 @@ export class Kernel {
   readonly #values: DataView;
   readonly #valueBuf: unknown;
   readonly #table: unknown;
+  readonly #pdl: PdlLaunch | null;
   #maxDynamicShared = 48 * 1024;
 
-  constructor(drv: Driver, fn: Handle, name: string, params: readonly ParamKind[]) {
+  constructor(drv: Driver, fn: Handle, name: string, params: readonly ParamKind[], pdl: PdlLaunch | null = null) {
     this.#drv = drv;
     this.#fn = fn;
+    this.#pdl = pdl;
     this.name = name;
     this.params = params;
     let off = 0;
@@ -124,7 +137,8 @@ export class Kernel {
         case 'f32': v.setFloat32(o, a, true); break;
       }
     }
-    const rc = this.#drv.cuLaunchKernel(this.#fn, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, this.#table, null);
-    if (rc !== 0) check(this.#drv, rc, `cuLaunchKernel(${this.name}, grid [${gx}, ${gy}, ${gz}], block [${bx}, ${by}, ${bz}], ${sharedBytes} B shared)`);
+    const pdlRc = this.#pdl ? this.#pdl.launch(this.#fn, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, this.#table, this.name) : null;
+    const rc = pdlRc ?? this.#drv.cuLaunchKernel(this.#fn, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, this.#table, null);
+    if (rc !== 0) check(this.#drv, rc, `${pdlRc === null ? 'cuLaunchKernel' : 'cuLaunchKernelEx'}(${this.name}, grid [${gx}, ${gy}, ${gz}], block [${bx}, ${by}, ${bz}], ${sharedBytes} B shared)`);
   }
 }

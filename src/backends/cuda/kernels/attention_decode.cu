@@ -235,6 +235,8 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
 
   }
 
+  PGN_PDL_TRIGGER();  // the KV loop is done: the next kernel may be scheduled
+
   // merge the key groups of a warp (lanes with the same chunk differ in bits >= log2(LPK))
 #pragma unroll
   for (int o = LPK; o < 32; o <<= 1) {
@@ -324,18 +326,22 @@ __device__ void attn_decode_combine(T* out, const float* partialO, const float* 
       const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
       int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
       int numSplits) {                                                                                           \
+    PGN_PDL_WAIT();                                                                                                \
     attn_decode<T, T, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
                               alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
                               numSplits, 1.f, 1.f);                                                              \
+    PGN_PDL_TRIGGER();                                                                                             \
   }                                                                                                              \
   extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB)) attn_decode_fp8_##S##_d##D##_h##HPB( \
       T* out, float* partialO, float* partialML, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache,   \
       const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
       int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
       int numSplits, float kScale, float vScale) {                                                               \
+    PGN_PDL_WAIT();                                                                                              \
     attn_decode<T, kv_fp8_t, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,     \
                                      blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,  \
                                      scale, window, softcap, numSplits, kScale, vScale);                          \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 #define PGN_DECODE_HPB(T, S, D) PGN_DECODE(T, S, D, 1) PGN_DECODE(T, S, D, 2) PGN_DECODE(T, S, D, 4) PGN_DECODE(T, S, D, 8)
 #define PGN_DECODE_ALL(T, S)                                                                                     \
@@ -343,7 +349,9 @@ __device__ void attn_decode_combine(T* out, const float* partialO, const float* 
   PGN_DECODE_HPB(T, S, 256)                                                                                      \
   extern "C" __global__ void attn_decode_combine_##S(T* out, const float* partialO, const float* partialML,      \
                                                      const int* cuSeqlensQ, int numHeads, int D, int numSplits) { \
+    PGN_PDL_WAIT();                                                                                              \
     attn_decode_combine<T>(out, partialO, partialML, cuSeqlensQ, numHeads, D, numSplits);                        \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 
 PGN_HALF_TYPES(PGN_DECODE_ALL)

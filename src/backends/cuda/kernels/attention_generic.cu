@@ -102,17 +102,21 @@ __device__ void attn_generic(T* out, const T* qkv, const C* kCache, const C* vCa
       T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ, const int* contextLens,      \
       const int* blockTables, const float* alibiSlopes, int numSeqs, int numHeads, int numKvHeads, int D,        \
       int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap) {                              \
+    PGN_PDL_WAIT();                                                                                              \
     attn_generic<T, T, DK>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes, numSeqs, \
                            numHeads, numKvHeads, D, maxBlocksPerSeq, blockSize, scale, window, softcap, 1.f, 1.f); \
+    PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
   extern "C" __global__ void __launch_bounds__(32 * PGN_GENERIC_WARPS) attn_generic_fp8_##S##_k##DK(             \
       T* out, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache, const int* cuSeqlensQ,               \
       const int* contextLens, const int* blockTables, const float* alibiSlopes, int numSeqs, int numHeads,       \
       int numKvHeads, int D, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,         \
       float kScale, float vScale) {                                                                              \
+    PGN_PDL_WAIT();                                                                                              \
     attn_generic<T, kv_fp8_t, DK>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,   \
                                   numSeqs, numHeads, numKvHeads, D, maxBlocksPerSeq, blockSize, scale, window,   \
                                   softcap, kScale, vScale);                                                      \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 #define PGN_GENERIC_ALL(T, S) PGN_GENERIC(T, S, 1) PGN_GENERIC(T, S, 2) PGN_GENERIC(T, S, 4) PGN_GENERIC(T, S, 8)
 

@@ -207,19 +207,23 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
       attn_prefill_##S##_d##D##_w##NW(T* out, const T* qkv, const T* kCache, const T* vCache, const int* cuSeqlensQ,                         \
            const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,               \
            int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap) {         \
+    PGN_PDL_WAIT();                                                                                              \
     attn_prefill<T, T, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
                                                  alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,  \
                                                  scale, window, softcap, 1.f, 1.f);                              \
+    PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
   extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
       attn_prefill_fp8_##S##_d##D##_w##NW(T* out, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache, const int* cuSeqlensQ,    \
                  const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,         \
                  int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,     \
                  float kScale, float vScale) {                                                                   \
+    PGN_PDL_WAIT();                                                                                              \
     attn_prefill<T, kv_fp8_t, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,       \
                                                         blockTables, alibiSlopes, numHeads, numKvHeads,          \
                                                         maxBlocksPerSeq, blockSize, scale, window, softcap,      \
                                                         kScale, vScale);                                         \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 #define PGN_PREFILL_NW(T, S, D) \
   PGN_PREFILL(T, S, D, 4) PGN_PREFILL(T, S, D, 8)

@@ -11,6 +11,20 @@ typedef __half f16;
 #define PGN_LOG2E 1.4426950408889634f
 #define PGN_NEG_INF (-__int_as_float(0x7f800000))
 
+// Programmatic dependent launch (sm_90+; module.ts launches with it under PEREGRINE_PDL=1): a kernel
+// may be scheduled while the previous one drains. PGN_PDL_WAIT(), the first statement of every kernel,
+// blocks until the previous grid has completed and its writes are visible: nothing before it may touch
+// global memory. PGN_PDL_TRIGGER() lets the next kernel be scheduled (it still waits in its own
+// PGN_PDL_WAIT); a block that exits without it triggers then. Both are no-ops for a launch without the
+// attribute, and compile to nothing below sm_90 (module.ts enables PDL only on sm_90+).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PGN_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PGN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;")
+#else
+#define PGN_PDL_WAIT() ((void)0)
+#define PGN_PDL_TRIGGER() ((void)0)
+#endif
+
 // Stamps X(type, suffix) for each storage dtype an op supports.
 #define PGN_FLOAT_TYPES(X) X(float, f32) X(bf16, bf16) X(f16, f16)
 #define PGN_HALF_TYPES(X) X(bf16, bf16) X(f16, f16)

@@ -127,7 +127,9 @@ __device__ __forceinline__ void custom_allreduce_body(T* out, const T* in, const
 #define PGN_AR_KERNEL(T, S, N)                                                                                  \
   extern "C" __global__ void __launch_bounds__(PGN_AR_THREADS) custom_allreduce_##S##_n##N(                    \
       T* out, const T* in, const PgnArTable* table, long long numPacks, long long slotPacks, int rank) {       \
+    PGN_PDL_WAIT();                                                                                             \
     custom_allreduce_body<T, N>(out, in, table, numPacks, slotPacks, rank);                                     \
+    PGN_PDL_TRIGGER();                                                                                          \
   }
 #define PGN_AR_KERNELS(T, S) \
   PGN_AR_KERNEL(T, S, 2) PGN_AR_KERNEL(T, S, 3) PGN_AR_KERNEL(T, S, 4) PGN_AR_KERNEL(T, S, 5) PGN_AR_KERNEL(T, S, 6) PGN_AR_KERNEL(T, S, 7) PGN_AR_KERNEL(T, S, 8)

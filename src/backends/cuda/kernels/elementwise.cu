@@ -125,38 +125,58 @@ __device__ __forceinline__ float hash_uniform(unsigned long long i, unsigned see
 
 #define PGN_ELEMENTWISE(T, S)                                                                                  \
   extern "C" __global__ void add_##S(T* out, const T* a, const T* b, long long n, int vec) {                  \
+    PGN_PDL_WAIT();                                                                                             \
     binary_op(out, a, b, n, vec, AddOp());                                                                      \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
-  extern "C" __global__ void relu_##S(T* out, const T* x, long long n, int vec) { unary_op(out, x, n, vec, ReluOp()); } \
+  extern "C" __global__ void relu_##S(T* out, const T* x, long long n, int vec) { PGN_PDL_WAIT(); unary_op(out, x, n, vec, ReluOp()); PGN_PDL_TRIGGER(); } \
   extern "C" __global__ void gelu_##S(T* out, const T* x, long long n, int vec, int tanhApprox) {              \
+    PGN_PDL_WAIT();                                                                                             \
     unary_op(out, x, n, vec, GeluOp{tanhApprox});                                                               \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void scale_##S(T* out, const T* x, long long n, int vec, float factor) {               \
+    PGN_PDL_WAIT();                                                                                             \
     unary_op(out, x, n, vec, ScaleOp{factor});                                                                  \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void softcap_##S(T* out, const T* x, long long n, int vec, float cap) {                \
+    PGN_PDL_WAIT();                                                                                             \
     unary_op(out, x, n, vec, SoftcapOp{cap});                                                                   \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void clamp_##S(T* out, const T* x, long long n, int vec, float lo, float hi) {         \
+    PGN_PDL_WAIT();                                                                                             \
     unary_op(out, x, n, vec, ClampOp{lo, hi});                                                                  \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void silu_mul_##S(T* out, const T* gateUp, long long numTokens, int I, int vec) {      \
+    PGN_PDL_WAIT();                                                                                             \
     gated_op(out, gateUp, numTokens, I, vec, SiluOp());                                                         \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void gelu_mul_##S(T* out, const T* gateUp, long long numTokens, int I, int vec, int tanhApprox) { \
+    PGN_PDL_WAIT();                                                                                             \
     gated_op(out, gateUp, numTokens, I, vec, GeluOp{tanhApprox});                                               \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void gather_rows_##S(T* out, const T* src, const int* index, int numRows, int H, int numSrcRows, int vec, int indexOffset) { \
+    PGN_PDL_WAIT();                                                                                             \
     gather_rows(out, src, index, numRows, H, numSrcRows, vec, indexOffset);                                     \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void fill_uniform_##S(T* out, long long n, unsigned seed, float scale) {               \
+    PGN_PDL_WAIT();                                                                                             \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) \
       out[i] = from_f32<T>(scale * (2.f * hash_uniform((unsigned long long)i, seed) - 1.f));                   \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void bias_add_f32_##S(float* out, const T* bias, long long numTokens, int N) {         \
+    PGN_PDL_WAIT();                                                                                             \
     const long long n = numTokens * N;                                                                          \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) \
       out[i] += to_f32(bias[i % N]);                                                                            \
+    PGN_PDL_TRIGGER();                                                                                          \
   }
 
 PGN_FLOAT_TYPES(PGN_ELEMENTWISE)

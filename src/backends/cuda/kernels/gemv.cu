@@ -103,6 +103,8 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
     gemv_mma<T, NT>(acc, lo, hi, xb, 0);
   }
 
+  PGN_PDL_TRIGGER();
+
   // C fragment: c0,c1 = (row g, x rows 2t, 2t+1), c2,c3 = (row g+8, same)
   float* mine = gemv_partial + warp * 16 * STRIDE;
 #pragma unroll
@@ -129,7 +131,9 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
   extern "C" __global__ void __launch_bounds__(PGN_GEMV_MAX_THREADS)                                           \
       gemv_##S##_##SO##_m##MT##_u##U(TO* out, const T* x, const T* w, const void* bias, int M, int N, int K,      \
                                      int biasKind) {                                                           \
+    PGN_PDL_WAIT();                                                                                             \
     gemv_rows16<T, TO, MT / 8, U>(out, x, w, bias, M, N, K, biasKind);                                          \
+    PGN_PDL_TRIGGER();                                                                                          \
   }
 #define PGN_GEMV_OUT(T, S, TO, SO) \
   PGN_GEMV(T, S, TO, SO, 8, 4) PGN_GEMV(T, S, TO, SO, 8, 8) PGN_GEMV(T, S, TO, SO, 16, 4) PGN_GEMV(T, S, TO, SO, 16, 8)

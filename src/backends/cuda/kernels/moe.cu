@@ -98,14 +98,20 @@ __device__ void moe_down(T* out, const float* act, const T* down, const int* top
 #define PGN_MOE(T, S)                                                                                            \
   extern "C" __global__ void moe_gate_up_##S(float* act, const T* x, const T* gateUp, const int* topkIds,       \
                                              int topK, int H, int I, int E) {                                   \
+    PGN_PDL_WAIT();                                                                                              \
     moe_gate_up<T>(act, x, gateUp, topkIds, topK, H, I, E);                                                      \
+    PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
   extern "C" __global__ void moe_down_##S(T* out, const float* act, const T* down, const int* topkIds,          \
                                           const float* topkWeights, int topK, int H, int I, int E) {            \
+    PGN_PDL_WAIT();                                                                                              \
     moe_down<T>(out, act, down, topkIds, topkWeights, topK, H, I, E);                                            \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 
 extern "C" __global__ void moe_route_f32(int* topkIds, float* topkWeights, const float* logits, int E, int topK, int renormalize) {
+  PGN_PDL_WAIT();
   moe_route(topkIds, topkWeights, logits, E, topK, renormalize);
+  PGN_PDL_TRIGGER();
 }
 PGN_FLOAT_TYPES(PGN_MOE)

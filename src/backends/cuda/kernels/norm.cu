@@ -93,17 +93,21 @@ __device__ void layer_norm_row(T* out, const T* x, T* residual, const T* weight,
 #define PGN_NORM(T, S)                                                                                          \
   extern "C" __global__ void rms_norm_##S(T* out, const T* x, T* residual, const T* weight, float eps,        \
                                           float weightOffset, int H, int vec) {                                \
+    PGN_PDL_WAIT();                                                                                             \
     const long long r = blockIdx.x;                                                                             \
     T* res = residual ? residual + r * H : nullptr;                                                             \
     if (vec) rms_norm_row<T, true>(out + r * H, x + r * H, res, weight, eps, weightOffset, H);                  \
     else rms_norm_row<T, false>(out + r * H, x + r * H, res, weight, eps, weightOffset, H);                     \
+    PGN_PDL_TRIGGER();                                                                                          \
   }                                                                                                             \
   extern "C" __global__ void layer_norm_##S(T* out, const T* x, T* residual, const T* weight, const T* bias,  \
                                             float eps, int H, int vec) {                                       \
+    PGN_PDL_WAIT();                                                                                             \
     const long long r = blockIdx.x;                                                                             \
     T* res = residual ? residual + r * H : nullptr;                                                             \
     if (vec) layer_norm_row<T, true>(out + r * H, x + r * H, res, weight, bias, eps, H);                        \
     else layer_norm_row<T, false>(out + r * H, x + r * H, res, weight, bias, eps, H);                           \
+    PGN_PDL_TRIGGER();                                                                                          \
   }
 
 // qkRmsNorm: in place over each q and k head of qkv rows (Qwen3 q_norm / k_norm), v untouched.
@@ -123,7 +127,9 @@ __device__ void qk_rms_norm(T* qkv, const T* qWeight, const T* kWeight, float ep
 #define PGN_QK_NORM(T, S)                                                                                       \
   extern "C" __global__ void qk_rms_norm_##S(T* qkv, const T* qWeight, const T* kWeight, float eps,            \
                                              float weightOffset, int numHeads, int numKvHeads, int D) {        \
+    PGN_PDL_WAIT();                                                                                             \
     qk_rms_norm<T>(qkv, qWeight, kWeight, eps, weightOffset, numHeads, numKvHeads, D);                          \
+    PGN_PDL_TRIGGER();                                                                                          \
   }
 
 PGN_FLOAT_TYPES(PGN_NORM)
@@ -171,8 +177,10 @@ __device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
   extern "C" __global__ void rms_norm_fp8_##S(T* out, unsigned char* xq, float* xs, const T* x, T* residual,      \
                                               const T* weight, float eps, float weightOffset, int H,             \
                                               const float* inputScale, float minScale) {                        \
+    PGN_PDL_WAIT();                                                                                                \
     const long long r = blockIdx.x;                                                                                \
     rms_norm_fp8_row<T>(out + r * H, xq + r * H, xs + r, x + r * H, residual ? residual + r * H : nullptr, weight,  \
                         eps, weightOffset, H, inputScale, minScale);                                               \
+    PGN_PDL_TRIGGER();                                                                                             \
   }
 PGN_HALF_TYPES(PGN_NORM_FP8)

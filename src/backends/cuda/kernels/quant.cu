@@ -48,7 +48,9 @@ __device__ void quant_fp8_act(unsigned* xq, float* rowScales, T* xfq, const T* x
   extern "C" __global__ void __launch_bounds__(256) quant_fp8_act_##S(unsigned* xq, float* rowScales, T* xfq,      \
                                                                       const T* x, const float* inputScale, int K,  \
                                                                       float minScale) {                            \
+    PGN_PDL_WAIT();                                                                                              \
     quant_fp8_act<T>(xq, rowScales, xfq, x, inputScale, K, minScale);                                            \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 PGN_HALF_TYPES(PGN_QUANT_ACT)
 
@@ -92,7 +94,9 @@ __device__ void quant_fp8_rows(unsigned char* xq, float* rowScales, const T* x, 
 #define PGN_QUANT_ROWS(T, S)                                                                                      \
   extern "C" __global__ void __launch_bounds__(1024) quant_fp8_rows_##S(unsigned char* xq, float* rowScales, const T* x, \
                                                                         const float* inputScale, int K, float minScale) { \
+    PGN_PDL_WAIT();                                                                                               \
     quant_fp8_rows<T>(xq, rowScales, x, inputScale, K, minScale);                                                 \
+    PGN_PDL_TRIGGER();                                                                                            \
   }
 PGN_HALF_TYPES(PGN_QUANT_ROWS)
 
@@ -140,7 +144,9 @@ __device__ void quant_dequant(T* out, const unsigned* qw, const float* scales, c
   extern "C" __global__ void __launch_bounds__(256) quant_dequant_##S(T* out, const unsigned* qw, const float* scales, \
                                                                       const float* zeros, int kind, int n0, int rows,  \
                                                                       int K, int groupSize, int perTensor) {           \
+    PGN_PDL_WAIT();                                                                                              \
     quant_dequant<T>(out, qw, scales, zeros, kind, n0, rows, K, groupSize, perTensor);                           \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 PGN_HALF_TYPES(PGN_QUANT_DEQUANT)
 
@@ -252,7 +258,9 @@ __device__ void quant_gemv(void* out, const T* __restrict__ x, const uint4* __re
   extern "C" __global__ void __launch_bounds__(128) quant_gemv_##KS##_##S##_m##MT(                                     \
       void* out, const T* x, const uint4* qw, const float* scales, const float* zeros, const void* bias, int M, int N,  \
       int K, int groupSize, int outKind, int biasKind) {                                                               \
+    PGN_PDL_WAIT();                                                                                                    \
     quant_gemv<T, KIND, MT>(out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind);                   \
+    PGN_PDL_TRIGGER();                                                                                                 \
   }
 #define PGN_QUANT_GEMV_M(T, S)                                                                                         \
   PGN_QUANT_GEMV(T, S, PGN_Q_INT8, int8, 1) PGN_QUANT_GEMV(T, S, PGN_Q_INT8, int8, 2)                                  \
@@ -311,6 +319,7 @@ __device__ void quant_fp8_mma(void* out, const unsigned char* xq, const float* x
       }
     }
   }
+  PGN_PDL_TRIGGER();
   if (warp > 0) {
 #pragma unroll
     for (int j = 0; j < NT; j++)
@@ -337,7 +346,9 @@ __device__ void quant_fp8_mma(void* out, const unsigned char* xq, const float* x
   extern "C" __global__ void __launch_bounds__(256) quant_fp8_mma_n##NT(                                                 \
       void* out, const unsigned char* xq, const float* xs, const unsigned char* w, const float* ws, int wsPerTensor,     \
       const void* bias, int M, int N, int K, int outKind, int biasKind) {                                                \
+    PGN_PDL_WAIT();                                                                                                     \
     quant_fp8_mma<NT>(out, xq, xs, w, ws, wsPerTensor, bias, M, N, K, outKind, biasKind);                               \
+    PGN_PDL_TRIGGER();                                                                                                  \
   }
 PGN_QUANT_MMA(1)
 PGN_QUANT_MMA(2)
@@ -347,32 +358,40 @@ PGN_QUANT_MMA(2)
 extern "C" __global__ void __launch_bounds__(256) quant_scale_out(void* out, const float* acc, int ldAcc, const float* xs,
                                                                   const float* ws, int wsPerTensor, const void* bias, int M,
                                                                   int N, int outKind, int biasKind) {
+  PGN_PDL_WAIT();
   const long long total = (long long)M * N;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
     const int m = (int)(i / N), n = (int)(i % N);
     const float v = acc[(long long)m * ldAcc + n] * xs[m] * ws[wsPerTensor ? 0 : n];
     q_store(out, i, v + q_bias(bias, n, biasKind), outKind);
   }
+  PGN_PDL_TRIGGER();
 }
 
 // out [M, N] += bias [N]
 extern "C" __global__ void __launch_bounds__(256) quant_bias_add(void* out, const void* bias, int M, int N, int outKind, int biasKind) {
+  PGN_PDL_WAIT();
   const long long total = (long long)M * N;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
     q_store(out, i, q_load(out, i, outKind) + q_bias(bias, (int)(i % N), biasKind), outKind);
   }
+  PGN_PDL_TRIGGER();
 }
 
 // out[i] = src[0] for i < n (a per-tensor scale as the per-channel vector cuBLASLt's outer-vector scaling reads)
 extern "C" __global__ void __launch_bounds__(256) quant_fill_f32(float* out, const float* src, int n) {
+  PGN_PDL_WAIT();
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = src[0];
+  PGN_PDL_TRIGGER();
 }
 
 // Random 32-bit words (a hash of index and seed) AND mask: code tensors for benchmarks.
 extern "C" __global__ void __launch_bounds__(256) quant_fill_codes(unsigned* out, long long n, unsigned seed, unsigned mask) {
+  PGN_PDL_WAIT();
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     unsigned h = (unsigned)i * 0x9e3779b9u ^ seed;
     h ^= h >> 16; h *= 0x7feb352du; h ^= h >> 15; h *= 0x846ca68bu; h ^= h >> 16;
     out[i] = h & mask;
   }
+  PGN_PDL_TRIGGER();
 }

@@ -420,8 +420,8 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
 #define PGN_QGEMV_PASS(T) \
   out, static_cast<const T*>(x), xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale
 #define PGN_QGEMV(T, S)                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, T, false>(PGN_QGEMV_PASS(T)); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); }
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_FP8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
 PGN_HALF_TYPES(PGN_QGEMV)
-extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); }
+extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }

@@ -64,15 +64,19 @@ __device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin,
   extern "C" __global__ void rope_write_kv_##S(T* qkv, const int* positions, const float* cosSin, T* kCache,   \
                                                T* vCache, const int* slotMapping, int numHeads, int numKvHeads, \
                                                int D, int rotaryDim, int gptj, int numPositions, int numSlots) { \
+    PGN_PDL_WAIT();                                                                                              \
     rope_write_kv<T, T>(qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D, rotaryDim, \
                         gptj, numPositions, numSlots, 1.f, 1.f);                                                \
+    PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                             \
   extern "C" __global__ void rope_write_kv_fp8_##S(T* qkv, const int* positions, const float* cosSin,          \
                                                    kv_fp8_t* kCache, kv_fp8_t* vCache, const int* slotMapping,  \
                                                    int numHeads, int numKvHeads, int D, int rotaryDim, int gptj, \
                                                    int numPositions, int numSlots, float kScale, float vScale) { \
+    PGN_PDL_WAIT();                                                                                              \
     rope_write_kv<T, kv_fp8_t>(qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D,     \
                                rotaryDim, gptj, numPositions, numSlots, kScale, vScale);                        \
+    PGN_PDL_TRIGGER();                                                                                           \
   }
 
 PGN_FLOAT_TYPES(PGN_ROPE)

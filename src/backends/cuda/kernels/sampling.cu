@@ -704,6 +704,7 @@ __device__ __forceinline__ void process_history(const RowCtx& c, const float* x,
 // [*, vocab]; params [numRows] records followed by the rows' history entries. Grid: one block
 // per row.
 extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* scratch, const float* logits, const pgn_sample::SampleParams* params, int vocab, int outStride) {
+  PGN_PDL_WAIT();
   using namespace pgn_sample;
   __shared__ SampleShared sh;
   const SampleParams P = params[blockIdx.x];
@@ -728,4 +729,5 @@ extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* s
     const bool want = P.numLogprobs >= 0 && token >= 0;
     o[1] = __float_as_int(want ? (float)((double)x[token] - lse) : __int_as_float(0x7fc00000));
   }
+  PGN_PDL_TRIGGER();
 }
