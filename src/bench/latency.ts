@@ -2,7 +2,8 @@
  * Latency of the model itself on one backend (a tensor-parallel group: through rank 0): decode ms/step at several batch sizes
  * (after an `isl`-token prefill of each sequence), prefill time and TFLOP/s, and the
  * achieved memory bandwidth of a decode step against a device copy measured in the same run.
- * Greedy argmax on the host; no scheduler, so this is the runner's own cost.
+ * "decode ms/step" is the runner's own cost per step (no scheduler, each step waited for); "serving
+ * ms/token" streams the same batch through the engine, as a server does (async scheduling on CUDA).
  */
 import { bytesPerElement } from '../backends/backend.js';
 import type { LLM } from '../api/llm.js';
@@ -22,7 +23,19 @@ export interface LatencyOptions {
   readonly profile?: boolean;
 }
 
-export interface DecodeRow { batch: number; msPerStep: number; tokPerS: number; weightBytes: number; kvBytes: number; achievedTBs: number }
+export interface DecodeRow {
+  batch: number;
+  msPerStep: number;
+  tokPerS: number;
+  weightBytes: number;
+  kvBytes: number;
+  achievedTBs: number;
+  /**
+   * median time between a request's tokens when `batch` requests stream through the engine (what a
+   * client sees; async scheduling where it is on hides the host work of each step)
+   */
+  servingMsPerToken: number;
+}
 export interface PrefillRow { tokens: number; ms: number; tflops: number }
 export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[]; profiles?: StepProfile[] }
 
@@ -39,6 +52,22 @@ async function timeMs(r: LatencyTarget, fn: () => Promise<unknown>): Promise<num
   await fn();
   await r.backend.synchronize();
   return performance.now() - t0;
+}
+
+/**
+ * `batch` requests of `isl` random tokens streamed through the engine at once (greedy, `osl`
+ * tokens, ignore_eos): the median gap between consecutive tokens of a request, past the first
+ * few (graph capture, prefill).
+ */
+async function servingInterTokenMs(llm: LLM, batch: number, isl: number, osl: number, vocab: number): Promise<number> {
+  const params = { maxTokens: osl, temperature: 0, ignoreEos: true };
+  const gaps: number[] = [];
+  await Promise.all(randomPrompts(batch, isl, 10, vocab - 1, batch + 101).map(async (p) => {
+    const times: number[] = [];
+    for await (const d of llm.stream(p, params)) for (let i = 0; i < d.tokenIds.length; i++) times.push(performance.now());
+    for (let i = Math.min(4, times.length - 1) + 1; i < times.length; i++) gaps.push(times[i]! - times[i - 1]!);
+  }));
+  return gaps.length ? median(gaps) : NaN;
 }
 
 /** device-to-device copy bandwidth (bytes read + written) over a 1 GiB (CPU: 64 MiB) buffer */
@@ -66,7 +95,7 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
   const profiles: StepProfile[] | null = o.profile ? [] : null;
   for (const B of o.batchSizes) {
     const perSeq = Math.ceil((o.isl + o.osl) / bs);
-    if (B * perSeq > r.numBlocks || B > r.config.maxNumSeqs) { decode.push({ batch: B, msPerStep: NaN, tokPerS: NaN, weightBytes: 0, kvBytes: 0, achievedTBs: NaN }); continue; }
+    if (B * perSeq > r.numBlocks || B > r.config.maxNumSeqs) { decode.push({ batch: B, msPerStep: NaN, tokPerS: NaN, weightBytes: 0, kvBytes: 0, achievedTBs: NaN, servingMsPerToken: NaN }); continue; }
     // greedy through the runner's execute path: on CUDA the argmax runs on the device
     const greedy = makeSamplingParams({ temperature: 0, maxTokens: o.osl, ignoreEos: true });
     const seqs = randomPrompts(B, o.isl, 10, V - 1, B).map((p, i) => {
@@ -91,7 +120,8 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
     const weightBytes = r.weightBytesPerGpu;
     const avgCtx = o.isl + o.osl / 2;
     const kvBytes = B * avgCtx * 2 * s.numLayers * Math.max(1, s.numKvHeads / r.tp) * s.headDim * (llm.kvCacheDtype === 'fp8' ? 1 : bpe); // per GPU
-    decode.push({ batch: B, msPerStep: ms, tokPerS: (B * 1000) / ms, weightBytes, kvBytes, achievedTBs: (weightBytes + kvBytes) / (ms / 1000) / 1e12 });
+    const servingMsPerToken = await servingInterTokenMs(llm, B, o.isl, o.osl, V);
+    decode.push({ batch: B, msPerStep: ms, tokPerS: (B * 1000) / ms, weightBytes, kvBytes, achievedTBs: (weightBytes + kvBytes) / (ms / 1000) / 1e12, servingMsPerToken });
     if (profiles) profiles.push(await profileDecodeStep(llm.runner, buildForwardBatch(seqs.map((seq) => ({ seq, numNewTokens: 1 })), bs, r.maxBlocksPerSeq)));
   }
   const prefill: PrefillRow[] = [];
@@ -111,12 +141,12 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
 
 export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, number>): string {
   const dec = formatTable([
-    ['batch', 'decode ms/step', 'tok/s', 'weights+KV GB/step', 'achieved TB/s', '% of copy BW', 'floor ms', 'vs HF'],
+    ['batch', 'decode ms/step', 'tok/s', 'weights+KV GB/step', 'achieved TB/s', '% of copy BW', 'floor ms', 'serving ms/token', 'vs HF'],
     ...res.decode.map((d) => {
       const gb = (d.weightBytes + d.kvBytes) / 1e9;
       const floorMs = ((d.weightBytes + d.kvBytes) / (res.copyTBs * 1e12)) * 1000;
       const hf = hfMsPerStep?.get(d.batch);
-      return [d.batch, d.msPerStep, d.tokPerS, gb, d.achievedTBs, (100 * d.achievedTBs) / res.copyTBs, floorMs, hf ? `${(hf / d.msPerStep).toFixed(1)}x` : '-'];
+      return [d.batch, d.msPerStep, d.tokPerS, gb, d.achievedTBs, (100 * d.achievedTBs) / res.copyTBs, floorMs, d.servingMsPerToken, hf ? `${(hf / d.msPerStep).toFixed(1)}x` : '-'];
     }),
   ]);
   const pre = formatTable([
