@@ -7,6 +7,7 @@
 #   GPU 0: 8B BF16 decode latency + prefill, then again with PEREGRINE_PDL=1 (issue 3 A/B);
 #          bench serve at rate inf vs offline (issue 4)
 #   GPU 1: 8B FP8 latency; FP8 offline 128/128 and 1000/1000 with the FP8 KV cache (issue 6)
+#   then, on 2 GPUs: 8B tp 2 offline 128/128 with async scheduling off and on (issue 7)
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-out}; mkdir -p "$out"
@@ -35,6 +36,13 @@ if [ "$gpus" -gt 1 ]; then
 else
   gpu0 > "$out/gpu0.log" 2>&1; gpu1 > "$out/gpu1.log" 2>&1
 fi
+# issue 7: tensor-parallel async scheduling (opt-in until this A/B), 8B tp 2, offline 128/128
+if [ "$gpus" -gt 1 ]; then
+  for a in 0 1; do
+    PEREGRINE_ASYNC_SCHEDULING=$a $cli bench throughput --shape $S --random-weights --device cuda --tp 2 --num-requests 512 --isl 128 --osl 128
+  done > "$out/tp2.log" 2>&1
+fi
 echo "benchmarks done in $(( $(date +%s) - t0 )) s"
 grep -v '^\[#' "$out/gpu0.log" | tail -40
 tail -30 "$out/gpu1.log"
+[ -f "$out/tp2.log" ] && tail -8 "$out/tp2.log"
