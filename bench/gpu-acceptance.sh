@@ -36,6 +36,9 @@ gpu1() {
   $cli bench latency --shape $S --random-weights --device cuda --quantization fp8 --batch 1,8,64,256 --isl 128 --osl 32 --prefill 128,2048
   $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs 512
   $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --kv-cache-dtype fp8 --num-requests 256 --isl 1000 --osl 1000
+  echo "== issue 6 A/B: one FP8 activation scale per tensor at > 8 tokens (cuBLASLt scalar scales)"
+  PEREGRINE_FP8_TENSOR_ACT=1 $cli bench latency --shape $S --random-weights --device cuda --quantization fp8 --batch 1 --isl 128 --osl 8 --prefill 128,2048
+  PEREGRINE_FP8_TENSOR_ACT=1 $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs 512
 }
 if [ "$gpus" -gt 1 ]; then
   gpu0 > "$out/gpu0.log" 2>&1 & gpu1 > "$out/gpu1.log" 2>&1 & wait

@@ -3,6 +3,9 @@
 // profiled decode step of a tiny checkpoint has the rows, counts and sums a step must have.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { LLM } from '../src/api/llm.js';
 import { CpuBackend, cpuData } from '../src/backends/cpu/cpu-backend.js';
 import type { AttentionMetadata } from '../src/backends/backend.js';
@@ -11,6 +14,8 @@ import { OpProfiler } from '../src/bench/op-profiler.js';
 import { UsageError } from '../src/cli/args.js';
 import { BENCH_HELP, runBench } from '../src/cli/bench.js';
 import { writeTinyLlama } from './helpers/tiny-checkpoint.js';
+
+const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
 
 const F32 = 4;
 
@@ -121,14 +126,10 @@ test('bench latency --profile on the CPU: per-op rows of a decode step with plau
 test('the CLI takes --profile and prints the profile after the latency tables', async () => {
   assert.match(BENCH_HELP, /--profile/);
   const dir = writeTinyLlama({ layers: 1 });
-  const write = process.stdout.write.bind(process.stdout);
-  let printed = '';
-  process.stdout.write = ((s: string) => ((printed += s), true)) as typeof process.stdout.write;
-  try {
-    await runBench(['latency', '--model', dir, '--device', 'cpu', '--batch', '2', '--isl', '8', '--osl', '3', '--prefill', '8', '--profile']);
-  } finally {
-    process.stdout.write = write;
-  }
+  // a child process: replacing this process's stdout.write would also swallow the test reporter's lines
+  const r = spawnSync(process.execPath, [CLI, 'bench', 'latency', '--model', dir, '--device', 'cpu', '--batch', '2', '--isl', '8', '--osl', '3', '--prefill', '8', '--profile'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const printed = r.stdout;
   const at = printed.indexOf('decode step profile');
   assert.ok(at > printed.indexOf('prefill tokens') && printed.indexOf('prefill tokens') > 0, printed);
   assert.match(printed.slice(at), /\| gate_up_proj +\| 1 /);

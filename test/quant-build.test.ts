@@ -3,6 +3,8 @@
 // is copied byte for byte; sharding, refusals, the CLI; and the logits accuracy report.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -110,18 +112,11 @@ test('build refuses a non-empty output folder, the model folder itself, and an a
 
 test('peregrine build CLI: flags, usage errors', async () => {
   const out = path.join(tmp, `cli-${outCount++}`);
-  const write = process.stdout.write.bind(process.stdout);
-  const err = process.stderr.write.bind(process.stderr);
-  let printed = '';
-  process.stdout.write = ((s: string) => ((printed += s), true)) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    await runBuild(['--model', g.dir, '--quantization', 'int4', '--asym', '--group-size', '32', '--jobs', '1', '-o', out]);
-  } finally {
-    process.stdout.write = write;
-    process.stderr.write = err;
-  }
-  assert.match(printed, /14 linear weights quantized to int4/);
+  // a child process: replacing this process's stdout.write would also swallow the test reporter's lines
+  const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
+  const r = spawnSync(process.execPath, [cli, 'build', '--model', g.dir, '--quantization', 'int4', '--asym', '--group-size', '32', '--jobs', '1', '-o', out], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /14 linear weights quantized to int4/);
   const qc = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config;
   assert.deepEqual([qc.quant_method, qc.bits, qc.group_size, qc.sym, qc.desc_act], ['gptq', 4, 32, false, false]);
   await assert.rejects(runBuild(['--model', g.dir, '--quantization', 'int3', '-o', out]), (e: unknown) => e instanceof UsageError && /int3/.test(e.message));

@@ -16,8 +16,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DType, Fp8Activations, QuantizedWeight } from '../../src/backends/backend.js';
-import { CpuBackend } from '../../src/backends/cpu/cpu-backend.js';
-import { disposeQuant, forceFp8Scaling, forceQuantPath, quantizeFp8Activations, quantPathFor, type QuantPath } from '../../src/backends/cuda/cuda-quant.js';
+import { CpuBackend, cpuData } from '../../src/backends/cpu/cpu-backend.js';
+import { FP8_MIN_ACTIVATION_SCALE } from '../../src/weights/quant/fp8.js';
+import { disposeQuant, forceFp8Scaling, fp8TensorActivations, forceQuantPath, quantizeFp8Activations, quantPathFor, type QuantPath } from '../../src/backends/cuda/cuda-quant.js';
 import { quantFastPolicy } from '../../src/backends/cuda/cuda-quant-gemv.js';
 import type { Backend } from '../../src/backends/backend.js';
 import { computePerplexity } from '../../src/bench/perplexity.js';
@@ -186,6 +187,40 @@ if (!gpu) {
         else throw e;
       } finally {
         forceFp8Scaling(null);
+      }
+    });
+
+    test('fp8 one activation scale per tensor (PEREGRINE_FP8_TENSOR_ACT): the static-scale result with scale = amax / 448, through cuBLASLt scalar scales', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
+      fp8TensorActivations.enabled = true;
+      try {
+        for (const [M, N, K, bias] of [[64, 512, 256, null], [200, 1024, 640, 'bf16'], [33, 4096, 4096, null]] as const) {
+          const host = quantizeWeight(h.uniform(N * K, 0.05), N, K, { kind: 'fp8', fp8Scale: 'tensor' });
+          const x = h.rand([M, K], 'bf16', 2);
+          let amax = 0;
+          for (const v of cpuData(x.cpu) as Float32Array) amax = Math.max(amax, Math.abs(v));
+          const scale = Math.fround(Math.max(Math.fround(amax / 448), FP8_MIN_ACTIVATION_SCALE));
+          const wCpu = uploadQuantWeight({ ...host, inputScale: scale }, h.cpu);
+          const wGpu = uploadQuantWeight(host, gpu);
+          try {
+            const out = h.output([M, N], 'bf16');
+            const b = bias ? h.rand([N], bias) : null;
+            assert.equal(quantPathFor(gpu, wGpu, M, x.gpu), 'cublas');
+            h.cpu.linear(out.cpu, x.cpu, wCpu, b?.cpu ?? null, M);
+            gpu.linear(out.gpu, x.gpu, wGpu, b?.gpu ?? null, M);
+            await h.expectClose(out, `fp8 tensor activations M=${M} N=${N} K=${K}`, undefined, TOL_OUT.bf16);
+            // a static input scale takes the same scalar path
+            const wStatic = uploadQuantWeight({ ...host, inputScale: scale }, gpu);
+            const out2 = h.output([M, N], 'bf16');
+            h.cpu.linear(out2.cpu, x.cpu, wCpu, b?.cpu ?? null, M);
+            gpu.linear(out2.gpu, x.gpu, wStatic, b?.gpu ?? null, M);
+            await h.expectClose(out2, `fp8 static scale, scalar path M=${M} N=${N} K=${K}`, undefined, TOL_OUT.bf16);
+            freeQuantWeight(wStatic, gpu);
+          } finally {
+            freeQuantWeight(wGpu, gpu);
+          }
+        }
+      } finally {
+        fp8TensorActivations.enabled = false;
       }
     });
 

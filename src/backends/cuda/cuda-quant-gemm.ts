@@ -18,7 +18,8 @@ type Lt = ReturnType<typeof loadLt>;
 import type { CudaStream } from './stream.js';
 
 export type OutDtype = 'f32' | 'bf16' | 'f16';
-export type Fp8Scaling = 'outer-vec' | 'none';
+/** 'scalar': one f32 scale each for A (weight) and B (activation), cuBLASLt's default scale mode */
+export type Fp8Scaling = 'outer-vec' | 'scalar' | 'none';
 
 const CUDA_R = { f32: 0, f16: 2, bf16: 14, e4m3: 28 } as const;
 const CUBLAS_COMPUTE_32F = 68;
@@ -112,7 +113,7 @@ export class QuantGemm {
     if (this.#refused.has(key)) return false;
     const plan = this.#plan(key, a.M, a.N, a.K, a.ldOut, 'e4m3', a.outDtype, a.scaling, align);
     if (!plan) return false;
-    if (a.scaling === 'outer-vec') {
+    if (a.scaling === 'outer-vec' || a.scaling === 'scalar') {
       this.#setU64(plan.desc, DESC.A_SCALE_POINTER, a.aScale);
       this.#setU64(plan.desc, DESC.B_SCALE_POINTER, a.bScale);
     }

@@ -78,7 +78,19 @@ const PARAMS = {
   quant_bias_add: [p, p, i32, i32, i32, i32], // (out, bias, M, N, outKind, biasKind)
   quant_fill_f32: [p, p, i32], // (out, src, n)
   quant_fill_codes: [p, i64, u32, u32], // (out, n, seed, mask)
+  quant_fp8_amax: [p, p, i64], // (amaxBits, x, n)
+  quant_fp8_tensor_scale: [p, p, f32], // (scale, amaxBits, minScale)
 } as const satisfies Record<string, readonly ParamKind[]>;
+
+/**
+ * PEREGRINE_FP8_TENSOR_ACT=1: FP8 linears with per-tensor weight scales take, at more tokens than the
+ * decode paths serve ('cublas'), one dynamic activation scale per tensor (amax over the whole x / 448, as
+ * vLLM's default FP8 does) instead of one per token, so cuBLASLt applies both scales as scalars and writes
+ * the output directly (no f32 scratch + epilogue, which cuBLASLt's refusal of outer-vector scales on H100
+ * forces for per-token scales). Off by default until measured: it changes the rounding of prefill
+ * activations against the per-token CPU reference (by about FP8's own error).
+ */
+export const fp8TensorActivations = { enabled: process.env.PEREGRINE_FP8_TENSOR_ACT === '1' };
 
 let forcedPath: QuantPath | null = null;
 let forcedScaling: Fp8Scaling | null = null;
@@ -206,9 +218,39 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
   if (path === 'qgemv') return qgemv(st, c, c.w.kind === 'fp8' && !c.xq && c.M > QGEMV_FP8_QUANT_MAX_M ? quantizeActivations(st, c) : null);
   if (path === 'gemv') return gemv(st, c);
   if (path === 'dequant') return dequantLinear(st, c);
+  if (path === 'cublas' && fp8TensorActivations.enabled && c.perTensor && fp8CublasScalar(st, c)) return;
   const a = c.xq ? { xq: c.xq.codes.ptr, xs: c.xq.scales.ptr } : quantizeActivations(st, c);
   if (path === 'mma') return fp8Mma(st, c, a);
   fp8Cublas(st, c, a);
+}
+
+/**
+ * x quantized with one scale for the whole tensor (a static input scale, or amax / 448 computed on the
+ * device), then cuBLASLt's FP8 GEMM with scalar scales straight into out. False (nothing queued) where
+ * cuBLASLt refuses it or x does not suit quant_fp8_rows: the caller takes the per-token path.
+ */
+function fp8CublasScalar(st: QuantState, c: Call): boolean {
+  const { M, N, K } = c;
+  const units = K / 8;
+  if (!(K % 8 === 0 && c.x.ptr % 16 === 0 && units <= ROWS_UNITS * ROWS_MAX_THREADS)) return false;
+  const prep = prepareFp8(st, c);
+  if (prep.Npad !== N) return false;
+  const drv = st.be.dev.drv;
+  let scale = c.inputScale?.ptr ?? null;
+  if (scale === null) {
+    const amax = st.buf('amax', 8);
+    scale = amax + 4;
+    check(drv, drv.cuMemsetD32Async(amax, 0, 1, st.be.stream.handle), 'cuMemsetD32Async');
+    st.kernel('quant_fp8_amax', c.x.dtype).launch(Math.min(blocksFor(st, M * K), 4 * st.be.props.numSMs), THREADS, 0, st.be.stream, [amax, c.x.ptr, M * K]);
+    st.kernel('quant_fp8_tensor_scale').launch(1, 32, 0, st.be.stream, [scale, amax, FP8_MIN_ACTIVATION_SCALE]);
+  }
+  const xq = st.buf('xq', M * K), xs = st.buf('xs', M * 4);
+  const threads = Math.min(ROWS_MAX_THREADS, Math.max(32, Math.ceil(units / 32) * 32));
+  st.kernel('quant_fp8_rows', c.x.dtype).launch(M, threads, 0, st.be.stream, [xq, xs, c.x.ptr, scale, K, FP8_MIN_ACTIVATION_SCALE]);
+  const ran = st.gemm.fp8({ out: c.out.ptr, outDtype: c.out.dtype as OutDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'scalar', aScale: c.scales.ptr, bScale: scale }, st.be.stream);
+  if (!ran) return false; // the quantized x is rewritten by the per-token path
+  addBias(st, c);
+  return true;
 }
 
 /**

@@ -395,3 +395,31 @@ extern "C" __global__ void __launch_bounds__(256) quant_fill_codes(unsigned* out
   }
   PGN_PDL_TRIGGER();
 }
+
+// ---- FP8 activations, one scale per tensor (PEREGRINE_FP8_TENSOR_ACT=1, many tokens) ------------------------
+// quant_fp8_amax: |x| max over x [n] into *amaxBits (f32 bits of a non-negative value: unsigned order is float
+// order; the caller zeroes it first). quant_fp8_tensor_scale: *scale = max(amax / 448, minScale). Then
+// quant_fp8_rows with inputScale = scale encodes every row with that one scale, and cuBLASLt's FP8 GEMM takes
+// scalar scales (no f32 scratch, no epilogue).
+template <typename T>
+__device__ void quant_fp8_amax(unsigned* amaxBits, const T* x, long long n) {
+  __shared__ float red[32];
+  float amax = 0.f;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) amax = fmaxf(amax, fabsf(to_f32(x[i])));
+  amax = q_block_max(amax, red);
+  if (threadIdx.x == 0) atomicMax(amaxBits, __float_as_uint(amax));
+}
+
+#define PGN_QUANT_AMAX(T, S)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256) quant_fp8_amax_##S(unsigned* amaxBits, const T* x, long long n) { \
+    PGN_PDL_WAIT();                                                                                              \
+    quant_fp8_amax<T>(amaxBits, x, n);                                                                           \
+    PGN_PDL_TRIGGER();                                                                                           \
+  }
+PGN_HALF_TYPES(PGN_QUANT_AMAX)
+
+extern "C" __global__ void quant_fp8_tensor_scale(float* scale, const unsigned* amaxBits, float minScale) {
+  PGN_PDL_WAIT();
+  if (threadIdx.x == 0 && blockIdx.x == 0) *scale = fmaxf(__fdiv_rn(__uint_as_float(*amaxBits), PGN_E4M3_MAX), minScale);
+  PGN_PDL_TRIGGER();
+}
