@@ -39,9 +39,9 @@ export interface LLMOptions {
   readonly nodeTimeoutMs?: number;
   /** longest prompt + output; default: the model's max_position_embeddings */
   readonly maxModelLen?: number;
-  /** most sequences in one step (default 64) */
+  /** most sequences in one step (default 256 on CUDA, 64 on the CPU) */
   readonly maxNumSeqs?: number;
-  /** token budget of one step (default 2048; at least maxNumSeqs) */
+  /** token budget of one step (default 8192 on CUDA, 2048 on the CPU; at least maxNumSeqs) */
   readonly maxNumBatchedTokens?: number;
   /** tokens per KV block (default 16) */
   readonly blockSize?: number;
@@ -120,14 +120,22 @@ export function defaultNumKvBlocks(backend: Backend, spec: ModelSpec, lim: Limit
   return Math.max(maxBlocksPerSeq, Math.min(lim.maxNumSeqs * maxBlocksPerSeq, fit));
 }
 
+/** Engine limits by default: a GPU batches like vLLM's defaults (256 sequences, 8192 tokens a step); the CPU small. */
+export const GPU_DEFAULT_MAX_NUM_SEQS = 256;
+export const GPU_DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192;
+export const CPU_DEFAULT_MAX_NUM_SEQS = 64;
+export const CPU_DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048;
+
 /** The engine limits of `options` for `spec` (maxModelLen checked against the model's context). */
 export function limits(spec: ModelSpec, options: LLMOptions): Limits {
   const maxModelLen = options.maxModelLen ?? spec.maxPositionEmbeddings;
   if (maxModelLen > spec.maxPositionEmbeddings) {
     throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings ${spec.maxPositionEmbeddings}`, { param: 'max_model_len' });
   }
-  const maxNumSeqs = options.maxNumSeqs ?? 64;
-  return { maxModelLen, blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE, maxNumSeqs, maxNumBatchedTokens: Math.max(options.maxNumBatchedTokens ?? 2048, maxNumSeqs) };
+  const gpu = (options.device ?? 'cpu') === 'cuda';
+  const maxNumSeqs = options.maxNumSeqs ?? (gpu ? GPU_DEFAULT_MAX_NUM_SEQS : CPU_DEFAULT_MAX_NUM_SEQS);
+  const tokens = options.maxNumBatchedTokens ?? (gpu ? GPU_DEFAULT_MAX_NUM_BATCHED_TOKENS : CPU_DEFAULT_MAX_NUM_BATCHED_TOKENS);
+  return { maxModelLen, blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE, maxNumSeqs, maxNumBatchedTokens: Math.max(tokens, maxNumSeqs) };
 }
 
 /**

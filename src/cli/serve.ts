@@ -34,8 +34,8 @@ Serves the model over an OpenAI-compatible HTTP API:
   --master-addr HOST             node 0's address (default 127.0.0.1)
   --master-port PORT             node 0's rendezvous port (default 29500)
   --max-model-len N              longest prompt + output (default: the model's context)
-  --max-num-seqs N               most sequences in one engine step (default 64)
-  --max-num-batched-tokens N     token budget of one engine step (default 2048)
+  --max-num-seqs N               most sequences in one engine step (default 256 on cuda, 64 on cpu)
+  --max-num-batched-tokens N     token budget of one engine step (default 8192 on cuda, 2048 on cpu)
   --gpu-memory-utilization F     share of free GPU memory for the KV cache (default 0.9)
   --num-kv-blocks N              KV cache size in blocks (default: from the memory budget)
   ${QUANTIZATION_HELP}
