@@ -13,61 +13,44 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Backend, KvCacheDType } from '../backends/backend.js';
-import { createBackend, type DeviceName } from '../backends/index.js';
+import type { DeviceName } from '../backends/index.js';
 import { LLMEngine } from '../engine/llm-engine.js';
 import { PeregrineError } from '../errors.js';
-import { loadGenerationConfig } from '../models/generation-config.js';
-import { loadModel } from '../models/load-model.js';
-import { loadModelConfig, parseModelConfig, type HfConfig } from '../models/config.js';
-import type { ModelWeights } from '../models/model-weights.js';
+import type { HfConfig } from '../models/config.js';
 import type { ModelSpec } from '../models/spec.js';
 import { TpGroup } from '../parallel/tp-group.js';
 import type { RandomQuantization } from '../bench/random-weights.js';
-import { parseQuantization, quantizedCheckpointDir } from '../weights/quant/quantize-on-load.js';
-import { parseKvCacheDtype } from '../runner/kv-cache.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import { makeSamplingParams, type SampleResult, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
 import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
+import { hostRanks, loadCheckpoint, loadRandom, type LoadedLLM } from './llm-loader.js';
 import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
-import { asyncSchedulingOf, asyncTensorParallelOf, defaultNumKvBlocks, kvCacheOptions, limits, multiNodeOf, type Limits, type LLMOptions } from './llm-options.js';
+import type { LLMOptions } from './llm-options.js';
 
 export type { LLMOptions } from './llm-options.js';
 
 /** A prompt: text (needs a tokenizer) or token ids. */
 export type Prompt = string | readonly number[];
 
-/** Model config, generation defaults and tokenizer: what LLM.load reads besides the weights. */
-async function loadModelExtras(dir: string, modelSpec: ModelSpec): Promise<{ spec: ModelSpec; tokenizer: Tokenizer | null; defaults: Partial<SamplingParamsInit> }> {
-  const gen = loadGenerationConfig(dir);
-  const tokenizer = Tokenizer.exists(dir) ? await Tokenizer.load(dir) : null;
-  const eos = new Set<number>([...modelSpec.eosTokenIds, ...(gen?.eosTokenIds ?? [])]);
-  if (tokenizer?.eosTokenId != null) eos.add(tokenizer.eosTokenId);
-  const defaults: Partial<SamplingParamsInit> = {};
-  if (gen?.temperature !== undefined) defaults.temperature = gen.temperature;
-  if (gen?.topP !== undefined) defaults.topP = gen.topP;
-  if (gen?.topK !== undefined) defaults.topK = gen.topK;
-  if (gen?.repetitionPenalty !== undefined) defaults.repetitionPenalty = gen.repetitionPenalty;
-  return { spec: { ...modelSpec, eosTokenIds: [...eos] }, tokenizer, defaults };
-}
-
-
 export class LLM {
   private readonly listeners = new Map<string, { onOutput: (o: EngineStepOutput) => void; onError: (e: PeregrineError) => void }>();
   private pumping = false;
   private closed = false;
 
-  private constructor(
-    readonly spec: ModelSpec,
-    readonly tokenizer: Tokenizer | null,
-    /** what runs the model: the one-device runner, or the tensor-parallel group (tp > 1) */
-    readonly executor: ModelRunner | TpGroup,
-    readonly engine: LLMEngine,
-    readonly defaults: Partial<SamplingParamsInit>,
-    /** what the paged KV cache stores: 'auto' (the activation dtype) or 'fp8' (E4M3) */
-    readonly kvCacheDtype: KvCacheDType,
-  ) {}
+  readonly spec: ModelSpec;
+  readonly tokenizer: Tokenizer | null;
+  /** what runs the model: the one-device runner, or the tensor-parallel group (tp > 1) */
+  readonly executor: ModelRunner | TpGroup;
+  readonly engine: LLMEngine;
+  readonly defaults: Partial<SamplingParamsInit>;
+  /** what the paged KV cache stores: 'auto' (the activation dtype) or 'fp8' (E4M3) */
+  readonly kvCacheDtype: KvCacheDType;
+
+  private constructor(parts: LoadedLLM) {
+    ({ spec: this.spec, tokenizer: this.tokenizer, executor: this.executor, engine: this.engine, defaults: this.defaults, kvCacheDtype: this.kvCacheDtype } = parts);
+  }
 
   /** tensor-parallel ranks */
   get tp(): number {
@@ -109,28 +92,8 @@ export class LLM {
    *   when the KV cache cannot hold one sequence of maxModelLen
    */
   static async load(dir: string, options: LLMOptions = {}): Promise<LLM> {
-    parseKvCacheDtype(options.kvCacheDtype); // a bad value fails before the model loads
-    checkNodeZero(options);
-    dir = await LLM.checkpointToLoad(dir, options);
-    const tp = options.tp ?? 1;
-    if (tp !== 1) return LLM.loadTensorParallel(dir, tp, options);
-    const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
-    try {
-      const loaded = loadModel(dir, backend, options.onLoadProgress);
-      const { spec, tokenizer, defaults } = await loadModelExtras(dir, loaded.spec);
-      return LLM.assemble(backend, spec, loaded.weights, tokenizer, defaults, options, dir);
-    } catch (e) {
-      backend.dispose();
-      throw e;
-    }
+    return new LLM(await loadCheckpoint(dir, options));
   }
-
-  /** Starts the tensor-parallel group (rank 0 here) and the engine over it. */
-  private static async loadTensorParallel(dir: string, tp: number, options: LLMOptions): Promise<LLM> {
-    const { spec, tokenizer, defaults } = await loadModelExtras(dir, loadModelConfig(dir).spec);
-    return LLM.startTensorParallel({ modelDir: dir }, spec, tokenizer, defaults, dir, tp, options);
-  }
-
 
   /**
    * A model of a real shape with random weights and no tokenizer, for benchmarks.
@@ -139,48 +102,8 @@ export class LLM {
    * @param quantization 'fp8': the layers' linears in E4M3 with per-tensor scales
    */
   static async random(config: HfConfig, options: LLMOptions = {}, seed = 0, quantization: RandomQuantization = null): Promise<LLM> {
-    checkNodeZero(options);
-    if ((options.tp ?? 1) !== 1) return LLM.randomTensorParallel(config, options, seed, quantization);
-    parseKvCacheDtype(options.kvCacheDtype);
-    const backend = await createBackend(options.device ?? 'cpu', { deviceId: options.deviceId });
-    try {
-      const spec = parseModelConfig(config);
-      const { randomModelWeights } = await import('../bench/random-weights.js');
-      return LLM.assemble(backend, spec, randomModelWeights(spec, backend, { seed, quantization }), null, {}, options, null);
-    } catch (e) {
-      backend.dispose();
-      throw e;
-    }
+    return new LLM(await loadRandom(config, options, seed, quantization));
   }
-
-  /** Random weights over a tensor-parallel group: every rank makes its own shard, no checkpoint (benchmarks). */
-  private static async randomTensorParallel(config: HfConfig, options: LLMOptions, seed: number, quantization: RandomQuantization): Promise<LLM> {
-    return LLM.startTensorParallel({ randomModel: { config, seed, quantization } }, parseModelConfig(config), null, {}, null, options.tp ?? 1, options);
-  }
-
-  /** Ranks 1..tp-1 started (here, or on other nodes) and rank 0 in this process, over a checkpoint or random weights. */
-  private static async startTensorParallel(
-    source: { modelDir: string } | { randomModel: { config: HfConfig; seed: number; quantization: RandomQuantization } },
-    spec: ModelSpec, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, dir: string | null, tp: number, options: LLMOptions,
-  ): Promise<LLM> {
-    const lim = limits(spec, options);
-    const kvCache = kvCacheOptions(options, dir, spec.numLayers);
-    const group = await TpGroup.start({
-      ...source,
-      tp,
-      device: options.device ?? 'cpu',
-      deviceIds: options.deviceIds,
-      nodes: multiNodeOf(options),
-      eosTokenIds: spec.eosTokenIds,
-      onLoadProgress: options.onLoadProgress,
-      runner: {
-        ...lim, kvCache, broadcastSampledIds: asyncTensorParallelOf(options),
-        numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)),
-      },
-    });
-    return new LLM(spec, tokenizer, group, LLM.makeEngine(group, tokenizer, lim, options), defaults, kvCache.dtype ?? 'auto');
-  }
-
 
   /**
    * Multi-node, on node K > 0 (options.nodeRank): hosts this node's tp / nnodes ranks for node 0's
@@ -192,38 +115,7 @@ export class LLM {
    * await LLM.hostRanks('/models/llama-70b', { device: 'cuda', tp: 16, nnodes: 2, nodeRank: 1, masterAddr: '10.0.0.1' });
    */
   static async hostRanks(dir: string | null, options: LLMOptions, log?: (line: string) => void): Promise<void> {
-    const nodes = multiNodeOf(options);
-    if (!nodes || nodes.nodeRank === 0) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', 'LLM.hostRanks is for nodes 1 .. nnodes-1 (nodeRank > 0); node 0 calls LLM.load', { param: 'node_rank' });
-    const { runNodeHost } = await import('../parallel/node-host.js');
-    const modelDir = dir === null ? undefined : await LLM.checkpointToLoad(dir, options);
-    await runNodeHost({ nodes, tp: options.tp ?? 1, modelDir, deviceIds: options.deviceIds, log });
-  }
-
-  /** `dir`, or with options.quantization its quantized build (cached; made on first use). */
-  private static async checkpointToLoad(dir: string, options: LLMOptions): Promise<string> {
-    if (options.quantization === undefined) return dir;
-    const kind = parseQuantization(options.quantization);
-    return quantizedCheckpointDir(dir, { kind }, { cacheDir: options.quantizationCacheDir, onProgress: options.onQuantizeProgress });
-  }
-
-  /** @param dir the checkpoint (fp8 KV scales are read from it); null for random weights */
-  private static assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions, dir: string | null): LLM {
-    const lim = limits(spec, options);
-    const kvCache = kvCacheOptions(options, dir, spec.numLayers);
-    const numKvBlocks = options.numKvBlocks ?? defaultNumKvBlocks(backend, spec, lim, options);
-    const runner = new ModelRunner(backend, spec, weights, { ...lim, numBlocks: numKvBlocks, kvCache });
-    return new LLM(spec, tokenizer, runner, LLM.makeEngine(runner, tokenizer, lim, options), defaults, runner.kvCache.dtype);
-  }
-
-  private static makeEngine(executor: ModelRunner | TpGroup, tokenizer: Tokenizer | null, lim: Limits, options: LLMOptions): LLMEngine {
-    return new LLMEngine(executor, {
-      tokenizer,
-      maxNumSeqs: lim.maxNumSeqs,
-      maxNumBatchedTokens: lim.maxNumBatchedTokens,
-      enablePrefixCaching: options.enablePrefixCaching ?? true,
-      maxWaiting: options.maxWaiting,
-      asyncScheduling: asyncSchedulingOf(options, executor.backend.device),
-    });
+    return hostRanks(dir, options, log);
   }
 
   /** Sampling parameters with the model's generation_config defaults under the caller's. */
@@ -397,14 +289,6 @@ export class LLM {
     await ex.backend.synchronize();
     ex.dispose();
     ex.backend.dispose();
-  }
-}
-
-/** LLM.load / LLM.random run node 0 only: other nodes host ranks (LLM.hostRanks). */
-function checkNodeZero(options: LLMOptions): void {
-  const nodes = multiNodeOf(options);
-  if (nodes && nodes.nodeRank !== 0) {
-    throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `node ${nodes.nodeRank} of ${nodes.nnodes} does not load the LLM: it hosts ranks for node 0 (LLM.hostRanks, or the same peregrine command)`, { param: 'node_rank' });
   }
 }
 
