@@ -14,6 +14,7 @@ import type { GlobalWeight, LayerWeight, ModelSpec, WeightEntry, WeightMap, Weig
 import { applyWeightTransforms, sliceTensor, type TensorSlice } from './weight-transform.js';
 import { linearWeightExists, loadLinearWeight, readQuantizedLinear, uploadQuantWeight } from '../weights/quant/load.js';
 import { sliceQuantWeight } from '../weights/quant/slice.js';
+import { dequantize } from '../weights/quant/dequantize.js';
 import type { QuantConfig } from '../weights/quant/index.js';
 
 /** A linear layer's weight: plain, or quantized (FP8 / INT8 / INT4) when the checkpoint stores it so. */
@@ -108,8 +109,17 @@ export function loadModelWeights(
     const names = namesOf(asSource(entry), layer);
     return names.find((n) => present(n) === null) ?? names[0]!;
   };
+  /** the entry's tensors as stored; quantized modules outside the linears (MoE experts) dequantized to f32 */
+  const readStored = (r: Resolved): RawTensor => {
+    const host = quant ? readQuantizedLinear(ckpt, r.concat ? r.names : r.names[0]!, quant) : null;
+    if (host) {
+      const f = dequantize(host);
+      return { name: r.names.join('|'), dtype: 'F32', shape: [...host.shape], bytes: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) };
+    }
+    return r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!);
+  };
   const read = (r: Resolved, shard: WeightShard): RawTensor => {
-    const raw = applyWeightTransforms(r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!), r.transforms);
+    const raw = applyWeightTransforms(readStored(r), r.transforms);
     return shard === 'all' ? raw : sliceTensor(raw, shard as TensorSlice);
   };
   const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean, linear: boolean, shard: WeightShard): LinearWeight | null => {
