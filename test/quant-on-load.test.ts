@@ -92,3 +92,24 @@ test('generate --quantization int8 and tensor parallel over the cached build', a
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('peregrine cache list / clear show and remove the cached builds', async () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'pgn-qload-'));
+  try {
+    const cacheDir = join(tmp, 'cache');
+    const cache = (args: string[]) => spawnSync(process.execPath, [CLI, 'cache', ...args, '--dir', cacheDir], { encoding: 'utf8' });
+    assert.match(cache(['list']).stdout, /no quantized builds in /);
+    await greedy(FIXTURE, { quantization: 'int8', quantizationCacheDir: cacheDir });
+    const listed = cache(['list']);
+    assert.equal(listed.status, 0, listed.stderr);
+    assert.match(listed.stdout, new RegExp(`llama-gqa-llama3-int8-[0-9a-f]{16} +[0-9.]+ [KMG]?i?B +from ${FIXTURE.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
+    const cleared = cache(['clear']);
+    assert.match(cleared.stdout, /removed 1 quantized build from /);
+    assert.deepEqual(readdirSync(join(cacheDir, 'quantized')), []);
+    const bad = cache(['prune']);
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /unknown cache command "prune" \(list, clear\)/);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});

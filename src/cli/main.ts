@@ -11,6 +11,7 @@ Commands:
   serve      OpenAI-compatible HTTP server
   build      quantize a checkpoint (fp8, int8, int4) into a new folder
   bench      benchmarks
+  cache      list or clear the quantized builds of --quantization
 
 Run "peregrine <command> --help" for the options of a command.
 `;
@@ -24,6 +25,7 @@ const commands: Record<string, () => Promise<Command>> = {
   bench: async () => (await import('./bench.js')).runBench,
   serve: async () => (await import('./serve.js')).runServe,
   build: async () => (await import('./build.js')).runBuild,
+  cache: async () => (await import('./cache.js')).runCache,
 };
 
 async function main(argv: string[]): Promise<number> {

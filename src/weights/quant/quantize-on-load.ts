@@ -92,3 +92,37 @@ function cacheKey(modelDir: string, q: CheckpointQuantOptions): string {
   }
   return h.digest('hex').slice(0, 16);
 }
+
+export interface CachedBuild {
+  /** the entry's folder */
+  readonly dir: string;
+  /** the checkpoint it was built from (as recorded when it was made) */
+  readonly source: string;
+  readonly createdAt: string;
+  readonly bytes: number;
+}
+
+/** The complete quantized builds in the cache (unfinished `.tmp-` folders are not listed). */
+export function listCachedBuilds(cacheDir = defaultCacheDir()): CachedBuild[] {
+  const root = path.join(cacheDir, 'quantized');
+  if (!fs.existsSync(root)) return [];
+  const out: CachedBuild[] = [];
+  for (const name of fs.readdirSync(root).sort()) {
+    const dir = path.join(root, name);
+    const mark = path.join(dir, COMPLETE_MARK);
+    if (!fs.existsSync(mark)) continue;
+    const [createdAt = '', ...rest] = fs.readFileSync(mark, 'utf8').trim().split(' ');
+    const bytes = fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+    out.push({ dir, source: rest.join(' '), createdAt, bytes });
+  }
+  return out;
+}
+
+/** Removes every cached build (and unfinished ones); returns the folders removed. */
+export function clearCachedBuilds(cacheDir = defaultCacheDir()): string[] {
+  const root = path.join(cacheDir, 'quantized');
+  if (!fs.existsSync(root)) return [];
+  const removed = fs.readdirSync(root).map((name) => path.join(root, name));
+  for (const dir of removed) fs.rmSync(dir, { recursive: true, force: true });
+  return removed;
+}
