@@ -19,7 +19,7 @@ S=llama-3.1-8b
 gpus=$(nvidia-smi -L | wc -l)
 t0=$(date +%s)
 if [ "$mode" != bench ]; then
-  PEREGRINE_GPU_TEST_FILE_TIMEOUT_S=${PEREGRINE_GPU_TEST_FILE_TIMEOUT_S:-240} node scripts/run-tests.mjs --gpu > "$out/gpu-tests.log" 2>&1
+  PEREGRINE_GPU_TEST_FILE_TIMEOUT_S=${PEREGRINE_GPU_TEST_FILE_TIMEOUT_S:-180} node scripts/run-tests.mjs --gpu > "$out/gpu-tests.log" 2>&1
   echo "GPU suites: exit $? in $(( $(date +%s) - t0 )) s"
   sed -n '/^GPU suites:/,$p' "$out/gpu-tests.log"
 fi
