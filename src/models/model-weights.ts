@@ -12,9 +12,9 @@ import type { Checkpoint } from '../weights/checkpoint.js';
 import type { RawTensor } from '../weights/safetensors.js';
 import type { GlobalWeight, LayerWeight, ModelSpec, WeightEntry, WeightMap, WeightSource, WeightTransform } from './spec.js';
 import { applyWeightTransforms, sliceTensor, type TensorSlice } from './weight-transform.js';
-import { linearWeightExists, loadLinearWeight, readQuantizedLinear, uploadQuantWeight } from '../weights/quant/load.js';
+import { linearWeightExists, readQuantizedLinear, uploadQuantWeight } from '../weights/quant/load.js';
 import { sliceQuantWeight } from '../weights/quant/slice.js';
-import { dequantize } from '../weights/quant/dequantize.js';
+import { dequantize as dequantizeWeight } from '../weights/quant/dequantize.js';
 import type { QuantConfig } from '../weights/quant/index.js';
 
 /** A linear layer's weight: plain, or quantized (FP8 / INT8 / INT4) when the checkpoint stores it so. */
@@ -109,17 +109,17 @@ export function loadModelWeights(
     const names = namesOf(asSource(entry), layer);
     return names.find((n) => present(n) === null) ?? names[0]!;
   };
-  /** the entry's tensors as stored; quantized modules outside the linears (MoE experts) dequantized to f32 */
-  const readStored = (r: Resolved): RawTensor => {
-    const host = quant ? readQuantizedLinear(ckpt, r.concat ? r.names : r.names[0]!, quant) : null;
+  /** the entry's tensors as stored; with `dequantize`, quantized modules (MoE experts: not linears) dequantized to f32 */
+  const readStored = (r: Resolved, dequantize: boolean): RawTensor => {
+    const host = dequantize && quant ? readQuantizedLinear(ckpt, r.concat ? r.names : r.names[0]!, quant) : null;
     if (host) {
-      const f = dequantize(host);
+      const f = dequantizeWeight(host);
       return { name: r.names.join('|'), dtype: 'F32', shape: [...host.shape], bytes: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) };
     }
     return r.concat ? ckpt.readConcat(r.names) : ckpt.read(r.names[0]!);
   };
-  const read = (r: Resolved, shard: WeightShard): RawTensor => {
-    const raw = applyWeightTransforms(readStored(r), r.transforms);
+  const read = (r: Resolved, shard: WeightShard, dequantize: boolean): RawTensor => {
+    const raw = applyWeightTransforms(readStored(r, dequantize), r.transforms);
     return shard === 'all' ? raw : sliceTensor(raw, shard as TensorSlice);
   };
   const fetch = (key: string, entry: WeightEntry | undefined, layer: number, required: boolean, linear: boolean, shard: WeightShard): LinearWeight | null => {
@@ -136,12 +136,11 @@ export function loadModelWeights(
     onProgress?.(loaded + 1, total);
     loaded++;
     if (linear && quant) {
-      if (shard === 'all') return loadLinearWeight(ckpt, r.concat ? r.names : r.names[0]!, backend, quant, r.transforms);
-      // a tensor-parallel rank: its rows (column-parallel) or whole groups of columns (row-parallel)
+      // stored quantized: kept so; a tensor-parallel rank takes its rows (column-parallel) or whole groups of columns (row-parallel)
       const host = readQuantizedLinear(ckpt, r.concat ? r.names : r.names[0]!, quant, r.transforms);
-      if (host) return uploadQuantWeight(sliceQuantWeight(host, shard as TensorSlice, key), backend);
+      if (host) return uploadQuantWeight(shard === 'all' ? host : sliceQuantWeight(host, shard as TensorSlice, key), backend);
     }
-    const raw = read(r, shard);
+    const raw = read(r, shard, !linear);
     return backend.fromBytes(raw.shape, raw.dtype, raw.bytes, dtype);
   };
   const global = (key: GlobalWeight, required: boolean): Tensor | null => fetch(key, map.global[key], 0, required, false, shardOf(key)) as Tensor | null;

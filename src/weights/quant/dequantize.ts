@@ -1,18 +1,11 @@
 /** Dequantization of any canonical quantized weight: the reference every backend is checked against. */
-import type { HostQuantWeight, QuantKind } from './types.js';
+import type { HostQuantWeight } from './types.js';
 import { dequantizeFp8Rows } from './fp8.js';
 import { dequantizeInt4Rows } from './int4.js';
 import { dequantizeInt8Rows } from './int8.js';
 
 /** The arrays of a quantized weight, wherever they live (host weight or CPU tensors). */
-export interface QuantArrays {
-  readonly kind: QuantKind;
-  readonly shape: readonly [number, number];
-  readonly groupSize: number;
-  readonly qweight: Int32Array;
-  readonly scales: Float32Array;
-  readonly zeros: Float32Array | null;
-}
+export type QuantArrays = Omit<HostQuantWeight, 'inputScale'>;
 
 /** Rows n0..n1 of w [N, K] into out [(n1 - n0), K]. */
 export function dequantizeRows(w: QuantArrays, n0: number, n1: number, out: Float32Array): void {

@@ -156,7 +156,8 @@ function applyRowTransforms(h: HostQuantWeight, transforms: readonly WeightTrans
   return w;
 }
 
-function gatherRows(h: HostQuantWeight, rows: readonly number[]): HostQuantWeight {
+/** Rows `rows` of a quantized weight (codes, and per-row scales and zeros), in that order. */
+export function gatherRows(h: HostQuantWeight, rows: readonly number[]): HostQuantWeight {
   const [, K] = h.shape;
   const wpr = K / VALUES_PER_WORD[h.kind];
   const numG = numGroups(K, h.groupSize);

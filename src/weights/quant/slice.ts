@@ -6,6 +6,7 @@
  * per-channel scales stay as they are (per channel: the group is the rank's whole K).
  */
 import type { TensorSlice } from '../../models/weight-transform.js';
+import { gatherRows } from './load.js';
 import { isPerTensor, numGroups, unsupportedQuant, VALUES_PER_WORD, type HostQuantWeight } from './types.js';
 
 export function sliceQuantWeight(h: HostQuantWeight, s: TensorSlice, name: string): HostQuantWeight {
@@ -21,26 +22,7 @@ export function sliceQuantWeight(h: HostQuantWeight, s: TensorSlice, name: strin
 }
 
 function sliceRows(h: HostQuantWeight, ranges: TensorSlice['ranges']): HostQuantWeight {
-  const [, K] = h.shape;
-  const wpr = K / VALUES_PER_WORD[h.kind];
-  const numG = numGroups(K, h.groupSize);
-  const rows = ranges.reduce((n, [a, b]) => n + (b - a), 0);
-  const qweight = new Int32Array(rows * wpr);
-  const perRow = (src: Float32Array) => {
-    const out = new Float32Array(rows * numG);
-    let o = 0;
-    for (const [a, b] of ranges) {
-      out.set(src.subarray(a * numG, b * numG), o);
-      o += (b - a) * numG;
-    }
-    return out;
-  };
-  let o = 0;
-  for (const [a, b] of ranges) {
-    qweight.set(h.qweight.subarray(a * wpr, b * wpr), o);
-    o += (b - a) * wpr;
-  }
-  return { ...h, shape: [rows, K], qweight, scales: isPerTensor(h) ? h.scales : perRow(h.scales), zeros: h.zeros ? perRow(h.zeros) : null };
+  return gatherRows(h, ranges.flatMap(([a, b]) => Array.from({ length: b - a }, (_, i) => a + i)));
 }
 
 function sliceColumns(h: HostQuantWeight, ranges: TensorSlice['ranges'], name: string): HostQuantWeight {
