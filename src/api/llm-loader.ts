@@ -30,6 +30,7 @@ export interface LoadedLLM {
   readonly engine: LLMEngine;
   /** generation_config.json's sampling defaults */
   readonly defaults: Partial<SamplingParamsInit>;
+  /** what the paged KV cache stores: 'auto' (the activation dtype) or 'fp8' (E4M3) */
   readonly kvCacheDtype: KvCacheDType;
 }
 

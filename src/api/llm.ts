@@ -12,18 +12,16 @@
  * const big = await LLM.load('models/llama', { device: 'cuda', tp: 2 });
  */
 import { randomUUID } from 'node:crypto';
-import type { Backend, KvCacheDType } from '../backends/backend.js';
+import type { Backend } from '../backends/backend.js';
 import type { DeviceName } from '../backends/index.js';
 import { LLMEngine } from '../engine/llm-engine.js';
 import { PeregrineError } from '../errors.js';
 import type { HfConfig } from '../models/config.js';
-import type { ModelSpec } from '../models/spec.js';
 import { TpGroup } from '../parallel/tp-group.js';
 import type { RandomQuantization } from '../bench/random-weights.js';
 import { ModelRunner } from '../runner/model-runner.js';
 import { makeSamplingParams, type SampleResult, type SamplingParams, type SamplingParamsInit } from '../sampling/index.js';
 import { applyChatTemplate, type ChatMessage } from '../tokenizer/chat-template.js';
-import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { AsyncQueue } from './async-queue.js';
 import { hostRanks, loadCheckpoint, loadRandom, type LoadedLLM } from './llm-loader.js';
 import type { CompletionOutput, OutputLogprob, RequestOutput, StreamDelta } from './outputs.js';
@@ -34,22 +32,16 @@ export type { LLMOptions } from './llm-options.js';
 /** A prompt: text (needs a tokenizer) or token ids. */
 export type Prompt = string | readonly number[];
 
+/** What an LLM is made of (llm-loader.ts): spec, tokenizer, executor, engine, generation defaults, KV dtype. */
+export interface LLM extends LoadedLLM {}
+
 export class LLM {
   private readonly listeners = new Map<string, { onOutput: (o: EngineStepOutput) => void; onError: (e: PeregrineError) => void }>();
   private pumping = false;
   private closed = false;
 
-  readonly spec: ModelSpec;
-  readonly tokenizer: Tokenizer | null;
-  /** what runs the model: the one-device runner, or the tensor-parallel group (tp > 1) */
-  readonly executor: ModelRunner | TpGroup;
-  readonly engine: LLMEngine;
-  readonly defaults: Partial<SamplingParamsInit>;
-  /** what the paged KV cache stores: 'auto' (the activation dtype) or 'fp8' (E4M3) */
-  readonly kvCacheDtype: KvCacheDType;
-
   private constructor(parts: LoadedLLM) {
-    ({ spec: this.spec, tokenizer: this.tokenizer, executor: this.executor, engine: this.engine, defaults: this.defaults, kvCacheDtype: this.kvCacheDtype } = parts);
+    Object.assign(this, parts);
   }
 
   /** tensor-parallel ranks */

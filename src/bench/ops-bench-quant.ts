@@ -16,6 +16,7 @@ import { fillCodes, forceFp8Scaling, forceQuantPath, quantizeFp8Activations, typ
 import { quantFastPolicy } from '../backends/cuda/cuda-quant-gemv.js';
 import type { Fp8Scaling } from '../backends/cuda/cuda-quant-gemm.js';
 import type { QuantizedWeight } from '../backends/backend.js';
+import type { BenchCase } from './ops-bench.js';
 
 const HIDDEN = 4096, QKV = 6144, FFN = 14336;
 const LINEARS = [['qkv_proj', QKV, HIDDEN], ['o_proj', HIDDEN, HIDDEN], ['gate_up_proj', 2 * FFN, HIDDEN], ['down_proj', HIDDEN, FFN]] as const;
@@ -25,15 +26,6 @@ const FP8_CODE_MASK = 0xb7b7b7b7;
 const ALL_BITS = 0xffffffff;
 
 type Kind = 'bf16' | 'fp8' | 'int8' | 'int4';
-
-export interface QuantBenchCase {
-  readonly op: string;
-  readonly shape: string;
-  readonly bytes: number;
-  readonly flops: number;
-  readonly setBytes: number;
-  make(): () => void;
-}
 
 interface Variant {
   readonly kind: Kind;
@@ -85,8 +77,8 @@ function randomWeight(be: CudaBackend, kind: 'fp8' | 'int8' | 'int4', N: number,
 }
 
 /** The quantized-linear cases; `rand` and `own` are ops-bench's (random bf16 tensors, freed after each case). */
-export function quantCases(be: CudaBackend, rand: (shape: number[]) => Tensor, own: <T extends Tensor>(t: T) => T): QuantBenchCase[] {
-  const out: QuantBenchCase[] = [];
+export function quantCases(be: CudaBackend, rand: (shape: number[]) => Tensor, own: <T extends Tensor>(t: T) => T): BenchCase[] {
+  const out: BenchCase[] = [];
   let seed = 1000;
   for (const v of VARIANTS) {
     const name = `${v.kind}${v.path ? `/${v.path}` : ''}${v.scaling ? `-${v.scaling}` : ''}${v.xq ? '+xq' : ''}${v.oldQuant ? '-actq' : ''}`;

@@ -33,7 +33,8 @@ const LINEARS = [['qkv_proj', QKV, HIDDEN, false], ['o_proj', HIDDEN, HIDDEN, fa
 const GEMV_ROWS = [1, 2, 4, 8, 16];
 const GEMV_PLANS: GemvPlan[] = ([1, 2, 4, 8] as const).flatMap((warps) => ([4, 8] as const).map((unroll) => ({ warps, unroll })));
 
-interface Case {
+/** One benchmarked op on one shape (ops-bench-quant.ts makes the quantized ones). */
+export interface BenchCase {
   readonly op: string;
   readonly shape: string;
   /** least bytes the op must move through HBM */
@@ -146,7 +147,7 @@ function numSets(be: CudaBackend, setBytes: number): number {
   return Math.max(1, Math.min(MAX_SETS, Math.ceil((L2_FACTOR * be.props.l2CacheBytes) / Math.max(setBytes, 1))));
 }
 
-function timeCase(be: CudaBackend, c: Case): number {
+function timeCase(be: CudaBackend, c: BenchCase): number {
   return timeLaunchers(be, Array.from({ length: numSets(be, c.setBytes) }, () => c.make()));
 }
 
@@ -164,8 +165,8 @@ function timeLaunchers(be: CudaBackend, launchers: (() => void)[]): number {
   return (ms * 1000) / iters;
 }
 
-function cases(be: CudaBackend): Case[] {
-  const out: Case[] = [];
+function cases(be: CudaBackend): BenchCase[] {
+  const out: BenchCase[] = [];
   const tokenCounts = quick ? [1, 256] : [1, 64, 256, 2048];
   for (const T of tokenCounts) {
     const act = T * HIDDEN * 2;

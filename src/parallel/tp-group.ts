@@ -29,7 +29,7 @@ import type { LoadProgress } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import { buildForwardBatch } from '../runner/input-builder.js';
-import { DEFAULT_PROMPT_LOGPROB_ROWS, ModelRunner, withPromptLogprobRows, type RunnerConfig, type RunnerEntry } from '../runner/model-runner.js';
+import { DEFAULT_PROMPT_LOGPROB_ROWS, ModelRunner, samplingEntries, withPromptLogprobRows, type RunnerConfig, type RunnerEntry } from '../runner/model-runner.js';
 import type { ModelWeights } from '../models/model-weights.js';
 import type { Communicator } from './communicator.js';
 import { connect } from './connect.js';
@@ -167,7 +167,7 @@ export class TpGroup implements ModelExecutor {
     const entries = batch.entries;
     if (entries.length === 0) return [];
     if (this.dead) throw this.dead;
-    const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
+    const samples = samplingEntries(entries);
     // the prompt-logprob rows go to every rank too: the vocab-parallel head all-gathers each row
     const fb = withPromptLogprobRows(buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples), entries);
     void this.peers.send({ t: 'step', fb });
@@ -194,7 +194,7 @@ export class TpGroup implements ModelExecutor {
   async launch(batch: { readonly entries: readonly RunnerEntry[] }): Promise<LaunchedStep> {
     if (this.dead) throw this.dead;
     const entries = batch.entries;
-    const samples = entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
+    const samples = samplingEntries(entries);
     const fb = buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples);
     void this.peers.send({ t: 'step', fb });
     let step: LaunchedStep;

@@ -444,6 +444,6 @@ export class ModelRunner {
 }
 
 /** Which entries sample: those whose range reaches the end of their sequence. */
-function samplingEntries(entries: readonly RunnerEntry[]): boolean[] {
+export function samplingEntries(entries: readonly RunnerEntry[]): boolean[] {
   return entries.map((e) => e.seq.numCachedTokens + e.numNewTokens === e.seq.tokenIds.length);
 }

@@ -227,12 +227,10 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
 /**
  * x quantized with one scale for the whole tensor (a static input scale, or amax / 448 computed on the
  * device), then cuBLASLt's FP8 GEMM with scalar scales straight into out. False (nothing queued) where
- * cuBLASLt refuses it or x does not suit quant_fp8_rows: the caller takes the per-token path.
+ * cuBLASLt refuses it or the weight needs padding rows: the caller takes the per-token path.
  */
 function fp8CublasScalar(st: QuantState, c: Call): boolean {
   const { M, N, K } = c;
-  const units = K / 8;
-  if (!(K % 8 === 0 && c.x.ptr % 16 === 0 && units <= ROWS_UNITS * ROWS_MAX_THREADS)) return false;
   const prep = prepareFp8(st, c);
   if (prep.Npad !== N) return false;
   const drv = st.be.dev.drv;
@@ -244,9 +242,7 @@ function fp8CublasScalar(st: QuantState, c: Call): boolean {
     st.kernel('quant_fp8_amax', c.x.dtype).launch(Math.min(blocksFor(st, M * K), 4 * st.be.props.numSMs), THREADS, 0, st.be.stream, [amax, c.x.ptr, M * K]);
     st.kernel('quant_fp8_tensor_scale').launch(1, 32, 0, st.be.stream, [scale, amax, FP8_MIN_ACTIVATION_SCALE]);
   }
-  const xq = st.buf('xq', M * K), xs = st.buf('xs', M * 4);
-  const threads = Math.min(ROWS_MAX_THREADS, Math.max(32, Math.ceil(units / 32) * 32));
-  st.kernel('quant_fp8_rows', c.x.dtype).launch(M, threads, 0, st.be.stream, [xq, xs, c.x.ptr, scale, K, FP8_MIN_ACTIVATION_SCALE]);
+  const { xq } = quantizeActivations(st, c, scale);
   const ran = st.gemm.fp8({ out: c.out.ptr, outDtype: c.out.dtype as OutDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'scalar', aScale: c.scales.ptr, bScale: scale }, st.be.stream);
   if (!ran) return false; // the quantized x is rewritten by the per-token path
   addBias(st, c);
@@ -368,21 +364,22 @@ interface QuantizedX {
   readonly xs: number;
 }
 
-/** x -> E4M3 [M, K] and per-token scales [M] in scratch. */
-function quantizeActivations(st: QuantState, c: Call): QuantizedX {
+/** x -> E4M3 [M, K] and per-token scales [M] in scratch (with `inputScale`, a device f32: that one scale). */
+function quantizeActivations(st: QuantState, c: Call, inputScale = c.inputScale?.ptr ?? null): QuantizedX {
   const dst = { xq: st.buf('xq', c.M * c.K), xs: st.buf('xs', c.M * 4) };
-  quantizeInto(st, dst, c.x, c.M, c.K, c.inputScale);
+  quantizeInto(st, dst, c.x, c.M, c.K, inputScale);
   return dst;
 }
 
 /** One pass per row (quant_fp8_rows) where x allows, else quant_fp8_act. */
-function quantizeInto(st: QuantState, dst: QuantizedX, x: CudaTensor, M: number, K: number, inputScale: CudaTensor | null): void {
+/** `inputScale`: a device f32 (one scale for every row), or null for per-row scales. */
+function quantizeInto(st: QuantState, dst: QuantizedX, x: CudaTensor, M: number, K: number, inputScale: number | null): void {
   const units = K / 8;
   if (quantFastPolicy.fused && K % 8 === 0 && x.ptr % 16 === 0 && units <= ROWS_UNITS * ROWS_MAX_THREADS) {
     const threads = Math.min(ROWS_MAX_THREADS, Math.max(32, Math.ceil(units / 32) * 32)); // <= ROWS_UNITS units each
-    st.kernel('quant_fp8_rows', x.dtype).launch(M, threads, 0, st.be.stream, [dst.xq, dst.xs, x.ptr, inputScale?.ptr ?? null, K, FP8_MIN_ACTIVATION_SCALE]);
+    st.kernel('quant_fp8_rows', x.dtype).launch(M, threads, 0, st.be.stream, [dst.xq, dst.xs, x.ptr, inputScale, K, FP8_MIN_ACTIVATION_SCALE]);
   } else {
-    st.kernel('quant_fp8_act', x.dtype).launch(M, THREADS, 0, st.be.stream, [dst.xq, dst.xs, null, x.ptr, inputScale?.ptr ?? null, K, FP8_MIN_ACTIVATION_SCALE]);
+    st.kernel('quant_fp8_act', x.dtype).launch(M, THREADS, 0, st.be.stream, [dst.xq, dst.xs, null, x.ptr, inputScale, K, FP8_MIN_ACTIVATION_SCALE]);
   }
 }
 
@@ -497,7 +494,7 @@ export function quantizeFp8Activations(be: CudaBackend, xq: Fp8Activations, xT: 
   requireLength(scales, numTokens, op, 'xq.scales');
   const inputScale = inputScaleT ? floatTensor(inputScaleT, op, 'inputScale', ['f32']) : null;
   if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
-  if (numTokens > 0) quantizeInto(stateOf(be), { xq: codes.ptr, xs: scales.ptr }, x, numTokens, K, inputScale);
+  if (numTokens > 0) quantizeInto(stateOf(be), { xq: codes.ptr, xs: scales.ptr }, x, numTokens, K, inputScale?.ptr ?? null);
 }
 
 /** Fills an i32 tensor with random words AND `mask` on the device (code tensors for benchmarks). */
