@@ -28,7 +28,9 @@ test('serve --shape tiny-llama --random-weights answers bench serve', async () =
     assert.equal(text.status, 400);
     const bench = spawnSync(process.execPath, [CLI, 'bench', 'serve', '--url', url, '--num-prompts', '6', '--rate', 'inf', '--isl', '8', '--osl', '4', '--vocab-size', '1000', '--json'], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(bench.status, 0, bench.stderr);
-    const r = JSON.parse(bench.stdout.trim().split('\n').at(-1)!) as { completed: number; failed: number; outputTokPerS: number; itlMs: { mean: number } };
+    const r = JSON.parse(bench.stdout.trim().split('\n').at(-1)!) as { completed: number; failed: number; outputTokPerS: number; itlMs: { mean: number }; engine: { numSteps: number; meanStepMs: number; deviceIdlePct: number } | null };
+    // the server's engine counters (/metrics) over the run: at least one prefill and the decode steps after it
+    assert.ok(r.engine && r.engine.numSteps >= 4 && r.engine.meanStepMs > 0 && r.engine.deviceIdlePct >= 0 && r.engine.deviceIdlePct <= 100, JSON.stringify(r.engine));
     // one chunk per generated token although there is no text: inter-token latency is measured
     assert.ok(Number.isFinite(r.itlMs.mean), `ITL ${r.itlMs.mean}`);
     assert.equal(r.completed, 6);

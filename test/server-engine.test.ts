@@ -87,6 +87,10 @@ test('metrics count prompt and generated tokens and observe each request', async
     assert.equal(metricValue(m, 'peregrine_time_per_output_token_seconds_count'), 3);
     assert.ok(metricValue(m, 'peregrine_prefix_cache_hit_rate') > 0, 'the repeated prompt hit the prefix cache');
     assert.equal(metricValue(m, 'peregrine_engine_healthy'), 1);
+    // every completion token came from a step (prefill steps add some); busy and idle device time add up
+    assert.ok(metricValue(m, 'peregrine_engine_steps_total') >= completion / 3, `steps ${metricValue(m, 'peregrine_engine_steps_total')} for ${completion} tokens of 3 requests`);
+    assert.ok(metricValue(m, 'peregrine_engine_step_busy_seconds_total') > 0);
+    assert.ok(metricValue(m, 'peregrine_engine_step_idle_seconds_total') >= 0);
     assert.match(m, /process_resident_memory_bytes/);
   });
 });

@@ -105,6 +105,11 @@ export interface Backend {
   /** Overwrite the first `data.length` elements of an existing tensor (inputs of a step). */
   writeF32(dst: Tensor, data: Float32Array): void;
   writeI32(dst: Tensor, data: Int32Array): void;
+  /**
+   * Writes `rows` rows of `width` elements of `data` into the first `rows` rows of `dst`, whose rows are
+   * `dstStride` elements apart; the rest of each row keeps what it held (narrow block tables of a step).
+   */
+  writeI32Rows(dst: Tensor, data: Int32Array, rows: number, width: number, dstStride: number): void;
   /** Copy to the host as f32 (converting from bf16/f16). Waits for queued work. */
   downloadF32(t: Tensor): Promise<Float32Array>;
   downloadI32(t: Tensor): Promise<Int32Array>;

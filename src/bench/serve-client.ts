@@ -3,6 +3,7 @@
  * with random token-id prompts, Poisson arrivals at `rate` req/s (or all at once),
  * reporting TTFT, TPOT and ITL (mean, p50, p99), requests/s and output tok/s.
  */
+import http from 'node:http';
 import { formatTable, mean, percentile, randomPrompts } from './stats.js';
 
 export interface ServeBenchOptions {
@@ -31,6 +32,36 @@ export interface ServeBenchResult {
   readonly tpotMs: Summary;
   readonly itlMs: Summary;
   readonly errors: string[];
+  /** the server's own engine counters over the run (/metrics), null where it does not export them */
+  readonly engine: EngineWindow | null;
+}
+
+/** Engine steps during the run, from the difference of two /metrics scrapes. */
+export interface EngineWindow {
+  readonly numSteps: number;
+  readonly meanStepMs: number;
+  /** device idle between steps / (busy + idle), in % */
+  readonly deviceIdlePct: number;
+}
+
+const STEP_COUNTERS = ['peregrine_engine_steps_total', 'peregrine_engine_step_busy_seconds_total', 'peregrine_engine_step_idle_seconds_total'] as const;
+
+/** The engine step counters of the server's /metrics, or null when absent. */
+async function scrapeSteps(o: ServeBenchOptions, headers: Record<string, string>): Promise<number[] | null> {
+  try {
+    const text = await (await fetch(new URL('/metrics', o.url), { headers })).text();
+    const values = STEP_COUNTERS.map((name) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? NaN));
+    return values.every(Number.isFinite) ? values : null;
+  } catch {
+    return null;
+  }
+}
+
+function engineWindow(before: number[] | null, after: number[] | null): EngineWindow | null {
+  if (!before || !after) return null;
+  const [steps, busyS, idleS] = after.map((v, i) => v - before[i]!) as [number, number, number];
+  if (steps <= 0) return null;
+  return { numSteps: steps, meanStepMs: (1000 * (busyS + idleS)) / steps, deviceIdlePct: (100 * idleS) / (busyS + idleS) };
 }
 
 interface Summary { mean: number; p50: number; p99: number }
@@ -46,38 +77,56 @@ async function modelName(o: ServeBenchOptions, headers: Record<string, string>):
   return id;
 }
 
-async function oneRequest(o: ServeBenchOptions, model: string, prompt: number[], headers: Record<string, string>): Promise<RequestTiming> {
+/**
+ * Streamed requests go through node:http with one keep-alive agent (no socket limit), not fetch: its web
+ * streams cost tens of microseconds a chunk, which at tens of thousands of chunks a second would make this
+ * client, not the server, the bottleneck the benchmark measures.
+ */
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+function oneRequest(o: ServeBenchOptions, model: string, prompt: number[], headers: Record<string, string>): Promise<RequestTiming> {
+  const body = JSON.stringify({ model, prompt, max_tokens: o.osl, ignore_eos: true, temperature: 1, stream: true, stream_options: { include_usage: true } });
+  const url = new URL('/v1/completions', o.url);
   const t0 = performance.now();
-  const res = await fetch(new URL('/v1/completions', o.url), {
-    method: 'POST',
-    headers: { ...headers, 'content-type': 'application/json' },
-    body: JSON.stringify({ model, prompt, max_tokens: o.osl, ignore_eos: true, temperature: 1, stream: true, stream_options: { include_usage: true } }),
-  });
-  if (!res.ok || !res.body) return { ok: false, error: `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`, ttftMs: 0, e2eMs: 0, itlMs: [], outputTokens: 0 };
-  let ttftMs = 0, last = 0, outputTokens = 0, buf = '', done = false;
-  const itlMs: number[] = [];
-  const decoder = new TextDecoder();
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let idx: number;
-    while ((idx = buf.indexOf('\n\n')) >= 0) {
-      const event = buf.slice(0, idx).trim();
-      buf = buf.slice(idx + 2);
-      if (!event.startsWith('data:')) continue;
-      const data = event.slice(5).trim();
-      if (data === '[DONE]') { done = true; continue; }
-      const j = JSON.parse(data) as { choices?: Array<{ text?: string }>; usage?: { completion_tokens: number } };
-      if (j.usage) outputTokens = j.usage.completion_tokens;
-      if (j.choices?.length) {
-        const now = performance.now();
-        if (ttftMs === 0) ttftMs = now - t0;
-        else itlMs.push(now - last);
-        last = now;
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', agent, headers: { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      res.setEncoding('utf8');
+      if (res.statusCode !== 200) {
+        let text = '';
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => resolve({ ok: false, error: `HTTP ${res.statusCode}: ${text.slice(0, 200)}`, ttftMs: 0, e2eMs: 0, itlMs: [], outputTokens: 0 }));
+        return;
       }
-    }
-  }
-  const e2eMs = performance.now() - t0;
-  return done ? { ok: true, ttftMs, e2eMs, itlMs, outputTokens } : { ok: false, error: 'stream ended without [DONE]', ttftMs, e2eMs, itlMs, outputTokens };
+      let ttftMs = 0, last = 0, outputTokens = 0, buf = '', done = false;
+      const itlMs: number[] = [];
+      res.on('data', (chunk: string) => {
+        buf += chunk;
+        let idx: number;
+        while ((idx = buf.indexOf('\n\n')) >= 0) {
+          const event = buf.slice(0, idx).trim();
+          buf = buf.slice(idx + 2);
+          if (!event.startsWith('data:')) continue;
+          const data = event.slice(5).trim();
+          if (data === '[DONE]') { done = true; continue; }
+          const j = JSON.parse(data) as { choices?: Array<{ text?: string }>; usage?: { completion_tokens: number } };
+          if (j.usage) outputTokens = j.usage.completion_tokens;
+          if (j.choices?.length) {
+            const now = performance.now();
+            if (ttftMs === 0) ttftMs = now - t0;
+            else itlMs.push(now - last);
+            last = now;
+          }
+        }
+      });
+      res.on('end', () => {
+        const e2eMs = performance.now() - t0;
+        resolve(done ? { ok: true, ttftMs, e2eMs, itlMs, outputTokens } : { ok: false, error: 'stream ended without [DONE]', ttftMs, e2eMs, itlMs, outputTokens });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchResult> {
@@ -86,6 +135,7 @@ export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchRes
   const prompts = randomPrompts(o.numPrompts, o.isl, 10, (o.vocabSize ?? 32000) - 1, o.seed ?? 1);
   let u = (o.seed ?? 1) * 7919 + 1;
   const exp = () => { u = (u * 1103515245 + 12345) % 2147483648; return -Math.log(1 - u / 2147483648) / o.rate; };
+  const stepsBefore = await scrapeSteps(o, headers);
   const t0 = performance.now();
   let done = 0;
   const tasks: Promise<RequestTiming>[] = [];
@@ -95,6 +145,7 @@ export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchRes
   }
   const results = await Promise.all(tasks);
   const durationS = (performance.now() - t0) / 1000;
+  const engine = engineWindow(stepsBefore, await scrapeSteps(o, headers));
   const ok = results.filter((r) => r.ok);
   const outTokens = ok.reduce((a, r) => a + r.outputTokens, 0);
   return {
@@ -107,6 +158,7 @@ export async function runServeBench(o: ServeBenchOptions): Promise<ServeBenchRes
     tpotMs: summarize(ok.filter((r) => r.outputTokens > 1).map((r) => (r.e2eMs - r.ttftMs) / (r.outputTokens - 1))),
     itlMs: summarize(ok.flatMap((r) => r.itlMs)),
     errors: results.filter((r) => !r.ok).slice(0, 5).map((r) => r.error ?? 'unknown'),
+    engine,
   };
 }
 
@@ -119,5 +171,8 @@ export function serveBenchTable(r: ServeBenchResult): string {
   ]) + '\n\n' + formatTable([
     ['completed', 'failed', 'duration s', 'req/s', 'output tok/s'],
     [r.completed, r.failed, r.durationS, r.requestsPerS, r.outputTokPerS],
-  ]);
+  ]) + (r.engine ? '\n\n' + formatTable([
+    ['server engine steps', 'mean step ms', 'device idle %'],
+    [r.engine.numSteps, r.engine.meanStepMs, r.engine.deviceIdlePct],
+  ]) : '');
 }

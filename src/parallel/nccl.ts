@@ -11,7 +11,7 @@ import koffi from 'koffi';
 import { bytesPerElement, type Backend, type DType, type Tensor } from '../backends/backend.js';
 import { CudaBackend } from '../backends/cuda/cuda-backend.js';
 import { asCuda } from '../backends/cuda/cuda-tensor.js';
-import { check, HANDLE, type DevicePtr, type Handle } from '../backends/cuda/driver.js';
+import { check, CU_MEMORYTYPE_DEVICE, HANDLE, type DevicePtr, type Handle } from '../backends/cuda/driver.js';
 import { findLibrary, type LibrarySpec } from '../backends/cuda/library-finder.js';
 import { PeregrineError } from '../errors.js';
 import type { Communicator } from './communicator.js';
@@ -20,17 +20,10 @@ export const NCCL: LibrarySpec = { stem: 'libnccl.so', versions: [2], what: 'NCC
 export const NCCL_UNIQUE_ID_BYTES = 128;
 const NCCL_SUM = 0;
 const NCCL_DTYPE: Record<DType, number> = { i32: 2, f16: 6, f32: 7, bf16: 9 };
-const CU_MEMORYTYPE_DEVICE = 2;
 
 void HANDLE; // registers the handle type used below
 const H = 'PgnCuHandle';
 koffi.struct('PgnNcclUniqueId', { internal: koffi.array('uint8_t', NCCL_UNIQUE_ID_BYTES) });
-/** CUDA_MEMCPY2D (cuda.h) */
-koffi.struct('PgnCudaMemcpy2D', {
-  srcXInBytes: 'size_t', srcY: 'size_t', srcMemoryType: 'int', srcHost: 'void *', srcDevice: 'uint64_t', srcArray: 'void *', srcPitch: 'size_t',
-  dstXInBytes: 'size_t', dstY: 'size_t', dstMemoryType: 'int', dstHost: 'void *', dstDevice: 'uint64_t', dstArray: 'void *', dstPitch: 'size_t',
-  WidthInBytes: 'size_t', Height: 'size_t',
-});
 
 const SIGNATURES = {
   ncclGetVersion: 'int ncclGetVersion(_Out_ int *version)',
@@ -97,7 +90,6 @@ export class NcclCommunicator implements Communicator {
   private staging: { ptr: DevicePtr; sizeBytes: number } | null = null;
   private aborted = false;
   private destroyed = false;
-  private readonly memcpy2D: Fn;
 
   private constructor(
     readonly rank: number,
@@ -105,9 +97,7 @@ export class NcclCommunicator implements Communicator {
     private readonly nccl: Nccl,
     private readonly comm: Handle,
     private readonly backend: CudaBackend,
-  ) {
-    this.memcpy2D = koffi.load(backend.dev.drv.path).func(`int cuMemcpy2DAsync_v2(const PgnCudaMemcpy2D *copy, ${H} stream)`) as Fn;
-  }
+  ) {}
 
   /**
    * Joins the group of `size` ranks named by `uniqueId` as `rank`, on the backend's device.
@@ -147,7 +137,7 @@ export class NcclCommunicator implements Communicator {
         dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_DEVICE, dstHost: null, dstDevice: o.ptr + k * width * e, dstArray: null, dstPitch: this.size * width * e,
         WidthInBytes: width * e, Height: numRows,
       };
-      check(this.backend.dev.drv, this.memcpy2D(copy, this.stream) as number, 'cuMemcpy2DAsync');
+      check(this.backend.dev.drv, this.backend.dev.drv.cuMemcpy2DAsync(copy, this.stream), 'cuMemcpy2DAsync');
     }
   }
 

@@ -103,6 +103,11 @@ export class NodeLinks {
     for (const link of this.links.values()) link.end();
   }
 
+  /** Writes every frame still gathering ranks (TpPeers.send calls it once every rank has its message). */
+  flushAll(): void {
+    for (const nodeRank of [...this.outbox.keys()]) this.flush(nodeRank);
+  }
+
   /** Sends of the same message to several ranks of a node in one tick (TpPeers.send) travel as one frame. */
   private enqueue(nodeRank: number, rank: number, m: ToWorker): Promise<void> {
     let o = this.outbox.get(nodeRank);

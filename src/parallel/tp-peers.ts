@@ -75,9 +75,15 @@ export class TpPeers {
     if (phase === 'ready') this.running = true;
   }
 
-  /** Sends `m` to every worker; resolves once it is on its way (before blocking in an NCCL call). */
+  /**
+   * Sends `m` to every worker; resolves once it is on its way. Remote ranks' frames are written before this
+   * returns, not at the next microtask: the caller may block this thread next (NCCL init, or a driver call
+   * that waits for a collective the remote ranks join only once they have this step).
+   */
   async send(m: ToWorker): Promise<void> {
-    await Promise.all(this.peers.map((p) => p.send(m)));
+    const sent = this.peers.map((p) => p.send(m));
+    this.opts.remote?.flushAll();
+    await Promise.all(sent);
   }
 
   /** Ends rank `rank` abruptly, as a crash would (SIGKILL / thread termination); resolves once it is gone. */

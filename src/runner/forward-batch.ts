@@ -17,6 +17,7 @@ export interface ForwardBatch {
   readonly contextLens: Int32Array;
   /** i32 [numSeqs * maxBlocksPerSeq], padded with -1 */
   readonly blockTables: Int32Array;
+  /** this batch's table width: the most blocks one of its sequences reaches (at most the runner's) */
   readonly maxBlocksPerSeq: number;
   /** i32 [numSeqs]: row of each sequence's last token (the one that yields logits) */
   readonly logitsIndices: Int32Array;

@@ -1,6 +1,9 @@
 /**
  * Flattens scheduled sequences into a ForwardBatch: token ids, positions, slot
- * mapping, cumulative query lengths, context lengths and padded block tables. A placeholder
+ * mapping, cumulative query lengths, context lengths and block tables as wide as this batch needs
+ * (the most blocks any of its sequences reaches, not ceil(maxModelLen / blockSize): at a 128k context
+ * that would be 8192 entries a row, megabytes a step to fill, copy and send to tensor-parallel ranks,
+ * for tables mostly unused; the runner lays the rows out at its own stride). A placeholder
  * token (async scheduling: still being sampled by the previous step) becomes a row of
  * prevSampledRows.
  */
@@ -22,7 +25,8 @@ export interface BatchEntry {
 }
 
 /**
- * @param maxBlocksPerSeq fixed width of the block-table matrix (ceil(maxModelLen / blockSize))
+ * @param maxBlocksPerSeq the most blocks a sequence may have (ceil(maxModelLen / blockSize)); the batch's
+ *   table is as wide as its longest sequence needs
  * @param logitsFor which entries yield a logits row (default: all)
  */
 export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: number, maxBlocksPerSeq: number, logitsFor?: readonly boolean[]): ForwardBatch {
@@ -34,7 +38,10 @@ export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: num
   const slotMapping = new Int32Array(numTokens);
   const cuSeqlensQ = new Int32Array(numSeqs + 1);
   const contextLens = new Int32Array(numSeqs);
-  const blockTables = new Int32Array(numSeqs * maxBlocksPerSeq).fill(-1);
+  let width = 1;
+  for (const e of entries) width = Math.max(width, Math.ceil((e.seq.numCachedTokens + e.numNewTokens) / blockSize));
+  width = Math.min(width, maxBlocksPerSeq); // a longer sequence fails its check below
+  const blockTables = new Int32Array(numSeqs * width).fill(-1);
   const logitsIdx: number[] = [];
   let prevSampledRows: Int32Array | undefined;
 
@@ -63,7 +70,7 @@ export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: num
     }
     cuSeqlensQ[s + 1] = t;
     contextLens[s] = end;
-    for (let j = 0; j < numBlocks; j++) blockTables[s * maxBlocksPerSeq + j] = seq.blockTable[j]!;
+    for (let j = 0; j < numBlocks; j++) blockTables[s * width + j] = seq.blockTable[j]!;
     if (!logitsFor || logitsFor[s]) logitsIdx.push(t - 1);
   });
 
@@ -76,7 +83,7 @@ export function buildForwardBatch(entries: readonly BatchEntry[], blockSize: num
     cuSeqlensQ,
     contextLens,
     blockTables,
-    maxBlocksPerSeq,
+    maxBlocksPerSeq: width,
     logitsIndices: Int32Array.from(logitsIdx),
     ...(prevSampledRows && { prevSampledRows }),
   };

@@ -28,7 +28,7 @@ import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
 import { hasPinnedMemory, idsToResults, ResultSlots } from './result-slots.js';
-import { StepTimer, type StepTiming } from './step-timing.js';
+import { StepTimer, type StepTiming, type StepTotals } from './step-timing.js';
 import { pollUntilDone, stepTimeoutMs } from './device-wait.js';
 import { createDeviceSampler, downloadRowRange, sampleOnDevice, type DeviceSampler } from './device-sampling.js';
 import { promptLogprobs, withPromptLogprobRows } from './prompt-logprob-rows.js';
@@ -213,7 +213,9 @@ export class ModelRunner {
     b.writeI32(inp.logitsIndices, fb.logitsIndices);
     b.writeI32(inp.meta.cuSeqlensQ, fb.cuSeqlensQ);
     b.writeI32(inp.meta.contextLens, fb.contextLens);
-    b.writeI32(inp.meta.blockTables, fb.blockTables);
+    // the batch's table is as wide as its longest sequence needs; the device rows are maxBlocksPerSeq apart
+    if (fb.maxBlocksPerSeq === this.maxBlocksPerSeq) b.writeI32(inp.meta.blockTables, fb.blockTables);
+    else b.writeI32Rows(inp.meta.blockTables, fb.blockTables, fb.numSeqs, fb.maxBlocksPerSeq, this.maxBlocksPerSeq);
     b.writeI32(this.srcIndex, fb.prevSampledRows ?? this.noPlaceholders.subarray(0, fb.numTokens));
   }
 
@@ -383,6 +385,11 @@ export class ModelRunner {
    */
   stepTiming(reset = false): StepTiming {
     return this.timer.summary(reset);
+  }
+
+  /** Step counts and device busy / idle time since the runner was made, without waiting for the device. */
+  stepTotals(): StepTotals {
+    return this.timer.lifetimeTotals();
   }
 
   /**

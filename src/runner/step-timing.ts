@@ -23,6 +23,15 @@ export interface StepTiming {
   hostGapFraction: number;
 }
 
+/** Cumulative step counts and device times (ms). */
+export interface StepTotals {
+  numSteps: number;
+  /** device busy running steps */
+  busyMs: number;
+  /** device idle between steps (gaps up to MAX_COUNTED_GAP_MS; longer ones are an idle engine) */
+  idleMs: number;
+}
+
 /** What a CUDA backend offers: events on its stream. */
 interface EventBackend extends Backend {
   readonly stream: unknown;
@@ -54,6 +63,8 @@ export class StepTimer {
   private lastEndMs = 0;
   private lastEnd: DeviceEvent | null = null;
   private readonly totals = { numSteps: 0, idleMs: 0, busyMs: 0 };
+  /** the same since creation, never reset (the server's counters) */
+  private readonly lifetime = { numSteps: 0, idleMs: 0, busyMs: 0 };
 
   constructor(backend: Backend) {
     this.events = 'createEvent' in backend && 'stream' in backend ? (backend as EventBackend) : null;
@@ -83,6 +94,12 @@ export class StepTimer {
   /** Resolves once the device has run the step, polling so that the event loop stays free. */
   async wait(mark: StepMark): Promise<void> {
     while (!this.isDone(mark)) await new Promise((resolve) => setImmediate(resolve));
+  }
+
+  /** Totals since creation of the steps the device has finished, without waiting for the others. */
+  lifetimeTotals(): StepTotals {
+    this.settleDone();
+    return { ...this.lifetime };
   }
 
   /** Totals since the last reset; steps still running on the device are waited for. */
@@ -123,10 +140,11 @@ export class StepTimer {
         busy = m.end.elapsedMsSince(m.start);
         gap = this.lastEnd ? m.start.elapsedMsSince(this.lastEnd) : Infinity;
       }
-      const t = this.totals;
-      t.busyMs += Math.max(0, busy);
-      if (gap < MAX_COUNTED_GAP_MS) t.idleMs += Math.max(0, gap);
-      t.numSteps++;
+      for (const t of [this.totals, this.lifetime]) {
+        t.busyMs += Math.max(0, busy);
+        if (gap < MAX_COUNTED_GAP_MS) t.idleMs += Math.max(0, gap);
+        t.numSteps++;
+      }
       this.release(m.start);
       this.release(this.lastEnd);
       this.lastEnd = m.end;

@@ -42,6 +42,8 @@ export interface EngineStats {
   /** prompt tokens found in the prefix cache / prompt tokens looked up, since start */
   readonly prefixCacheHitRate: number;
   readonly numPreemptions: number;
+  /** engine steps and the device's busy / idle time in them (ms) since start; null where not measured (tensor parallel) */
+  readonly steps: { readonly numSteps: number; readonly busyMs: number; readonly idleMs: number } | null;
 }
 
 export interface WireError {

@@ -50,6 +50,7 @@ function toEngineStats(llm: LLM): EngineStats {
     numFreeBlocks: s.numKvBlocksFree,
     prefixCacheHitRate: s.prefixCacheHitRate,
     numPreemptions: s.numPreemptions,
+    steps: llm.tp === 1 ? llm.runner.stepTotals() : null,
   };
 }
 

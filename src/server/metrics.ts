@@ -19,6 +19,10 @@ export class ServerMetrics {
   private readonly prefixHitRate: Gauge;
   private readonly preemptions: Counter;
   private readonly healthy: Gauge;
+  private readonly steps: Counter;
+  private readonly stepBusy: Counter;
+  private readonly stepIdle: Counter;
+  private stepsSeen = { numSteps: 0, busyMs: 0, idleMs: 0 };
   private readonly ttft: Histogram;
   private readonly tpot: Histogram;
   private readonly e2e: Histogram;
@@ -42,6 +46,9 @@ export class ServerMetrics {
     this.prefixHitRate = gauge('peregrine_prefix_cache_hit_rate', 'Prompt tokens served from the prefix cache / prompt tokens looked up, since start.');
     this.preemptions = counter('peregrine_num_preemptions_total', 'Sequences preempted (blocks freed, recomputed later).');
     this.healthy = gauge('peregrine_engine_healthy', '1 while the engine worker runs, 0 once it died.');
+    this.steps = counter('peregrine_engine_steps_total', 'Engine steps the device has finished (single-device engines).');
+    this.stepBusy = counter('peregrine_engine_step_busy_seconds_total', 'Device time spent running engine steps.');
+    this.stepIdle = counter('peregrine_engine_step_idle_seconds_total', 'Device idle time between engine steps that the host did not hide (gaps up to 50 ms; longer ones are an idle engine).');
     this.ttft = histogram('peregrine_time_to_first_token_seconds', 'Arrival to first generated token.', TTFT_BUCKETS_S);
     this.tpot = histogram('peregrine_time_per_output_token_seconds', 'Mean time between output tokens after the first, per request.', TPOT_BUCKETS_S);
     this.e2e = histogram('peregrine_e2e_request_latency_seconds', 'Arrival to last token.', E2E_BUCKETS_S);
@@ -65,6 +72,13 @@ export class ServerMetrics {
     this.prefixHitRate.set(s.prefixCacheHitRate);
     if (s.numPreemptions > this.numPreemptionsSeen) this.preemptions.inc(s.numPreemptions - this.numPreemptionsSeen);
     this.numPreemptionsSeen = s.numPreemptions;
+    if (s.steps) {
+      const seen = this.stepsSeen;
+      if (s.steps.numSteps > seen.numSteps) this.steps.inc(s.steps.numSteps - seen.numSteps);
+      if (s.steps.busyMs > seen.busyMs) this.stepBusy.inc((s.steps.busyMs - seen.busyMs) / 1000);
+      if (s.steps.idleMs > seen.idleMs) this.stepIdle.inc((s.steps.idleMs - seen.idleMs) / 1000);
+      this.stepsSeen = { ...s.steps };
+    }
   }
 
   onAdmitted(numPromptTokens: number): void {

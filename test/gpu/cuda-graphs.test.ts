@@ -37,3 +37,15 @@ test('decode through CUDA graphs equals eager decode', { skip }, async () => {
     backend.dispose();
   }
 });
+
+test('writeI32Rows lays narrow rows out at the device stride and keeps the rest of each row', { skip }, async () => {
+  const backend = CudaBackend.create();
+  try {
+    const t = backend.fromI32([3, 4], Int32Array.from({ length: 12 }, (_, i) => 100 + i));
+    backend.writeI32Rows(t, Int32Array.of(1, 2, 3, 4, 5, 6), 3, 2, 4);
+    assert.deepEqual([...(await backend.downloadI32(t))], [1, 2, 102, 103, 3, 4, 106, 107, 5, 6, 110, 111]);
+    assert.throws(() => backend.writeI32Rows(t, Int32Array.of(1, 2, 3, 4, 5), 1, 5, 4), /do not fit/);
+  } finally {
+    backend.dispose();
+  }
+});

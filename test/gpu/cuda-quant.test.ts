@@ -192,6 +192,7 @@ if (!gpu) {
 
     test('fp8 one activation scale per tensor (PEREGRINE_FP8_TENSOR_ACT): the static-scale result with scale = amax / 448, through cuBLASLt scalar scales', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
       fp8TensorActivations.enabled = true;
+      forceFp8Scaling('scalar'); // a refusal throws naming cuBLASLt's answer instead of silently taking the per-token path
       try {
         for (const [M, N, K, bias] of [[64, 512, 256, null], [200, 1024, 640, 'bf16'], [33, 4096, 4096, null]] as const) {
           const host = quantizeWeight(h.uniform(N * K, 0.05), N, K, { kind: 'fp8', fp8Scale: 'tensor' });
@@ -221,6 +222,7 @@ if (!gpu) {
         }
       } finally {
         fp8TensorActivations.enabled = false;
+        forceFp8Scaling(null);
       }
     });
 

@@ -10,6 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
@@ -42,6 +43,14 @@ const REL_TOL = 4e-2;
 const COMMAND_TIMEOUT_MS = 120_000;
 /** NCCL over loopback on one host; the nodes wait for each other at most this long */
 const NODE_ENV = { ...NCCL_AS_NODES, PEREGRINE_NODE_TIMEOUT_MS: '60000' };
+
+/**
+ * PEREGRINE_TEST_TRACE=1: milestones written straight to fd 2 (no event-loop turn needed), so a run killed
+ * while a native call blocks this thread (NCCL init, a stream wait) still shows how far it got.
+ */
+function trace(msg: string): void {
+  if (process.env.PEREGRINE_TEST_TRACE === '1') writeSync(2, `[multinode ${new Date().toISOString()}] ${msg}\n`);
+}
 
 async function freePort(): Promise<number> {
   const s = createServer();
@@ -90,13 +99,16 @@ test(`${FIXTURE}: node 0 here, node 1 a peregrine command on the other GPU: TP =
   const g = loadGolden(FIXTURE);
   const port = await freePort();
   const c = g.cases[0]!;
+  trace(`test 1: node 1 starting (port ${port})`);
   const node1 = peregrine(generateArgs(g.dir, c.promptIds, 4, nodeFlags(port, 1)), '1');
   const backend = CudaBackend.create({ deviceId: 0 });
   const model = loadModel(g.dir, backend);
   const ref = new ModelRunner(backend, model.spec, model.weights, { ...RUNNER, enableCudaGraphs: false });
   let group: TpGroup | null = null;
   try {
+    trace('test 1: group starting');
     group = await TpGroup.start({ modelDir: g.dir, tp: 2, device: 'cuda', deviceIds: [0], runner: RUNNER, nodes: { nnodes: 2, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 60_000 } });
+    trace('test 1: group started');
     // the custom all-reduce maps peers' memory over CUDA IPC: not across nodes, so NCCL does every collective
     const refusal = (group as unknown as { comm: { customRefusal?: string | null } }).comm.customRefusal;
     assert.match(String(refusal), /rank 1 runs on another host|PEREGRINE_CUSTOM_ALLREDUCE=0/);
@@ -106,6 +118,7 @@ test(`${FIXTURE}: node 0 here, node 1 a peregrine command on the other GPU: TP =
       const fb = buildForwardBatch([{ seq: { tokenIds: ids, numCachedTokens: 0, blockTable: Array.from({ length: Math.ceil(ids.length / 16) }, (_, j) => j) }, numNewTokens: ids.length }], 16, 16);
       const all = { ...fb, logitsIndices: Int32Array.from(ids, (_, i) => i) };
       const want = await ref.forward(all);
+      trace(`test 1: case ${ci} forward`);
       const got = await group.forward(all);
       let err = 0, scale = 0;
       for (let i = 0; i < want.length; i++) { err = Math.max(err, Math.abs(want[i]! - got[i]!)); scale = Math.max(scale, Math.abs(want[i]!)); }
@@ -118,6 +131,7 @@ test(`${FIXTURE}: node 0 here, node 1 a peregrine command on the other GPU: TP =
       let greedy: number[] = [];
       while (engine.hasUnfinishedRequests()) for (const o of await engine.step()) greedy = o.outputTokenIds;
       assert.deepEqual(greedy, single.tokenIds[0], `case ${ci}: greedy ids`);
+      trace(`test 1: case ${ci} greedy ids agree`);
     }
     measuredErr = maxRel;
   } catch (e) {
@@ -125,10 +139,12 @@ test(`${FIXTURE}: node 0 here, node 1 a peregrine command on the other GPU: TP =
     const r = await node1.result;
     throw new Error(`${(e as Error).message}\nnode 1:\n${node1.output()} (exit ${r.code})`, { cause: e });
   } finally {
+    trace('test 1: disposing');
     await group?.dispose();
     ref.dispose();
     backend.dispose();
   }
+  trace('test 1: waiting for node 1 to exit');
   const r = await node1.result;
   assert.equal(r.code, 0, `node 1 should exit 0 once node 0 stopped its rank\n${node1.output()}`);
   assert.equal(r.stdout, '', 'node 1 prints nothing on stdout');
@@ -143,11 +159,14 @@ test(`${FIXTURE}: both nodes as peregrine generate --json: the ids of single-hos
     const port = await freePort();
     const node1 = peregrine(generateArgs(g.dir, c.promptIds, n, nodeFlags(port, 1)), '1');
     const node0 = peregrine([...generateArgs(g.dir, c.promptIds, n, nodeFlags(port, 0)), '--json'], '0');
+    trace(`test 2: both nodes started (port ${port})`);
     const multi = await jsonIds(node0).catch((e) => { node1.child.kill('SIGKILL'); throw e; });
+    trace('test 2: node 0 done; single-host tp 2 next');
     const r1 = await node1.result;
     assert.equal(r1.code, 0, node1.output());
     const oneHost = await jsonIds(peregrine([...generateArgs(g.dir, c.promptIds, n, ['--tp', '2']), '--json'], '0,1', { PEREGRINE_CUSTOM_ALLREDUCE: '0' }));
     assert.deepEqual(multi, oneHost, `case ${ci}: 2 nodes vs one host, tp 2 over NCCL`);
+    trace('test 2: tp 1 next');
     const tp1 = await jsonIds(peregrine([...generateArgs(g.dir, c.promptIds, n, []), '--json'], '0'));
     let scale = 0;
     for (const v of c.greedyLogits) scale = Math.max(scale, Math.abs(v));
@@ -164,14 +183,19 @@ test('node 1 killed mid-run: node 0\'s next step fails with PGN_ERR_ENGINE_DEAD 
   try {
     group = await TpGroup.start({ modelDir: g.dir, tp: 2, device: 'cuda', deviceIds: [0], runner: RUNNER, nodes: { nnodes: 2, nodeRank: 0, masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 60_000 } });
     const fb = buildForwardBatch([{ seq: { tokenIds: [1, 2, 3], numCachedTokens: 0, blockTable: [0] }, numNewTokens: 3 }], 16, 16);
+    trace('test 3: group started');
     await group.forward(fb);
     node1.child.kill('SIGKILL');
     await node1.result;
+    trace('test 3: node 1 killed');
     const t0 = Date.now();
     await assert.rejects(async () => { for (;;) await group!.forward(fb); }, (e: any) => e.code === 'PGN_ERR_ENGINE_DEAD' && /rank 1 exited \(node 1 at 127\.0\.0\.1:\d+ is gone/.test(e.message));
     assert.ok(Date.now() - t0 < 30_000);
+    trace('test 3: the step failed as it should');
   } finally {
     node1.child.kill('SIGKILL');
+    trace('test 3: disposing');
     await group?.dispose();
+    trace('test 3: disposed');
   }
 });

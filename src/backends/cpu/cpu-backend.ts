@@ -79,6 +79,14 @@ export class CpuBackend implements Backend {
     d.set(data);
   }
 
+  writeI32Rows(dst: Tensor, data: Int32Array, rows: number, width: number, dstStride: number): void {
+    const d = i32Of(dst, 'writeI32Rows', 'dst');
+    if (width > dstStride || rows * width > data.length || rows * dstStride > d.length) {
+      throw internal(`writeI32Rows: ${rows} rows of ${width} (stride ${dstStride}) do not fit data of ${data.length} or tensor [${dst.shape.join(', ')}]`, { shape: dst.shape, rows, width, dstStride });
+    }
+    for (let r = 0; r < rows; r++) d.set(data.subarray(r * width, (r + 1) * width), r * dstStride);
+  }
+
   async downloadF32(t: Tensor): Promise<Float32Array> {
     return Float32Array.from(asCpu(t, 'downloadF32', 'tensor').data);
   }

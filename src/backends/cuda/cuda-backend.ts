@@ -21,7 +21,7 @@ import { moeExperts, moeRoute, Scratch } from './cuda-moe.js';
 import * as ops from './cuda-ops.js';
 import { asCuda, CudaTensor } from './cuda-tensor.js';
 import { cudaUnavailableReason, CudaDevice, type DeviceProps } from './device.js';
-import { check } from './driver.js';
+import { check, CU_MEMORYTYPE_DEVICE, CU_MEMORYTYPE_HOST } from './driver.js';
 import { beginCapture, endCapture, CudaGraph } from './graph.js';
 import { CudaSampler, MAX_TOP_LOGPROBS } from './cuda-sampler.js';
 import { convertStorage, decodeToF32, encodeF32 } from './host-convert.js';
@@ -175,6 +175,21 @@ export class CudaBackend implements Backend {
     if (t.dtype !== 'i32') throw invalid('writeI32', `dst must be i32, got ${t.dtype}`);
     if (data.length > t.numel) throw invalid('writeI32', `${data.length} values do not fit tensor [${t.shape.join(', ')}]`, { length: data.length });
     this.#copyIn(t.ptr, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  }
+
+  writeI32Rows(dst: Tensor, data: Int32Array, rows: number, width: number, dstStride: number): void {
+    const t = asCuda(dst, 'writeI32Rows', 'dst');
+    if (t.dtype !== 'i32') throw invalid('writeI32Rows', `dst must be i32, got ${t.dtype}`);
+    if (width > dstStride || rows * width > data.length || rows * dstStride > t.numel) {
+      throw invalid('writeI32Rows', `${rows} rows of ${width} (stride ${dstStride}) do not fit data of ${data.length} or tensor [${t.shape.join(', ')}]`, { rows, width, dstStride });
+    }
+    if (rows === 0 || width === 0) return;
+    const copy = {
+      srcXInBytes: 0, srcY: 0, srcMemoryType: CU_MEMORYTYPE_HOST, srcHost: new Uint8Array(data.buffer, data.byteOffset, rows * width * 4), srcDevice: 0, srcArray: null, srcPitch: width * 4,
+      dstXInBytes: 0, dstY: 0, dstMemoryType: CU_MEMORYTYPE_DEVICE, dstHost: null, dstDevice: t.ptr, dstArray: null, dstPitch: dstStride * 4,
+      WidthInBytes: width * 4, Height: rows,
+    };
+    check(this.dev.drv, this.dev.drv.cuMemcpy2DAsync(copy, this.stream.handle), 'cuMemcpy2DAsync');
   }
 
   async downloadF32(t: Tensor): Promise<Float32Array> {

@@ -81,6 +81,8 @@ export class QuantGemm {
   readonly #plans = new Map<string, Plan>();
   /** configurations the library refused, by plan key */
   readonly #refused = new Set<string>();
+  /** why the last refused configuration was refused (the step of cuBLASLt that said no), for error messages */
+  lastRefusal: string | null = null;
   readonly #alpha: unknown;
   readonly #beta: unknown;
   readonly #i32: unknown;
@@ -123,6 +125,7 @@ export class QuantGemm {
       return true;
     }
     if (plan.proven) this.#check(rc, `cublasLtMatmul(fp8 ${a.scaling}, M=${a.M}, N=${a.N}, K=${a.K})`);
+    this.lastRefusal = `cublasLtMatmul returned ${this.#lt.cublasLtGetStatusName(rc) ?? 'CUBLAS_STATUS'} (${rc}) for ${key}`;
     this.#drop(key, plan);
     return false;
   }
@@ -165,7 +168,8 @@ export class QuantGemm {
     const desc = descBox[0];
     const layouts: Handle[] = [];
     const results = koffi.alloc('uint8_t', HEURISTIC_RESULT_BYTES);
-    const fail = (): null => {
+    const fail = (step: string): null => {
+      this.lastRefusal = `${step} refused ${key}`;
       this.#destroyPlan({ desc, layouts: layouts as unknown as Plan['layouts'], algo: results, workspaceBytes: 0, proven: false });
       this.#refused.add(key);
       return null;
@@ -174,11 +178,18 @@ export class QuantGemm {
       this.#i32View.setInt32(0, value, true);
       return lt.cublasLtMatmulDescSetAttribute(desc, attr, this.#i32, 4) === 0;
     };
-    if (!set(DESC.TRANSA, CUBLAS_OP_T) || !set(DESC.TRANSB, CUBLAS_OP_N)) return fail();
-    if (scaling === 'outer-vec' && (!set(DESC.A_SCALE_MODE, MATRIX_SCALE_OUTER_VEC_32F) || !set(DESC.B_SCALE_MODE, MATRIX_SCALE_OUTER_VEC_32F))) return fail();
+    if (!set(DESC.TRANSA, CUBLAS_OP_T) || !set(DESC.TRANSB, CUBLAS_OP_N)) return fail('cublasLtMatmulDescSetAttribute(TRANSA/TRANSB)');
+    if (scaling === 'outer-vec' && (!set(DESC.A_SCALE_MODE, MATRIX_SCALE_OUTER_VEC_32F) || !set(DESC.B_SCALE_MODE, MATRIX_SCALE_OUTER_VEC_32F))) return fail('cublasLtMatmulDescSetAttribute(A/B_SCALE_MODE outer-vec)');
+    // the heuristic picks among kernels that apply scales only when the descriptor has scale pointers at query
+    // time (an algorithm chosen without them answers NOT_SUPPORTED at the matmul): any device address serves
+    // here, every matmul sets the real ones
+    if (scaling !== 'none') {
+      this.#setU64(desc, DESC.A_SCALE_POINTER, this.#workspace);
+      this.#setU64(desc, DESC.B_SCALE_POINTER, this.#workspace);
+    }
     for (const [type, rows, cols, ld] of [[CUDA_R[inType], K, N, K], [CUDA_R[inType], K, M, K], [CUDA_R[outDtype], N, M, ldOut]] as const) {
       const box: Handle[] = [null];
-      if (lt.cublasLtMatrixLayoutCreate(box, type, rows, cols, ld) !== 0) return fail();
+      if (lt.cublasLtMatrixLayoutCreate(box, type, rows, cols, ld) !== 0) return fail('cublasLtMatrixLayoutCreate');
       layouts.push(box[0]);
     }
     const prefBox: Handle[] = [null];
@@ -193,7 +204,7 @@ export class QuantGemm {
     const returned: number[] = [0];
     const rc = lt.cublasLtMatmulAlgoGetHeuristic(this.#handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, 1, results, returned);
     lt.cublasLtMatmulPreferenceDestroy(pref);
-    if (rc !== 0 || returned[0] === 0) return fail();
+    if (rc !== 0 || returned[0] === 0) return fail(rc !== 0 ? `cublasLtMatmulAlgoGetHeuristic (${lt.cublasLtGetStatusName(rc) ?? rc})` : 'cublasLtMatmulAlgoGetHeuristic (no algorithm)');
     const view = new DataView(koffi.view(results, HEURISTIC_RESULT_BYTES));
     const plan: Plan = { desc, layouts: layouts as unknown as Plan['layouts'], algo: results, workspaceBytes: Math.min(Number(view.getBigUint64(64, true)), this.#workspaceBytes), proven: false };
     if (this.#plans.size >= MAX_PLANS) {

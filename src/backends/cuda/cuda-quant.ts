@@ -92,6 +92,18 @@ const PARAMS = {
  */
 export const fp8TensorActivations = { enabled: process.env.PEREGRINE_FP8_TENSOR_ACT === '1' };
 
+/**
+ * Tokens from which FP8 GEMMs with per-token scales take cuBLASLt's outer-vector scaling (cuBLAS >= 12.9; both
+ * scales applied inside the GEMM) rather than unscaled products into f32 scratch and our epilogue. Measured on an
+ * H200 (2026-11-28, 8B shape): the outer-vector kernels win at 256 decode tokens and in prefill, lose at 64.
+ * PEREGRINE_FP8_OUTER_VEC_MIN_M overrides.
+ */
+const FP8_OUTER_VEC_MIN_M = 128;
+function fp8OuterVecMinTokens(): number {
+  const v = Number(process.env.PEREGRINE_FP8_OUTER_VEC_MIN_M);
+  return Number.isInteger(v) && v > 0 ? v : FP8_OUTER_VEC_MIN_M;
+}
+
 let forcedPath: QuantPath | null = null;
 let forcedScaling: Fp8Scaling | null = null;
 
@@ -100,7 +112,10 @@ export function forceQuantPath(path: QuantPath | null): void {
   forcedPath = path;
 }
 
-/** Tests and benchmarks: the FP8 cuBLASLt scaling to use ('none' = f32 scratch + epilogue), or null to choose. */
+/**
+ * Tests and benchmarks: the FP8 cuBLASLt scaling to use ('none' = f32 scratch + epilogue), or null to choose;
+ * a forced 'outer-vec' or 'scalar' (with fp8TensorActivations) the library refuses throws, naming why.
+ */
 export function forceFp8Scaling(scaling: Fp8Scaling | null): void {
   forcedScaling = scaling;
 }
@@ -232,19 +247,23 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
 function fp8CublasScalar(st: QuantState, c: Call): boolean {
   const { M, N, K } = c;
   const prep = prepareFp8(st, c);
-  if (prep.Npad !== N) return false;
+  const refuse = (why: string): false => {
+    if (forcedScaling === 'scalar') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: no scalar-scaled FP8 GEMM for M=${M} N=${N} K=${K}: ${why}`, { M, N, K });
+    return false;
+  };
+  if (prep.Npad !== N) return refuse(`N is not a multiple of 16`);
   const drv = st.be.dev.drv;
   let scale = c.inputScale?.ptr ?? null;
   if (scale === null) {
-    const amax = st.buf('amax', 8);
-    scale = amax + 4;
+    const amax = st.buf('amax', 32);
+    scale = amax + 16; // cuBLASLt answers NOT_SUPPORTED for a scale pointer that is not 16-byte aligned
     check(drv, drv.cuMemsetD32Async(amax, 0, 1, st.be.stream.handle), 'cuMemsetD32Async');
     st.kernel('quant_fp8_amax', c.x.dtype).launch(Math.min(blocksFor(st, M * K), 4 * st.be.props.numSMs), THREADS, 0, st.be.stream, [amax, c.x.ptr, M * K]);
     st.kernel('quant_fp8_tensor_scale').launch(1, 32, 0, st.be.stream, [scale, amax, FP8_MIN_ACTIVATION_SCALE]);
   }
   const { xq } = quantizeActivations(st, c, scale);
   const ran = st.gemm.fp8({ out: c.out.ptr, outDtype: c.out.dtype as OutDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'scalar', aScale: c.scales.ptr, bScale: scale }, st.be.stream);
-  if (!ran) return false; // the quantized x is rewritten by the per-token path
+  if (!ran) return refuse(st.gemm.lastRefusal ?? 'cuBLASLt refused it'); // the quantized x is rewritten by the per-token path
   addBias(st, c);
   return true;
 }
@@ -393,11 +412,11 @@ function fp8Cublas(st: QuantState, c: Call, { xq, xs }: QuantizedX): void {
   const { M, N, K } = c;
   const prep = prepareFp8(st, c);
   const outDtype = c.out.dtype as OutDtype;
-  if (N === prep.Npad && (forcedScaling === 'outer-vec' || (forcedScaling === null && st.outerVec))) {
+  if (N === prep.Npad && (forcedScaling === 'outer-vec' || (forcedScaling === null && st.outerVec && M >= fp8OuterVecMinTokens()))) {
     const ran = st.gemm.fp8({ out: c.out.ptr, outDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'outer-vec', aScale: scaleVector(st, c, prep), bScale: xs }, st.be.stream);
     if (ran) return addBias(st, c);
     st.outerVec = false;
-    if (forcedScaling === 'outer-vec') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: cuBLASLt refuses outer-vector FP8 scaling for M=${M} N=${N} K=${K}`, { M, N, K });
+    if (forcedScaling === 'outer-vec') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: cuBLASLt refuses outer-vector FP8 scaling for M=${M} N=${N} K=${K}: ${st.gemm.lastRefusal ?? 'no reason given'}`, { M, N, K });
   }
   // unscaled products into f32 scratch, then our epilogue, a chunk of tokens at a time
   const outBytes = c.out.dtype === 'f32' ? 4 : 2;

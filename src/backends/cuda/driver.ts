@@ -23,6 +23,15 @@ const H = 'PgnCuHandle';
 /** CUipcMemHandle: 64 opaque bytes that name a cuMemAlloc allocation to another process */
 export const CU_IPC_HANDLE_BYTES = 64;
 koffi.struct('PgnCuIpcMemHandle', { reserved: koffi.array('uint8_t', CU_IPC_HANDLE_BYTES) });
+/** CUDA_MEMCPY2D (cuda.h) */
+koffi.struct('PgnCudaMemcpy2D', {
+  srcXInBytes: 'size_t', srcY: 'size_t', srcMemoryType: 'int', srcHost: 'void *', srcDevice: 'uint64_t', srcArray: 'void *', srcPitch: 'size_t',
+  dstXInBytes: 'size_t', dstY: 'size_t', dstMemoryType: 'int', dstHost: 'void *', dstDevice: 'uint64_t', dstArray: 'void *', dstPitch: 'size_t',
+  WidthInBytes: 'size_t', Height: 'size_t',
+});
+/** CUmemorytype */
+export const CU_MEMORYTYPE_HOST = 1;
+export const CU_MEMORYTYPE_DEVICE = 2;
 
 const SIGNATURES = {
   cuInit: 'int cuInit(unsigned int flags)',
@@ -44,6 +53,7 @@ const SIGNATURES = {
   cuMemHostAlloc: 'int cuMemHostAlloc(_Out_ void **pp, size_t bytes, unsigned int flags)',
   cuMemFreeHost: 'int cuMemFreeHost(void *p)',
   cuMemcpyHtoDAsync: `int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, size_t bytes, ${H} stream)`,
+  cuMemcpy2DAsync: `int cuMemcpy2DAsync_v2(const PgnCudaMemcpy2D *copy, ${H} stream)`,
   cuMemcpyDtoHAsync: `int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, ${H} stream)`,
   cuMemcpyDtoDAsync: `int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, ${H} stream)`,
   cuMemsetD8Async: `int cuMemsetD8Async(uint64_t dst, uint8_t value, size_t count, ${H} stream)`,
