@@ -122,7 +122,7 @@ async function startTensorParallel(
     eosTokenIds: spec.eosTokenIds,
     onLoadProgress: options.onLoadProgress,
     runner: {
-      ...lim, kvCache, broadcastSampledIds: asyncTensorParallelOf(options),
+      ...lim, kvCache, broadcastSampledIds: asyncTensorParallelOf(options, options.device ?? 'cpu'),
       numBlocks: options.numKvBlocks ?? ((backend, rankSpec) => defaultNumKvBlocks(backend, rankSpec, lim, options, tp)),
     },
   });

@@ -53,7 +53,7 @@ type RankMessage = { id: number[]; rank: number; size: number; sizes: number[]; 
 
 async function rankMain(m: RankMessage): Promise<AllReduceRow[]> {
   const b = CudaBackend.create({ deviceId: m.rank });
-  const nccl: Communicator = NcclCommunicator.create(b, Uint8Array.from(m.id), m.rank, m.size);
+  const nccl: Communicator = await NcclCommunicator.create(b, Uint8Array.from(m.id), m.rank, m.size);
   const rows: AllReduceRow[] = [];
   for (const bytes of m.sizes) rows.push({ bytes, ncclUs: await timeInGraph(b, (t, n) => nccl.allReduceSum(t, n), bytes / 2), customUs: {} });
   for (const blocks of m.blocks) {

@@ -19,9 +19,12 @@ export class CudaCommunicator implements Communicator {
     readonly customRefusal: string | null,
   ) {}
 
-  /** Joins the NCCL group named by `uniqueId`, then sets up the custom all-reduce (both collectives). */
-  static async create(backend: CudaBackend, uniqueId: Uint8Array, rank: number, size: number, opts: CustomAllReduceOptions = {}): Promise<CudaCommunicator> {
-    const nccl = NcclCommunicator.create(backend, uniqueId, rank, size);
+  /**
+   * Joins the NCCL group named by `uniqueId`, then sets up the custom all-reduce (both collectives).
+   * `giveUp` rejects to stop waiting for ranks that will not join (NcclCommunicator.create).
+   */
+  static async create(backend: CudaBackend, uniqueId: Uint8Array, rank: number, size: number, opts: CustomAllReduceOptions & { giveUp?: Promise<never> } = {}): Promise<CudaCommunicator> {
+    const nccl = await NcclCommunicator.create(backend, uniqueId, rank, size, { giveUp: opts.giveUp });
     try {
       const { allReduce, refusal } = await CustomAllReduce.create(backend, nccl, opts);
       return new CudaCommunicator(nccl, allReduce, refusal);

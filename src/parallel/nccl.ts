@@ -14,6 +14,7 @@ import { asCuda } from '../backends/cuda/cuda-tensor.js';
 import { check, CU_MEMORYTYPE_DEVICE, HANDLE, type DevicePtr, type Handle } from '../backends/cuda/driver.js';
 import { findLibrary, type LibrarySpec } from '../backends/cuda/library-finder.js';
 import { PeregrineError } from '../errors.js';
+import { stepTimeoutMs } from '../runner/device-wait.js';
 import type { Communicator } from './communicator.js';
 
 export const NCCL: LibrarySpec = { stem: 'libnccl.so', versions: [2], what: 'NCCL (the nvidia-nccl-cu12 pip wheel or the libnccl2 package)' };
@@ -37,7 +38,8 @@ const SIGNATURES = {
   ncclGetErrorString: 'const char *ncclGetErrorString(int result)',
 } as const;
 
-type Fn = (...args: unknown[]) => unknown;
+/** a koffi function: called in this thread, or `.async(...args, callback)` on a libuv worker thread */
+type Fn = ((...args: unknown[]) => unknown) & { async(...args: unknown[]): void };
 type Nccl = { readonly [K in keyof typeof SIGNATURES]: Fn } & { readonly ncclGetLastError: Fn | null; readonly path: string };
 
 let cached: Nccl | null = null;
@@ -100,17 +102,45 @@ export class NcclCommunicator implements Communicator {
   ) {}
 
   /**
-   * Joins the group of `size` ranks named by `uniqueId` as `rank`, on the backend's device.
-   * Blocks until every rank has joined.
+   * Joins the group of `size` ranks named by `uniqueId` as `rank`, on the backend's device, once every
+   * rank has joined. ncclCommInitRank runs on a libuv worker thread, so this thread stays free (peers'
+   * exits, node links) while it waits; the wait is bounded.
+   * @param opts.giveUp rejects to stop waiting (a rank died before joining): this rejects with its error
+   * @param opts.timeoutMs default PEREGRINE_STEP_TIMEOUT_S (10 minutes)
+   * @throws PeregrineError PGN_ERR_ENGINE_DEAD when not every rank joined in time; PGN_ERR_NCCL
    */
-  static create(backend: Backend, uniqueId: Uint8Array, rank: number, size: number): NcclCommunicator {
+  static async create(backend: Backend, uniqueId: Uint8Array, rank: number, size: number, opts: { giveUp?: Promise<never>; timeoutMs?: number } = {}): Promise<NcclCommunicator> {
     if (!(backend instanceof CudaBackend)) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `NCCL needs the CUDA backend, got ${backend.device}`, { device: backend.device });
     if (uniqueId.length !== NCCL_UNIQUE_ID_BYTES) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `an ncclUniqueId has ${NCCL_UNIQUE_ID_BYTES} bytes, got ${uniqueId.length}`);
     process.env.NCCL_NVLS_ENABLE = '0';
     const nccl = loadNccl();
     const box: Handle[] = [null];
-    ncclCheck(nccl, nccl.ncclCommInitRank(box, size, { internal: Array.from(uniqueId) }, rank), `ncclCommInitRank(rank ${rank} of ${size})`);
-    return new NcclCommunicator(rank, size, nccl, box[0], backend);
+    const joined = new Promise<NcclCommunicator>((resolve, reject) => {
+      nccl.ncclCommInitRank.async(box, size, { internal: Array.from(uniqueId) }, rank, (err: unknown, result: unknown) => {
+        if (err) return reject(err);
+        try {
+          ncclCheck(nccl, result, `ncclCommInitRank(rank ${rank} of ${size})`);
+          resolve(new NcclCommunicator(rank, size, nccl, box[0], backend));
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
+    const timeoutMs = opts.timeoutMs ?? stepTimeoutMs();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new PeregrineError('PGN_ERR_ENGINE_DEAD', `rank ${rank}: not every one of the ${size} ranks joined NCCL within ${(timeoutMs / 1000).toFixed(0)} s (PEREGRINE_STEP_TIMEOUT_S sets the limit)`, { rank, size, timeoutMs })), timeoutMs);
+      timer.unref();
+    });
+    try {
+      return await Promise.race([joined, late, ...(opts.giveUp ? [opts.giveUp] : [])]);
+    } catch (e) {
+      // given up: a join that still completes leaves at once (the rank that did not come will not either)
+      joined.then((c) => c.abort('given up before every rank joined'), () => {});
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   allReduceSum(t: Tensor, numel: number): void {

@@ -61,7 +61,7 @@ export interface TpGroupOptions {
   readonly onLoadProgress?: LoadProgress;
   /** CPU: how long a rank waits for the others at one collective before the group is declared dead (default 10 min) */
   readonly collectiveTimeoutMs?: number;
-  /** fault injection for tests: rank `rank` exits when step `step` (0-based) reaches it */
+  /** fault injection for tests: rank `rank` exits when step `step` (0-based) reaches it; step -1: before joining the communicator */
   readonly exitAtStep?: { readonly rank: number; readonly step: number };
 }
 
@@ -118,8 +118,11 @@ export class TpGroup implements ModelExecutor {
       await peers.waitAll('loaded');
       const { numBlocks } = tpConfig;
       const config: RunnerConfig = { ...tpConfig, numBlocks: typeof numBlocks === 'number' ? numBlocks : numBlocks(backend, shard.rankSpec) };
-      await peers.send({ t: 'connect', runner: config }); // on its way before NCCL blocks this thread
-      const communicator = await connect(comm, 0, tp, backend);
+      await peers.send({ t: 'connect', runner: config });
+      // a rank that dies before it joins would leave NCCL's init waiting for it: stop waiting then
+      const rankDied = new Promise<never>((_, reject) => peers.onDeath(reject));
+      rankDied.catch(() => {});
+      const communicator = await connect(comm, 0, tp, backend, rankDied);
       await peers.waitAll('ready');
       const runner = new ModelRunner(backend, shard.rankSpec, shard.weights, config, communicator);
       return new TpGroup(spec, opts.eosTokenIds ?? spec.eosTokenIds, backend, runner, communicator, peers, links);

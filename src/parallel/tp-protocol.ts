@@ -25,7 +25,10 @@ export interface TpWorkerInit {
   readonly device: DeviceName;
   readonly deviceId: number;
   readonly comm: TpCommInit;
-  /** fault injection for tests: the worker exits with code 1 when step `exitAtStep` (0-based) arrives */
+  /**
+   * fault injection for tests: the worker exits with code 1 when step `exitAtStep` (0-based) arrives;
+   * -1: when told to join the communicator, before it does
+   */
   readonly exitAtStep?: number;
 }
 

@@ -57,6 +57,7 @@ class TpWorker {
       }
       case 'connect': {
         const { init, backend, shard } = this.required();
+        if (init.exitAtStep === -1) process.exit(1);
         this.comm = await connect(init.comm, init.rank, init.tp, backend);
         this.runner = new ModelRunner(backend, shard.rankSpec, shard.weights, m.runner, this.comm);
         this.channel.send({ t: 'ready' });

@@ -29,7 +29,7 @@ async function compare(b: CudaBackend, name: string, want: Tensor, got: Tensor, 
 
 async function run(m: { id: number[]; rank: number; size: number }): Promise<RankReport> {
   const b = CudaBackend.create({ deviceId: m.rank });
-  const nccl = NcclCommunicator.create(b, Uint8Array.from(m.id), m.rank, m.size);
+  const nccl = await NcclCommunicator.create(b, Uint8Array.from(m.id), m.rank, m.size);
   const { allReduce: car, refusal } = await CustomAllReduce.create(b, nccl, { maxBytes: MAX_BYTES });
   const report: RankReport = { rank: m.rank, refusal, cases: [], accepts: {}, digests: [] };
   if (car) {

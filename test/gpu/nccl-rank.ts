@@ -7,7 +7,7 @@ import { runCollectives } from '../helpers/comm-rank.js';
 process.once('message', async (m: { id: number[]; rank: number; size: number }) => {
   try {
     const backend = CudaBackend.create({ deviceId: m.rank });
-    const comm = NcclCommunicator.create(backend, Uint8Array.from(m.id), m.rank, m.size);
+    const comm = await NcclCommunicator.create(backend, Uint8Array.from(m.id), m.rank, m.size);
     const f32 = await runCollectives(comm, backend, 'f32');
     const bf16 = await runCollectives(comm, backend, 'bf16');
     comm.dispose();

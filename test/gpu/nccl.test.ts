@@ -15,6 +15,7 @@ import { TpGroup } from '../../src/parallel/tp-group.js';
 import { buildForwardBatch } from '../../src/runner/input-builder.js';
 import { ModelRunner } from '../../src/runner/model-runner.js';
 import { simpleGenerate } from '../../src/runner/simple-generate.js';
+import { LLM } from '../../src/api/llm.js';
 import { LLMEngine } from '../../src/engine/llm-engine.js';
 import { makeSamplingParams } from '../../src/sampling/index.js';
 import { expectedCollectives, type CollectiveResults } from '../helpers/comm-rank.js';
@@ -25,6 +26,7 @@ process.env.NCCL_NVLS_ENABLE = '0';
 const GPUS = gpuCount();
 const skip = GPUS >= 2 ? false : `needs 2 GPUs, found ${GPUS}`;
 const RANK = fileURLToPath(new URL('./nccl-rank.js', import.meta.url));
+const START_RANK = fileURLToPath(new URL('./tp-start-rank.js', import.meta.url));
 const RUNNER = { numBlocks: 64, blockSize: 16, maxModelLen: 256, maxNumBatchedTokens: 256, maxNumSeqs: 8, maxNumLogits: 256 };
 /** max |TP logit - TP1 logit| / max |logit| in bf16 (different summation order) */
 const REL_TOL = 4e-2;
@@ -105,4 +107,39 @@ test('a worker process killed mid-run fails the step with PGN_ERR_ENGINE_DEAD, w
   } finally {
     await group.dispose();
   }
+});
+
+test('tp 2 through LLM: steps launched ahead (async scheduling, the CUDA default) give the synchronous group\'s tokens', { skip }, async () => {
+  const g = loadGolden('llama-linear');
+  const prompts = g.cases.map((c) => [...c.promptIds]);
+  const params = prompts.map((_, i) => ({ maxTokens: 12 + 3 * i, ignoreEos: true, ...(i % 2 ? { temperature: 0.8, seed: 7 + i } : { temperature: 0 }) }));
+  const run = async (asyncScheduling: boolean) => {
+    const llm = await LLM.load(g.dir, { device: 'cuda', tp: 2, maxNumSeqs: 8, maxNumBatchedTokens: 256, maxModelLen: 256, numKvBlocks: 64, asyncScheduling });
+    try {
+      const outs = await Promise.all(prompts.map((p, i) => llm.generate([p], params[i])));
+      assert.equal(llm.stats().numKvBlocksUsed, 0, 'no block left allocated');
+      return outs.map((o) => o[0]!.outputs[0]!.tokenIds);
+    } finally {
+      await llm.close();
+    }
+  };
+  const sync = await run(false);
+  const ahead = await run(true);
+  ahead.forEach((ids, i) => assert.deepEqual(ids, sync[i], `request ${i}`));
+});
+
+test('a worker that dies before joining NCCL fails TpGroup.start with PGN_ERR_ENGINE_DEAD, without a hang', { skip }, async () => {
+  // in a child process: rank 0's NCCL init thread stays blocked for the rank that never came (NCCL has no
+  // way to cancel a pending init), so only an exiting process is fully clean afterwards (as the CLI does)
+  const child = fork(START_RANK, [], { execArgv: [], env: { ...process.env, NCCL_NVLS_ENABLE: '0' } });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+  const r = await new Promise<{ code?: string; message?: string; ms?: number; started?: boolean }>((resolve) => {
+    child.once('message', (m) => resolve(m as never));
+    child.once('exit', (code, signal) => resolve({ message: `exited (${signal ?? code}) without a report` }));
+  });
+  clearTimeout(timer);
+  child.kill('SIGKILL');
+  assert.equal(r.code, 'PGN_ERR_ENGINE_DEAD', JSON.stringify(r));
+  assert.match(r.message ?? '', /rank 1/);
+  assert.ok((r.ms ?? Infinity) < 60_000, `rank 0 stopped waiting once rank 1 was gone (${r.ms} ms)`);
 });
