@@ -7,6 +7,7 @@
  * NVLink SHARP multicast stays off (NCCL_NVLS_ENABLE=0): it takes fabric resources that
  * shared hosts must not hold.
  */
+import { SHARE_ENV, Worker } from 'node:worker_threads';
 import koffi from 'koffi';
 import { bytesPerElement, type Backend, type DType, type Tensor } from '../backends/backend.js';
 import { CudaBackend } from '../backends/cuda/cuda-backend.js';
@@ -15,10 +16,12 @@ import { check, CU_MEMORYTYPE_DEVICE, HANDLE, type DevicePtr, type Handle } from
 import { findLibrary, type LibrarySpec } from '../backends/cuda/library-finder.js';
 import { PeregrineError } from '../errors.js';
 import { stepTimeoutMs } from '../runner/device-wait.js';
+import type { JoinReply, JoinRequest } from './nccl-join.js';
 import type { Communicator } from './communicator.js';
 
 export const NCCL: LibrarySpec = { stem: 'libnccl.so', versions: [2], what: 'NCCL (the nvidia-nccl-cu12 pip wheel or the libnccl2 package)' };
 export const NCCL_UNIQUE_ID_BYTES = 128;
+const JOIN_URL = new URL('./nccl-join.js', import.meta.url);
 const NCCL_SUM = 0;
 const NCCL_DTYPE: Record<DType, number> = { i32: 2, f16: 6, f32: 7, bf16: 9 };
 
@@ -29,17 +32,15 @@ koffi.struct('PgnNcclUniqueId', { internal: koffi.array('uint8_t', NCCL_UNIQUE_I
 const SIGNATURES = {
   ncclGetVersion: 'int ncclGetVersion(_Out_ int *version)',
   ncclGetUniqueId: 'int ncclGetUniqueId(_Out_ PgnNcclUniqueId *id)',
-  ncclCommInitRank: `int ncclCommInitRank(_Out_ ${H} *comm, int nranks, PgnNcclUniqueId id, int rank)`,
-  ncclCommDestroy: `int ncclCommDestroy(${H} comm)`,
-  ncclCommAbort: `int ncclCommAbort(${H} comm)`,
-  ncclAllReduce: `int ncclAllReduce(uint64_t sendbuff, uint64_t recvbuff, size_t count, int datatype, int op, ${H} comm, ${H} stream)`,
-  ncclAllGather: `int ncclAllGather(uint64_t sendbuff, uint64_t recvbuff, size_t sendcount, int datatype, ${H} comm, ${H} stream)`,
-  ncclBroadcast: `int ncclBroadcast(uint64_t sendbuff, uint64_t recvbuff, size_t count, int datatype, int root, ${H} comm, ${H} stream)`,
+  ncclCommDestroy: 'int ncclCommDestroy(uint64_t comm)',
+  ncclCommAbort: 'int ncclCommAbort(uint64_t comm)',
+  ncclAllReduce: `int ncclAllReduce(uint64_t sendbuff, uint64_t recvbuff, size_t count, int datatype, int op, uint64_t comm, ${H} stream)`,
+  ncclAllGather: `int ncclAllGather(uint64_t sendbuff, uint64_t recvbuff, size_t sendcount, int datatype, uint64_t comm, ${H} stream)`,
+  ncclBroadcast: `int ncclBroadcast(uint64_t sendbuff, uint64_t recvbuff, size_t count, int datatype, int root, uint64_t comm, ${H} stream)`,
   ncclGetErrorString: 'const char *ncclGetErrorString(int result)',
 } as const;
 
-/** a koffi function: called in this thread, or `.async(...args, callback)` on a libuv worker thread */
-type Fn = ((...args: unknown[]) => unknown) & { async(...args: unknown[]): void };
+type Fn = (...args: unknown[]) => unknown;
 type Nccl = { readonly [K in keyof typeof SIGNATURES]: Fn } & { readonly ncclGetLastError: Fn | null; readonly path: string };
 
 let cached: Nccl | null = null;
@@ -57,7 +58,7 @@ export function loadNccl(): Nccl {
   const fns: Record<string, unknown> = { path };
   for (const [name, sig] of Object.entries(SIGNATURES)) fns[name] = lib.func(sig);
   try {
-    fns.ncclGetLastError = lib.func(`const char *ncclGetLastError(${H} comm)`); // NCCL >= 2.13
+    fns.ncclGetLastError = lib.func('const char *ncclGetLastError(uint64_t comm)'); // NCCL >= 2.13
   } catch {
     fns.ncclGetLastError = null;
   }
@@ -65,7 +66,7 @@ export function loadNccl(): Nccl {
   return cached;
 }
 
-function ncclCheck(nccl: Nccl, result: unknown, call: string, comm: Handle | null = null): void {
+function ncclCheck(nccl: Nccl, result: unknown, call: string, comm: number | null = null): void {
   if (result === 0) return;
   const text = nccl.ncclGetErrorString(result) as string;
   const last = comm !== null && nccl.ncclGetLastError ? (nccl.ncclGetLastError(comm) as string | null) : null;
@@ -97,14 +98,15 @@ export class NcclCommunicator implements Communicator {
     readonly rank: number,
     readonly size: number,
     private readonly nccl: Nccl,
-    private readonly comm: Handle,
+    /** the ncclComm_t's address */
+    private readonly comm: number,
     private readonly backend: CudaBackend,
   ) {}
 
   /**
    * Joins the group of `size` ranks named by `uniqueId` as `rank`, on the backend's device, once every
-   * rank has joined. ncclCommInitRank runs on a libuv worker thread, so this thread stays free (peers'
-   * exits, node links) while it waits; the wait is bounded.
+   * rank has joined. ncclCommInitRank runs on a worker thread (nccl-join.ts), so this thread stays free
+   * (peers' exits, node links) while it waits; the wait is bounded.
    * @param opts.giveUp rejects to stop waiting (a rank died before joining): this rejects with its error
    * @param opts.timeoutMs default PEREGRINE_STEP_TIMEOUT_S (10 minutes)
    * @throws PeregrineError PGN_ERR_ENGINE_DEAD when not every rank joined in time; PGN_ERR_NCCL
@@ -114,13 +116,19 @@ export class NcclCommunicator implements Communicator {
     if (uniqueId.length !== NCCL_UNIQUE_ID_BYTES) throw new PeregrineError('PGN_ERR_INVALID_ARGUMENT', `an ncclUniqueId has ${NCCL_UNIQUE_ID_BYTES} bytes, got ${uniqueId.length}`);
     process.env.NCCL_NVLS_ENABLE = '0';
     const nccl = loadNccl();
-    const box: Handle[] = [null];
+    const call = `ncclCommInitRank(rank ${rank} of ${size})`;
+    const request: JoinRequest = { ncclPath: nccl.path, driverPath: backend.dev.drv.path, ordinal: backend.dev.props.ordinal, uniqueId: Array.from(uniqueId), rank, size };
+    const worker = new Worker(JOIN_URL, { workerData: request, env: SHARE_ENV });
+    let givenUp = false;
     const joined = new Promise<NcclCommunicator>((resolve, reject) => {
-      nccl.ncclCommInitRank.async(box, size, { internal: Array.from(uniqueId) }, rank, (err: unknown, result: unknown) => {
-        if (err) return reject(err);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new PeregrineError('PGN_ERR_NCCL', `${call}: the joining thread exited (code ${code}) without an answer`, { call })));
+      worker.once('message', (m: JoinReply) => {
+        if ('cudaResult' in m) return reject(new PeregrineError('PGN_ERR_CUDA', `${call}: ${m.call} failed on the joining thread (CUresult ${m.cudaResult})`, { call: m.call, cudaResult: m.cudaResult }));
+        if (givenUp && m.ncclResult === 0) nccl.ncclCommAbort(m.comm); // joined after all: leave at once
         try {
-          ncclCheck(nccl, result, `ncclCommInitRank(rank ${rank} of ${size})`);
-          resolve(new NcclCommunicator(rank, size, nccl, box[0], backend));
+          ncclCheck(nccl, m.ncclResult, call);
+          resolve(new NcclCommunicator(rank, size, nccl, m.comm, backend));
         } catch (e) {
           reject(e);
         }
@@ -130,13 +138,14 @@ export class NcclCommunicator implements Communicator {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new PeregrineError('PGN_ERR_ENGINE_DEAD', `rank ${rank}: not every one of the ${size} ranks joined NCCL within ${(timeoutMs / 1000).toFixed(0)} s (PEREGRINE_STEP_TIMEOUT_S sets the limit)`, { rank, size, timeoutMs })), timeoutMs);
-      timer.unref();
     });
     try {
       return await Promise.race([joined, late, ...(opts.giveUp ? [opts.giveUp] : [])]);
     } catch (e) {
-      // given up: a join that still completes leaves at once (the rank that did not come will not either)
-      joined.then((c) => c.abort('given up before every rank joined'), () => {});
+      // NCCL cannot cancel a pending init: its thread stays blocked, unref'd so that it keeps nobody alive
+      givenUp = true;
+      joined.catch(() => {});
+      worker.unref();
       throw e;
     } finally {
       clearTimeout(timer);
