@@ -130,18 +130,19 @@ test('aborts while steps are in flight free every block and leave the other requ
   await finish(llm);
 });
 
-test('rows with penalties or min_tokens run synchronously between launched steps: async equals sync', async () => {
+test('rows with penalties or min_tokens are launched too (the token in flight counted from the last launch): async equals sync', async () => {
   const ps = prompts(8, 4);
-  const params = ps.map((_, i): SamplingParamsInit => ({
-    maxTokens: 10,
-    ignoreEos: true,
-    temperature: i % 2 ? 0.8 : 0,
-    seed: 40 + i,
-    ...(i === 3 ? { repetitionPenalty: 1.3, frequencyPenalty: 0.4 } : {}),
-    ...(i === 5 ? { minTokens: 4 } : {}),
-  }));
+  const combos: SamplingParamsInit[] = [
+    { repetitionPenalty: 1.5 }, { presencePenalty: 1.2 }, { frequencyPenalty: 0.9 }, { repetitionPenalty: 0.8, presencePenalty: -0.5, frequencyPenalty: 0.3 },
+    { minTokens: 6 }, { minTokens: 9, repetitionPenalty: 1.3 }, {}, { frequencyPenalty: 2 },
+  ];
+  const params = ps.map((_, i): SamplingParamsInit => ({ maxTokens: 12, temperature: i % 2 ? 0.8 : 0, seed: 40 + i, ...combos[i]! }));
   const sync = await generateAll(false, ps, params, { maxNumSeqs: 4 });
   const overlapped = await generateAll(true, ps, params, { maxNumSeqs: 4 });
-  assert.ok(overlapped.numLaunches > 0, 'the batches without history-reading rows were launched');
+  assert.equal(sync.numLaunches, 0);
+  assert.ok(overlapped.numLaunches >= 12, `penalized steps were launched (${overlapped.numLaunches} launches)`);
   sameOutputs(overlapped, sync);
+  // the penalties did something: without them the greedy rows read differently
+  const plain = await generateAll(false, ps, params.map((p) => ({ ...p, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0 })), { maxNumSeqs: 4 });
+  assert.ok(plain.outs.some((o, i) => o.tokenIds.join() !== sync.outs[i]!.tokenIds.join()), 'penalties changed some output');
 });

@@ -142,7 +142,7 @@ test('launch: placeholders need the launch before; at most two launches in fligh
   runner.dispose();
 });
 
-test('canLaunch refuses rows that read the token history and prompt logprobs', () => {
+test('canLaunch takes rows that read the token history and refuses prompt logprobs', () => {
   const runner = makeRunner();
   const entry = (params: SamplingParamsInit): { entries: RunnerEntry[] } => {
     const seq = new Sequence({ requestId: 'x', promptTokenIds: [1, 2, 3], params: makeSamplingParams(params) });
@@ -150,9 +150,9 @@ test('canLaunch refuses rows that read the token history and prompt logprobs', (
     return { entries: [{ seq, numNewTokens: 3 }] };
   };
   assert.equal(runner.canLaunch(entry({ temperature: 0.5 })), true);
-  assert.equal(runner.canLaunch(entry({ repetitionPenalty: 1.2 })), false);
-  assert.equal(runner.canLaunch(entry({ presencePenalty: 0.5 })), false);
-  assert.equal(runner.canLaunch(entry({ minTokens: 2 })), false);
+  assert.equal(runner.canLaunch(entry({ repetitionPenalty: 1.2 })), true);
+  assert.equal(runner.canLaunch(entry({ presencePenalty: 0.5 })), true);
+  assert.equal(runner.canLaunch(entry({ minTokens: 2 })), true);
   assert.equal(runner.canLaunch(entry({ promptLogprobs: 1 })), false);
   runner.dispose();
 });

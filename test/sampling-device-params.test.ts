@@ -34,17 +34,23 @@ function readRow(view: DataView, r: number): RowFields {
   };
 }
 
-/** penalties.cuh's apply_history, step for step (f64 ops rounded once to f32) */
-function replayKernel(row: Float32Array, f: RowFields): void {
+/** penalties.cuh's apply_history, step for step (f64 ops rounded once to f32); pendingId: the in-flight token, or -1 */
+function replayKernel(row: Float32Array, f: RowFields, pendingId = -1): void {
   for (const id of f.masked) if (id >= 0 && id < row.length) row[id] = -Infinity;
   const rep = f.repetition !== 1, presFreq = f.presence !== 0 || f.frequency !== 0;
-  for (const [id, count] of f.penalized) {
-    if (id < 0 || id >= row.length) continue;
+  const penalize = (id: number, count: number) => {
     let v = row[id]!;
     if (rep) v = Math.fround(v > 0 ? v / f.repetition : v * f.repetition);
     if (presFreq && count > 0) v = Math.fround(v - (f.frequency * count + f.presence));
     row[id] = v;
+  };
+  let seen = false;
+  for (const [id, count] of f.penalized) {
+    if (id < 0 || id >= row.length) continue;
+    if (id === pendingId) seen = true;
+    penalize(id, id === pendingId ? count + 1 : count);
   }
+  if (!seen && pendingId >= 0 && pendingId < row.length) penalize(pendingId, 1);
 }
 
 function state(init: SamplingParamsInit, prompt: number[], output: number[], eos: number[] = []): SequenceSamplingState {
@@ -111,7 +117,7 @@ test('penalties and min_tokens run on the device; only too many logprobs stay on
 
 test('a view too short for the entries fails with the byte counts', () => {
   const rows = [{ logitsRow: 0, state: state({ repetitionPenalty: 2 }, [1, 2, 3], []) }];
-  assert.throws(() => packSampleParams(rows, new DataView(new ArrayBuffer(SAMPLE_PARAM_BYTES))), (e) => isPeregrineError(e) && e.code === 'PGN_ERR_INTERNAL' && /need 128 bytes, the view has 104/.test(e.message));
+  assert.throws(() => packSampleParams(rows, new DataView(new ArrayBuffer(SAMPLE_PARAM_BYTES))), (e) => isPeregrineError(e) && e.code === 'PGN_ERR_INTERNAL' && /need 136 bytes, the view has 112/.test(e.message));
 });
 
 test('the packed entries give the CPU processors\' row, bit for bit, for every penalty combination', () => {
@@ -146,4 +152,41 @@ test('the packed entries give the CPU processors\' row, bit for bit, for every p
     replayKernel(got, readRow(view, i));
     got.forEach((v, id) => assert.ok(Object.is(v, want[id]), `row ${i} ${JSON.stringify(combos[Math.floor(i / 4)])}: id ${id}: ${v} vs ${want[id]}`));
   });
+});
+
+test('a row with its newest output token in flight (pendingAt): the kernel\'s pairs + that token give the CPU\'s row with the token appended', () => {
+  let seed = 777;
+  const r = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const V = 97;
+  const combos: SamplingParamsInit[] = [
+    { repetitionPenalty: 1.3 }, { presencePenalty: 0.5 }, { frequencyPenalty: -1.25 }, { repetitionPenalty: 0.9, presencePenalty: 0.2, frequencyPenalty: 0.7 },
+    { minTokens: 6, stopTokenIds: [5] }, { minTokens: 6, repetitionPenalty: 1.5 },
+  ];
+  for (const [ci, init] of combos.entries()) {
+    for (let k = 0; k < 12; k++) {
+      const prompt = Array.from({ length: 1 + Math.floor(r() * 10) }, () => Math.floor(r() * 30));
+      const output = Array.from({ length: Math.floor(r() * 8) }, () => Math.floor(r() * 30));
+      // the in-flight token: one already in the output, in the prompt only, or new
+      const pendingId = k % 3 === 0 && output.length ? output[0]! : k % 3 === 1 ? prompt[0]! : 40 + k;
+      const s = state(init, prompt, output, [7]);
+      const row: DeviceSampleRow = { logitsRow: 0, state: s, pendingAt: 3 };
+      const view = pack([row]);
+      const f = readRow(view, 0);
+      assert.equal(view.getInt32(104, true), s.params.repetitionPenalty !== 1 || s.params.presencePenalty !== 0 || s.params.frequencyPenalty !== 0 ? 3 : -1, 'pendingAt is sent for penalized rows');
+      const after = state(init, prompt, [...output, pendingId], [7]);
+      assert.equal(f.numMasked > 0, after.outputTokenIds.length < after.params.minTokens, `combo ${ci}: min_tokens counts the token in flight`);
+      const x = Float32Array.from({ length: V }, () => (r() - 0.5) * 20);
+      const want = Float32Array.from(x);
+      if (after.outputTokenIds.length < after.params.minTokens) {
+        maskTokens(want, after.eosTokenIds ?? []);
+        maskTokens(want, after.params.stopTokenIds);
+      }
+      applyPenalties(want, after.params, after);
+      const got = Float32Array.from(x);
+      replayKernel(got, f, view.getInt32(104, true) >= 0 ? pendingId : -1);
+      got.forEach((v, id) => assert.ok(Object.is(v, want[id]), `combo ${ci} case ${k}: id ${id}: ${v} vs ${want[id]}`));
+    }
+  }
+  // without pendingAt the record says -1
+  assert.equal(pack([{ logitsRow: 0, state: state({ repetitionPenalty: 2 }, [1], [2]) }]).getInt32(104, true), -1);
 });

@@ -4,7 +4,8 @@
  * copies. Token ids and logprobs come back instead of logits.
  */
 import type { Backend, Tensor } from '../backends/backend.js';
-import { sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
+import { isGreedy, sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
+import { Rng } from '../sampling/rng.js';
 import type { RunnerEntry } from './model-runner.js';
 
 /** A backend that samples on the device (CudaBackend.createSampler): token ids come back instead of logits. */
@@ -12,8 +13,11 @@ export interface DeviceSampler {
   canSample(state: SequenceSamplingState): boolean;
   sample(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Promise<SampleResult[]>;
   downloadRows(logits: Tensor, rowIndices: readonly number[]): Promise<Float32Array>;
-  /** `sample` without the download: i32 output words, `rowStride` per row */
-  launch(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState }[]): Tensor;
+  /**
+   * `sample` without the download: i32 output words, `rowStride` per row. A row with `pendingAt` has one
+   * more output token than its state holds (sampled by the step in flight): `pendingIds[pendingAt]`.
+   */
+  launch(logits: Tensor, rows: readonly { logitsRow: number; state: SequenceSamplingState; pendingAt?: number }[], pendingIds?: Tensor | null): Tensor;
   readonly rowStride: number;
   unpack(rows: readonly { logitsRow: number; state: SequenceSamplingState }[], words: Int32Array): SampleResult[];
   dispose(): void;
@@ -69,4 +73,14 @@ export async function sampleOnDevice(
   const sampled = await sampler.sample(logits, deviceRows);
   deviceAt.forEach((at, k) => (results[at] = sampled[k]!));
   return results;
+}
+
+/**
+ * Async scheduling, host sampling: the state as it will be once its in-flight output token `tokenId`
+ * lands (the engine appends it when it collects the step in flight), for min_tokens and penalties.
+ * The Rng is the state's own object, so a draw here advances the sequence's stream.
+ */
+export function withPendingToken(state: SequenceSamplingState, tokenId: number): SequenceSamplingState {
+  if (!isGreedy(state.params)) state.rng ??= Rng.fromEntropy();
+  return { params: state.params, promptTokenIds: state.promptTokenIds, outputTokenIds: [...Array.from(state.outputTokenIds), tokenId], rng: state.rng, eosTokenIds: state.eosTokenIds };
 }

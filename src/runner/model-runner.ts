@@ -22,7 +22,7 @@ import { allTensors, type ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { Communicator } from '../parallel/communicator.js';
 import { numPromptLogprobRows, sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
-import { hasPenalties } from '../sampling/logits-processors.js';
+import { readsTokenHistory } from '../sampling/logits-processors.js';
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
@@ -30,7 +30,7 @@ import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type
 import { hasPinnedMemory, idsToResults, ResultSlots } from './result-slots.js';
 import { StepTimer, type StepTiming, type StepTotals } from './step-timing.js';
 import { pollUntilDone, stepTimeoutMs } from './device-wait.js';
-import { createDeviceSampler, downloadRowRange, sampleOnDevice, type DeviceSampler } from './device-sampling.js';
+import { createDeviceSampler, downloadRowRange, sampleOnDevice, withPendingToken, type DeviceSampler } from './device-sampling.js';
 import { promptLogprobs, withPromptLogprobRows } from './prompt-logprob-rows.js';
 
 export { withPromptLogprobRows };
@@ -118,6 +118,8 @@ export class ModelRunner {
   private numUncollected = 0;
   /** sampling rows of the last launch (null after a step that was not launched): what placeholders may name */
   private lastLaunchRows: number | null = null;
+  /** the last launch's token ids where it sampled on the host (async scheduling reads in-flight tokens from them) */
+  private lastHostSamples: Int32Array | null = null;
 
   /**
    * @param spec what this runner's decoder runs: the model's spec, or a rank's shardSpec
@@ -292,9 +294,9 @@ export class ModelRunner {
   }
 
   /**
-   * Whether `launch` can run this batch: one device, no prompt logprobs, and every sampling row
-   * sampled without its token history (no penalties, min_tokens reached: the previous step's
-   * token is not in the history yet) where a device sampler takes it.
+   * Whether `launch` can run this batch: no prompt logprobs, and every sampling row one the device
+   * sampler takes where there is one (penalties and min_tokens included: a row's token still in
+   * flight is read on the device, or from the previous launch's host samples).
    */
   canLaunch(batch: { readonly entries: readonly RunnerEntry[] }): boolean {
     if (this.comm && !this.config.broadcastSampledIds) return false;
@@ -303,7 +305,7 @@ export class ModelRunner {
       const { samplingState: state, numCachedTokens, tokenIds } = e.seq;
       if (numPromptLogprobRows(state, numCachedTokens, e.numNewTokens) > 0) return false;
       if (numCachedTokens + e.numNewTokens < tokenIds.length) return true;
-      return !hasPenalties(state.params) && state.outputTokenIds.length >= state.params.minTokens && (!sampler || sampler.canSample(state));
+      return !sampler || sampler.canSample(state);
     });
   }
 
@@ -327,14 +329,22 @@ export class ModelRunner {
   async launchForward(fb: ForwardBatch, entries: readonly RunnerEntry[], samples: readonly boolean[]): Promise<LaunchedStep> {
     if (this.numUncollected >= 2) throw new PeregrineError('PGN_ERR_INTERNAL', 'launch: two launched steps are not collected yet');
     this.checkPlaceholders(fb);
-    const rows = entries.filter((_, i) => samples[i]).map((e, k) => ({ logitsRow: k, state: e.seq.samplingState }));
+    // a row whose input token is a placeholder has one output token in flight, not in its state yet:
+    // its id is in this step's input ids (after the placeholder gather) and in the last launch's samples
+    const pendingRowOf = (k: number): number | undefined => {
+      const r = fb.prevSampledRows?.[fb.logitsIndices[k]!];
+      return r !== undefined && r >= 0 ? r : undefined;
+    };
+    const rows = entries.filter((_, i) => samples[i]).map((e, k) => ({
+      logitsRow: k, state: e.seq.samplingState, ...(pendingRowOf(k) !== undefined && { pendingAt: fb.logitsIndices[k]! }),
+    }));
     const sampler = this.deviceSampler();
     const mark = this.timer.begin();
     // no wait here with a communicator either: collect() waits (with the step deadline)
     const logits = entries.length > 0 ? await this.forwardToDevice(fb, false) : null;
     let read: () => SampleResult[];
     if (sampler && logits && hasPinnedMemory(this.backend)) {
-      const words = sampler.launch(logits, rows);
+      const words = sampler.launch(logits, rows, this.inputs.tokenIds);
       const stride = sampler.rowStride;
       this.strideIndex ??= this.backend.fromI32([this.config.maxNumSeqs], Int32Array.from({ length: this.config.maxNumSeqs }, (_, r) => r * stride));
       this.backend.gatherTokenIds(this.sampledIds, words, this.strideIndex, rows.length);
@@ -348,8 +358,14 @@ export class ModelRunner {
     } else {
       const V = this.spec.vocabSize;
       const host = logits ? await this.backend.downloadF32(logits) : new Float32Array(0);
-      const sampled = rows.map((r, k) => sampleRow(host.subarray(k * V, (k + 1) * V), r.state, this.scratch));
-      this.backend.writeI32(this.sampledIds, Int32Array.from(sampled, (r) => r.tokenId));
+      const last = this.lastHostSamples;
+      const sampled = rows.map((r, k) => {
+        const pending = pendingRowOf(k);
+        const state = pending !== undefined && readsTokenHistory(r.state) ? withPendingToken(r.state, last![pending]!) : r.state;
+        return sampleRow(host.subarray(k * V, (k + 1) * V), state, this.scratch);
+      });
+      this.lastHostSamples = Int32Array.from(sampled, (r) => r.tokenId);
+      this.backend.writeI32(this.sampledIds, this.lastHostSamples);
       read = () => sampled;
     }
     this.timer.end(mark);

@@ -20,6 +20,11 @@ export function hasPenalties(p: SamplingParams): boolean {
   return p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
 }
 
+/** Whether sampling `state` reads its token history this step: penalties, or a min_tokens mask still on. */
+export function readsTokenHistory(state: { readonly params: SamplingParams; readonly outputTokenIds: ArrayLike<number> }): boolean {
+  return hasPenalties(state.params) || state.outputTokenIds.length < state.params.minTokens;
+}
+
 /** Token statistics of one sequence, kept between steps so a step costs O(new tokens + distinct tokens). */
 interface PenaltyStats {
   prompt: ArrayLike<number>;

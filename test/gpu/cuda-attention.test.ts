@@ -7,10 +7,11 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { AttentionMetadata, AttentionParams } from '../../src/backends/backend.js';
+import type { AttentionParams } from '../../src/backends/backend.js';
 import { decodePlan } from '../../src/backends/cuda/cuda-attention.js';
 import { isPeregrineError } from '../../src/errors.js';
-import { Harness, openCuda, SEED, shuffled, type Pair } from './cuda-harness.js';
+import { ATTENTION_TOL, checkGraphRuns, pagedBatch, type AttentionCase } from './attention-cases.js';
+import { Harness, openCuda, SEED, type Pair } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
 /** the CUDA backend's default attention workspace */
@@ -32,21 +33,10 @@ test('decode plan: no split once the unsplit grid fills half the block slots', (
   assert.equal(mqa(100), 1);
 });
 
-interface Case {
-  readonly headDim: number;
-  readonly numHeads: number;
-  readonly numKvHeads: number;
-  /** per sequence: [queries this step, tokens in the cache after it] */
-  readonly seqs: readonly (readonly [number, number])[];
+interface Case extends AttentionCase {
   readonly blockSize?: number;
-  readonly slidingWindow?: number;
   readonly alibi?: boolean;
   readonly softcap?: number;
-  readonly dtype?: 'bf16' | 'f16';
-  /** the launch's maxSeqlenK (default the longest context): sets the decode split count */
-  readonly maxSeqlenK?: number;
-  /** decode: run eagerly twice more, then capture a graph and replay it twice, checking every run */
-  readonly replays?: boolean;
 }
 
 if (!gpu) {
@@ -62,66 +52,31 @@ if (!gpu) {
     const { headDim, numHeads, numKvHeads, seqs } = c;
     const dtype = c.dtype ?? 'bf16';
     const blockSize = c.blockSize ?? 16;
-    const numSeqs = seqs.length;
-    const numTokens = seqs.reduce((a, [q]) => a + q, 0);
-    const maxBlocksPerSeq = Math.max(...seqs.map(([, k]) => Math.ceil(k / blockSize))) + 1;
-    const numBlocks = seqs.reduce((a, [, k]) => a + Math.ceil(k / blockSize), 0) + 3;
-    const pool = shuffled(numBlocks, h.r);
-    const tables = new Int32Array(numSeqs * maxBlocksPerSeq).fill(-1);
-    let next = 0;
-    seqs.forEach(([, k], s) => {
-      for (let b = 0; b < Math.ceil(k / blockSize); b++) tables[s * maxBlocksPerSeq + b] = pool[next++]!;
-    });
-    const cuQ = new Int32Array(numSeqs + 1);
-    seqs.forEach(([q], s) => { cuQ[s + 1] = cuQ[s]! + q; });
+    const batch = pagedBatch(h, c, blockSize);
+    const { numBlocks, numTokens } = batch;
     const kvWidth = numKvHeads * headDim;
     const kCache = h.rand([numBlocks * blockSize, kvWidth], dtype);
     const vCache = h.rand([numBlocks * blockSize, kvWidth], dtype);
     const qkv = h.rand([numTokens, (numHeads + 2 * numKvHeads) * headDim], dtype);
     const out = h.output([numTokens, numHeads * headDim], dtype);
     const slopes = c.alibi ? h.fromF32([numHeads], Float32Array.from({ length: numHeads }, (_, i) => 2 ** (-8 * (i + 1) / numHeads)), 'f32') : null;
-    const meta = (t: (p: Pair) => Pair['cpu']): AttentionMetadata => ({
-      numSeqs, numTokens, maxBlocksPerSeq,
-      cuSeqlensQ: t(h.ints([numSeqs + 1], cuQ)),
-      contextLens: t(h.ints([numSeqs], Int32Array.from(seqs.map(([, k]) => k)))),
-      blockTables: t(h.ints([numSeqs, maxBlocksPerSeq], tables)),
-      maxSeqlenQ: Math.max(...seqs.map(([q]) => q)),
-      maxSeqlenK: c.maxSeqlenK ?? Math.max(...seqs.map(([, k]) => k)),
-      isDecode: seqs.every(([q]) => q === 1),
-    });
     const params = (t: (p: Pair) => Pair['cpu']): AttentionParams => ({
       numHeads, numKvHeads, headDim, blockSize, scale: 1 / Math.sqrt(headDim),
       slidingWindow: c.slidingWindow ?? null, logitSoftcap: c.softcap ?? null, alibiSlopes: slopes ? t(slopes) : null,
     });
-    h.cpu.attention(out.cpu, qkv.cpu, { k: kCache.cpu, v: vCache.cpu }, meta((p) => p.cpu), params((p) => p.cpu));
-    const gpuMeta = meta((p) => p.gpu), gpuParams = params((p) => p.gpu);
+    h.cpu.attention(out.cpu, qkv.cpu, { k: kCache.cpu, v: vCache.cpu }, batch.meta((p) => p.cpu), params((p) => p.cpu));
+    const gpuMeta = batch.meta((p) => p.gpu), gpuParams = params((p) => p.gpu);
     const launch = () => gpu!.attention(out.gpu, qkv.gpu, { k: kCache.gpu, v: vCache.gpu }, gpuMeta, gpuParams);
     const what = `attention ${dtype} D=${headDim} heads ${numHeads}/${numKvHeads} seqs ${JSON.stringify(seqs)}` +
       `${c.slidingWindow ? ` window ${c.slidingWindow}` : ''}${c.alibi ? ' alibi' : ''}${c.softcap ? ` softcap ${c.softcap}` : ''}` +
       `${c.maxSeqlenK ? ` maxSeqlenK ${c.maxSeqlenK}` : ''}`;
-    const tol = dtype === 'bf16' ? 2e-2 : 5e-3;
+    const tol = ATTENTION_TOL[dtype];
     if (!c.replays) {
       launch();
       return h.expectClose(out, what, undefined, tol);
     }
-    const poison = () => gpu!.writeF32(out.gpu, new Float32Array(numTokens * numHeads * headDim).fill(NaN));
-    gpu!.beginCapture();
-    let graph;
-    try {
-      launch();
-    } finally {
-      graph = gpu!.endCapture();
-    }
-    try {
-      for (const run of ['eager', 'eager again', 'graph replay', 'graph replay again', 'eager after the graph']) {
-        poison();
-        if (run.startsWith('graph')) gpu!.replay(graph);
-        else launch();
-        await h.expectClose(out, `${what} (${run})`, undefined, tol);
-      }
-    } finally {
-      graph.dispose();
-    }
+    const runs = ['eager', 'eager again', 'graph replay', 'graph replay again', 'eager after the graph'];
+    await checkGraphRuns(gpu!, launch, out, runs, (run) => h.expectClose(out, `${what} (${run})`, undefined, tol));
   }
 
   describe(`CUDA attention on ${gpu.props.name} (seed ${SEED + 1})`, () => {

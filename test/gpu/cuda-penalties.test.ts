@@ -183,6 +183,48 @@ if (!gpu) {
       }
     });
 
+    test('a token in flight (pendingAt, read from the pending ids): equals sampleRow on the history with that token appended', async (t) => {
+      const V = 32003;
+      const inits: SamplingParamsInit[] = [];
+      for (const mode of MODES.slice(0, 3)) {
+        for (const pen of PENALTIES.filter((_, k) => k % 4 === 1)) inits.push({ ...mode, ...pen });
+        inits.push({ ...mode, minTokens: 6, stopTokenIds: [3], repetitionPenalty: 1.3 });
+      }
+      const n = inits.length;
+      const logits = new Float32Array(n * V);
+      const rows: DeviceSampleRow[] = [], mates: SequenceSamplingState[] = [], pendingIds = new Int32Array(n + 5).fill(-7);
+      inits.forEach((init, i) => {
+        const x = gaussLogits(V, r);
+        if (init.minTokens) for (const id of [...EOS, 3]) x[id] = 9;
+        logits.set(x, i * V);
+        const prompt = historyIds(x, 1 + Math.floor(r() * 20), r), output = historyIds(x, Math.floor(r() * 6), r);
+        // the token in flight: the row's best id (so its penalty decides), one of the output, or one of the prompt
+        const best = Array.from(x.keys()).reduce((a, b) => (x[b]! > x[a]! ? b : a), 0);
+        const pending = i % 3 === 0 ? best : i % 3 === 1 && output.length ? output[0]! : prompt[0]!;
+        const seed = Math.floor(r() * 2 ** 40);
+        const [a] = twins(init, prompt, output, seed);
+        const [, b] = twins(init, prompt, [...output, pending], seed);
+        pendingIds[i + 5] = pending;
+        rows.push({ logitsRow: i, state: a, pendingAt: i + 5 });
+        mates.push(b);
+      });
+      const sampler = gpu.createSampler(n, V);
+      const xs = gpu.fromF32([n, V], logits);
+      const ids = gpu.fromI32([pendingIds.length], pendingIds);
+      try {
+        const words = sampler.launch(xs, rows, ids);
+        const got = sampler.unpack(rows, await gpu.downloadI32(words));
+        const tally: Tally = { numRows: 0, numMismatch: 0, worstLp: 0 };
+        rows.forEach(({ state }, i) => compare(got[i]!, sampleRow(logits.subarray(i * V, (i + 1) * V), mates[i]!), state, mates[i]!, `${JSON.stringify(inits[i])} pending ${pendingIds[i + 5]}`, tally, (s) => t.diagnostic(s)));
+        assert.ok(tally.numMismatch <= 1, `${tally.numMismatch} sampled tokens differ`);
+        assert.ok(tally.worstLp < 1e-4, `logprob error ${tally.worstLp}`);
+        assert.throws(() => sampler.launch(xs, rows), (e) => isPeregrineError(e) && /pending-ids tensor/.test(e.message));
+      } finally {
+        for (const tensor of [xs, ids]) gpu.free(tensor);
+        sampler.dispose();
+      }
+    });
+
     test('timing: 256 rows x vocab 128256 with penalties (1000-token prompts, 100 outputs) against plain rows', async (t) => {
       const V = 128256, N = 256;
       const sampler = gpu.createSampler(N, V);

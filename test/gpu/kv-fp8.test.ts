@@ -8,7 +8,7 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { defaultNumKvBlocks } from '../../src/api/llm-options.js';
-import type { AttentionMetadata, LayerKvCache } from '../../src/backends/backend.js';
+import type { LayerKvCache } from '../../src/backends/backend.js';
 import { CpuBackend, cpuData } from '../../src/backends/cpu/cpu-backend.js';
 import { SHAPES } from '../../src/bench/shapes.js';
 import { parseModelConfig } from '../../src/models/config.js';
@@ -18,23 +18,10 @@ import { ModelRunner, type RunnerConfig } from '../../src/runner/model-runner.js
 import { simpleGenerate } from '../../src/runner/simple-generate.js';
 import { encodeE4M3 } from '../../src/weights/quant/fp8.js';
 import { loadGolden } from '../helpers/golden.js';
-import { Harness, openCuda, SEED, shuffled, type Pair } from './cuda-harness.js';
+import { ATTENTION_TOL, checkGraphRuns, pagedBatch, type AttentionCase } from './attention-cases.js';
+import { Harness, openCuda, SEED } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
-
-interface Case {
-  readonly headDim: number;
-  readonly numHeads: number;
-  readonly numKvHeads: number;
-  /** per sequence: [queries this step, tokens in the cache after it] */
-  readonly seqs: readonly (readonly [number, number])[];
-  readonly dtype?: 'bf16' | 'f16';
-  readonly slidingWindow?: number;
-  /** the launch's maxSeqlenK (default the longest context): sets the decode split count */
-  readonly maxSeqlenK?: number;
-  /** decode: also eager again, then a captured graph replayed twice, checking every run */
-  readonly replays?: boolean;
-}
 
 /** E4M3 codes of x / scale, 4 to an i32 word */
 function quantizeRows(x: Float32Array, scale: number): Int32Array {
@@ -64,61 +51,27 @@ if (!gpu) {
     };
   }
 
-  async function check(c: Case): Promise<void> {
+  async function check(c: AttentionCase): Promise<void> {
     const { headDim, numHeads, numKvHeads, seqs } = c;
     const dtype = c.dtype ?? 'bf16';
     const blockSize = 16;
-    const numSeqs = seqs.length;
-    const numTokens = seqs.reduce((a, [q]) => a + q, 0);
-    const maxBlocksPerSeq = Math.max(...seqs.map(([, k]) => Math.ceil(k / blockSize))) + 1;
-    const numBlocks = seqs.reduce((a, [, k]) => a + Math.ceil(k / blockSize), 0) + 3;
-    const pool = shuffled(numBlocks, h.r);
-    const tables = new Int32Array(numSeqs * maxBlocksPerSeq).fill(-1);
-    let next = 0;
-    seqs.forEach(([, k], s) => {
-      for (let b = 0; b < Math.ceil(k / blockSize); b++) tables[s * maxBlocksPerSeq + b] = pool[next++]!;
-    });
-    const cuQ = new Int32Array(numSeqs + 1);
-    seqs.forEach(([q], s) => { cuQ[s + 1] = cuQ[s]! + q; });
+    const batch = pagedBatch(h, c, blockSize);
+    const { numBlocks, numTokens } = batch;
     const cache = fp8Cache(numBlocks * blockSize, numKvHeads * headDim, 0.0125, 0.025);
     const qkv = h.rand([numTokens, (numHeads + 2 * numKvHeads) * headDim], dtype);
     const out = h.output([numTokens, numHeads * headDim], dtype);
-    const meta = (t: (p: Pair) => Pair['cpu']): AttentionMetadata => ({
-      numSeqs, numTokens, maxBlocksPerSeq,
-      cuSeqlensQ: t(h.ints([numSeqs + 1], cuQ)),
-      contextLens: t(h.ints([numSeqs], Int32Array.from(seqs.map(([, k]) => k)))),
-      blockTables: t(h.ints([numSeqs, maxBlocksPerSeq], tables)),
-      maxSeqlenQ: Math.max(...seqs.map(([q]) => q)),
-      maxSeqlenK: c.maxSeqlenK ?? Math.max(...seqs.map(([, k]) => k)),
-      isDecode: seqs.every(([q]) => q === 1),
-    });
     const params = { numHeads, numKvHeads, headDim, blockSize, scale: 1 / Math.sqrt(headDim), slidingWindow: c.slidingWindow ?? null };
-    h.cpu.attention(out.cpu, qkv.cpu, cache.cpu, meta((p) => p.cpu), params);
-    const gpuMeta = meta((p) => p.gpu);
+    h.cpu.attention(out.cpu, qkv.cpu, cache.cpu, batch.meta((p) => p.cpu), params);
+    const gpuMeta = batch.meta((p) => p.gpu);
     const launch = () => gpu!.attention(out.gpu, qkv.gpu, cache.gpu, gpuMeta, params);
     const what = `fp8-KV attention ${dtype} D=${headDim} heads ${numHeads}/${numKvHeads} seqs ${JSON.stringify(seqs)}${c.maxSeqlenK ? ` maxSeqlenK ${c.maxSeqlenK}` : ''}`;
-    const tol = dtype === 'bf16' ? 2e-2 : 5e-3;
+    const tol = ATTENTION_TOL[dtype];
     try {
       launch();
       await h.expectClose(out, what, undefined, tol);
       if (!c.replays) return;
-      gpu!.beginCapture();
-      let graph;
-      try {
-        launch();
-      } finally {
-        graph = gpu!.endCapture();
-      }
-      try {
-        for (const run of ['eager again', 'graph replay', 'graph replay again']) {
-          gpu!.writeF32(out.gpu, new Float32Array(numTokens * numHeads * headDim).fill(NaN));
-          if (run.startsWith('graph')) gpu!.replay(graph);
-          else launch();
-          await h.expectClose(out, `${what} (${run})`, undefined, tol);
-        }
-      } finally {
-        graph.dispose();
-      }
+      const runs = ['eager again', 'graph replay', 'graph replay again'];
+      await checkGraphRuns(gpu!, launch, out, runs, (run) => h.expectClose(out, `${what} (${run})`, undefined, tol));
     } finally {
       cache.free();
     }

@@ -69,6 +69,9 @@ async function run(asyncScheduling: boolean): Promise<{ ids: number[][]; logprob
     ignoreEos: true,
     ...(i % 3 === 0 ? { temperature: 0 } : { temperature: 0.8, topP: 0.95, topK: 50, seed: 1000 + i }),
     ...(i % 4 === 1 ? { logprobs: 3 } : {}),
+    // rows reading the token history launch too: the kernel counts the token in flight from the step's input ids
+    ...(i % 4 === 2 ? { repetitionPenalty: 1.3, presencePenalty: 0.4, frequencyPenalty: 0.6 } : {}),
+    ...(i === 5 ? { minTokens: 30, ignoreEos: false } : {}),
   }));
   runner.stepTiming(true);
   const outs = await Promise.all(prompts.map((p, i) => llm.generate([p], params[i])));

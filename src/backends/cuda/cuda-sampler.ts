@@ -29,7 +29,7 @@ export type { DeviceSampleRow } from './sample-params.js';
 /** most top-n alternatives the kernel returns (SAMPLE_MAX_TOP_N; OpenAI's limit too) */
 export const MAX_TOP_LOGPROBS = 20;
 const THREADS = 512;
-const KERNEL_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32'];
+const KERNEL_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'ptr'];
 
 /** i32 words per row of the kernel's output: token, logprob, then (id, logprob) pairs. */
 export function outputStride(maxTopN: number): number {
@@ -109,10 +109,11 @@ export class CudaSampler {
     }
     const n = rows.length;
     const b = this.#backend;
+    const pending = this.#pendingPtr(rows, null, 'sample');
     this.#uploadParams(rows);
     const stride = outputStride(this.maxTopN);
     const out = asCuda(this.#out, 'sample', 'out');
-    this.#kernel.launch(n, THREADS, 0, b.stream, [out.ptr, asCuda(this.#scratch, 'sample', 'scratch').ptr, x.ptr, asCuda(this.#params, 'sample', 'params').ptr, this.vocab, stride]);
+    this.#kernel.launch(n, THREADS, 0, b.stream, [out.ptr, asCuda(this.#scratch, 'sample', 'scratch').ptr, x.ptr, asCuda(this.#params, 'sample', 'params').ptr, this.vocab, stride, pending]);
     const words = await b.downloadI32(b.view(this.#out, [n * stride]));
     return unpackSampleResults(rows, words, stride, this.vocab);
   }
@@ -153,8 +154,9 @@ export class CudaSampler {
    * `sample` without the download: queues the parameter upload and the kernel, and returns the
    * output words, i32 [rows.length * rowStride] (unpackSampleResults reads them), valid once the
    * stream has run them and until the next launch or sample. Advances each non-greedy row's Rng.
+   * `pendingIds` (i32): where rows with `pendingAt` read their in-flight output token.
    */
-  launch(logits: Tensor, rows: readonly DeviceSampleRow[]): Tensor {
+  launch(logits: Tensor, rows: readonly DeviceSampleRow[], pendingIds: Tensor | null = null): Tensor {
     const x = this.#checkLogits(logits, 'launch', rows.map((r) => r.logitsRow));
     for (const { state } of rows) {
       if (!this.canSample(state)) throw invalid('launch', `a row asks for ${state.params.logprobs} logprobs, more than maxTopN ${this.maxTopN}: sample it on the host`, { logprobs: state.params.logprobs, maxTopN: this.maxTopN });
@@ -163,9 +165,10 @@ export class CudaSampler {
     const b = this.#backend;
     const stride = this.rowStride;
     if (n > 0) {
+      const pending = this.#pendingPtr(rows, pendingIds, 'launch');
       this.#uploadParams(rows);
       const out = asCuda(this.#out, 'launch', 'out');
-      this.#kernel.launch(n, THREADS, 0, b.stream, [out.ptr, asCuda(this.#scratch, 'launch', 'scratch').ptr, x.ptr, asCuda(this.#params, 'launch', 'params').ptr, this.vocab, stride]);
+      this.#kernel.launch(n, THREADS, 0, b.stream, [out.ptr, asCuda(this.#scratch, 'launch', 'scratch').ptr, x.ptr, asCuda(this.#params, 'launch', 'params').ptr, this.vocab, stride, pending]);
     }
     return b.view(this.#out, [Math.max(1, n) * stride]);
   }
@@ -179,6 +182,18 @@ export class CudaSampler {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const t of [this.#params, this.#out, this.#rowIndices, this.#scratch]) this.#backend.free(t);
+  }
+
+  /** The pending-ids pointer (0 when no row has a pending token); every pendingAt must lie inside it. */
+  #pendingPtr(rows: readonly DeviceSampleRow[], pendingIds: Tensor | null, op: string): number {
+    const pending = rows.filter((r) => r.pendingAt !== undefined).map((r) => r.pendingAt!);
+    if (pending.length === 0) return 0;
+    if (!pendingIds) throw invalid(op, 'rows with a pending token need the pending-ids tensor', { numPending: pending.length });
+    const ids = asCuda(pendingIds, op, 'pendingIds');
+    if (ids.dtype !== 'i32') throw invalid(op, `pendingIds must be i32, got ${ids.dtype}`);
+    const bad = pending.find((i) => !Number.isInteger(i) || i < 0 || i >= ids.numel);
+    if (bad !== undefined) throw invalid(op, `pendingAt ${bad} is outside the pending ids [0, ${ids.numel})`, { pendingAt: bad, numel: ids.numel });
+    return ids.ptr;
   }
 
   #checkLogits(logits: Tensor, op: string, rowIndices: readonly number[]) {

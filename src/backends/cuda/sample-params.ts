@@ -1,5 +1,5 @@
 /**
- * What one sampling step uploads (kernels/sampling.cu, penalties.cuh): one 104-byte record per
+ * What one sampling step uploads (kernels/sampling.cu, penalties.cuh): one 112-byte record per
  * row, then the token-history entries of the rows that need them, in the same buffer:
  *
  * ```
@@ -10,6 +10,8 @@
  *                                             in the output (0: prompt only)
  * ```
  * Rows without penalties or a pending min_tokens mask have no entries and pay nothing on the device.
+ * Async scheduling: a row whose last output token is still being sampled by the step in flight
+ * (`pendingAt`: where the kernel reads it) counts it for min_tokens here and for penalties there.
  */
 import { PeregrineError } from '../../errors.js';
 import { hasPenalties } from '../../sampling/logits-processors.js';
@@ -19,7 +21,7 @@ import type { SequenceSamplingState } from '../../sampling/sampler.js';
 import { historyPairs, isTokenWord } from './history-entries.js';
 
 /** bytes of one row's SampleParams record */
-export const SAMPLE_PARAM_BYTES = 104;
+export const SAMPLE_PARAM_BYTES = 112;
 /** bytes of one history entry: (token id, output count) as two i32 */
 export const HISTORY_ENTRY_BYTES = 8;
 const GREEDY = 1;
@@ -28,26 +30,31 @@ const GREEDY = 1;
 export interface DeviceSampleRow {
   readonly logitsRow: number;
   readonly state: SequenceSamplingState;
+  /**
+   * Async scheduling: the row's newest output token is not in `state.outputTokenIds` yet (the step
+   * in flight samples it); the kernel reads it from its pending-ids tensor at this index.
+   */
+  readonly pendingAt?: number;
 }
 
-/**
- * Whether sampling `state` reads its token history this step (penalties, or a min_tokens mask
- * still on): its entries are packed from `outputTokenIds` as they are when packed.
- */
-export function readsTokenHistory(state: SequenceSamplingState): boolean {
-  return hasPenalties(state.params) || state.outputTokenIds.length < state.params.minTokens;
+/** Output tokens of the row, the pending one included. */
+function numOutputTokens(row: DeviceSampleRow): number {
+  return row.state.outputTokenIds.length + (row.pendingAt === undefined ? 0 : 1);
 }
+
+export { readsTokenHistory } from '../../sampling/logits-processors.js';
 
 /** eos and stop ids (the CPU's maskTokens lists) while the output is shorter than min_tokens */
-function maskedIds(state: SequenceSamplingState): number[] {
-  if (state.outputTokenIds.length >= state.params.minTokens) return [];
+function maskedIds(row: DeviceSampleRow): number[] {
+  const { state } = row;
+  if (numOutputTokens(row) >= state.params.minTokens) return [];
   return [...(state.eosTokenIds ?? []), ...state.params.stopTokenIds].filter(isTokenWord);
 }
 
 /** Bytes `packSampleParams` writes for `rows`: the records and every history entry. */
 export function sampleParamsBytes(rows: readonly DeviceSampleRow[]): number {
   let numEntries = 0;
-  for (const { state } of rows) numEntries += maskedIds(state).length + (hasPenalties(state.params) ? historyPairs(state).length / 2 : 0);
+  for (const row of rows) numEntries += maskedIds(row).length + (hasPenalties(row.state.params) ? historyPairs(row.state).length / 2 : 0);
   return rows.length * SAMPLE_PARAM_BYTES + numEntries * HISTORY_ENTRY_BYTES;
 }
 
@@ -64,17 +71,20 @@ export function packSampleParams(rows: readonly DeviceSampleRow[], view: DataVie
     throw new PeregrineError('PGN_ERR_INTERNAL', `packSampleParams: ${rows.length} rows need ${numBytes} bytes, the view has ${view.byteLength}`, { numBytes, byteLength: view.byteLength });
   }
   let at = rows.length * SAMPLE_PARAM_BYTES;
-  rows.forEach(({ logitsRow, state }, r) => {
+  rows.forEach((row, r) => {
+    const { logitsRow, state } = row;
     const o = r * SAMPLE_PARAM_BYTES;
     writeRecord(view, o, logitsRow, state);
     const entryStart = at;
-    const numMasked = writeMasked(view, at, state);
+    const numMasked = writeMasked(view, at, row);
     at += numMasked * HISTORY_ENTRY_BYTES;
     const numPenalized = writePenalized(view, at, state);
     at += numPenalized * HISTORY_ENTRY_BYTES;
     view.setInt32(o + 68, numMasked, true);
     view.setInt32(o + 96, entryStart / 4, true);
     view.setInt32(o + 100, numPenalized, true);
+    view.setInt32(o + 104, row.pendingAt !== undefined && hasPenalties(state.params) ? row.pendingAt : -1, true);
+    view.setInt32(o + 108, 0, true);
   });
   return at;
 }
@@ -105,8 +115,8 @@ function writeRecord(view: DataView, o: number, logitsRow: number, state: Sequen
   view.setFloat64(o + 88, p.frequencyPenalty, true);
 }
 
-function writeMasked(view: DataView, at: number, state: SequenceSamplingState): number {
-  const ids = maskedIds(state);
+function writeMasked(view: DataView, at: number, row: DeviceSampleRow): number {
+  const ids = maskedIds(row);
   ids.forEach((id, j) => {
     view.setInt32(at + j * HISTORY_ENTRY_BYTES, id, true);
     view.setInt32(at + j * HISTORY_ENTRY_BYTES + 4, 0, true);

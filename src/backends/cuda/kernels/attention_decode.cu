@@ -15,10 +15,11 @@
 // reset for the next replay) was measured 2026-11-28 (H100, 8B shape, batch 1, 8 splits): 7.87
 // us a layer against 7.86 with the second launch, and the unsplit path 2-7% slower (the extra
 // shared memory and epilogue): not kept.
-// An fp8 cache (C = kv_fp8_t, kv_fp8.cuh) is read 8 bytes a lane, with more keys in flight (U8)
-// to keep as many bytes loading; kScale is folded into the query and vScale into the output, so
-// the codes convert exactly. Measured 2026-11-28 (H100, Llama-3.1-8B shape, batch 256, context
-// ~1000): 19.4 ms/step against 21.7 for bf16 (U8 = U: 20.3); still ~57% of copy bandwidth.
+// An fp8 cache (C = kv_fp8_t, kv_fp8.cuh) is read 8 bytes a lane, with more keys in flight
+// (DecodeKv) to keep as many bytes loading; kScale is folded into the query and vScale into the
+// output, so the codes convert exactly. Measured 2026-11-28 (H100, Llama-3.1-8B shape, batch 256,
+// context ~1000): 19.4 ms/step against 21.7 for bf16 (with bf16's keys in flight: 20.3); still ~57%
+// of copy bandwidth.
 // 16-byte loads (16 codes a lane, LPK halved) were tried the same day: with 4 heads a block the 64
 // accumulators need > 128 registers (spills even at 1 key in flight), so 3 blocks an SM and 3 keys
 // in flight: 23.9 ms/step against 19.5 (batch 256, context ~1000): not kept.
@@ -31,16 +32,48 @@
 // tried (2026-11-27, H100): it needed ~165 registers (3 blocks an SM) and ran 10-40% slower.
 #define PGN_DECODE_MIN_BLOCKS(HPB) ((HPB) <= 4 ? 4 : 3)
 
+// How attn_decode reads a cache of element type C: a lane's 8 elements of a K or V row in one load
+// (Raw) and their conversion to f32 (fp8 codes unscaled); keysInFlight(HPB), the keys a lane loads
+// before the math (fp8: more, as many as fit in registers unspilled, so as many bytes load);
+// CONVERT_ONCE, whether each V row is converted once for all heads (fp8) or head by head (16-bit
+// rows, whose conversion is a shift). All compile-time: nothing of it is left in the KV loop.
+template <typename T, typename C> struct DecodeKv {
+  static_assert(sizeof(C) == 2, "16-bit cache rows (the fp8 cache has its own DecodeKv)");
+  using Raw = uint4;
+  static constexpr bool CONVERT_ONCE = false;
+  __host__ __device__ static constexpr int keysInFlight(int hpb) { return hpb >= 8 ? 2 : PGN_DECODE_UNROLL; }
+  static __device__ __forceinline__ Raw zero() { return make_uint4(0, 0, 0, 0); }
+  static __device__ __forceinline__ void to_f32x8(const Raw& raw, float* f) {
+    const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; e++) f[e] = to_f32(x[e]);
+  }
+};
+template <typename T> struct DecodeKv<T, kv_fp8_t> {
+  using Raw = uint2;
+  static constexpr bool CONVERT_ONCE = true;
+  __host__ __device__ static constexpr int keysInFlight(int hpb) { return hpb >= 8 ? 2 : (hpb >= 4 ? 6 : 2 * PGN_DECODE_UNROLL); }
+  static __device__ __forceinline__ Raw zero() { return make_uint2(0, 0); }
+  static __device__ __forceinline__ void to_f32x8(const Raw& raw, float* f) { kv_fp8x8_to_f32(raw, f); }
+};
+
+// One key's weight p into a head's softmax sum and accumulator (v: the key's 8 values, T or converted).
+template <typename V> __device__ __forceinline__ void decode_accumulate(float& l, float* acc, float p, const V* v) {
+  l += p;
+#pragma unroll
+  for (int e = 0; e < 8; e++) acc[e] += p * to_f32(v[e]);
+}
+
 template <typename T, typename C, int D, int HPB>
 __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* qkv, const C* kCache, const C* vCache,
                             const int* cuSeqlensQ, const int* contextLens, const int* blockTables,
                             const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize,
                             float scale, int window, float softcap, int numSplits, float kScale, float vScale) {
-  constexpr bool F8 = sizeof(C) == 1;
+  using KV = DecodeKv<T, C>;
   constexpr int CHUNKS = D / 8;
   constexpr int LPK = CHUNKS <= 8 ? 8 : (CHUNKS <= 16 ? 16 : 32);  // lanes per key
   constexpr int KPW = 32 / LPK;                                    // keys per warp
-  constexpr int NW = PGN_DECODE_WARPS, SLOTS = NW * KPW, U = HPB >= 8 ? 2 : PGN_DECODE_UNROLL;
+  constexpr int NW = PGN_DECODE_WARPS, SLOTS = NW * KPW, UK = KV::keysInFlight(HPB);
   __shared__ __align__(16) float sq[HPB][D];
   __shared__ float sm[NW][HPB], sl[NW][HPB];
   __shared__ __align__(16) float so[NW][HPB][D];
@@ -86,153 +119,81 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
     for (int e = 0; e < 8; e++) acc[h][e] = 0.f;
   }
 
-  if constexpr (F8) {
-    // more keys in flight: a lane loads 8 bytes of a key, not 16 (as many as fit in registers unspilled)
-    constexpr int U8 = HPB >= 8 ? 2 : (HPB >= 4 ? 6 : 2 * U);
-    for (int base = jBegin; base < jEnd; base += SLOTS * U8) {
-      uint2 kr[U8], vr[U8];
+  for (int base = jBegin; base < jEnd; base += SLOTS * UK) {
+    typename KV::Raw kr[UK], vr[UK];
 #pragma unroll
-      for (int u = 0; u < U8; u++) {
-        const int j = base + u * SLOTS + slot;
-        kr[u] = vr[u] = make_uint2(0, 0);
-        if (j < jEnd && active) {
-          const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
-          kr[u] = *reinterpret_cast<const uint2*>(kCache + row * kvStride + colOffset);
-          vr[u] = *reinterpret_cast<const uint2*>(vCache + row * kvStride + colOffset);
-        }
+    for (int u = 0; u < UK; u++) {
+      const int j = base + u * SLOTS + slot;
+      kr[u] = vr[u] = KV::zero();
+      if (j < jEnd && active) {
+        const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
+        kr[u] = *reinterpret_cast<const typename KV::Raw*>(kCache + row * kvStride + colOffset);
+        vr[u] = *reinterpret_cast<const typename KV::Raw*>(vCache + row * kvStride + colOffset);
       }
-      float s[U8][HPB];
+    }
+    // scores of the UK keys for every head (independent, so the reductions overlap)
+    float s[UK][HPB];
 #pragma unroll
-      for (int u = 0; u < U8; u++) {
-        float kf[8];
-        kv_fp8x8_to_f32(kr[u], kf);
-#pragma unroll
-        for (int h = 0; h < HPB; h++) {
-          const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
-          const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
-          s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
-        }
-      }
-#pragma unroll
-      for (int o = 1; o < LPK; o <<= 1) {
-#pragma unroll
-        for (int u = 0; u < U8; u++) {
-#pragma unroll
-          for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U8; u++) {
-        const int j = base + u * SLOTS + slot;
-#pragma unroll
-        for (int h = 0; h < HPB; h++) {
-          float x = s[u][h];
-          if (!plain) {
-            if (softcap > 0.f) x = softcap * tanhf(x / softcap);
-            x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
-          }
-          s[u][h] = j < jEnd ? x : PGN_NEG_INF;
-        }
-      }
-      // the online-softmax rescale of every head, then the values key by key (converted once for all heads)
-      float mUse[HPB];
+    for (int u = 0; u < UK; u++) {
+      float kf[8];
+      KV::to_f32x8(kr[u], kf);
 #pragma unroll
       for (int h = 0; h < HPB; h++) {
-        float mNew = m[h];
-#pragma unroll
-        for (int u = 0; u < U8; u++) mNew = fmaxf(mNew, s[u][h]);
-        mUse[h] = mNew == PGN_NEG_INF ? 0.f : mNew;
-        const float alpha = fast_exp2(m[h] - mUse[h]);
-        m[h] = mNew;
-        l[h] *= alpha;
-#pragma unroll
-        for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
+        const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
+        const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
+        s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
       }
+    }
 #pragma unroll
-      for (int u = 0; u < U8; u++) {
+    for (int o = 1; o < LPK; o <<= 1) {
+#pragma unroll
+      for (int u = 0; u < UK; u++) {
+#pragma unroll
+        for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UK; u++) {
+      const int j = base + u * SLOTS + slot;
+#pragma unroll
+      for (int h = 0; h < HPB; h++) {
+        float x = s[u][h];
+        if (!plain) {
+          if (softcap > 0.f) x = softcap * tanhf(x / softcap);
+          x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
+        }
+        s[u][h] = j < jEnd ? x : PGN_NEG_INF;
+      }
+    }
+    // one online-softmax step for the UK keys: each head's rescale, then its values head by head, or
+    // (CONVERT_ONCE) every head's rescale, then the values key by key
+    float mUse[HPB];
+#pragma unroll
+    for (int h = 0; h < HPB; h++) {
+      float mNew = m[h];
+#pragma unroll
+      for (int u = 0; u < UK; u++) mNew = fmaxf(mNew, s[u][h]);
+      const float mu = mNew == PGN_NEG_INF ? 0.f : mNew;
+      mUse[h] = mu;
+      const float alpha = fast_exp2(m[h] - mu);
+      m[h] = mNew;
+      l[h] *= alpha;
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
+      if constexpr (!KV::CONVERT_ONCE) {
+#pragma unroll
+        for (int u = 0; u < UK; u++) decode_accumulate(l[h], acc[h], fast_exp2(s[u][h] - mu), reinterpret_cast<const T*>(&vr[u]));
+      }
+    }
+    if constexpr (KV::CONVERT_ONCE) {
+#pragma unroll
+      for (int u = 0; u < UK; u++) {
         float vf[8];
-        kv_fp8x8_to_f32(vr[u], vf);
+        KV::to_f32x8(vr[u], vf);
 #pragma unroll
-        for (int h = 0; h < HPB; h++) {
-          const float p = fast_exp2(s[u][h] - mUse[h]);
-          l[h] += p;
-#pragma unroll
-          for (int e = 0; e < 8; e++) acc[h][e] += p * vf[e];
-        }
+        for (int h = 0; h < HPB; h++) decode_accumulate(l[h], acc[h], fast_exp2(s[u][h] - mUse[h]), vf);
       }
     }
-  } else {
-    for (int base = jBegin; base < jEnd; base += SLOTS * U) {
-      uint4 kr[U], vr[U];
-  #pragma unroll
-      for (int u = 0; u < U; u++) {
-        const int j = base + u * SLOTS + slot;
-        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-        if (j < jEnd && active) {
-          const long long row = (long long)table[j / blockSize] * blockSize + j % blockSize;
-          kr[u] = *reinterpret_cast<const uint4*>(kCache + row * kvStride + colOffset);
-          vr[u] = *reinterpret_cast<const uint4*>(vCache + row * kvStride + colOffset);
-        }
-      }
-      // scores of the U keys for every head (independent, so the reductions overlap)
-      float s[U][HPB];
-  #pragma unroll
-      for (int u = 0; u < U; u++) {
-        const T* kh = reinterpret_cast<const T*>(&kr[u]);
-        float kf[8];
-  #pragma unroll
-        for (int e = 0; e < 8; e++) kf[e] = to_f32(kh[e]);
-  #pragma unroll
-        for (int h = 0; h < HPB; h++) {
-          const float4 qa = *reinterpret_cast<const float4*>(&sq[h][c]);
-          const float4 qb = *reinterpret_cast<const float4*>(&sq[h][c + 4]);
-          s[u][h] = qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] + qb.z * kf[6] + qb.w * kf[7];
-        }
-      }
-  #pragma unroll
-      for (int o = 1; o < LPK; o <<= 1) {
-  #pragma unroll
-        for (int u = 0; u < U; u++) {
-  #pragma unroll
-          for (int h = 0; h < HPB; h++) s[u][h] += __shfl_xor_sync(0xffffffffu, s[u][h], o);
-        }
-      }
-  #pragma unroll
-      for (int u = 0; u < U; u++) {
-        const int j = base + u * SLOTS + slot;
-  #pragma unroll
-        for (int h = 0; h < HPB; h++) {
-          float x = s[u][h];
-          if (!plain) {
-            if (softcap > 0.f) x = softcap * tanhf(x / softcap);
-            x = (x + slope[h] * (float)(j - pos)) * PGN_LOG2E;
-          }
-          s[u][h] = j < jEnd ? x : PGN_NEG_INF;
-        }
-      }
-      // one online-softmax step for the U keys
-  #pragma unroll
-      for (int h = 0; h < HPB; h++) {
-        float mNew = m[h];
-  #pragma unroll
-        for (int u = 0; u < U; u++) mNew = fmaxf(mNew, s[u][h]);
-        const float mUse = mNew == PGN_NEG_INF ? 0.f : mNew;
-        const float alpha = fast_exp2(m[h] - mUse);
-        m[h] = mNew;
-        l[h] *= alpha;
-  #pragma unroll
-        for (int e = 0; e < 8; e++) acc[h][e] *= alpha;
-  #pragma unroll
-        for (int u = 0; u < U; u++) {
-          const float p = fast_exp2(s[u][h] - mUse);
-          l[h] += p;
-          const T* vh = reinterpret_cast<const T*>(&vr[u]);
-  #pragma unroll
-          for (int e = 0; e < 8; e++) acc[h][e] += p * to_f32(vh[e]);
-        }
-      }
-    }
-
   }
 
   PGN_PDL_TRIGGER();  // the KV loop is done: the next kernel may be scheduled

@@ -4,7 +4,9 @@
 // The host (sample-params.ts) packs each row's list: `numMasked` ids to set to -inf (eos and
 // stop ids while the output is shorter than min_tokens), then `numPenalized` (id, count) pairs,
 // one per distinct id (count = occurrences in the output; 0 for prompt-only ids). Ids outside
-// the row are ignored, as on the CPU. The arithmetic is the CPU's: f64 ops on the f32 logit,
+// the row are ignored, as on the CPU. Async scheduling: `pendingId` (>= 0) is one more output
+// token, sampled by the step in flight and read on the device, that the pairs do not count yet:
+// its pair's count goes up by one, or, absent from the pairs, it is penalized as seen once. The arithmetic is the CPU's: f64 ops on the f32 logit,
 // rounded once to f32; explicit _rn intrinsics keep nvcc from fusing them into an FMA.
 #pragma once
 #include "common.cuh"
@@ -18,10 +20,19 @@ struct HistoryParams {
   double repetition;   // 1: off
   double presence;
   double frequency;
+  int pendingId;       // -1: none
 };
+
+__device__ __forceinline__ float penalize(float v, int count, const HistoryParams& h, bool rep, bool presFreq) {
+  if (rep) v = (float)(v > 0.f ? __ddiv_rn((double)v, h.repetition) : __dmul_rn((double)v, h.repetition));
+  if (presFreq && count > 0) v = (float)__dsub_rn((double)v, __dadd_rn(__dmul_rn(h.frequency, (double)count), h.presence));
+  return v;
+}
 
 // `row` is the block's own f32 copy of the logits row; every thread of the block calls this.
 __device__ void apply_history(float* row, int vocab, const HistoryParams& h) {
+  __shared__ int pendingSeen;
+  if (threadIdx.x == 0) pendingSeen = 0;
   for (int j = threadIdx.x; j < h.numMasked; j += blockDim.x) {
     const int id = h.entries[2 * j];
     if (id >= 0 && id < vocab) row[id] = PGN_NEG_INF;
@@ -30,13 +41,17 @@ __device__ void apply_history(float* row, int vocab, const HistoryParams& h) {
   const bool rep = h.repetition != 1.0, presFreq = h.presence != 0.0 || h.frequency != 0.0;
   const int* pairs = h.entries + 2 * h.numMasked;
   for (int j = threadIdx.x; j < h.numPenalized; j += blockDim.x) {
-    const int id = pairs[2 * j], count = pairs[2 * j + 1];
+    const int id = pairs[2 * j];
+    int count = pairs[2 * j + 1];
     if (id < 0 || id >= vocab) continue;
-    float v = row[id];
-    if (rep) v = (float)(v > 0.f ? __ddiv_rn((double)v, h.repetition) : __dmul_rn((double)v, h.repetition));
-    if (presFreq && count > 0) v = (float)__dsub_rn((double)v, __dadd_rn(__dmul_rn(h.frequency, (double)count), h.presence));
-    row[id] = v;
+    if (id == h.pendingId) {
+      count++;
+      pendingSeen = 1;
+    }
+    row[id] = penalize(row[id], count, h, rep, presFreq);
   }
+  __syncthreads();
+  if (threadIdx.x == 0 && !pendingSeen && h.pendingId >= 0 && h.pendingId < vocab) row[h.pendingId] = penalize(row[h.pendingId], 1, h, rep, presFreq);
   __syncthreads();
 }
 

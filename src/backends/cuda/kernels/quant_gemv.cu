@@ -88,20 +88,12 @@ template <typename T> __device__ __forceinline__ unsigned qg_i8pair(unsigned w, 
   return pack2<T>(lo, hi);
 }
 
-// E4M3 bytes (0,1) / (2,3) of w -> f16x2, exactly (sm_89+; the host sends fp8 here only there)
-__device__ __forceinline__ unsigned qg_e4m3_lo(unsigned w) {
+// E4M3 bytes (0,1) (HI false) / (2,3) (HI true) of w -> f16x2, exactly (sm_89+; the host sends fp8 here only there)
+template <bool HI> __device__ __forceinline__ unsigned qg_e4m3_f16x2(unsigned w) {
   unsigned d = 0u;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.rn.f16x2.e4m3x2 %0, l; }" : "=r"(d) : "r"(w));
-#else
-  __trap();
-#endif
-  return d;
-}
-__device__ __forceinline__ unsigned qg_e4m3_hi(unsigned w) {
-  unsigned d = 0u;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.rn.f16x2.e4m3x2 %0, h; }" : "=r"(d) : "r"(w));
+  if constexpr (HI) asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.rn.f16x2.e4m3x2 %0, h; }" : "=r"(d) : "r"(w));
+  else asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.rn.f16x2.e4m3x2 %0, l; }" : "=r"(d) : "r"(w));
 #else
   __trap();
 #endif
@@ -130,8 +122,8 @@ __device__ __forceinline__ void qg_step64(float* c, const uint4& lo, const uint4
     const unsigned xb[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-      xw[2 * i] = qg_e4m3_lo(xb[i]);
-      xw[2 * i + 1] = qg_e4m3_hi(xb[i]);
+      xw[2 * i] = qg_e4m3_f16x2<false>(xb[i]);
+      xw[2 * i + 1] = qg_e4m3_f16x2<true>(xb[i]);
     }
   } else {
     const uint4 x0 = qg_lds16(xp), x1 = qg_lds16(xp + 16);
@@ -141,7 +133,7 @@ __device__ __forceinline__ void qg_step64(float* c, const uint4& lo, const uint4
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     if (KIND == PGN_Q_FP8) {
-      const unsigned a[4] = {qg_e4m3_lo(wl[i]), qg_e4m3_lo(wh[i]), qg_e4m3_hi(wl[i]), qg_e4m3_hi(wh[i])};
+      const unsigned a[4] = {qg_e4m3_f16x2<false>(wl[i]), qg_e4m3_f16x2<false>(wh[i]), qg_e4m3_f16x2<true>(wl[i]), qg_e4m3_f16x2<true>(wh[i])};
       mma16816<f16>(c, a, xw[2 * i], xw[2 * i + 1]);
     } else {
       const unsigned l = wl[i] ^ 0x80808080u, h = wh[i] ^ 0x80808080u;
@@ -177,6 +169,26 @@ __device__ __forceinline__ void qg_step_int4(float* c, const uint4& lo, const ui
   }
 }
 
+// Calls f(u, m, unit) for each 16-byte unit u (of row m) of x [M, K] (T) this thread takes, QB loads in flight
+// at a time: units u0, u0 + blockDim.x, ... load together, then f sees them in that order. units = M * kUnits;
+// u >= units passes a zero unit (and m past the rows), which f must skip.
+template <int QB, typename T, typename F>
+__device__ __forceinline__ void qg_for_x_units(const T* x, int K, int kUnits, int units, F&& f) {
+  for (int u0 = threadIdx.x; u0 < units; u0 += blockDim.x * QB) {
+    uint4 v[QB];
+#pragma unroll
+    for (int b = 0; b < QB; b++) {
+      const int u = u0 + b * blockDim.x, m = u / kUnits;
+      v[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + (u - m * kUnits) * 8)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int b = 0; b < QB; b++) {
+      const int u = u0 + b * blockDim.x;
+      f(u, u / kUnits, v[b]);
+    }
+  }
+}
+
 // x [M, K] (T) -> E4M3 rows of xsm and their scales (static, or max(rowAmax / 448, minScale)); every thread.
 // Values are multiplied by the scale's reciprocal (not divided, as quant_fp8_act does: at most one f32 ulp
 // apart before the rounding to E4M3) and rounded by the hardware conversion: cheap enough for 8 tokens.
@@ -189,26 +201,16 @@ __device__ __forceinline__ void qg_quantize_x(unsigned char* xsm, int xStride, f
     float amax[QG_MAX_M];
 #pragma unroll
     for (int m = 0; m < QG_MAX_M; m++) amax[m] = 0.f;
-    for (int u0 = tid; u0 < units; u0 += blockDim.x * QB) {
-      uint4 v[QB];
+    qg_for_x_units<QB>(x, K, kUnits, units, [&](int u, int m, const uint4& raw) {
+      Pack<T> p;
+      p.raw = raw;
+      float a = 0.f;
 #pragma unroll
-      for (int b = 0; b < QB; b++) {
-        const int u = u0 + b * blockDim.x, m = u / kUnits;
-        v[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + (u - m * kUnits) * 8)) : make_uint4(0u, 0u, 0u, 0u);
-      }
+      for (int e = 0; e < Pack<T>::N; e++) a = fmaxf(a, fabsf(p.get(e)));
 #pragma unroll
-      for (int b = 0; b < QB; b++) {
-        const int u = u0 + b * blockDim.x, m = u / kUnits;
-        Pack<T> p;
-        p.raw = v[b];
-        float a = 0.f;
-#pragma unroll
-        for (int e = 0; e < Pack<T>::N; e++) a = fmaxf(a, fabsf(p.get(e)));
-#pragma unroll
-        for (int mm = 0; mm < QG_MAX_M; mm++)
-          if (mm == m && u < units) amax[mm] = fmaxf(amax[mm], a);
-      }
-    }
+      for (int mm = 0; mm < QG_MAX_M; mm++)
+        if (mm == m && u < units) amax[mm] = fmaxf(amax[mm], a);
+    });
     const int lane = tid & 31, warp = tid >> 5;
 #pragma unroll
     for (int m = 0; m < QG_MAX_M; m++) {
@@ -225,26 +227,16 @@ __device__ __forceinline__ void qg_quantize_x(unsigned char* xsm, int xStride, f
     xscale[tid] = *inputScale;
   }
   __syncthreads();
-  for (int u0 = tid; u0 < units; u0 += blockDim.x * QB) {
-    uint4 v[QB];
-#pragma unroll
-    for (int b = 0; b < QB; b++) {
-      const int u = u0 + b * blockDim.x, m = u / kUnits;
-      v[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + (u - m * kUnits) * 8)) : make_uint4(0u, 0u, 0u, 0u);
+  qg_for_x_units<QB>(x, K, kUnits, units, [&](int u, int m, const uint4& raw) {
+    if (u < units) {
+      Pack<T> p;
+      p.raw = raw;
+      const float r = __frcp_rn(xscale[m]);
+      const unsigned q0 = qg_e4m3x2(p.get(0) * r, p.get(1) * r) | (qg_e4m3x2(p.get(2) * r, p.get(3) * r) << 16);
+      const unsigned q1 = qg_e4m3x2(p.get(4) * r, p.get(5) * r) | (qg_e4m3x2(p.get(6) * r, p.get(7) * r) << 16);
+      *reinterpret_cast<uint2*>(xsm + m * xStride + (u - m * kUnits) * 8) = make_uint2(q0, q1);
     }
-#pragma unroll
-    for (int b = 0; b < QB; b++) {
-      const int u = u0 + b * blockDim.x, m = u / kUnits;
-      if (u < units) {
-        Pack<T> p;
-        p.raw = v[b];
-        const float r = __frcp_rn(xscale[m]);
-        const unsigned q0 = qg_e4m3x2(p.get(0) * r, p.get(1) * r) | (qg_e4m3x2(p.get(2) * r, p.get(3) * r) << 16);
-        const unsigned q1 = qg_e4m3x2(p.get(4) * r, p.get(5) * r) | (qg_e4m3x2(p.get(6) * r, p.get(7) * r) << 16);
-        *reinterpret_cast<uint2*>(xsm + m * xStride + (u - m * kUnits) * 8) = make_uint2(q0, q1);
-      }
-    }
-  }
+  });
 }
 
 template <int KIND, typename T, bool XQ>

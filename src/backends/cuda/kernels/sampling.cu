@@ -34,7 +34,7 @@
 
 namespace pgn_sample {
 
-// One row's parameters, 104 bytes (written by sample-params.ts: keep the two in step).
+// One row's parameters, 112 bytes (written by sample-params.ts: keep the two in step).
 struct SampleParams {
   double temperature;  // ignored when greedy
   double topP;         // 1: off
@@ -52,6 +52,8 @@ struct SampleParams {
   double frequencyPenalty;
   int entryStart;                     // i32 word of the params buffer where the row's entries start
   int numPenalized;                   // (id, output count) pairs after the masked ids
+  int pendingAt;                      // -1, or where in pendingIds this row's in-flight output token is
+  int pad;
 };
 
 struct RadixResult {
@@ -683,7 +685,7 @@ __device__ void top_logprobs(const RowCtx& c, const float* x, int k, double lse,
 }
 
 // s <- x with the row's min_tokens mask and penalties applied (only rows that have them).
-__device__ __forceinline__ void process_history(const RowCtx& c, const float* x, float* s, const SampleParams* params, int row) {
+__device__ __forceinline__ void process_history(const RowCtx& c, const float* x, float* s, const SampleParams* params, const int* pendingIds, int row) {
   for_each_chunk(c, x, [&](int i0, const float* v) { store4(s, i0, c.end, v); });
   __syncthreads();
   const SampleParams& P = params[row];
@@ -694,6 +696,7 @@ __device__ __forceinline__ void process_history(const RowCtx& c, const float* x,
   h.repetition = P.repetitionPenalty;
   h.presence = P.presencePenalty;
   h.frequency = P.frequencyPenalty;
+  h.pendingId = P.pendingAt >= 0 ? pendingIds[P.pendingAt] : -1;
   pgn_penalties::apply_history(s, c.n, h);
 }
 
@@ -701,9 +704,10 @@ __device__ __forceinline__ void process_history(const RowCtx& c, const float* x,
 
 // out [numRows, outStride] i32: token (-1: none), logprob (f32 bits; NaN when not asked),
 // then (id, f32 logprob) pairs of the top-n. scratch f32 [numRows, vocab]; logits f32
-// [*, vocab]; params [numRows] records followed by the rows' history entries. Grid: one block
-// per row.
-extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* scratch, const float* logits, const pgn_sample::SampleParams* params, int vocab, int outStride) {
+// [*, vocab]; params [numRows] records followed by the rows' history entries; pendingIds: token
+// ids that rows with pendingAt >= 0 read (async scheduling: the step's input ids), or null.
+// Grid: one block per row.
+extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* scratch, const float* logits, const pgn_sample::SampleParams* params, int vocab, int outStride, const int* pendingIds) {
   PGN_PDL_WAIT();
   using namespace pgn_sample;
   __shared__ SampleShared sh;
@@ -715,8 +719,8 @@ extern "C" __global__ void __launch_bounds__(512) sample_rows(int* out, float* s
 
   // the row the token is chosen from; log-probabilities stay those of the raw logits
   const float* src = x;
-  if (P.numMasked > 0 || P.numPenalized > 0) {
-    process_history(c, x, s, params, blockIdx.x);
+  if (P.numMasked > 0 || P.numPenalized > 0 || P.pendingAt >= 0) {
+    process_history(c, x, s, params, pendingIds, blockIdx.x);
     src = s;
   }
   const bool wantLse = P.numLogprobs >= 0;
