@@ -97,6 +97,10 @@ test('the runner accounts each step\'s time between host gap and device work', a
   assert.ok(t.numSteps >= 6, `${t.numSteps} steps`);
   assert.ok(t.hostGapFraction >= 0 && t.hostGapFraction < 1, `host gap fraction ${t.hostGapFraction}`);
   assert.ok(t.meanStepMs > 0 && t.meanHostGapMs <= t.meanStepMs);
+  // the prompts' step carries prompt tokens, the five after it are pure decodes
+  assert.equal(t.prefill.numSteps + t.decode.numSteps, t.numSteps);
+  assert.ok(t.prefill.numSteps >= 1 && t.decode.numSteps >= 5, JSON.stringify(t));
+  assert.ok(t.decode.meanBusyMs > 0 && t.prefill.meanBusyMs > 0);
   assert.equal(llm.runner.stepTiming(true).numSteps, t.numSteps);
   assert.equal(llm.runner.stepTiming().numSteps, 0, 'reset');
   await llm.close();

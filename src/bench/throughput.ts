@@ -3,6 +3,7 @@
  * submitted at once with ignore_eos; reports total output tok/s and requests/s.
  */
 import { LLM, type LLMOptions } from '../api/llm.js';
+import type { StepKindTiming } from '../runner/step-timing.js';
 import { formatTable, randomPrompts } from './stats.js';
 
 export interface ThroughputOptions extends LLMOptions {
@@ -24,6 +25,9 @@ export interface ThroughputResult {
   /** share of step time the device waited for the host (single-device runs), null when unknown */
   readonly hostGapFraction: number | null;
   readonly meanStepMs: number | null;
+  /** where the device's time went: pure decode steps and steps carrying prompt tokens (single-device runs) */
+  readonly decode: StepKindTiming | null;
+  readonly prefill: StepKindTiming | null;
 }
 
 export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<ThroughputResult> {
@@ -37,6 +41,7 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
   const t0 = performance.now();
   const outs = await llm.generate(prompts, { maxTokens: o.osl, ignoreEos: true, temperature: o.temperature ?? 1, topP: 1 });
   const elapsedS = (performance.now() - t0) / 1000;
+  const timing = runner ? runner.stepTiming() : null;
   const outTokens = outs.reduce((a, r) => a + r.outputs[0]!.tokenIds.length, 0);
   return {
     numRequests: o.numRequests,
@@ -47,8 +52,10 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
     totalTokPerS: (outTokens + o.numRequests * o.isl) / elapsedS,
     requestsPerS: o.numRequests / elapsedS,
     numPreemptions: llm.stats().numPreemptions - before,
-    hostGapFraction: runner ? runner.stepTiming().hostGapFraction : null,
-    meanStepMs: runner ? runner.stepTiming().meanStepMs : null,
+    hostGapFraction: timing?.hostGapFraction ?? null,
+    meanStepMs: timing?.meanStepMs ?? null,
+    decode: timing?.decode ?? null,
+    prefill: timing?.prefill ?? null,
   };
 }
 
@@ -57,5 +64,9 @@ export function throughputTable(r: ThroughputResult, label: string): string {
     ['model', 'requests', 'isl/osl', 'elapsed s', 'output tok/s', 'total tok/s', 'req/s', 'preemptions', 'mean step ms', 'device idle %'],
     [label, r.numRequests, `${r.isl}/${r.osl}`, r.elapsedS, r.outputTokPerS, r.totalTokPerS, r.requestsPerS, r.numPreemptions,
       r.meanStepMs ?? '-', r.hostGapFraction === null ? '-' : 100 * r.hostGapFraction],
-  ]);
+  ]) + (r.decode && r.prefill ? '\n\n' + formatTable([
+    ['steps', 'count', 'mean device ms', 'device s'],
+    ['decode only', r.decode.numSteps, r.decode.meanBusyMs, (r.decode.numSteps * r.decode.meanBusyMs) / 1000],
+    ['with prompt tokens', r.prefill.numSteps, r.prefill.meanBusyMs, (r.prefill.numSteps * r.prefill.meanBusyMs) / 1000],
+  ]) : '');
 }

@@ -286,7 +286,7 @@ export class ModelRunner {
     const samples = samplingEntries(entries);
     const fb = withPromptLogprobRows(buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples), entries);
     this.checkPlaceholders(fb);
-    const mark = this.timer.begin();
+    const mark = this.timer.begin(fb.numTokens === fb.numSeqs ? 'decode' : 'prefill');
     const out = await this.executeForward(fb, entries, samples);
     this.timer.end(mark);
     this.lastLaunchRows = null;
@@ -339,7 +339,7 @@ export class ModelRunner {
       logitsRow: k, state: e.seq.samplingState, ...(pendingRowOf(k) !== undefined && { pendingAt: fb.logitsIndices[k]! }),
     }));
     const sampler = this.deviceSampler();
-    const mark = this.timer.begin();
+    const mark = this.timer.begin(fb.numTokens === fb.numSeqs ? 'decode' : 'prefill');
     // no wait here with a communicator either: collect() waits (with the step deadline)
     const logits = entries.length > 0 ? await this.forwardToDevice(fb, false) : null;
     let read: () => SampleResult[];

@@ -13,8 +13,20 @@ import type { Backend } from '../backends/backend.js';
 /** a pause between steps longer than this is an idle engine, not step overhead */
 export const MAX_COUNTED_GAP_MS = 50;
 
+/** 'decode': one new token per sequence; 'prefill': the step carries prompt tokens (with or without decodes) */
+export type StepKind = 'decode' | 'prefill';
+
+/** Steps of one kind: how many, and the device's mean busy time in one. */
+export interface StepKindTiming {
+  numSteps: number;
+  meanBusyMs: number;
+}
+
 export interface StepTiming {
   numSteps: number;
+  /** the steps by kind (busy time only: the gaps belong to no one step) */
+  decode: StepKindTiming;
+  prefill: StepKindTiming;
   /** busy + idle per step */
   meanStepMs: number;
   /** device idle per step: the host's work between steps that no queued step covered */
@@ -50,6 +62,7 @@ export interface DeviceEvent {
 export interface StepMark {
   startMs: number;
   endMs: number;
+  kind: StepKind;
   start: DeviceEvent | null;
   end: DeviceEvent | null;
 }
@@ -63,6 +76,7 @@ export class StepTimer {
   private lastEndMs = 0;
   private lastEnd: DeviceEvent | null = null;
   private readonly totals = { numSteps: 0, idleMs: 0, busyMs: 0 };
+  private readonly byKind: Record<StepKind, { numSteps: number; busyMs: number }> = { decode: { numSteps: 0, busyMs: 0 }, prefill: { numSteps: 0, busyMs: 0 } };
   /** the same since creation, never reset (the server's counters) */
   private readonly lifetime = { numSteps: 0, idleMs: 0, busyMs: 0 };
 
@@ -71,9 +85,9 @@ export class StepTimer {
   }
 
   /** Marks a step's start: call before its inputs are written. */
-  begin(): StepMark {
+  begin(kind: StepKind = 'decode'): StepMark {
     this.settleDone();
-    const mark: StepMark = { startMs: performance.now(), endMs: 0, start: this.take(), end: null };
+    const mark: StepMark = { startMs: performance.now(), endMs: 0, kind, start: this.take(), end: null };
     mark.start?.record(this.events!.stream as never);
     return mark;
   }
@@ -108,9 +122,14 @@ export class StepTimer {
     this.settleDone();
     const t = this.totals;
     const total = t.idleMs + t.busyMs;
-    const r = { numSteps: t.numSteps, meanStepMs: t.numSteps ? total / t.numSteps : 0, meanHostGapMs: t.numSteps ? t.idleMs / t.numSteps : 0, hostGapFraction: total ? t.idleMs / total : 0 };
+    const kind = (k: StepKind): StepKindTiming => ({ numSteps: this.byKind[k].numSteps, meanBusyMs: this.byKind[k].numSteps ? this.byKind[k].busyMs / this.byKind[k].numSteps : 0 });
+    const r = {
+      numSteps: t.numSteps, decode: kind('decode'), prefill: kind('prefill'),
+      meanStepMs: t.numSteps ? total / t.numSteps : 0, meanHostGapMs: t.numSteps ? t.idleMs / t.numSteps : 0, hostGapFraction: total ? t.idleMs / total : 0,
+    };
     if (reset) {
       Object.assign(t, { numSteps: 0, idleMs: 0, busyMs: 0 });
+      for (const k of Object.values(this.byKind)) Object.assign(k, { numSteps: 0, busyMs: 0 });
       this.lastEndMs = 0;
       this.release(this.lastEnd);
       this.lastEnd = null;
@@ -145,6 +164,8 @@ export class StepTimer {
         if (gap < MAX_COUNTED_GAP_MS) t.idleMs += Math.max(0, gap);
         t.numSteps++;
       }
+      this.byKind[m.kind].numSteps++;
+      this.byKind[m.kind].busyMs += Math.max(0, busy);
       this.release(m.start);
       this.release(this.lastEnd);
       this.lastEnd = m.end;
