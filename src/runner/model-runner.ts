@@ -21,16 +21,15 @@ import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
 import { allTensors, type ModelWeights } from '../models/model-weights.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { Communicator } from '../parallel/communicator.js';
-import { numPromptLogprobRows, sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
-import { readsTokenHistory } from '../sampling/logits-processors.js';
+import { numPromptLogprobRows, sampleRow, type SequenceSamplingState } from '../sampling/index.js';
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
-import { hasPinnedMemory, idsToResults, ResultSlots } from './result-slots.js';
+import { LaunchedSampling } from './launched-sampling.js';
 import { StepTimer, type StepTiming, type StepTotals } from './step-timing.js';
 import { pollUntilDone, stepTimeoutMs } from './device-wait.js';
-import { createDeviceSampler, downloadRowRange, sampleOnDevice, withPendingToken, type DeviceSampler } from './device-sampling.js';
+import { createDeviceSampler, downloadRowRange, sampleOnDevice, type DeviceSampler } from './device-sampling.js';
 import { promptLogprobs, withPromptLogprobRows } from './prompt-logprob-rows.js';
 
 export { withPromptLogprobRows };
@@ -109,17 +108,12 @@ export class ModelRunner {
   /** i32 [S]: the last launch's sampled ids, in sampling-row order */
   private readonly sampledIds: Tensor;
   private readonly sampledIdsLength: number;
-  /** i32 [S] = r * the device sampler's rowStride: where each row's id sits in its output words */
-  private strideIndex: Tensor | null = null;
   private readonly noPlaceholders: Int32Array;
   private readonly timer: StepTimer;
-  /** pinned landing places of launched steps' results (CUDA), made at the first launch */
-  private resultSlots: ResultSlots | null = null;
   private numUncollected = 0;
   /** sampling rows of the last launch (null after a step that was not launched): what placeholders may name */
   private lastLaunchRows: number | null = null;
-  /** the last launch's token ids where it sampled on the host (async scheduling reads in-flight tokens from them) */
-  private lastHostSamples: Int32Array | null = null;
+  private readonly launchedSampling: LaunchedSampling;
 
   /**
    * @param spec what this runner's decoder runs: the model's spec, or a rank's shardSpec
@@ -158,6 +152,7 @@ export class ModelRunner {
     this.scratch = new Float32Array(spec.vocabSize);
     this.done = comm && 'createEvent' in backend ? (backend as EventBackend).createEvent({ timing: false }) : null;
     this.timer = new StepTimer(backend);
+    this.launchedSampling = new LaunchedSampling(backend, config.maxNumSeqs, spec.vocabSize, this.sampledIds, this.scratch);
   }
 
   get blockSize(): number { return this.config.blockSize; }
@@ -342,32 +337,7 @@ export class ModelRunner {
     const mark = this.timer.begin(fb.numTokens === fb.numSeqs ? 'decode' : 'prefill');
     // no wait here with a communicator either: collect() waits (with the step deadline)
     const logits = entries.length > 0 ? await this.forwardToDevice(fb, false) : null;
-    let read: () => SampleResult[];
-    if (sampler && logits && hasPinnedMemory(this.backend)) {
-      const words = sampler.launch(logits, rows, this.inputs.tokenIds);
-      const stride = sampler.rowStride;
-      this.strideIndex ??= this.backend.fromI32([this.config.maxNumSeqs], Int32Array.from({ length: this.config.maxNumSeqs }, (_, r) => r * stride));
-      this.backend.gatherTokenIds(this.sampledIds, words, this.strideIndex, rows.length);
-      // logprobs need the whole output rows; otherwise the compact ids are enough
-      const full = rows.some((r) => r.state.params.logprobs !== null);
-      const numWords = rows.length * (full ? stride : 1);
-      this.resultSlots ??= new ResultSlots(this.backend, this.config.maxNumSeqs * stride);
-      const slots = this.resultSlots;
-      const slot = slots.download(full ? words : this.sampledIds, numWords);
-      read = () => (full ? sampler.unpack(rows, slots.read(slot, numWords)) : idsToResults(slots.read(slot, numWords), this.spec.vocabSize));
-    } else {
-      const V = this.spec.vocabSize;
-      const host = logits ? await this.backend.downloadF32(logits) : new Float32Array(0);
-      const last = this.lastHostSamples;
-      const sampled = rows.map((r, k) => {
-        const pending = pendingRowOf(k);
-        const state = pending !== undefined && readsTokenHistory(r.state) ? withPendingToken(r.state, last![pending]!) : r.state;
-        return sampleRow(host.subarray(k * V, (k + 1) * V), state, this.scratch);
-      });
-      this.lastHostSamples = Int32Array.from(sampled, (r) => r.tokenId);
-      this.backend.writeI32(this.sampledIds, this.lastHostSamples);
-      read = () => sampled;
-    }
+    const read = await this.launchedSampling.sample(sampler, logits, rows, pendingRowOf, this.inputs.tokenIds);
     this.timer.end(mark);
     this.lastLaunchRows = rows.length;
     this.numUncollected++;
@@ -451,10 +421,7 @@ export class ModelRunner {
   dispose(): void {
     this.done?.destroy();
     this.timer.dispose();
-    this.resultSlots?.dispose();
-    this.resultSlots = null;
-    if (this.strideIndex) this.backend.free(this.strideIndex);
-    this.strideIndex = null;
+    this.launchedSampling.dispose();
     this.sampler?.dispose();
     this.sampler = undefined;
     for (const g of this.graphs.values()) g.dispose();
