@@ -133,5 +133,8 @@ test('the CLI takes --profile and prints the profile after the latency tables', 
   const at = printed.indexOf('decode step profile');
   assert.ok(at > printed.indexOf('prefill tokens') && printed.indexOf('prefill tokens') > 0, printed);
   assert.match(printed.slice(at), /\| gate_up_proj +\| 1 /);
+  // the prefill row's time to first token through the engine: a number, at least the forward's own time
+  const row = /\| 8 +\| ([\d.]+) +\| [\d.e-]+ +\| ([\d.]+) +\|/.exec(printed);
+  assert.ok(row && Number(row[2]) >= 0.5 * Number(row[1]), `prefill 8 row with TTFT: ${printed.slice(printed.indexOf('prefill tokens'), at)}`);
   await assert.rejects(runBench(['latency', '--shape', 'tiny-llama', '--random-weights', '--tp', '2', '--profile']), (e: Error) => e instanceof UsageError && /--profile/.test(e.message));
 });

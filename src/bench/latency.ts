@@ -3,7 +3,8 @@
  * (after an `isl`-token prefill of each sequence), prefill time and TFLOP/s, and the
  * achieved memory bandwidth of a decode step against a device copy measured in the same run.
  * "decode ms/step" is the runner's own cost per step (no scheduler, each step waited for); "serving
- * ms/token" streams the same batch through the engine, as a server does (async scheduling on CUDA).
+ * ms/token" streams the same batch through the engine, as a server does (async scheduling on CUDA);
+ * "TTFT ms (engine)" is one fresh prompt of the prefill length through the engine to its first token.
  */
 import { bytesPerElement } from '../backends/backend.js';
 import type { LLM } from '../api/llm.js';
@@ -36,7 +37,8 @@ export interface DecodeRow {
    */
   servingMsPerToken: number;
 }
-export interface PrefillRow { tokens: number; ms: number; tflops: number }
+/** `ms`: the forward alone; `ttftMs`: one request of that many fresh tokens through the engine, to its first token */
+export interface PrefillRow { tokens: number; ms: number; tflops: number; ttftMs: number }
 export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[]; profiles?: StepProfile[] }
 
 function paramCount(r: LatencyTarget): number {
@@ -68,6 +70,23 @@ async function servingInterTokenMs(llm: LLM, batch: number, isl: number, osl: nu
     for (let i = Math.min(4, times.length - 1) + 1; i < times.length; i++) gaps.push(times[i]! - times[i - 1]!);
   }));
   return gaps.length ? median(gaps) : NaN;
+}
+
+/**
+ * Time to first token through the engine (scheduling, prefill, sampling, output): one request of `T`
+ * fresh random tokens (a new prompt each run: nothing from the prefix cache), greedy, one token; the
+ * median of `runs` after a warm-up.
+ */
+async function engineTtftMs(llm: LLM, T: number, vocab: number, runs = 3): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i <= runs; i++) {
+    const prompt = randomPrompts(1, T, 10, vocab - 1, 7919 * (i + 1) + T)[0]!;
+    const t0 = performance.now();
+    let first = NaN;
+    for await (const d of llm.stream(prompt, { maxTokens: 1, temperature: 0, ignoreEos: true })) if (d.tokenIds.length > 0 && Number.isNaN(first)) first = performance.now() - t0;
+    if (i > 0) times.push(first);
+  }
+  return median(times);
 }
 
 /** device-to-device copy bandwidth (bytes read + written) over a 1 GiB (CPU: 64 MiB) buffer */
@@ -126,7 +145,7 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
   }
   const prefill: PrefillRow[] = [];
   for (const T of o.prefillLens) {
-    if (T > r.config.maxNumBatchedTokens || Math.ceil(T / bs) > r.numBlocks) { prefill.push({ tokens: T, ms: NaN, tflops: NaN }); continue; }
+    if (T > r.config.maxNumBatchedTokens || Math.ceil(T / bs) > r.numBlocks) { prefill.push({ tokens: T, ms: NaN, tflops: NaN, ttftMs: NaN }); continue; }
     const seq = { tokenIds: randomPrompts(1, T, 10, V - 1, T)[0]!, numCachedTokens: 0, blockTable: Array.from({ length: Math.ceil(T / bs) }, (_, j) => j) };
     const fb = buildForwardBatch([{ seq, numNewTokens: T }], bs, r.maxBlocksPerSeq);
     await r.forward(fb);
@@ -134,7 +153,7 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
     for (let i = 0; i < 3; i++) times.push(await timeMs(r, () => r.forward(fb)));
     const ms = median(times);
     const flops = 2 * paramCount(r) * T + 2 * s.numLayers * s.numHeads * s.headDim * T * T; // GEMMs + causal attention (QK^T and PV, half masked)
-    prefill.push({ tokens: T, ms, tflops: flops / (ms / 1000) / 1e12 });
+    prefill.push({ tokens: T, ms, tflops: flops / (ms / 1000) / 1e12, ttftMs: await engineTtftMs(llm, T, V) });
   }
   return { copyTBs, decode, prefill, ...(profiles ? { profiles } : {}) };
 }
@@ -150,8 +169,8 @@ export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, numb
     }),
   ]);
   const pre = formatTable([
-    ['prefill tokens', 'ms', 'TFLOP/s'],
-    ...res.prefill.map((p) => [p.tokens, p.ms, p.tflops]),
+    ['prefill tokens', 'ms', 'TFLOP/s', 'TTFT ms (engine)'],
+    ...res.prefill.map((p) => [p.tokens, p.ms, p.tflops, p.ttftMs]),
   ]);
   const profiles = (res.profiles ?? []).map((p) => profileTables(p, res.copyTBs, res.decode.find((d) => d.batch === p.numSeqs)?.msPerStep ?? NaN));
   return [`device copy bandwidth: ${res.copyTBs.toFixed(3)} TB/s (read + write)`, dec, pre, ...profiles].join('\n\n');
