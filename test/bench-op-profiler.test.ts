@@ -136,5 +136,10 @@ test('the CLI takes --profile and prints the profile after the latency tables', 
   // the prefill row's time to first token through the engine: a number, at least the forward's own time
   const row = /\| 8 +\| ([\d.]+) +\| [\d.e-]+ +\| ([\d.]+) +\|/.exec(printed);
   assert.ok(row && Number(row[2]) >= 0.5 * Number(row[1]), `prefill 8 row with TTFT: ${printed.slice(printed.indexOf('prefill tokens'), at)}`);
+  // and the prefill step's own profile: linears with their arithmetic rate, the causal attention's too
+  const pre = printed.indexOf('prefill step profile');
+  assert.ok(pre > at, printed);
+  assert.match(printed.slice(pre), /\| gate_up_proj +\| 1 +\| [\d.]+ +\| [\d.]+ +\| [\d.e-]+ +\|/);
+  assert.match(printed.slice(pre), /\| attention +\| 1 +\| [\d.]+ +\| [\d.]+ +\| [\d.e-]+ +\|/);
   await assert.rejects(runBench(['latency', '--shape', 'tiny-llama', '--random-weights', '--tp', '2', '--profile']), (e: Error) => e instanceof UsageError && /--profile/.test(e.message));
 });

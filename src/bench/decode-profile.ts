@@ -27,7 +27,7 @@ import type { ModelRunner } from '../runner/model-runner.js';
 import { createSamplingState, makeSamplingParams, sampleRow } from '../sampling/index.js';
 import { attentionPlans, type AttentionPlanRow } from './attention-plans.js';
 import type { GemmReference } from './gemm-reference.js';
-import { DeviceDelay, graphReplayMs, hostMs, repeat, timed } from './device-timing.js';
+import { DeviceDelay, graphReplayMs, hostMs, profiledRuns, repeat } from './device-timing.js';
 import { hasEvents, linearNames, OpProfiler, type OpRow } from './op-profiler.js';
 import { median } from './stats.js';
 
@@ -72,11 +72,7 @@ export async function profileDecodeStep(r: ModelRunner, fb: ForwardBatch): Promi
   const graphs = canCaptureGraphs(b) && r.config.enableCudaGraphs !== false && process.env.PEREGRINE_CUDA_GRAPHS !== '0';
   const { batch, maxSeqlenK } = graphs ? padForGraph(r, fb) : { batch: fb, maxSeqlenK: Math.max(...fb.contextLens) };
   const B = batch.numSeqs;
-  const prof = new OpProfiler(b, linearNames(r.weights, r.spec));
-  prof.contextLens = batch.contextLens;
-  const model = new DecoderModel(r.spec, prof.backend, r.weights, { maxNumTokens: B, maxNumSeqs: B, maxNumLogits: B, blockSize: r.blockSize });
-  const inputs = uploadInputs(b, batch);
-  const delay = hasEvents(b) ? new DeviceDelay(b) : null;
+  const { prof, model, inputs, delay, close } = openProfiledStep(r, batch);
   try {
     const copyTBs = delay ? await delay.measureTBs() : null;
     const inp: DeviceInputs = { ...inputs.device, meta: { ...inputs.device.meta, numSeqs: B, numTokens: B, maxSeqlenQ: 1, maxSeqlenK, isDecode: true } };
@@ -85,18 +81,7 @@ export async function profileDecodeStep(r: ModelRunner, fb: ForwardBatch): Promi
     forward();
     await b.synchronize();
 
-    const runs: OpRow[][] = [];
-    const spans: number[] = [];
-    for (let i = 0; i <= PROFILE_RUNS; i++) {
-      prof.enabled = true;
-      const t0 = performance.now();
-      const span = await timed(b, delay, forward);
-      const enqueueMs = performance.now() - t0;
-      prof.enabled = false;
-      const ops = await prof.collect();
-      if (i === 0) delay?.setMs(DELAY_MARGIN * enqueueMs); // the first run (no delay yet) sizes the delay
-      else { runs.push(ops); spans.push(span); }
-    }
+    const { runs, spans } = await profiledRuns(b, prof, delay, forward, PROFILE_RUNS, DELAY_MARGIN);
     const ops: OpRow[] = [];
     for (const [k, row] of runs[0]!.entries()) {
       const ms = median(runs.map((ops) => ops[k]!.ms));
@@ -123,15 +108,33 @@ export async function profileDecodeStep(r: ModelRunner, fb: ForwardBatch): Promi
       graphMs, attention, uploadMs, packedUploadMs, sampleMs, gemms,
     };
   } finally {
+    await close();
+  }
+}
+
+/**
+ * What profiling one step of `batch` needs: an OpProfiler over `r`'s backend, the runner's decoder
+ * built again on it with buffers for this batch only, the batch's inputs on the device, and (CUDA) a
+ * device delay; `close` frees them once the device is done.
+ */
+export function openProfiledStep(r: ModelRunner, batch: ForwardBatch) {
+  const b = r.backend;
+  const prof = new OpProfiler(b, linearNames(r.weights, r.spec));
+  prof.contextLens = batch.contextLens;
+  const model = new DecoderModel(r.spec, prof.backend, r.weights, { maxNumTokens: batch.numTokens, maxNumSeqs: batch.numSeqs, maxNumLogits: batch.numSeqs, blockSize: r.blockSize });
+  const inputs = uploadInputs(b, batch);
+  const delay = hasEvents(b) ? new DeviceDelay(b) : null;
+  const close = async () => {
     await b.synchronize();
     delay?.dispose();
     inputs.free();
     model.dispose();
     prof.dispose();
-  }
+  };
+  return { prof, model, inputs, delay, close };
 }
 
-function deviceName(b: Backend): string {
+export function deviceName(b: Backend): string {
   return b.device === 'cuda' ? (b as Backend & { props?: { name?: string } }).props?.name ?? 'cuda' : 'cpu';
 }
 

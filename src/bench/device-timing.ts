@@ -6,7 +6,7 @@
 import { bytesPerElement, type Backend, type Tensor } from '../backends/backend.js';
 import { PeregrineError } from '../errors.js';
 import { canCaptureGraphs } from '../runner/decode-graphs.js';
-import { hasEvents, type EventBackend } from './op-profiler.js';
+import { hasEvents, type EventBackend, type OpProfiler, type OpRow } from './op-profiler.js';
 import { median } from './stats.js';
 
 /** runs of each measurement (the median is kept) */
@@ -110,3 +110,24 @@ export async function repeat(fn: () => Promise<number>): Promise<number[]> {
   return out;
 }
 
+
+/**
+ * Runs `forward` `numRuns` + 1 times with `prof` timing its ops (an eager step): the first run, with no
+ * delay yet, sizes the device delay (`margin` x its enqueue time) queued before each later run, so the
+ * host's launch cost stays out of the event times. Returns the later runs' op rows and spans.
+ */
+export async function profiledRuns(b: Backend, prof: OpProfiler, delay: DeviceDelay | null, forward: () => void, numRuns: number, margin: number): Promise<{ runs: OpRow[][]; spans: number[] }> {
+  const runs: OpRow[][] = [];
+  const spans: number[] = [];
+  for (let i = 0; i <= numRuns; i++) {
+    prof.enabled = true;
+    const t0 = performance.now();
+    const span = await timed(b, delay, forward);
+    const enqueueMs = performance.now() - t0;
+    prof.enabled = false;
+    const ops = await prof.collect();
+    if (i === 0) delay?.setMs(margin * enqueueMs);
+    else { runs.push(ops); spans.push(span); }
+  }
+  return { runs, spans };
+}

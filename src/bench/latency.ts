@@ -13,6 +13,7 @@ import { latencyTarget, type LatencyTarget } from './latency-target.js';
 import { formatTable, median, randomPrompts } from './stats.js';
 import { profileDecodeStep, type StepProfile } from './decode-profile.js';
 import { profileTables } from './profile-tables.js';
+import { prefillProfileTable, profilePrefillStep, type PrefillProfile } from './prefill-profile.js';
 import { createSamplingState, makeSamplingParams } from '../sampling/index.js';
 
 export interface LatencyOptions {
@@ -39,7 +40,7 @@ export interface DecodeRow {
 }
 /** `ms`: the forward alone; `ttftMs`: one request of that many fresh tokens through the engine, to its first token */
 export interface PrefillRow { tokens: number; ms: number; tflops: number; ttftMs: number }
-export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[]; profiles?: StepProfile[] }
+export interface LatencyResult { copyTBs: number; decode: DecodeRow[]; prefill: PrefillRow[]; profiles?: StepProfile[]; prefillProfiles?: PrefillProfile[] }
 
 function paramCount(r: LatencyTarget): number {
   const s = r.spec;
@@ -112,6 +113,7 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
   const copyTBs = await copyBandwidth(r);
   const decode: DecodeRow[] = [];
   const profiles: StepProfile[] | null = o.profile ? [] : null;
+  const prefillProfiles: PrefillProfile[] | null = o.profile ? [] : null;
   for (const B of o.batchSizes) {
     const perSeq = Math.ceil((o.isl + o.osl) / bs);
     if (B * perSeq > r.numBlocks || B > r.config.maxNumSeqs) { decode.push({ batch: B, msPerStep: NaN, tokPerS: NaN, weightBytes: 0, kvBytes: 0, achievedTBs: NaN, servingMsPerToken: NaN }); continue; }
@@ -154,8 +156,9 @@ export async function runLatency(llm: LLM, o: LatencyOptions): Promise<LatencyRe
     const ms = median(times);
     const flops = 2 * paramCount(r) * T + 2 * s.numLayers * s.numHeads * s.headDim * T * T; // GEMMs + causal attention (QK^T and PV, half masked)
     prefill.push({ tokens: T, ms, tflops: flops / (ms / 1000) / 1e12, ttftMs: await engineTtftMs(llm, T, V) });
+    if (prefillProfiles) prefillProfiles.push(await profilePrefillStep(llm.runner, fb));
   }
-  return { copyTBs, decode, prefill, ...(profiles ? { profiles } : {}) };
+  return { copyTBs, decode, prefill, ...(profiles ? { profiles } : {}), ...(prefillProfiles ? { prefillProfiles } : {}) };
 }
 
 export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, number>): string {
@@ -173,6 +176,7 @@ export function latencyTables(res: LatencyResult, hfMsPerStep?: Map<number, numb
     ...res.prefill.map((p) => [p.tokens, p.ms, p.tflops, p.ttftMs]),
   ]);
   const profiles = (res.profiles ?? []).map((p) => profileTables(p, res.copyTBs, res.decode.find((d) => d.batch === p.numSeqs)?.msPerStep ?? NaN));
-  return [`device copy bandwidth: ${res.copyTBs.toFixed(3)} TB/s (read + write)`, dec, pre, ...profiles].join('\n\n');
+  const prefillProfiles = (res.prefillProfiles ?? []).map(prefillProfileTable);
+  return [`device copy bandwidth: ${res.copyTBs.toFixed(3)} TB/s (read + write)`, dec, pre, ...profiles, ...prefillProfiles].join('\n\n');
 }
 
