@@ -32,7 +32,7 @@ gpu0() {
 }
 gpu1() {
   export CUDA_VISIBLE_DEVICES=$(( gpus > 1 ? 1 : 0 ))
-  $cli bench latency --shape $S --random-weights --device cuda --quantization fp8 --batch 1,64,256,512 --isl 128 --osl 32 --prefill 128,2048
+  $cli bench latency --shape $S --random-weights --device cuda --quantization fp8 --batch 1,64,256,512 --isl 128 --osl 32 --prefill 128,2048,8192 --profile
   $cli bench latency --shape $S --random-weights --device cuda --quantization int4 --batch 1 --isl 128 --osl 32 --prefill 128
   for seqs in 512 1024; do
     $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs $seqs
