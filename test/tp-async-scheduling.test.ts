@@ -35,9 +35,13 @@ function prompts(n: number, seed: number): number[][] {
   return Array.from({ length: n }, (_, i) => Array.from({ length: 3 + ((i * 7 + seed) % 19) }, (_, j) => 3 + ((i * 31 + j * 17 + seed) % 370)));
 }
 
-test('tp 2: launched steps (greedy, seeded, stop ids mid-batch) equal the synchronous group, and steps were launched', async () => {
+test('tp 2: launched steps (greedy, seeded, penalties, stop ids mid-batch) equal the synchronous group, and steps were launched', async () => {
   const ps = prompts(8, 1);
-  const base: SamplingParamsInit[] = ps.map((_, i) => ({ maxTokens: 6 + ((i * 5) % 12), ignoreEos: true, ...(i % 2 ? { temperature: 0.8, seed: 10 + i } : { temperature: 0 }) }));
+  const base: SamplingParamsInit[] = ps.map((_, i) => ({
+    maxTokens: 6 + ((i * 5) % 12), ignoreEos: true, ...(i % 2 ? { temperature: 0.8, seed: 10 + i } : { temperature: 0 }),
+    // rows reading the token history launch too: rank 0 counts the token in flight
+    ...(i % 4 === 2 ? { repetitionPenalty: 1.4, frequencyPenalty: 0.5 } : {}),
+  }));
   const free = await run(false, ps, base);
   const params = base.map((p, i): SamplingParamsInit => (i % 3 === 1 && free.outs[i]!.tokenIds.length > 3 ? { ...p, stopTokenIds: [free.outs[i]!.tokenIds[2]!], ignoreEos: false } : p));
   const sync = await run(false, ps, params);
