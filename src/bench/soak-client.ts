@@ -39,14 +39,19 @@ function rng(seed: number): () => number {
 function randomBody(rand: () => number, maxTokens: number): { path: string; body: Record<string, unknown>; n: number } {
   const words = Array.from({ length: 1 + Math.floor(rand() * 40) }, () => WORDS[Math.floor(rand() * WORDS.length)]).join(' ');
   const n = rand() < 0.1 ? 2 : 1;
+  const maxT = 1 + Math.floor(rand() * maxTokens);
   const common = {
     stream: true,
-    max_tokens: 1 + Math.floor(rand() * maxTokens),
+    max_tokens: maxT,
     temperature: rand() < 0.5 ? 0 : 0.8,
     n,
     ...(rand() < 0.3 && { stream_options: { include_usage: true } }),
     ...(rand() < 0.1 && { stop: [' the'] }),
     ...(rand() < 0.2 && { ignore_eos: true }),
+    // rows reading the token history (async scheduling launches them with a token in flight)
+    ...(rand() < 0.15 && { presence_penalty: 0.5, frequency_penalty: 0.3 }),
+    ...(rand() < 0.1 && { repetition_penalty: 1.2 }),
+    ...(rand() < 0.1 && { min_tokens: Math.min(4, maxT) }),
   };
   if (rand() < 0.5) return { path: '/v1/completions', body: { prompt: words, ...common, ...(rand() < 0.2 && { logprobs: 2 }) }, n };
   return { path: '/v1/chat/completions', body: { messages: [{ role: 'user', content: words }], ...common }, n };
