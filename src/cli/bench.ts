@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { LLM, type LLMOptions } from '../api/llm.js';
 import { SHAPES, shapeNames } from '../bench/shapes.js';
 import { deviceArg, floatArg, intArg, kvCacheDtypeArg, parse, requireString, UsageError, type OptionSpec } from './args.js';
+import { ProgressBar } from './progress.js';
 import { quantizationArg, quantizeProgress } from './quantize-on-load.js';
 import { hostRanksIfRemote, NODE_HELP, NODE_OPTS, nodeOptions } from './nodes.js';
 
@@ -182,12 +183,13 @@ export async function runBench(argv: string[]): Promise<void> {
     const { runServeBench, serveBenchTable } = await import('../bench/serve-client.js');
     const rate = a.rate === undefined || a.rate === 'inf' ? Infinity : floatArg(a.rate, 'rate')!;
     const numPrompts = intArg(a['num-prompts'], 'num-prompts') ?? 200;
+    const bar = a.json ? null : new ProgressBar(process.stderr, 'bench serve');
     const r = await runServeBench({
       url: requireString(a.url, 'url'), model: typeof a.model === 'string' ? a.model : undefined, apiKey: typeof a['api-key'] === 'string' ? a['api-key'] : undefined,
       numPrompts, rate, isl: intArg(a.isl, 'isl') ?? 128, osl: intArg(a.osl, 'osl') ?? 128, vocabSize: intArg(a['vocab-size'], 'vocab-size'),
-      onProgress: a.json ? undefined : (d, n) => process.stderr.write(`\r[${'#'.repeat(Math.round((30 * d) / n)).padEnd(30)}] ${d}/${n}`),
+      onProgress: bar ? (d, n) => bar.update(d, n, `${d}/${n} requests`) : undefined,
     });
-    if (!a.json) process.stderr.write('\n');
+    bar?.done();
     process.stdout.write(a.json ? JSON.stringify(r) + '\n' : serveBenchTable(r) + '\n');
     return;
   }
