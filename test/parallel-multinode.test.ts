@@ -118,6 +118,14 @@ test('node 0 drives the ranks of another node process: init with that node\'s GP
     await peers.send({ t: 'connect', runner: { numBlocks: 8, blockSize: 16, maxModelLen: 64, maxNumBatchedTokens: 64, maxNumSeqs: 4 } });
     await peers.waitAll('ready');
     for (const ids of [[1, 2, 3], [4], [5]]) await peers.send({ t: 'step', fb: batch(ids) });
+    // rank 0 may block its thread right after sending a step (a driver call waiting for a collective the
+    // other ranks join only once they have the step): the frame must be written before send returns
+    const sent = peers.send({ t: 'step', fb: batch([6]) });
+    const blockedAt = Date.now();
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1_000);
+    const blockEnd = Date.now();
+    await sent;
+    await new Promise((r) => setTimeout(r, 200));
     await peers.stop();
     links.close();
     const { code, out } = await node1.result;
@@ -132,7 +140,9 @@ test('node 0 drives the ranks of another node process: init with that node\'s GP
     ]);
     for (const rank of [2, 3]) {
       const steps = log.filter((l) => l.t === 'step' && l.rank === rank);
-      assert.deepEqual(steps.map((s) => s.tokenIds), [[1, 2, 3], [4], [5]], `rank ${rank} steps`);
+      assert.deepEqual(steps.map((s) => s.tokenIds), [[1, 2, 3], [4], [5], [6]], `rank ${rank} steps`);
+      const last = Number(steps.at(-1)!.at);
+      assert.ok(last >= blockedAt && last < blockEnd, `rank ${rank} had step 4 while node 0's thread was blocked (${last - blockedAt} ms into a ${blockEnd - blockedAt} ms block)`);
       assert.ok(steps.every((s) => s.typed));
       assert.ok(log.some((l) => l.t === 'stop' && l.rank === rank));
     }

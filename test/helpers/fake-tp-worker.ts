@@ -1,7 +1,7 @@
 // A stand-in for src/parallel/tp-worker.ts in multi-node transport tests: speaks the same
 // ToWorker / FromWorker messages over its IPC channel but loads nothing. It appends one JSON
-// line per message to $PGN_FAKE_WORKER_LOG (init's rank, GPU and model; each step's token ids
-// and whether they arrived as an Int32Array). A model dir ending in "missing" fails the load.
+// line per message to $PGN_FAKE_WORKER_LOG (init's rank, GPU and model; each step's token ids,
+// whether they arrived as an Int32Array, and when). A model dir ending in "missing" fails the load.
 import { appendFileSync } from 'node:fs';
 import type { FromWorker, ToWorker } from '../../src/parallel/tp-protocol.js';
 
@@ -26,7 +26,7 @@ process.on('message', (raw) => {
     send({ t: 'ready' });
   } else if (m.t === 'step') {
     if (numSteps++ === exitAtStep) process.exit(1);
-    log({ t: 'step', rank, tokenIds: Array.from(m.fb.tokenIds), typed: m.fb.tokenIds instanceof Int32Array });
+    log({ t: 'step', rank, tokenIds: Array.from(m.fb.tokenIds), typed: m.fb.tokenIds instanceof Int32Array, at: Date.now() });
   } else if (m.t === 'stop') {
     log({ t: 'stop', rank });
     process.exit(0);
