@@ -31,3 +31,26 @@ test('writeI32Rows writes rows at the destination stride and keeps the rest of e
     assert.throws(() => b.writeI32Rows(t, Int32Array.of(1, 2), 4, 1, 4), /do not fit/);
   });
 });
+
+test('a runner at a long max_model_len writes only the block-table columns its steps use', async () => {
+  const { LLM } = await import('../src/api/llm.js');
+  const { fixtureDir } = await import('./helpers/golden.js');
+  const llm = await LLM.load(fixtureDir('llama-gqa-llama3'), { maxModelLen: 1024 });
+  const b = llm.backend;
+  const widths: number[] = [];
+  const writeRows = b.writeI32Rows.bind(b);
+  b.writeI32Rows = (dst, data, rows, width, stride) => {
+    widths.push(width);
+    assert.equal(stride, llm.runner.maxBlocksPerSeq);
+    writeRows(dst, data, rows, width, stride);
+  };
+  try {
+    const want = await llm.generate([[5, 6, 7, 8, 9]], { maxTokens: 20, temperature: 0, ignoreEos: true });
+    // 5 + 20 tokens in blocks of 16: two columns of 64, through every step
+    assert.equal(llm.runner.maxBlocksPerSeq, 64);
+    assert.ok(widths.length >= 20 && widths.every((w) => w <= 2), `widths ${widths.join(',')}`);
+    assert.equal(want[0]!.outputs[0]!.tokenIds.length, 20);
+  } finally {
+    await llm.close();
+  }
+});
