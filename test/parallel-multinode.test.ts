@@ -122,7 +122,7 @@ test('node 0 drives the ranks of another node process: init with that node\'s GP
     // other ranks join only once they have the step): the frame must be written before send returns
     const sent = peers.send({ t: 'step', fb: batch([6]) });
     const blockedAt = Date.now();
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1_000);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3_000); // long enough for a loaded 2-core CI machine
     const blockEnd = Date.now();
     await sent;
     await new Promise((r) => setTimeout(r, 200));
