@@ -96,13 +96,10 @@ export const fp8TensorActivations = { enabled: process.env.PEREGRINE_FP8_TENSOR_
  * Tokens from which FP8 GEMMs with per-token scales take cuBLASLt's outer-vector scaling (cuBLAS >= 12.9; both
  * scales applied inside the GEMM) rather than unscaled products into f32 scratch and our epilogue. Measured on an
  * H200 (2026-11-28, 8B shape): the outer-vector kernels win at 256 decode tokens and in prefill, lose at 64.
- * PEREGRINE_FP8_OUTER_VEC_MIN_M overrides.
+ * PEREGRINE_FP8_OUTER_VEC_MIN_M overrides (read once: the check runs on every FP8 linear of a large batch).
  */
-const FP8_OUTER_VEC_MIN_M = 128;
-function fp8OuterVecMinTokens(): number {
-  const v = Number(process.env.PEREGRINE_FP8_OUTER_VEC_MIN_M);
-  return Number.isInteger(v) && v > 0 ? v : FP8_OUTER_VEC_MIN_M;
-}
+const outerVecMinEnv = Number(process.env.PEREGRINE_FP8_OUTER_VEC_MIN_M);
+const FP8_OUTER_VEC_MIN_M = Number.isInteger(outerVecMinEnv) && outerVecMinEnv > 0 ? outerVecMinEnv : 128;
 
 let forcedPath: QuantPath | null = null;
 let forcedScaling: Fp8Scaling | null = null;
@@ -412,7 +409,7 @@ function fp8Cublas(st: QuantState, c: Call, { xq, xs }: QuantizedX): void {
   const { M, N, K } = c;
   const prep = prepareFp8(st, c);
   const outDtype = c.out.dtype as OutDtype;
-  if (N === prep.Npad && (forcedScaling === 'outer-vec' || (forcedScaling === null && st.outerVec && M >= fp8OuterVecMinTokens()))) {
+  if (N === prep.Npad && (forcedScaling === 'outer-vec' || (forcedScaling === null && st.outerVec && M >= FP8_OUTER_VEC_MIN_M))) {
     const ran = st.gemm.fp8({ out: c.out.ptr, outDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'outer-vec', aScale: scaleVector(st, c, prep), bScale: xs }, st.be.stream);
     if (ran) return addBias(st, c);
     st.outerVec = false;
