@@ -31,12 +31,8 @@ import { DeviceDelay, graphReplayMs, hostMs, profiledRuns, repeat } from './devi
 import { hasEvents, linearNames, OpProfiler, type OpRow } from './op-profiler.js';
 import { median } from './stats.js';
 
-/** eager runs of the profiled step (the rows are their medians) */
-const PROFILE_RUNS = 3;
 /** smallest context bucket of the runner's decode graphs (model-runner.ts MIN_GRAPH_CONTEXT) */
 const MIN_GRAPH_CONTEXT = 512;
-/** queue this many times the host's enqueue time of the step as delay */
-const DELAY_MARGIN = 1.5;
 
 export interface StepProfile {
   /** the card (CUDA: its name) and the day of the run */
@@ -48,7 +44,7 @@ export interface StepProfile {
   readonly maxSeqlenK: number;
   /** device copy bandwidth (read + write) timed by events in the same run; null on the CPU */
   readonly copyTBs: number | null;
-  /** per op: `ms` the median over PROFILE_RUNS eager runs, `graphMs` the row's calls alone as a graph */
+  /** per op: `ms` the median over the eager runs (device-timing.ts profiledRuns), `graphMs` the row's calls alone as a graph */
   readonly ops: OpRow[];
   /** sum of the ops' times */
   readonly forwardMs: number;
@@ -81,7 +77,7 @@ export async function profileDecodeStep(r: ModelRunner, fb: ForwardBatch): Promi
     forward();
     await b.synchronize();
 
-    const { runs, spans } = await profiledRuns(b, prof, delay, forward, PROFILE_RUNS, DELAY_MARGIN);
+    const { runs, spans } = await profiledRuns(b, prof, delay, forward);
     const ops: OpRow[] = [];
     for (const [k, row] of runs[0]!.entries()) {
       const ms = median(runs.map((ops) => ops[k]!.ms));

@@ -111,22 +111,27 @@ export async function repeat(fn: () => Promise<number>): Promise<number[]> {
 }
 
 
+/** eager runs of a profiled step (its rows are their medians) */
+const PROFILE_RUNS = 3;
+/** queue this many times the host's enqueue time of the step as delay */
+const DELAY_MARGIN = 1.5;
+
 /**
- * Runs `forward` `numRuns` + 1 times with `prof` timing its ops (an eager step): the first run, with no
- * delay yet, sizes the device delay (`margin` x its enqueue time) queued before each later run, so the
+ * Runs `forward` PROFILE_RUNS + 1 times with `prof` timing its ops (an eager step): the first run, with no
+ * delay yet, sizes the device delay (DELAY_MARGIN x its enqueue time) queued before each later run, so the
  * host's launch cost stays out of the event times. Returns the later runs' op rows and spans.
  */
-export async function profiledRuns(b: Backend, prof: OpProfiler, delay: DeviceDelay | null, forward: () => void, numRuns: number, margin: number): Promise<{ runs: OpRow[][]; spans: number[] }> {
+export async function profiledRuns(b: Backend, prof: OpProfiler, delay: DeviceDelay | null, forward: () => void): Promise<{ runs: OpRow[][]; spans: number[] }> {
   const runs: OpRow[][] = [];
   const spans: number[] = [];
-  for (let i = 0; i <= numRuns; i++) {
+  for (let i = 0; i <= PROFILE_RUNS; i++) {
     prof.enabled = true;
     const t0 = performance.now();
     const span = await timed(b, delay, forward);
     const enqueueMs = performance.now() - t0;
     prof.enabled = false;
     const ops = await prof.collect();
-    if (i === 0) delay?.setMs(margin * enqueueMs);
+    if (i === 0) delay?.setMs(DELAY_MARGIN * enqueueMs);
     else { runs.push(ops); spans.push(span); }
   }
   return { runs, spans };

@@ -13,8 +13,6 @@ import { profiledRuns } from './device-timing.js';
 import type { OpRow } from './op-profiler.js';
 import { formatTable, median } from './stats.js';
 
-const PROFILE_RUNS = 3;
-const DELAY_MARGIN = 1.5;
 
 export interface PrefillOpRow extends OpRow {
   /** floating-point operations of the row's calls (linears and attention), 0 for the rest */
@@ -45,7 +43,7 @@ export async function profilePrefillStep(r: ModelRunner, fb: ForwardBatch): Prom
     prof.enabled = false;
     forward();
     await b.synchronize();
-    const { runs, spans } = await profiledRuns(b, prof, delay, forward, PROFILE_RUNS, DELAY_MARGIN);
+    const { runs, spans } = await profiledRuns(b, prof, delay, forward);
     const linearFlops = new Map(prof.linears.map((l) => [l.op, 2 * l.M * l.N * l.K]));
     const attentionFlops = causalAttentionFlops(r, fb);
     const ops = runs[0]!.map((row, k): PrefillOpRow => ({
