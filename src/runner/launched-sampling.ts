@@ -3,8 +3,8 @@
  * On a device sampler with pinned memory, the ids land in `sampledIds` on the device (what the next
  * step's placeholders read) and in a pinned slot for the host; elsewhere the step's logits come to
  * the host at launch and are sampled there. A row whose newest output token is still in flight
- * (`pendingRowOf`) counts it: the kernel reads it from the step's input ids, the host from the last
- * launch's samples.
+ * (`pendingAt`) counts it: the kernel reads it from the step's input ids, the host from the last
+ * launch's samples (the row `prevSampledRows` names for that input token).
  */
 import type { Backend, Tensor } from '../backends/backend.js';
 import { sampleRow, type SampleResult, type SequenceSamplingState } from '../sampling/index.js';
@@ -43,10 +43,10 @@ export class LaunchedSampling {
   /**
    * Queues (device) or runs (host) the sampling of `rows` from `logits` (null: no rows) and returns the
    * reader of their results, valid once the device has run the step.
-   * @param pendingRowOf row k's in-flight token as a row of the last launch, or undefined
+   * @param prevSampledRows the step's placeholders: for input token t, its row of the last launch (or -1)
    * @param inputIds the step's input token ids (the in-flight tokens, after the placeholder gather)
    */
-  async sample(sampler: DeviceSampler | null, logits: Tensor | null, rows: readonly LaunchRow[], pendingRowOf: (k: number) => number | undefined, inputIds: Tensor): Promise<() => SampleResult[]> {
+  async sample(sampler: DeviceSampler | null, logits: Tensor | null, rows: readonly LaunchRow[], prevSampledRows: Int32Array | undefined, inputIds: Tensor): Promise<() => SampleResult[]> {
     if (sampler && logits && hasPinnedMemory(this.backend)) {
       const words = sampler.launch(logits, rows, inputIds);
       const stride = sampler.rowStride;
@@ -64,8 +64,7 @@ export class LaunchedSampling {
     const host = logits ? await this.backend.downloadF32(logits) : new Float32Array(0);
     const last = this.lastHostSamples;
     const sampled = rows.map((r, k) => {
-      const pending = pendingRowOf(k);
-      const state = pending !== undefined && readsTokenHistory(r.state) ? withPendingToken(r.state, last![pending]!) : r.state;
+      const state = r.pendingAt !== undefined && readsTokenHistory(r.state) ? withPendingToken(r.state, last![prevSampledRows![r.pendingAt]!]!) : r.state;
       return sampleRow(host.subarray(k * V, (k + 1) * V), state, this.scratch);
     });
     this.lastHostSamples = Int32Array.from(sampled, (r) => r.tokenId);

@@ -27,7 +27,7 @@ import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
 import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
 import { LaunchedSampling } from './launched-sampling.js';
-import { StepTimer, type StepTiming, type StepTotals } from './step-timing.js';
+import { StepTimer, stepKindOf, type StepTiming, type StepTotals } from './step-timing.js';
 import { pollUntilDone, stepTimeoutMs } from './device-wait.js';
 import { createDeviceSampler, downloadRowRange, sampleOnDevice, type DeviceSampler } from './device-sampling.js';
 import { promptLogprobs, withPromptLogprobRows } from './prompt-logprob-rows.js';
@@ -281,7 +281,7 @@ export class ModelRunner {
     const samples = samplingEntries(entries);
     const fb = withPromptLogprobRows(buildForwardBatch(entries, this.config.blockSize, this.maxBlocksPerSeq, samples), entries);
     this.checkPlaceholders(fb);
-    const mark = this.timer.begin(fb.numTokens === fb.numSeqs ? 'decode' : 'prefill');
+    const mark = this.timer.begin(stepKindOf(fb));
     const out = await this.executeForward(fb, entries, samples);
     this.timer.end(mark);
     this.lastLaunchRows = null;
@@ -325,19 +325,16 @@ export class ModelRunner {
     if (this.numUncollected >= 2) throw new PeregrineError('PGN_ERR_INTERNAL', 'launch: two launched steps are not collected yet');
     this.checkPlaceholders(fb);
     // a row whose input token is a placeholder has one output token in flight, not in its state yet:
-    // its id is in this step's input ids (after the placeholder gather) and in the last launch's samples
-    const pendingRowOf = (k: number): number | undefined => {
-      const r = fb.prevSampledRows?.[fb.logitsIndices[k]!];
-      return r !== undefined && r >= 0 ? r : undefined;
-    };
-    const rows = entries.filter((_, i) => samples[i]).map((e, k) => ({
-      logitsRow: k, state: e.seq.samplingState, ...(pendingRowOf(k) !== undefined && { pendingAt: fb.logitsIndices[k]! }),
-    }));
+    // pendingAt is that token's place in this step's input ids
+    const rows = entries.filter((_, i) => samples[i]).map((e, k) => {
+      const t = fb.logitsIndices[k]!;
+      return { logitsRow: k, state: e.seq.samplingState, ...((fb.prevSampledRows?.[t] ?? -1) >= 0 && { pendingAt: t }) };
+    });
     const sampler = this.deviceSampler();
-    const mark = this.timer.begin(fb.numTokens === fb.numSeqs ? 'decode' : 'prefill');
+    const mark = this.timer.begin(stepKindOf(fb));
     // no wait here with a communicator either: collect() waits (with the step deadline)
     const logits = entries.length > 0 ? await this.forwardToDevice(fb, false) : null;
-    const read = await this.launchedSampling.sample(sampler, logits, rows, pendingRowOf, this.inputs.tokenIds);
+    const read = await this.launchedSampling.sample(sampler, logits, rows, fb.prevSampledRows, this.inputs.tokenIds);
     this.timer.end(mark);
     this.lastLaunchRows = rows.length;
     this.numUncollected++;

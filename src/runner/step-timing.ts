@@ -16,6 +16,10 @@ export const MAX_COUNTED_GAP_MS = 50;
 /** 'decode': one new token per sequence; 'prefill': the step carries prompt tokens (with or without decodes) */
 export type StepKind = 'decode' | 'prefill';
 
+export function stepKindOf(fb: { readonly numTokens: number; readonly numSeqs: number }): StepKind {
+  return fb.numTokens === fb.numSeqs ? 'decode' : 'prefill';
+}
+
 /** Steps of one kind: how many, and the device's mean busy time in one. */
 export interface StepKindTiming {
   numSteps: number;
