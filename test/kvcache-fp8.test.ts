@@ -19,7 +19,6 @@ import { kvCacheDtypeArg, UsageError } from '../src/cli/args.js';
 import { isPeregrineError } from '../src/errors.js';
 import { loadModel } from '../src/models/load-model.js';
 import type { ModelSpec } from '../src/models/spec.js';
-import { buildForwardBatch } from '../src/runner/input-builder.js';
 import { KvCachePool, parseKvCacheDtype } from '../src/runner/kv-cache.js';
 import { ModelRunner, type RunnerConfig } from '../src/runner/model-runner.js';
 import { simpleGenerate } from '../src/runner/simple-generate.js';
@@ -27,6 +26,7 @@ import { Checkpoint } from '../src/weights/checkpoint.js';
 import { writeSafetensors } from '../src/weights/safetensors-writer.js';
 import { findKvScaleTensors, readKvCacheScalesInDir } from '../src/weights/quant/kv-scales.js';
 import { E4M3_TO_F32 } from '../src/weights/quant/fp8.js';
+import { chunkedPrefillLogits } from './helpers/chunked-prefill.js';
 import { fixtureDir, loadGolden } from './helpers/golden.js';
 import { rng, shuffled, uniform } from './helpers/random.js';
 
@@ -150,13 +150,8 @@ test('a model fixture with the fp8 KV cache: logits near the auto path, greedy i
   for (const c of g.cases) {
     // prompt + continuation in two chunks, so the second reads the first from the cache
     const ids = [...c.promptIds, ...c.greedyIds.slice(0, -1)];
-    const half = Math.floor(ids.length / 2), rest = ids.length - half;
-    const logits = async (r: ModelRunner) => {
-      const seq = { tokenIds: ids, numCachedTokens: 0, blockTable: Array.from({ length: Math.ceil(ids.length / 16) }, (_, j) => j) };
-      await r.forward(buildForwardBatch([{ seq, numNewTokens: half }], 16, r.maxBlocksPerSeq));
-      return r.forward({ ...buildForwardBatch([{ seq: { ...seq, numCachedTokens: half }, numNewTokens: rest }], 16, r.maxBlocksPerSeq), logitsIndices: Int32Array.from({ length: rest }, (_, i) => i) });
-    };
-    const a = await logits(auto), b = await logits(fp8);
+    const rest = ids.length - Math.floor(ids.length / 2);
+    const a = await chunkedPrefillLogits(auto, ids), b = await chunkedPrefillLogits(fp8, ids);
     let scale = 0;
     for (const x of a) scale = Math.max(scale, Math.abs(x));
     for (let row = 0; row < rest; row++) {

@@ -13,10 +13,10 @@ import { CpuBackend, cpuData } from '../../src/backends/cpu/cpu-backend.js';
 import { SHAPES } from '../../src/bench/shapes.js';
 import { parseModelConfig } from '../../src/models/config.js';
 import { loadModel } from '../../src/models/load-model.js';
-import { buildForwardBatch } from '../../src/runner/input-builder.js';
 import { ModelRunner, type RunnerConfig } from '../../src/runner/model-runner.js';
 import { simpleGenerate } from '../../src/runner/simple-generate.js';
 import { encodeE4M3 } from '../../src/weights/quant/fp8.js';
+import { chunkedPrefillLogits } from '../helpers/chunked-prefill.js';
 import { loadGolden } from '../helpers/golden.js';
 import { ATTENTION_TOL, checkGraphRuns, pagedBatch, type AttentionCase } from './attention-cases.js';
 import { Harness, openCuda, SEED } from './cuda-harness.js';
@@ -162,12 +162,8 @@ if (!gpu) {
       const V = mg.spec.vocabSize;
       const c = g.cases[0]!;
       const ids = [...c.promptIds, ...c.greedyIds.slice(0, -1)];
-      const half = Math.floor(ids.length / 2), rest = ids.length - half;
-      const logits = async (r: ModelRunner) => {
-        const seq = { tokenIds: ids, numCachedTokens: 0, blockTable: Array.from({ length: Math.ceil(ids.length / 16) }, (_, j) => j) };
-        await r.forward(buildForwardBatch([{ seq, numNewTokens: half }], 16, r.maxBlocksPerSeq));
-        return r.forward({ ...buildForwardBatch([{ seq: { ...seq, numCachedTokens: half }, numNewTokens: rest }], 16, r.maxBlocksPerSeq), logitsIndices: Int32Array.from({ length: rest }, (_, i) => i) });
-      };
+      const rest = ids.length - Math.floor(ids.length / 2);
+      const logits = (r: ModelRunner) => chunkedPrefillLogits(r, ids);
       const ref = await logits(runners.cpuFp8);
       let scale = 0;
       for (const x of ref) scale = Math.max(scale, Math.abs(x));
