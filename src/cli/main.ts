@@ -50,7 +50,8 @@ async function main(argv: string[]): Promise<number> {
 
 main(process.argv.slice(2)).then((code) => {
   process.exitCode = code;
-  // after an error, exit at once: a failed start may leave a native call waiting for ever (an NCCL init
-  // for a rank that died first) that would otherwise keep the process alive (stderr is written synchronously)
+  // after an error, exit at once: a failed start may leave a thread blocked in a native call for ever (the
+  // worker of an NCCL init for a rank that died first; unref'd, but not stoppable), so shutdown does not
+  // wait on it (stderr is written synchronously)
   if (code !== 0) process.exit(code);
 });
