@@ -10,6 +10,17 @@ const TTFT_BUCKETS_S = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0
 const TPOT_BUCKETS_S = [0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5];
 const E2E_BUCKETS_S = [0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480];
 
+/** A counter following a running total the engine keeps: each scrape adds what the total grew by (in `divisor`s). */
+class TotalCounter {
+  #seen = 0;
+  constructor(private readonly counter: Counter, private readonly divisor = 1) {}
+
+  follow(total: number): void {
+    if (total > this.#seen) this.counter.inc((total - this.#seen) / this.divisor);
+    this.#seen = total;
+  }
+}
+
 export class ServerMetrics {
   readonly registry = new Registry();
   private readonly running: Gauge;
@@ -17,12 +28,11 @@ export class ServerMetrics {
   private readonly kvUsage: Gauge;
   private readonly kvBlocks: Gauge<'state'>;
   private readonly prefixHitRate: Gauge;
-  private readonly preemptions: Counter;
+  private readonly preemptions: TotalCounter;
   private readonly healthy: Gauge;
-  private readonly steps: Counter;
-  private readonly stepBusy: Counter;
-  private readonly stepIdle: Counter;
-  private stepsSeen = { numSteps: 0, busyMs: 0, idleMs: 0 };
+  private readonly steps: TotalCounter;
+  private readonly stepBusy: TotalCounter;
+  private readonly stepIdle: TotalCounter;
   private readonly ttft: Histogram;
   private readonly tpot: Histogram;
   private readonly e2e: Histogram;
@@ -30,7 +40,6 @@ export class ServerMetrics {
   private readonly generationTokens: Counter;
   private readonly requestSuccess: Counter<'finished_reason'>;
   private readonly requestErrors: Counter<'code'>;
-  private numPreemptionsSeen = 0;
 
   constructor(modelName: string, opts: { processMetrics?: boolean } = {}) {
     const r = this.registry;
@@ -44,11 +53,11 @@ export class ServerMetrics {
     this.kvUsage = gauge('peregrine_kv_cache_usage_perc', 'Fraction of KV blocks held by live sequences (1 = full).');
     this.kvBlocks = new Gauge({ name: 'peregrine_kv_cache_blocks', help: 'KV blocks by state: used (held by sequences), cached (reusable prefix), free.', labelNames: ['state'], registers: [r] });
     this.prefixHitRate = gauge('peregrine_prefix_cache_hit_rate', 'Prompt tokens served from the prefix cache / prompt tokens looked up, since start.');
-    this.preemptions = counter('peregrine_num_preemptions_total', 'Sequences preempted (blocks freed, recomputed later).');
+    this.preemptions = new TotalCounter(counter('peregrine_num_preemptions_total', 'Sequences preempted (blocks freed, recomputed later).'));
     this.healthy = gauge('peregrine_engine_healthy', '1 while the engine worker runs, 0 once it died.');
-    this.steps = counter('peregrine_engine_steps_total', 'Engine steps the device has finished (single-device engines).');
-    this.stepBusy = counter('peregrine_engine_step_busy_seconds_total', 'Device time spent running engine steps.');
-    this.stepIdle = counter('peregrine_engine_step_idle_seconds_total', 'Device idle time between engine steps that the host did not hide (gaps up to 50 ms; longer ones are an idle engine).');
+    this.steps = new TotalCounter(counter('peregrine_engine_steps_total', 'Engine steps the device has finished (single-device engines).'));
+    this.stepBusy = new TotalCounter(counter('peregrine_engine_step_busy_seconds_total', 'Device time spent running engine steps.'), 1000);
+    this.stepIdle = new TotalCounter(counter('peregrine_engine_step_idle_seconds_total', 'Device idle time between engine steps that the host did not hide (gaps up to 50 ms; longer ones are an idle engine).'), 1000);
     this.ttft = histogram('peregrine_time_to_first_token_seconds', 'Arrival to first generated token.', TTFT_BUCKETS_S);
     this.tpot = histogram('peregrine_time_per_output_token_seconds', 'Mean time between output tokens after the first, per request.', TPOT_BUCKETS_S);
     this.e2e = histogram('peregrine_e2e_request_latency_seconds', 'Arrival to last token.', E2E_BUCKETS_S);
@@ -70,14 +79,11 @@ export class ServerMetrics {
     this.kvBlocks.set({ state: 'cached' }, s.numCachedBlocks);
     this.kvBlocks.set({ state: 'free' }, s.numFreeBlocks);
     this.prefixHitRate.set(s.prefixCacheHitRate);
-    if (s.numPreemptions > this.numPreemptionsSeen) this.preemptions.inc(s.numPreemptions - this.numPreemptionsSeen);
-    this.numPreemptionsSeen = s.numPreemptions;
+    this.preemptions.follow(s.numPreemptions);
     if (s.steps) {
-      const seen = this.stepsSeen;
-      if (s.steps.numSteps > seen.numSteps) this.steps.inc(s.steps.numSteps - seen.numSteps);
-      if (s.steps.busyMs > seen.busyMs) this.stepBusy.inc((s.steps.busyMs - seen.busyMs) / 1000);
-      if (s.steps.idleMs > seen.idleMs) this.stepIdle.inc((s.steps.idleMs - seen.idleMs) / 1000);
-      this.stepsSeen = { ...s.steps };
+      this.steps.follow(s.steps.numSteps);
+      this.stepBusy.follow(s.steps.busyMs);
+      this.stepIdle.follow(s.steps.idleMs);
     }
   }
 
