@@ -15,7 +15,14 @@ set -u
 cd "$(dirname "$0")/.."
 mode=${1:-all}
 out=${OUT:-out}; mkdir -p "$out"
-cli="node dist/src/cli/main.js"
+# each benchmark is bounded (PEREGRINE_BENCH_TIMEOUT_S, default 240 s) so that one that hangs cannot use
+# up the call; its exit status is printed after it (124: killed by the timeout)
+cli="bounded node dist/src/cli/main.js"
+bounded() {
+  local s; s=$(date +%s)
+  timeout "${PEREGRINE_BENCH_TIMEOUT_S:-240}" "$@"
+  echo "[exit $? after $(( $(date +%s) - s )) s: ${*:3:3} ...]"
+}
 S=llama-3.1-8b
 gpus=$(nvidia-smi -L | wc -l)
 t0=$(date +%s)
@@ -28,7 +35,7 @@ fi
 gpu0() {
   export CUDA_VISIBLE_DEVICES=0
   $cli bench latency --shape $S --random-weights --device cuda --batch 1,8,64,256 --isl 128 --osl 32 --prefill 128,2048 --profile
-  bash bench/serve-vs-offline.sh $S 512 128 128
+  bounded bash bench/serve-vs-offline.sh $S 512 128 128
 }
 gpu1() {
   export CUDA_VISIBLE_DEVICES=$(( gpus > 1 ? 1 : 0 ))

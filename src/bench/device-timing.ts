@@ -41,8 +41,14 @@ export class DeviceDelay {
     return (2 * DELAY_ELEMS * bytesPerElement(DELAY_DTYPE)) / (this.#copyMs / 1000) / 1e12;
   }
 
-  /** Sizes the delay to `ms` of device time. */
+  /** Whether measureTBs has timed the copies (setMs needs it). */
+  get measured(): boolean {
+    return this.#copyMs > 0;
+  }
+
+  /** Sizes the delay to `ms` of device time (after measureTBs). */
   setMs(ms: number): void {
+    if (!this.measured) throw new PeregrineError('PGN_ERR_INTERNAL', 'DeviceDelay.setMs before measureTBs: the copy time is unknown');
     this.#numCopies = Math.ceil(ms / this.#copyMs);
   }
 
@@ -124,6 +130,7 @@ const DELAY_MARGIN = 1.5;
 export async function profiledRuns(b: Backend, prof: OpProfiler, delay: DeviceDelay | null, forward: () => void): Promise<{ runs: OpRow[][]; spans: number[] }> {
   const runs: OpRow[][] = [];
   const spans: number[] = [];
+  if (delay && !delay.measured) await delay.measureTBs(); // the prefill profile does not report it, but the delay needs it
   for (let i = 0; i <= PROFILE_RUNS; i++) {
     prof.enabled = true;
     const t0 = performance.now();

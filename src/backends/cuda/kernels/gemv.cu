@@ -26,6 +26,13 @@ __device__ __forceinline__ uint4 gemv_load_stream(const void* p) {
   return v;
 }
 
+// The same, kept in place by the compiler (volatile): the loads before PGN_PDL_WAIT must stay before it.
+__device__ __forceinline__ uint4 gemv_load_stream_early(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
 // biasKind: 0 none, 1 f32, 2 bf16, 3 f16
 __device__ __forceinline__ float gemv_bias(const void* bias, int biasKind, int n) {
   switch (biasKind) {
@@ -76,16 +83,28 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 
-  // whole chunks, U at a time, no bounds checks; then the warp's last chunks one by one
+  // whole chunks, U at a time, no bounds checks; then the warp's last chunks one by one. The first U
+  // chunks' weights load before PGN_PDL_WAIT: under PDL they stream while the previous kernel finishes.
   const int fullEnd = min(cEnd, K >> 5);
   int c = cBegin;
+  uint4 lo[U], hi[U];
+  if (c + U <= fullEnd) {
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+      lo[j] = gemv_load_stream_early(wLo + (c + j) * 32);
+      hi[j] = gemv_load_stream_early(wHi + (c + j) * 32);
+    }
+  }
+  PGN_PDL_WAIT();
   for (; c + U <= fullEnd; c += U) {
-    uint4 lo[U], hi[U], xb[NT][U];
+    uint4 xb[NT][U];
 #pragma unroll
     for (int j = 0; j < U; j++) {
       const int k = (c + j) * 32;
-      lo[j] = gemv_load_stream(wLo + k);
-      hi[j] = gemv_load_stream(wHi + k);
+      if (c != cBegin) {
+        lo[j] = gemv_load_stream(wLo + k);
+        hi[j] = gemv_load_stream(wHi + k);
+      }
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) xb[nt][j] = hasRow[nt] ? __ldg(reinterpret_cast<const uint4*>(xRow[nt] + k)) : zero;
     }
@@ -131,7 +150,6 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
   extern "C" __global__ void __launch_bounds__(PGN_GEMV_MAX_THREADS)                                           \
       gemv_##S##_##SO##_m##MT##_u##U(TO* out, const T* x, const T* w, const void* bias, int M, int N, int K,      \
                                      int biasKind) {                                                           \
-    PGN_PDL_WAIT();                                                                                             \
     gemv_rows16<T, TO, MT / 8, U>(out, x, w, bias, M, N, K, biasKind);                                          \
     PGN_PDL_TRIGGER();                                                                                          \
   }

@@ -312,7 +312,10 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
     issSlot = issSlot + 1 == S ? 0 : issSlot + 1;
   };
 
-  // x: copies (int formats, quantized fp8) form the first group; the ring's first S - 1 steps follow
+  // the ring's first S - 1 steps: weights only, so before PGN_PDL_WAIT (under PDL they stream while the
+  // previous kernel finishes); then x's copies (int formats, quantized fp8) form the last group
+  for (int p = 0; p < S - 1; p++) issue();
+  PGN_PDL_WAIT();
   if (tid < 2) zero16[tid] = make_uint4(0u, 0u, 0u, 0u);
   if (!FP8) {
     const int kUnits = K >> 3;
@@ -329,9 +332,8 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
     if (tid < M) xscale[tid] = xs[tid];
   }
   qg_commit();
-  for (int p = 0; p < S - 1; p++) issue();
-  if (FP8 && !XQ) qg_quantize_x<T>(xsm, xStride, xscale, red, x, inputScale, M, K, minScale);  // while the ring fills
-  qg_wait<S - 1>();  // this thread's x copies
+  if (FP8 && !XQ) qg_quantize_x<T>(xsm, xStride, xscale, red, x, inputScale, M, K, minScale);
+  qg_wait<0>();  // this thread's x copies (and the ring's first steps, loaded by now)
   __syncthreads();
 
   // where this lane reads x: its token's row (or the zero slot), advanced per step
@@ -412,8 +414,8 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
 #define PGN_QGEMV_PASS(T) \
   out, static_cast<const T*>(x), xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale
 #define PGN_QGEMV(T, S)                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_FP8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
 PGN_HALF_TYPES(PGN_QGEMV)
-extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { PGN_PDL_WAIT(); qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
+extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
