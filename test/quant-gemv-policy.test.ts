@@ -63,3 +63,17 @@ test('grid: persistent blocks, up to 3 an SM as shared memory allows, each with 
   assert.equal(qgemvGrid(28672, qgemvSharedBytes('int4', 5, 14336), sms, max), 128, '14 tiles each over <= 132 blocks');
   assert.equal(qgemvGrid(1, qgemvSharedBytes('int8', 1, 64), sms, max), 1);
 });
+
+test('dense kind (bf16 / f16 weights, PEREGRINE_GEMV=ring): 32-k steps, x in halves at 64 mod 128, no scale ring', () => {
+  for (const K of [32, 96, 4096, 14336]) {
+    const d = qgemvXStride('dense', K);
+    assert.equal(d % 128, 64, `dense K=${K}`);
+    assert.ok(d >= 2 * K && d < 2 * K + 128, `dense K=${K}: ${d}`);
+  }
+  assert.equal(qgemvSharedBytes('dense', 1, 4096), 49152 + 8256 + 8256, 'the 48 KiB ring of weights only');
+  assert.equal(qgemvGroupShift('dense', 4096, 4096), -1);
+  assert.ok(qgemvCan({ kind: 'dense', M: 8, K: 4096, groupSize: 4096 }, A100), 'no FP8 cores needed');
+  assert.ok(qgemvCan({ kind: 'dense', M: 1, K: 32, groupSize: 32 }, H100) && !qgemvCan({ kind: 'dense', M: 1, K: 48, groupSize: 48 }, H100), 'K % 32');
+  assert.equal(qgemvChunkM('dense', 14336, H100.maxSharedBytesPerBlock), 6, 'x of 6 x 14336 halves fits an H100 block (down_proj)');
+  assert.equal(qgemvChunkM('dense', 4096, H100.maxSharedBytesPerBlock), 8);
+});

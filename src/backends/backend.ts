@@ -164,6 +164,12 @@ export interface Backend {
   attention(out: Tensor, qkv: Tensor, cache: LayerKvCache, meta: AttentionMetadata, p: AttentionParams): void;
   /** gateUp [T, 2I] = gate | up; out [T, I] = act(gate) * up. */
   siluMul(out: Tensor, gateUp: Tensor, numTokens: number): void;
+  /**
+   * out [T, N] = siluMul(gateUp) @ w^T (+ bias) as one op where the backend fuses it (CUDA: the ring GEMV's
+   * SiLU prologue under PEREGRINE_GEMV=ring, for decode-sized T); returns false, having done nothing, where it
+   * does not, and the caller runs siluMul and linear. Absent on backends that never fuse it.
+   */
+  siluMulLinear?(out: Tensor, gateUp: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): boolean;
   geluMul(out: Tensor, gateUp: Tensor, numTokens: number, approx: GeluApprox): void;
   gelu(out: Tensor, x: Tensor, numTokens: number, approx: GeluApprox): void;
   relu(out: Tensor, x: Tensor, numTokens: number): void;

@@ -23,7 +23,8 @@ type Args<M extends keyof Backend> = Backend[M] extends (...a: infer P) => unkno
 export function opBytes(method: string, args: unknown[], contextLens: ArrayLike<number>): number {
   const a = args as unknown;
   switch (method) {
-    case 'linear': {
+    case 'linear':
+    case 'siluMulLinear': { // x: the linear's input, or gateUp (both halves read)
       const [out, x, w, bias, T] = a as Args<'linear'>;
       return weightBytes(w) + rowBytes(x, T) + rowBytes(out, T) + (bias ? numel(bias.shape) * bytesPerElement(bias.dtype) : 0);
     }

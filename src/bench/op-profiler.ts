@@ -44,13 +44,16 @@ export interface LinearShape {
 
 /** Backend methods that launch work, and the row each is charged to (linear: by weight name). */
 const OP_ROWS: Readonly<Record<string, string>> = {
-  linear: 'linear', attention: 'attention', ropeWriteKv: 'rope + kv write',
+  linear: 'linear', siluMulLinear: 'linear', attention: 'attention', ropeWriteKv: 'rope + kv write',
   rmsNorm: 'norm', rmsNormFp8: 'norm', layerNorm: 'norm', qkRmsNorm: 'norm',
   siluMul: 'activation', geluMul: 'activation', gelu: 'activation', relu: 'activation',
   embedding: 'embedding', embeddingShard: 'embedding', gatherRows: 'gather rows',
   add: 'elementwise', copy: 'elementwise', scale: 'elementwise', softcap: 'elementwise', clamp: 'elementwise',
   moeRoute: 'moe', moeExperts: 'moe',
 };
+
+/** fused ops that return false, having queued nothing, where the backend does not fuse them */
+const DECLINABLE: ReadonlySet<string> = new Set(['siluMulLinear']);
 
 /** weight object -> Hugging Face module name of the linear it feeds */
 export function linearNames(w: ModelWeights, spec: ModelSpec): Map<object, string> {
@@ -180,7 +183,7 @@ export class OpProfiler {
     if (!ev) {
       const t0 = performance.now();
       const out = fn(...args);
-      this.#calls.push({ op, bytes, run, ms: performance.now() - t0 });
+      if (out !== false || !DECLINABLE.has(method)) this.#calls.push({ op, bytes, run, ms: performance.now() - t0 });
       return out;
     }
     const start = this.#pool.pop() ?? ev.createEvent({ timing: true });
@@ -188,7 +191,8 @@ export class OpProfiler {
     start.record(ev.stream as never);
     const out = fn(...args);
     end.record(ev.stream as never);
-    this.#calls.push({ op, bytes, run, start, end });
+    if (out === false && DECLINABLE.has(method)) this.#pool.push(start, end); // nothing ran: the caller runs the unfused ops
+    else this.#calls.push({ op, bytes, run, start, end });
     return out;
   }
 

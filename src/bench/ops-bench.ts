@@ -16,7 +16,8 @@
  */
 import type { AttentionMetadata, Tensor } from '../backends/backend.js';
 import { CudaBackend, type CudaTensor } from '../backends/cuda/cuda-backend.js';
-import { gemv, gemvPlan, gemvPolicy, gemvTakes, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
+import { gemv, gemvPlan, gemvPolicy, gemvTakes, ringGemv, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
+import { QGEMV_MAX_M, qgemvChunkM } from '../backends/cuda/cuda-quant-gemv.js';
 import { check } from '../backends/cuda/driver.js';
 import { quantCases } from './ops-bench-quant.js';
 
@@ -246,11 +247,12 @@ function attentionCase(be: CudaBackend, qLens: number[], kvLens: number[]): () =
 
 /**
  * Decode-shaped linears (bf16 weights, M = 1..16 rows): cuBLASLt, the GEMV with its default
- * plan and the fastest of every plan, each as us and % of copy bandwidth; which one `linear` takes.
+ * plan and the fastest of every plan, and the ring-buffered GEMV (PEREGRINE_GEMV=ring; up to 8
+ * rows whose x fits a block), each as us and % of copy bandwidth; which one `linear` takes.
  */
 function gemvVsCublas(be: CudaBackend, copyTbs: number): void {
-  const ctx = { kernels: be.kernels, stream: be.stream };
-  const head = ['linear', 'M x N x K', 'linear takes', 'cuBLASLt us', '% copy', 'GEMV us', 'GB/s', '% copy', 'vs cuBLASLt', 'plan', 'best plan', 'best us', '% copy'];
+  const ctx = { kernels: be.kernels, stream: be.stream, numSMs: be.props.numSMs, maxSharedBytesPerBlock: be.props.maxSharedBytesPerBlock };
+  const head = ['linear', 'M x N x K', 'linear takes', 'cuBLASLt us', '% copy', 'GEMV us', 'GB/s', '% copy', 'vs cuBLASLt', 'plan', 'best plan', 'best us', '% copy', 'ring us', '% copy'];
   const body: string[][] = [];
   const pct = (bytes: number, us: number): string => ((100 * bytes) / us / 1e6 / copyTbs).toFixed(0);
   const enabled = gemvPolicy.enabled;
@@ -273,9 +275,12 @@ function gemvVsCublas(be: CudaBackend, copyTbs: number): void {
         const us = timePlan(plan);
         if (us < best.us) best = { plan, us };
       }
+      const ringOk = M <= QGEMV_MAX_M && K % 32 === 0 && qgemvChunkM('dense', K, be.props.maxSharedBytesPerBlock) >= M;
+      const ringUs = ringOk ? timeLaunchers(be, ws.map((w) => () => ringGemv(ctx, { out: o.ptr, outDtype, x: x.ptr, w: (w as CudaTensor).ptr, dtype: 'bf16', bias: null, biasDtype: null, M, N, K }))) : NaN;
       body.push([
         name, `${M}x${N}x${K}`, gemvTakes(M, N, K, outDtype) ? 'GEMV' : 'cuBLASLt', blasUs.toFixed(1), pct(bytes, blasUs), gemvUs.toFixed(1), (bytes / gemvUs / 1e3).toFixed(0), pct(bytes, gemvUs),
         `${(blasUs / gemvUs).toFixed(2)}x`, `w${auto.warps} u${auto.unroll}`, `w${best.plan.warps} u${best.plan.unroll}`, best.us.toFixed(1), pct(bytes, best.us),
+        ringOk ? ringUs.toFixed(1) : '-', ringOk ? pct(bytes, ringUs) : '-',
       ]);
     }
     for (const t of live.splice(0)) be.free(t);

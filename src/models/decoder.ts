@@ -299,6 +299,7 @@ export class DecoderModel {
     }
     const up = this.mlpUp!, act = this.mlpAct!;
     b.linear(up, x, lw.up, lw.upBias, T, xq);
+    if (s.activation === 'silu' && s.gatedMlp && b.siluMulLinear?.(out, up, lw.down, lw.downBias, T)) return; // one kernel where the backend fuses them
     switch (s.activation) {
       case 'silu':
         if (!s.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'ungated SiLU MLP');

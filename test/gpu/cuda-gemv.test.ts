@@ -8,7 +8,7 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { DType } from '../../src/backends/backend.js';
-import { gemv, gemvPlan, gemvPolicy, gemvSuits, gemvTakes, type GemvContext, type GemvPlan } from '../../src/backends/cuda/cuda-gemv.js';
+import { gemv, gemvPlan, gemvPolicy, gemvSuits, gemvTakes, ringGemvSuits, type GemvContext, type GemvPlan } from '../../src/backends/cuda/cuda-gemv.js';
 import type { CudaTensor } from '../../src/backends/cuda/cuda-tensor.js';
 import { Harness, openCuda, SEED, type Pair } from './cuda-harness.js';
 
@@ -75,6 +75,26 @@ if (!gpu) {
     await h.expectClose(out, `gemv ${dtype}->${outDtype} M=${M} N=${N} K=${K} bias=${bias?.dtype ?? 'none'}`, undefined, tolFor(outDtype));
   }
 
+  /** A linear captured in a CUDA graph reads x as it is at replay (x rewritten between capture and replay). */
+  async function checkGraphReplay(what: string): Promise<void> {
+    const [M, N, K] = [2, 515, 1024];
+    const x = h.rand([M, K], 'bf16');
+    const w = h.rand([N, K], 'bf16', 0.05);
+    const out = h.output([M, N], 'f32');
+    h.gpu.beginCapture();
+    h.gpu.linear(out.gpu, x.gpu, w.gpu, null, M);
+    const graph = h.gpu.endCapture();
+    try {
+      const fresh = h.rand([M, K], 'bf16');
+      h.gpu.writeF32(x.gpu, await h.gpu.downloadF32(fresh.gpu));
+      h.gpu.replay(graph);
+      h.cpu.linear(out.cpu, fresh.cpu, w.cpu, null, M);
+      await h.expectClose(out, `${what} in a graph, x rewritten before the replay`, undefined, F32_TOL);
+    } finally {
+      graph.dispose();
+    }
+  }
+
   describe(`CUDA GEMV on ${gpu.props.name} (seed ${SEED}, kernels from ${gpu.kernels.origin})`, () => {
     // the kernels take up to 16 rows; the default policy only 8
     test('every M from 1 to 16 (one and two n8 tiles), bf16 and f32 out, bias on odd M', () => withPolicy({ enabled: true, maxRows: 16 }, async () => {
@@ -119,23 +139,59 @@ if (!gpu) {
       }
     });
 
-    test('replayed from a CUDA graph, it reads the inputs as they are at replay', () => withPolicy({ enabled: true }, async () => {
-      const [M, N, K] = [2, 515, 1024];
-      const x = h.rand([M, K], 'bf16');
-      const w = h.rand([N, K], 'bf16', 0.05);
-      const out = h.output([M, N], 'f32');
-      gpu.beginCapture();
-      gpu.linear(out.gpu, x.gpu, w.gpu, null, M);
-      const graph = gpu.endCapture();
-      try {
-        const fresh = h.rand([M, K], 'bf16');
-        gpu.writeF32(x.gpu, await gpu.downloadF32(fresh.gpu));
-        gpu.replay(graph);
-        h.cpu.linear(out.cpu, fresh.cpu, w.cpu, null, M);
-        await h.expectClose(out, 'gemv in a graph, x rewritten before the replay', undefined, F32_TOL);
-      } finally {
-        graph.dispose();
+    test('replayed from a CUDA graph, it reads the inputs as they are at replay', () => withPolicy({ enabled: true }, () => checkGraphReplay('gemv')));
+
+    test('PEREGRINE_GEMV=ring: the ring-buffered GEMV (dense qgemv) for 1..8 rows, odd N, K from one step to 14336, bias, f32 out, graph replay', () => withPolicy({ enabled: true, ring: true }, async () => {
+      const ringCtx: GemvContext = { ...ctx, numSMs: gpu.props.numSMs, maxSharedBytesPerBlock: gpu.props.maxSharedBytesPerBlock };
+      const t = (p: Pair): CudaTensor => p.gpu as CudaTensor;
+      const cases: Array<[M: number, N: number, K: number]> = [[1, 1, 32], [3, 17, 96], [8, 333, 544], [1, 4096, 4096], [5, 1031, 4096], [8, 6144, 4096], [1, 4096, 14336], [6, 200, 14336]];
+      for (const dtype of ['bf16', 'f16'] as const) {
+        for (const [M, N, K] of cases) {
+          for (const outDtype of [dtype, 'f32'] as const) {
+            const x = h.rand([M, K], dtype), w = h.rand([N, K], dtype, 0.05), out = h.output([M, N], outDtype);
+            const bias = M % 2 === 1 ? h.rand([N], outDtype) : null;
+            assert.ok(ringGemvSuits(ringCtx, t(out), t(x), t(w), bias ? t(bias) : null, M), `the ring GEMV takes M=${M} N=${N} K=${K}`);
+            h.cpu.linear(out.cpu, x.cpu, w.cpu, bias?.cpu ?? null, M);
+            h.gpu.linear(out.gpu, x.gpu, w.gpu, bias?.gpu ?? null, M);
+            await h.expectClose(out, `ring gemv ${dtype}->${outDtype} M=${M} N=${N} K=${K} bias=${bias ? 'yes' : 'none'}`, undefined, tolFor(outDtype));
+          }
+        }
       }
+      // what it leaves to the other paths
+      const x = h.rand([9, 4096], 'bf16'), w = h.rand([64, 4096], 'bf16'), out = h.output([9, 64], 'bf16');
+      assert.equal(ringGemvSuits(ringCtx, t(out), t(x), t(w), null, 9), false, 'M = 9');
+      const x7 = h.rand([7, 14336], 'bf16'), w7 = h.rand([16, 14336], 'bf16'), o7 = h.output([7, 16], 'bf16');
+      assert.equal(ringGemvSuits(ringCtx, t(o7), t(x7), t(w7), null, 7), false, 'x of 7 x 14336 halves does not fit a block');
+      const x40 = h.rand([2, 40], 'bf16'), w40 = h.rand([16, 40], 'bf16'), o40 = h.output([2, 16], 'bf16');
+      assert.equal(ringGemvSuits(ringCtx, t(o40), t(x40), t(w40), null, 2), false, 'K % 32');
+      assert.equal(ringGemvSuits(ctx, t(out), t(x), t(w), null, 2), false, 'no SM count in the context');
+      await checkGraphReplay('ring gemv');
+    }));
+
+    test('PEREGRINE_GEMV=ring: siluMulLinear = siluMul then the linear, bit for bit, in one kernel; declined without ring', () => withPolicy({ enabled: true, ring: true }, async () => {
+      for (const dtype of ['bf16', 'f16'] as const) {
+        for (const [M, N, K] of [[1, 4096, 14336], [3, 77, 96], [6, 200, 14336], [8, 512, 1024]] as const) {
+          for (const outDtype of [dtype, 'f32'] as const) {
+            const gateUp = h.rand([M, 2 * K], dtype, 4), w = h.rand([N, K], dtype, 0.05);
+            const bias = M % 2 === 1 ? h.rand([N], outDtype) : null;
+            const fused = h.output([M, N], outDtype), act = h.output([M, K], dtype), twoOps = h.output([M, N], outDtype);
+            assert.equal(gpu.siluMulLinear(fused.gpu, gateUp.gpu, w.gpu, bias?.gpu ?? null, M), true, `fused M=${M} N=${N} K=${K}`);
+            gpu.siluMul(act.gpu, gateUp.gpu, M);
+            gpu.linear(twoOps.gpu, act.gpu, w.gpu, bias?.gpu ?? null, M);
+            const fusedBits: Float32Array = await gpu.downloadF32(fused.gpu);
+            const twoOpsBits: Float32Array = await gpu.downloadF32(twoOps.gpu);
+            assert.deepEqual(fusedBits, twoOpsBits, `siluMulLinear ${dtype}->${outDtype} M=${M} N=${N} K=${K}: the same bits as siluMul + linear`);
+            h.cpu.siluMul(act.cpu, gateUp.cpu, M);
+            h.cpu.linear(fused.cpu, act.cpu, w.cpu, bias?.cpu ?? null, M);
+            await h.expectClose(fused, `siluMulLinear ${dtype}->${outDtype} M=${M} N=${N} K=${K} vs the CPU reference`, undefined, tolFor(outDtype));
+          }
+        }
+      }
+      const gateUp = h.rand([2, 2 * 64], 'bf16'), w = h.rand([16, 64], 'bf16'), out = h.output([2, 16], 'bf16');
+      await withPolicy({ ring: false }, () => assert.equal(gpu.siluMulLinear(out.gpu, gateUp.gpu, w.gpu, null, 2), false, 'declined without PEREGRINE_GEMV=ring'));
+      const big = h.rand([9, 2 * 64], 'bf16'), outBig = h.output([9, 16], 'bf16');
+      assert.equal(gpu.siluMulLinear(outBig.gpu, big.gpu, w.gpu, null, 9), false, 'declined for 9 rows');
+      assert.throws(() => gpu.siluMulLinear(out.gpu, h.rand([2, 64], 'bf16').gpu, w.gpu, null, 2), /gateUp/, 'gateUp must be 2K wide');
     }));
 
     test('what it leaves to cuBLASLt: K % 8 != 0, M > 16, PEREGRINE_GEMV=0, a bias cuBLASLt would refuse', () => withPolicy({ enabled: true, maxRows: 16 }, async () => {

@@ -79,7 +79,7 @@ export class CudaBackend implements Backend {
     const attnBytes = opts.attentionWorkspaceBytes ?? 32 * MiB;
     this.#attnWorkspace = { ptr: this.allocator.alloc(attnBytes), sizeBytes: attnBytes };
     this.#moeScratch = new Scratch(this.allocator);
-    this.#ctx = { drv: dev.drv, kernels: this.kernels, stream: this.stream, blas: this.#blas, numSMs: dev.props.numSMs };
+    this.#ctx = { drv: dev.drv, kernels: this.kernels, stream: this.stream, blas: this.#blas, numSMs: dev.props.numSMs, maxSharedBytesPerBlock: dev.props.maxSharedBytesPerBlock };
   }
 
   /** Opens device `deviceId`, loads the kernels (compiling them with NVRTC if needed) and cuBLASLt. */
@@ -285,6 +285,9 @@ export class CudaBackend implements Backend {
     attention(this.#ctx, this.#attnWorkspace, out, qkv, cache, meta, p);
   }
   siluMul(out: Tensor, gateUp: Tensor, numTokens: number): void { ops.siluMul(this.#ctx, out, gateUp, numTokens); }
+  siluMulLinear(out: Tensor, gateUp: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): boolean {
+    return ops.siluMulLinear(this.#ctx, out, gateUp, w, bias, numTokens);
+  }
   geluMul(out: Tensor, gateUp: Tensor, numTokens: number, approx: GeluApprox): void { ops.geluMul(this.#ctx, out, gateUp, numTokens, approx); }
   gelu(out: Tensor, x: Tensor, numTokens: number, approx: GeluApprox): void { ops.gelu(this.#ctx, out, x, numTokens, approx); }
   relu(out: Tensor, x: Tensor, numTokens: number): void { ops.relu(this.#ctx, out, x, numTokens); }

@@ -15,7 +15,13 @@
  * Environment: PEREGRINE_GEMV=0 sends every linear to cuBLASLt (for comparison);
  * PEREGRINE_GEMV=all gives the GEMV every linear it can take (up to the row limit);
  * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit.
+ * PEREGRINE_GEMV=ring (to be measured, NOTES.md) sends every linear of <= 8 rows whose x fits a block,
+ * whatever its size, to the ring-buffered decode GEMV of quant_gemv.cu instead (its dense kind: weights
+ * cp.async'ed through a per-warp ring by persistent blocks, the path that reaches 95% of copy bandwidth
+ * on FP8 gate_up), the candidate to replace cuBLASLt on gate_up / down at batch 1 and so carry fused
+ * prologues; the rest as without it.
  */
+import { QGEMV_MAX_M, QGEMV_PARAMS, QGEMV_THREADS, qgemvChunkM, qgemvGrid, qgemvSharedBytes } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { DevicePtr } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -36,6 +42,8 @@ const CHUNK_K = 32;
 const MAX_WARPS = 8;
 const DEFAULT_UNROLL = 4;
 const BIAS_KIND = { f32: 1, bf16: 2, f16: 3 } as const;
+/** quant.cuh's outKind */
+const OUT_KIND = { f32: 0, bf16: 1, f16: 2 } as const;
 // (out, x, w, bias, M, N, K, biasKind)
 const GEMV_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32'];
 
@@ -49,12 +57,17 @@ export const gemvPolicy = {
   enabled: process.env.PEREGRINE_GEMV !== '0',
   /** every shape the kernel can take, not only those measured faster than cuBLASLt */
   all: process.env.PEREGRINE_GEMV === 'all',
+  /** linears of <= 8 rows to the ring-buffered GEMV (PEREGRINE_GEMV=ring) */
+  ring: process.env.PEREGRINE_GEMV === 'ring',
   maxRows: envMaxRows(),
 };
 
 export interface GemvContext {
   readonly kernels: CudaKernels;
   readonly stream: CudaStream;
+  /** for the ring-buffered GEMV's persistent grid (without them it is never taken) */
+  readonly numSMs?: number;
+  readonly maxSharedBytesPerBlock?: number;
 }
 
 export type GemvDtype = 'bf16' | 'f16';
@@ -117,13 +130,57 @@ export function gemvSuits(out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: C
   return bias === null || bias.dtype === out.dtype || out.dtype === 'f32';
 }
 
-/** `linear` on the GEMV when it suits (see `gemvSuits`); false leaves the call to cuBLASLt. */
-export function linearGemv(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
-  if (!gemvSuits(out, x, w, bias, numTokens)) return false;
+/**
+ * Whether the ring-buffered GEMV takes this linear: PEREGRINE_GEMV=ring, 1..8 rows, K % 32 == 0, x of all
+ * rows fits one block's shared memory, 16-byte aligned x and w, a bias `gemvSuits` would take.
+ */
+export function ringGemvSuits(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
   const [N, K] = w.shape as [number, number];
-  gemv(ctx, {
+  if (!gemvPolicy.enabled || !gemvPolicy.ring || ctx.numSMs === undefined || ctx.maxSharedBytesPerBlock === undefined) return false;
+  if (numTokens < 1 || numTokens > QGEMV_MAX_M || N === 0 || K === 0 || K % 32 !== 0 || x.ptr % 16 !== 0 || w.ptr % 16 !== 0) return false;
+  if (qgemvChunkM('dense', K, ctx.maxSharedBytesPerBlock) < numTokens) return false;
+  return bias === null || bias.dtype === out.dtype || out.dtype === 'f32';
+}
+
+/**
+ * Queues the ring-buffered GEMV (quant_gemv.cu, dense kind) for `a`, which `ringGemvSuits` took. Prologue
+ * 'silu': a.x is gateUp [M, 2K] and the kernel multiplies silu(gate) * up, as siluMul would, before the linear.
+ */
+export function ringGemv(ctx: GemvContext, a: GemvArgs, prologue: 'copy' | 'silu' = 'copy'): void {
+  const kernel = ctx.kernels.module.kernel(`qgemv_dense_${prologue === 'silu' ? 'silu_' : ''}${a.dtype}`, QGEMV_PARAMS);
+  const shared = qgemvSharedBytes('dense', a.M, a.K);
+  const grid = qgemvGrid(a.N, shared, ctx.numSMs!, ctx.maxSharedBytesPerBlock!);
+  const biasKind = a.bias !== null && a.biasDtype !== null ? BIAS_KIND[a.biasDtype] : 0;
+  kernel.launch(grid, QGEMV_THREADS, shared, ctx.stream, [
+    a.out, a.x, null, null, null, a.w, null, null, biasKind ? a.bias : null, a.M, a.N, a.K, -1, 0, OUT_KIND[a.outDtype], biasKind, 0,
+  ]);
+}
+
+/**
+ * out = (silu(gate) * up) @ w^T (+ bias) for gateUp = [gate | up] [M, 2K], in one kernel where the ring GEMV
+ * takes the linear (PEREGRINE_GEMV=ring; operands checked by the caller, gateUp in w's dtype); false leaves
+ * siluMul and the linear to the caller.
+ */
+export function siluMulLinearRing(ctx: GemvContext, out: CudaTensor, gateUp: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
+  const [N, K] = w.shape as [number, number];
+  if (!ringGemvSuits(ctx, out, gateUp, w, bias, numTokens)) return false;
+  ringGemv(ctx, {
+    out: out.ptr, outDtype: out.dtype as GemvArgs['outDtype'], x: gateUp.ptr, w: w.ptr, dtype: w.dtype as GemvDtype,
+    bias: bias?.ptr ?? null, biasDtype: (bias?.dtype ?? null) as GemvArgs['biasDtype'], M: numTokens, N, K,
+  }, 'silu');
+  return true;
+}
+
+/** `linear` on a GEMV when one suits (the ring-buffered one under PEREGRINE_GEMV=ring, else see `gemvSuits`); false leaves the call to cuBLASLt. */
+export function linearGemv(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
+  const ring = ringGemvSuits(ctx, out, x, w, bias, numTokens);
+  if (!ring && !gemvSuits(out, x, w, bias, numTokens)) return false;
+  const [N, K] = w.shape as [number, number];
+  const args: GemvArgs = {
     out: out.ptr, outDtype: out.dtype as GemvArgs['outDtype'], x: x.ptr, w: w.ptr, dtype: w.dtype as GemvDtype,
     bias: bias?.ptr ?? null, biasDtype: (bias?.dtype ?? null) as GemvArgs['biasDtype'], M: numTokens, N, K,
-  });
+  };
+  if (ring) ringGemv(ctx, args);
+  else gemv(ctx, args);
   return true;
 }

@@ -7,7 +7,7 @@ import { PeregrineError } from '../../errors.js';
 import { bytesPerElement, isQuantizedWeight, type GeluApprox, type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backend.js';
 import type { CublasLt } from './cublaslt.js';
 import { deviceKvCache } from './cuda-attention.js';
-import { linearGemv } from './cuda-gemv.js';
+import { linearGemv, siluMulLinearRing } from './cuda-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check, type Driver } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -20,6 +20,7 @@ export interface OpContext {
   readonly stream: CudaStream;
   readonly blas: CublasLt;
   readonly numSMs: number;
+  readonly maxSharedBytesPerBlock: number;
 }
 
 const THREADS = 256;
@@ -199,23 +200,29 @@ export function qkRmsNorm(ctx: OpContext, qkvT: Tensor, qWeightT: Tensor, kWeigh
   ctx.kernels.typed('qk_rms_norm', qkv.dtype).launch([numTokens, numHeads + numKvHeads], 32, 0, ctx.stream, [qkv.ptr, qw.ptr, kw.ptr, eps, p.weightOffset ?? 0, numHeads, numKvHeads, headDim]);
 }
 
+/** The checked operands of a linear: w [N, K] and x [T, xWidth * K] half floats of one dtype, out [T, N] in it or f32, bias [N]. */
+function linearOperands(op: string, outT: Tensor, xT: Tensor, wT: Tensor, biasT: Tensor | null, numTokens: number, xName: string, xWidth: number) {
+  requireCount(numTokens, op, 'numTokens');
+  const w = floatTensor(wT, op, 'w', HALF);
+  const x = floatTensor(xT, op, xName, HALF);
+  const out = floatTensor(outT, op, 'out');
+  sameDtype(op, w, [x, xName]);
+  if (out.dtype !== 'f32' && out.dtype !== w.dtype) throw invalid(op, `out must be ${w.dtype} or f32, got ${out.dtype}`, { dtype: out.dtype });
+  if (w.shape.length !== 2) throw invalid(op, `weight must be 2-D [out, in], got [${w.shape.join(', ')}]`, { shape: w.shape });
+  const [N, K] = w.shape as [number, number];
+  requireRows(x, numTokens, xWidth * K, op, xName);
+  requireRows(out, numTokens, N, op, 'out');
+  const bias = biasT ? floatTensor(biasT, op, 'bias') : null;
+  if (bias) requireLength(bias, N, op, 'bias');
+  return { out, x, w, bias, N, K };
+}
+
 export function linear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor | QuantizedWeight, biasT: Tensor | null, numTokens: number): void {
   const op = 'linear';
   if (isQuantizedWeight(wT)) {
     throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `the CUDA backend has no kernels for ${wT.kind} weights yet (shape [${wT.shape.join(', ')}])`, { kind: wT.kind });
   }
-  requireCount(numTokens, op, 'numTokens');
-  const w = floatTensor(wT, op, 'w', HALF);
-  const x = floatTensor(xT, op, 'x', HALF);
-  const out = floatTensor(outT, op, 'out');
-  sameDtype(op, w, [x, 'x']);
-  if (out.dtype !== 'f32' && out.dtype !== w.dtype) throw invalid(op, `out must be ${w.dtype} or f32, got ${out.dtype}`, { dtype: out.dtype });
-  if (w.shape.length !== 2) throw invalid(op, `weight must be 2-D [out, in], got [${w.shape.join(', ')}]`, { shape: w.shape });
-  const [N, K] = w.shape as [number, number];
-  requireRows(x, numTokens, K, op, 'x');
-  requireRows(out, numTokens, N, op, 'out');
-  const bias = biasT ? floatTensor(biasT, op, 'bias') : null;
-  if (bias) requireLength(bias, N, op, 'bias');
+  const { out, x, w, bias, N, K } = linearOperands(op, outT, xT, wT, biasT, numTokens, 'x', 1);
   if (numTokens === 0) return;
   if (linearGemv(ctx, out, x, w, bias, numTokens)) return; // decode-shaped: our GEMV (PEREGRINE_GEMV=0: cuBLASLt)
   const fused = bias !== null && bias.dtype === out.dtype;
@@ -225,6 +232,17 @@ export function linear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor | Qu
     const n = numTokens * N;
     ctx.kernels.typed('bias_add_f32', bias.dtype).launch(blocksFor(ctx, n), THREADS, 0, ctx.stream, [out.ptr, bias.ptr, numTokens, N]);
   }
+}
+
+/**
+ * out = (silu(gate) * up) @ w^T (+ bias), gateUp = [gate | up] [T, 2K], as one kernel where the backend fuses
+ * it (the ring GEMV, PEREGRINE_GEMV=ring); returns false, having queued nothing, where it does not.
+ */
+export function siluMulLinear(ctx: OpContext, outT: Tensor, gateUpT: Tensor, wT: Tensor | QuantizedWeight, biasT: Tensor | null, numTokens: number): boolean {
+  const op = 'siluMulLinear';
+  if (isQuantizedWeight(wT)) return false;
+  const { out, x: gateUp, w, bias } = linearOperands(op, outT, gateUpT, wT, biasT, numTokens, 'gateUp', 2);
+  return numTokens > 0 && siluMulLinearRing(ctx, out, gateUp, w, bias, numTokens);
 }
 
 export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, cosSinT: Tensor | null, cache: LayerKvCache, slotMappingT: Tensor, numTokens: number, p: RopeParams): void {

@@ -11,8 +11,13 @@
  * PEREGRINE_QGEMV_MAX_M=n (0..8) bounds the tokens.
  */
 import type { QuantizedWeight } from '../backend.js';
+import type { ParamKind } from './module.js';
 
-export type QgemvKind = QuantizedWeight['kind'];
+/** the kernel's weight formats: a QuantizedWeight kind, or 'dense' (bf16 / f16 weights: cuda-gemv.ts, PEREGRINE_GEMV=ring) */
+export type QgemvKind = QuantizedWeight['kind'] | 'dense';
+
+/** qgemv_<kind>_<dtype>(out, x, xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale) */
+export const QGEMV_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32'];
 
 /** tokens one launch takes (the mma's n8) */
 export const QGEMV_MAX_M = 8;
@@ -40,7 +45,7 @@ const RED_BYTES = 2 * WARPS * 16 * 8 * 4 + 8 * 4 + 32;
 /** shared memory the driver keeps per resident block */
 const RESERVED_SHARED_PER_BLOCK = 1024;
 /** k of one step (64 bytes of a row) */
-const STEP_K: Record<QgemvKind, number> = { fp8: 64, int8: 64, int4: 128 };
+const STEP_K: Record<QgemvKind, number> = { fp8: 64, int8: 64, int4: 128, dense: 32 };
 
 function envFlag(name: string): boolean {
   return process.env[name] !== '0';
@@ -60,15 +65,16 @@ export const quantFastPolicy = {
   fused: envFlag('PEREGRINE_QUANT_FAST'),
 };
 
-/** Bytes between rows of x in the kernel's shared memory (qg_x_stride): fp8 = 64 mod 128, int = 16 mod 128. */
+/** Bytes between rows of x in the kernel's shared memory (qg_x_stride): fp8 and dense = 64 mod 128, int = 16 mod 128. */
 export function qgemvXStride(kind: QgemvKind, K: number): number {
   const mod = (a: number) => ((a % 128) + 128) % 128;
-  return kind === 'fp8' ? K + mod(64 - K) : 2 * K + mod(16 - 2 * K);
+  if (kind === 'fp8') return K + mod(64 - K);
+  return kind === 'dense' ? 2 * K + mod(64 - 2 * K) : 2 * K + mod(16 - 2 * K);
 }
 
 /** Dynamic shared memory of one block for M tokens of K. */
 export function qgemvSharedBytes(kind: QgemvKind, M: number, K: number): number {
-  const ring = WARPS * STAGES * (RING_CODE_BYTES + (kind === 'fp8' ? 0 : RING_SCALE_BYTES));
+  const ring = WARPS * STAGES * (RING_CODE_BYTES + (kind === 'int8' || kind === 'int4' ? RING_SCALE_BYTES : 0));
   return ring + RED_BYTES + M * qgemvXStride(kind, K);
 }
 
@@ -90,7 +96,7 @@ export interface QgemvDevice {
  * are not whole powers of two of steps.
  */
 export function qgemvGroupShift(kind: QgemvKind, K: number, groupSize: number): number | null {
-  if (kind === 'fp8' || groupSize >= K) return -1;
+  if (kind === 'fp8' || kind === 'dense' || groupSize >= K) return -1;
   const steps = groupSize / STEP_K[kind];
   if (!Number.isInteger(steps) || steps < 1 || (steps & (steps - 1)) !== 0) return null;
   return Math.log2(steps);

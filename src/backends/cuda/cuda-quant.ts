@@ -24,7 +24,7 @@ import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { QuantGemm, type Fp8Scaling, type OutDtype } from './cuda-quant-gemm.js';
-import { QGEMV_FP8_MAX_N, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
+import { QGEMV_FP8_MAX_N, QGEMV_PARAMS, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check } from './driver.js';
 import type { Kernel, ParamKind } from './module.js';
@@ -69,8 +69,7 @@ const p = 'ptr' as const, i32 = 'i32' as const, i64 = 'i64' as const, u32 = 'u32
 const PARAMS = {
   quant_fp8_act: [p, p, p, p, p, i32, f32], // (xq, rowScales, xfq, x, inputScale, K, minScale)
   quant_fp8_rows: [p, p, p, p, i32, f32], // (xq, rowScales, x, inputScale, K, minScale)
-  // (out, x, xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale)
-  qgemv: [p, p, p, p, p, p, p, p, p, i32, i32, i32, i32, i32, i32, i32, f32],
+  qgemv: QGEMV_PARAMS,
   quant_dequant: [p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, qw, scales, zeros, kind, n0, rows, K, groupSize, perTensor)
   quant_gemv: [p, p, p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind)
   quant_fp8_mma: [p, p, p, p, p, i32, p, i32, i32, i32, i32, i32], // (out, xq, xs, w, ws, wsPerTensor, bias, M, N, K, outKind, biasKind)

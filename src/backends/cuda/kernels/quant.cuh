@@ -9,6 +9,8 @@
 #define PGN_Q_FP8 0
 #define PGN_Q_INT8 1
 #define PGN_Q_INT4 2
+// not quantized: weights in the activation dtype (quant_gemv.cu's ring-buffered GEMV for bf16 / f16 linears)
+#define PGN_Q_DENSE 3
 // 2^23: an integer 0..255 OR-ed into this float's mantissa is read back exactly by subtracting it
 #define PGN_MAGIC_2P23 8388608.f
 

@@ -28,6 +28,10 @@
 // Int formats scale each step's partial sums by its rows' group scales (f32); fp8 applies the token and weight
 // scales at the end. The 8 warps' partial sums meet in shared memory at each tile's end.
 //
+// Dense kind (PGN_Q_DENSE: bf16 / f16 weights, cuda-gemv.ts under PEREGRINE_GEMV=ring): a step is 64 bytes =
+// 32 k of each row, lane t's 16 bytes are k 8t .. 8t+7 and feed two m16n8k16 (k 8t..8t+3, then 8t+4..8t+7, x
+// read in the same order, as gemv.cu does); x staged in the activation dtype, no scales.
+//
 // Shared memory (dynamic, laid out below; cuda-quant-gemv.ts computes the same size): the rings, a double
 // buffer for the partial sums, the token scales, and x [M][xStride]. Requirements (the host checks): M <= 8,
 // K % 64 == 0 (int4: K % 128 == 0 and groupSize % 128 == 0; int8: groupSize % 64 == 0), 16-byte aligned codes,
@@ -60,7 +64,9 @@ __device__ __forceinline__ uint4 qg_lds16(const unsigned char* p) { return *rein
 // Shared-memory row stride of x in bytes: fp8 rows = 64 mod 128 and int rows = 16 mod 128, so the 8 lanes of
 // one 16-byte load phase (tokens g, g+1; t = 0..3) land in 8 different 16-byte bank groups.
 template <int KIND> __device__ __forceinline__ int qg_x_stride(int K) {
-  return KIND == PGN_Q_FP8 ? K + ((64 - K) & 127) : 2 * K + ((16 - 2 * K) & 127);
+  if (KIND == PGN_Q_FP8) return K + ((64 - K) & 127);
+  if (KIND == PGN_Q_DENSE) return 2 * K + ((64 - 2 * K) & 127);  // 16 bytes a lane, like fp8's
+  return 2 * K + ((16 - 2 * K) & 127);
 }
 
 // int4 x: 16-byte unit u of a row is stored at u ^ 2 when bit 3 of u is set (lanes t and t+2 apart)
@@ -141,6 +147,15 @@ __device__ __forceinline__ void qg_step64(float* c, const uint4& lo, const uint4
       mma16816<T>(c, a, xw[2 * i], xw[2 * i + 1]);
     }
   }
+}
+
+// One dense step of a lane: k = 32 step + 8t + (0..7) of rows g (lo) and g+8 (hi), x's 8 values at xp.
+template <typename T>
+__device__ __forceinline__ void qg_step_dense(float* c, const uint4& lo, const uint4& hi, const unsigned char* xp) {
+  const uint4 x = qg_lds16(xp);
+  const unsigned a0[4] = {lo.x, hi.x, lo.y, hi.y}, a1[4] = {lo.z, hi.z, lo.w, hi.w};
+  mma16816<T>(c, a0, x.x, x.y);
+  mma16816<T>(c, a1, x.z, x.w);
 }
 
 // One int4 step of a lane: k = 128 step + 32t + (0..31); c += (rows - zero) . x (unscaled). xp[i]: the 8 x
@@ -239,24 +254,27 @@ __device__ __forceinline__ void qg_quantize_x(unsigned char* xsm, int xStride, f
   });
 }
 
-template <int KIND, typename T, bool XQ>
+// SILU (dense only): x is gateUp [M, 2K] (gate | up) and the block stages silu(gate) * up, rounded to T as
+// silu_mul (elementwise.cu) rounds it, so the result is the bits of silu_mul followed by the linear.
+template <int KIND, typename T, bool XQ, bool SILU = false>
 __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const float* xs, const float* inputScale, const unsigned char* qw,
                       const float* scales, const float* zeros, const void* bias, int M, int N, int K, int groupShift, int wsPerTensor,
                       int outKind, int biasKind, float minScale) {
-  constexpr bool FP8 = KIND == PGN_Q_FP8;
+  constexpr bool FP8 = KIND == PGN_Q_FP8, DENSE = KIND == PGN_Q_DENSE;
+  constexpr bool SCALED = !FP8 && !DENSE;  // int formats: group scales (and zeros) ride in the ring
   constexpr int S = QG_STAGES;
-  constexpr int STEP_K = KIND == PGN_Q_INT4 ? 128 : 64;
+  constexpr int STEP_K = KIND == PGN_Q_INT4 ? 128 : DENSE ? 32 : 64;
   extern __shared__ __align__(16) unsigned char qg_smem[];
   uint4* ringW = reinterpret_cast<uint4*>(qg_smem);                              // [WARPS][S][2][32]
   float4* ringS = reinterpret_cast<float4*>(qg_smem + QG_WARPS * S * QG_RING_W);  // [WARPS][S][32] (int formats)
-  float* red = reinterpret_cast<float*>(qg_smem + QG_WARPS * S * (QG_RING_W + (FP8 ? 0 : QG_RING_S)));  // [2][WARPS][16][8]
+  float* red = reinterpret_cast<float*>(qg_smem + QG_WARPS * S * (QG_RING_W + (SCALED ? QG_RING_S : 0)));  // [2][WARPS][16][8]
   float* xscale = red + 2 * QG_WARPS * 128;                                      // [QG_MAX_M] (fp8)
   uint4* zero16 = reinterpret_cast<uint4*>(xscale + QG_MAX_M);                  // 32 zero bytes: x of tokens >= M
   unsigned char* xsm = reinterpret_cast<unsigned char*>(zero16 + 2);              // [M][xStride]
   const int xStride = qg_x_stride<KIND>(K);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const int rowBytes = KIND == PGN_Q_INT4 ? K >> 1 : K;
+  const int rowBytes = KIND == PGN_Q_INT4 ? K >> 1 : DENSE ? 2 * K : K;
   const int numSteps = K / STEP_K;
   // warp w takes steps w, w + 8, ...: at any time the block streams 512 contiguous bytes of each row
   const int cnt = numSteps > warp ? (numSteps - warp + QG_WARPS - 1) / QG_WARPS : 0;
@@ -277,7 +295,7 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
     const long long c0 = v0 ? r0 : 0, c1 = v1 ? r1 : 0;
     w0 = qw + c0 * rowBytes + warp * 64 + t * 16;
     w1 = qw + c1 * rowBytes + warp * 64 + t * 16;
-    if (!FP8) {
+    if (SCALED) {
       s0 = scales + c0 * numG;
       s1 = scales + c1 * numG;
       if (zeros != nullptr) {
@@ -292,7 +310,7 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
       const int off = issI * (QG_WARPS * 64);
       qg_cp16(myW + issSlot * 64, w0 + off, v0);
       qg_cp16(myW + issSlot * 64 + 32, w1 + off, v1);
-      if (!FP8) {
+      if (SCALED) {
         float* sz = reinterpret_cast<float*>(myS + issSlot * 32);
         const int gi = groupShift < 0 ? 0 : (warp + issI * QG_WARPS) >> groupShift;
         qg_cp4(sz, s0 + gi, v0);
@@ -317,7 +335,20 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   for (int p = 0; p < S - 1; p++) issue();
   PGN_PDL_WAIT();
   if (tid < 2) zero16[tid] = make_uint4(0u, 0u, 0u, 0u);
-  if (!FP8) {
+  if (SILU) {
+    static_assert(!SILU || DENSE, "the SiLU prologue is for dense weights");
+    const int kUnits = K >> 3;
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      const T* row = x + (long long)m * 2 * K;
+      Pack<T> gate, up, r;
+      gate.raw = __ldg(reinterpret_cast<const uint4*>(row + c * 8));
+      up.raw = __ldg(reinterpret_cast<const uint4*>(row + K + c * 8));
+#pragma unroll
+      for (int e = 0; e < Pack<T>::N; e++) r.set(e, silu_f(gate.get(e)) * up.get(e));
+      *reinterpret_cast<uint4*>(xsm + m * xStride + c * 16) = r.raw;
+    }
+  } else if (!FP8) {
     const int kUnits = K >> 3;
     for (int u = tid; u < M * kUnits; u += blockDim.x) {
       const int m = u / kUnits, c = u - m * kUnits;
@@ -340,14 +371,14 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   const bool hasX = g < M;
   const unsigned char* z16 = reinterpret_cast<const unsigned char*>(zero16);
   const unsigned char* xrow = xsm + g * xStride;
-  const int xStep = hasX ? (KIND == PGN_Q_INT4 ? 256 : FP8 ? 64 : 128) * QG_WARPS : 0;  // bytes between a warp's steps
+  const int xStep = hasX ? (KIND == PGN_Q_INT4 ? 256 : FP8 || DENSE ? 64 : 128) * QG_WARPS : 0;  // bytes between a warp's steps
   const unsigned char* xp[4];
   if (KIND == PGN_Q_INT4) {
     const int sw = t & 2;  // qg_swz of unit 16 step + 4t + i is 16 step + 4t + (i ^ sw)
 #pragma unroll
     for (int i = 0; i < 4; i++) xp[i] = hasX ? xrow + warp * 256 + t * 64 + (i ^ sw) * 16 : z16;
   } else {
-    xp[0] = hasX ? xrow + warp * (FP8 ? 64 : 128) + t * (FP8 ? 16 : 32) : z16;
+    xp[0] = hasX ? xrow + warp * (FP8 || DENSE ? 64 : 128) + t * (FP8 || DENSE ? 16 : 32) : z16;
   }
   int slot = 0, par = 0;
   for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
@@ -357,7 +388,9 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
       qg_wait<S - 1>();
       const uint4 lo = myW[slot * 64], hi = myW[slot * 64 + 32];
       const int xoff = i * xStep;
-      if (KIND != PGN_Q_INT4) {
+      if (DENSE) {
+        qg_step_dense<T>(acc, lo, hi, xp[0] + xoff);
+      } else if (KIND != PGN_Q_INT4) {
         if (FP8) {
           qg_step64<KIND, T>(acc, lo, hi, xp[0] + xoff);
         } else {
@@ -418,4 +451,9 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
   extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
 PGN_HALF_TYPES(PGN_QGEMV)
+// qgemv_dense_silu_<dtype>: x is gateUp [M, 2K], staged as silu(gate) * up (the down_proj of a SiLU-gated MLP)
+#define PGN_QGEMV_DENSE(T, S) \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_dense_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_DENSE, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_dense_silu_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_DENSE, T, false, true>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
+PGN_HALF_TYPES(PGN_QGEMV_DENSE)
 extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
