@@ -3,7 +3,7 @@
 # down_proj's prologue (PEREGRINE_GEMV=ring; cuda-gemv.ts, kernels/quant_gemv.cu dense kind), against the
 # default (our register GEMV for qkv / o_proj, cuBLASLt for gate_up / down, a separate silu*mul), on one GPU.
 # Run on the GPU machine after `source .devslim/boot.sh`; every step is bounded by `timeout`.
-#   1. correctness: test/gpu/cuda-gemv.test.js (ring GEMV and siluMulLinear against the CPU reference)
+#   1. correctness: test/gpu/cuda-gemv.test.js (ring GEMV and fusedLinear against the CPU reference and the separate ops)
 #   2. per linear: ops-bench --gemv (cuBLASLt, register GEMV and ring GEMV, us and % of copy bandwidth)
 #   3. the step: bench latency at batch 1 and 8, default / ring / ring + PDL, twice, alternating
 set -u

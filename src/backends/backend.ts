@@ -165,11 +165,14 @@ export interface Backend {
   /** gateUp [T, 2I] = gate | up; out [T, I] = act(gate) * up. */
   siluMul(out: Tensor, gateUp: Tensor, numTokens: number): void;
   /**
-   * out [T, N] = siluMul(gateUp) @ w^T (+ bias) as one op where the backend fuses it (CUDA: the ring GEMV's
-   * SiLU prologue under PEREGRINE_GEMV=ring, for decode-sized T); returns false, having done nothing, where it
-   * does not, and the caller runs siluMul and linear. Absent on backends that never fuse it.
+   * A linear with its neighbours fused in, where the backend does that for this shape (CUDA: the ring GEMV
+   * under PEREGRINE_GEMV=ring, decode-sized T, bf16 / f16 weights): `fusion.input` transforms x first
+   * (siluMul: x is gateUp [T, 2K]; rmsNorm: x normalized without a residual add, as rmsNorm(out, x, weight,
+   * eps, T, null, weightOffset) would write it), `fusion.accumulate` adds the result, rounded to out's
+   * dtype, to out (a residual add). Returns false, having done nothing, where it does not fuse: the caller
+   * runs the separate ops. Absent on backends that never fuse.
    */
-  siluMulLinear?(out: Tensor, gateUp: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): boolean;
+  fusedLinear?(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, fusion: LinearFusion): boolean;
   geluMul(out: Tensor, gateUp: Tensor, numTokens: number, approx: GeluApprox): void;
   gelu(out: Tensor, x: Tensor, numTokens: number, approx: GeluApprox): void;
   relu(out: Tensor, x: Tensor, numTokens: number): void;
@@ -251,6 +254,12 @@ export interface QuantizedWeight {
   readonly groupSize: number;
   /** fp8 static activation scale f32 [1]; null = dynamic per token (and for int8 / int4) */
   readonly inputScale: Tensor | null;
+}
+
+/** What Backend.fusedLinear folds into a linear (see there). */
+export interface LinearFusion {
+  readonly input?: { readonly kind: 'siluMul' } | { readonly kind: 'rmsNorm'; readonly weight: Tensor; readonly eps: number; readonly weightOffset: number };
+  readonly accumulate?: boolean;
 }
 
 /**

@@ -24,7 +24,7 @@ export function opBytes(method: string, args: unknown[], contextLens: ArrayLike<
   const a = args as unknown;
   switch (method) {
     case 'linear':
-    case 'siluMulLinear': { // x: the linear's input, or gateUp (both halves read)
+    case 'fusedLinear': { // x: the linear's input (residual for rmsNorm), or gateUp (both halves read)
       const [out, x, w, bias, T] = a as Args<'linear'>;
       return weightBytes(w) + rowBytes(x, T) + rowBytes(out, T) + (bias ? numel(bias.shape) * bytesPerElement(bias.dtype) : 0);
     }

@@ -44,7 +44,7 @@ export interface LinearShape {
 
 /** Backend methods that launch work, and the row each is charged to (linear: by weight name). */
 const OP_ROWS: Readonly<Record<string, string>> = {
-  linear: 'linear', siluMulLinear: 'linear', attention: 'attention', ropeWriteKv: 'rope + kv write',
+  linear: 'linear', fusedLinear: 'linear', attention: 'attention', ropeWriteKv: 'rope + kv write',
   rmsNorm: 'norm', rmsNormFp8: 'norm', layerNorm: 'norm', qkRmsNorm: 'norm',
   siluMul: 'activation', geluMul: 'activation', gelu: 'activation', relu: 'activation',
   embedding: 'embedding', embeddingShard: 'embedding', gatherRows: 'gather rows',
@@ -53,7 +53,7 @@ const OP_ROWS: Readonly<Record<string, string>> = {
 };
 
 /** fused ops that return false, having queued nothing, where the backend does not fuse them */
-const DECLINABLE: ReadonlySet<string> = new Set(['siluMulLinear']);
+const DECLINABLE: ReadonlySet<string> = new Set(['fusedLinear']);
 
 /** weight object -> Hugging Face module name of the linear it feeds */
 export function linearNames(w: ModelWeights, spec: ModelSpec): Map<object, string> {

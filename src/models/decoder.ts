@@ -22,6 +22,7 @@ import type { ModelSpec } from './spec.js';
 import type { LayerWeights, LinearWeight, ModelWeights } from './model-weights.js';
 import { PeregrineError } from '../errors.js';
 import type { Communicator } from '../parallel/communicator.js';
+import { FusedLayer, fusableLayers } from './fused-layer.js';
 
 /** Device-side inputs of one step (written by the runner, read by the forward). */
 export interface DeviceInputs {
@@ -74,6 +75,8 @@ export class DecoderModel {
   private readonly embedVocabStart: number | null;
   private readonly logitsPart: Tensor | null;
   private readonly comm: Communicator | null;
+  /** Llama-style layers on the backend's fused linears (fused-layer.ts), where the model and backend allow */
+  private readonly fused: FusedLayer | null;
   private readonly ownTensors: Tensor[] = [];
 
   constructor(
@@ -122,6 +125,10 @@ export class DecoderModel {
     this.embedVocabStart = embedRows < s.vocabSize ? this.checkPart(embedRows, s.vocabSize, 'embedding rows') * this.comm!.rank : null;
     this.logitsPart = headRows < s.vocabSize ? buf([R, this.checkPart(headRows, s.vocabSize, 'LM head rows')], 'f32') : null;
 
+    this.fused = this.mlpUp && this.mlpAct && fusableLayers(s, weights.layers, backend, this.comm !== null)
+      ? new FusedLayer(backend, s, { residual: this.residual, normed: this.normed, hidden: this.hidden, qkv: this.qkv, attnOut: this.attnOut, mlpUp: this.mlpUp, mlpAct: this.mlpAct })
+      : null;
+
     this.cosSin = null;
     if (s.rope) {
       const table = buildCosSinTable(s.rope, s.maxPositionEmbeddings);
@@ -159,9 +166,9 @@ export class DecoderModel {
     let pending: Tensor | null = null;
     for (let i = 0; i < s.numLayers; i++) {
       const lw = w.layers[i]!;
-      pending = s.normPlacement === 'post'
-        ? this.postNormLayer(i, lw, kvCache[i]!, inp, T)
-        : this.preNormLayer(i, lw, kvCache[i]!, inp, T, pending);
+      if (s.normPlacement === 'post') pending = this.postNormLayer(i, lw, kvCache[i]!, inp, T);
+      else if (this.fused) pending = this.fused.run(lw, T, pending, () => this.attentionCore(i, lw, kvCache[i]!, inp, T));
+      else pending = this.preNormLayer(i, lw, kvCache[i]!, inp, T, pending);
     }
     if (pending) b.add(this.residual, this.residual, pending, T);
 
@@ -278,13 +285,18 @@ export class DecoderModel {
 
   /** attention block: hidden = o_proj(attn(rope([qkNorm]([clip](qkv(x)))))); xq: x in E4M3 for an FP8 qkv */
   private attention(i: number, lw: LayerWeights, x: Tensor, cache: LayerKvCache, inp: DeviceInputs, T: number, xq: Fp8Activations | null = null): void {
+    this.backend.linear(this.qkv, x, lw.qkv, lw.qkvBias, T, xq);
+    this.attentionCore(i, lw, cache, inp, T);
+    this.backend.linear(this.hidden, this.attnOut, lw.o, lw.oBias, T);
+  }
+
+  /** attnOut = attn(rope([qkNorm]([clip](qkv)))), the KV cache written */
+  private attentionCore(i: number, lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number): void {
     const { backend: b, spec: s } = this;
-    b.linear(this.qkv, x, lw.qkv, lw.qkvBias, T, xq);
     if (s.clipQkv !== null) b.clamp(this.qkv, this.qkv, -s.clipQkv, s.clipQkv, T);
     if (lw.qNorm && lw.kNorm) b.qkRmsNorm(this.qkv, lw.qNorm, lw.kNorm, s.norm.eps, T, this.qkNormParams);
     b.ropeWriteKv(this.qkv, inp.positions, this.cosSin, cache, inp.slotMapping, T, this.ropeParams);
     b.attention(this.attnOut, this.qkv, cache, inp.meta, this.attnParams[i]!);
-    b.linear(this.hidden, this.attnOut, lw.o, lw.oBias, T);
   }
 
   /** MLP block: out = down(act(gate) * up) or down(act(up)); MoE: the router's top-k experts; xq: x in E4M3 for an FP8 up */
@@ -299,7 +311,6 @@ export class DecoderModel {
     }
     const up = this.mlpUp!, act = this.mlpAct!;
     b.linear(up, x, lw.up, lw.upBias, T, xq);
-    if (s.activation === 'silu' && s.gatedMlp && b.siluMulLinear?.(out, up, lw.down, lw.downBias, T)) return; // one kernel where the backend fuses them
     switch (s.activation) {
       case 'silu':
         if (!s.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'ungated SiLU MLP');

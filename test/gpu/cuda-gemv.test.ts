@@ -168,30 +168,46 @@ if (!gpu) {
       await checkGraphReplay('ring gemv');
     }));
 
-    test('PEREGRINE_GEMV=ring: siluMulLinear = siluMul then the linear, bit for bit, in one kernel; declined without ring', () => withPolicy({ enabled: true, ring: true }, async () => {
+    test('PEREGRINE_GEMV=ring: fusedLinear with siluMul / rmsNorm inputs and accumulate = the separate ops (siluMul bit for bit); declined without ring', () => withPolicy({ enabled: true, ring: true }, async () => {
+      const bits = (p: Pair) => gpu.downloadF32(p.gpu);
       for (const dtype of ['bf16', 'f16'] as const) {
         for (const [M, N, K] of [[1, 4096, 14336], [3, 77, 96], [6, 200, 14336], [8, 512, 1024]] as const) {
           for (const outDtype of [dtype, 'f32'] as const) {
+            const what = `${dtype}->${outDtype} M=${M} N=${N} K=${K}`;
             const gateUp = h.rand([M, 2 * K], dtype, 4), w = h.rand([N, K], dtype, 0.05);
             const bias = M % 2 === 1 ? h.rand([N], outDtype) : null;
+            // siluMul: the same bits as siluMul + linear, and close to the CPU reference
             const fused = h.output([M, N], outDtype), act = h.output([M, K], dtype), twoOps = h.output([M, N], outDtype);
-            assert.equal(gpu.siluMulLinear(fused.gpu, gateUp.gpu, w.gpu, bias?.gpu ?? null, M), true, `fused M=${M} N=${N} K=${K}`);
+            assert.equal(gpu.fusedLinear(fused.gpu, gateUp.gpu, w.gpu, bias?.gpu ?? null, M, { input: { kind: 'siluMul' } }), true, `siluMul ${what}`);
             gpu.siluMul(act.gpu, gateUp.gpu, M);
             gpu.linear(twoOps.gpu, act.gpu, w.gpu, bias?.gpu ?? null, M);
-            const fusedBits: Float32Array = await gpu.downloadF32(fused.gpu);
-            const twoOpsBits: Float32Array = await gpu.downloadF32(twoOps.gpu);
-            assert.deepEqual(fusedBits, twoOpsBits, `siluMulLinear ${dtype}->${outDtype} M=${M} N=${N} K=${K}: the same bits as siluMul + linear`);
+            assert.deepEqual(await bits(fused), await bits(twoOps), `fused siluMul ${what}: the bits of siluMul + linear`);
             h.cpu.siluMul(act.cpu, gateUp.cpu, M);
             h.cpu.linear(fused.cpu, act.cpu, w.cpu, bias?.cpu ?? null, M);
-            await h.expectClose(fused, `siluMulLinear ${dtype}->${outDtype} M=${M} N=${N} K=${K} vs the CPU reference`, undefined, tolFor(outDtype));
+            await h.expectClose(fused, `fused siluMul ${what} vs the CPU reference`, undefined, tolFor(outDtype));
+            // rmsNorm input (weight offset 1, as Gemma stores it) against rmsNorm + linear on the CPU
+            const x = h.rand([M, K], dtype, 2), normW = h.rand([K], dtype, 0.5), normed = h.output([M, K], dtype), out = h.output([M, N], outDtype);
+            assert.equal(gpu.fusedLinear(out.gpu, x.gpu, w.gpu, bias?.gpu ?? null, M, { input: { kind: 'rmsNorm', weight: normW.gpu, eps: 1e-5, weightOffset: 1 } }), true, `rmsNorm ${what}`);
+            h.cpu.rmsNorm(normed.cpu, x.cpu, normW.cpu, 1e-5, M, null, 1);
+            h.cpu.linear(out.cpu, normed.cpu, w.cpu, bias?.cpu ?? null, M);
+            await h.expectClose(out, `fused rmsNorm ${what} vs the CPU reference`, undefined, tolFor(outDtype));
+            // accumulate: out += linear(x), rounded to out's dtype first, = linear then add on the GPU
+            if (outDtype !== 'f32') {
+              const acc = h.rand([M, N], outDtype), sum = h.output([M, N], outDtype), lin = h.output([M, N], outDtype);
+              const before = await bits(acc);
+              gpu.linear(lin.gpu, x.gpu, w.gpu, bias?.gpu ?? null, M);
+              gpu.add(sum.gpu, acc.gpu, lin.gpu, M);
+              assert.equal(gpu.fusedLinear(acc.gpu, x.gpu, w.gpu, bias?.gpu ?? null, M, { accumulate: true }), true, `accumulate ${what}`);
+              assert.deepEqual(await bits(acc), await bits(sum), `accumulate ${what}: the bits of linear + add (from ${before[0]})`);
+            }
           }
         }
       }
       const gateUp = h.rand([2, 2 * 64], 'bf16'), w = h.rand([16, 64], 'bf16'), out = h.output([2, 16], 'bf16');
-      await withPolicy({ ring: false }, () => assert.equal(gpu.siluMulLinear(out.gpu, gateUp.gpu, w.gpu, null, 2), false, 'declined without PEREGRINE_GEMV=ring'));
+      await withPolicy({ ring: false }, () => assert.equal(gpu.fusedLinear(out.gpu, gateUp.gpu, w.gpu, null, 2, { input: { kind: 'siluMul' } }), false, 'declined without PEREGRINE_GEMV=ring'));
       const big = h.rand([9, 2 * 64], 'bf16'), outBig = h.output([9, 16], 'bf16');
-      assert.equal(gpu.siluMulLinear(outBig.gpu, big.gpu, w.gpu, null, 9), false, 'declined for 9 rows');
-      assert.throws(() => gpu.siluMulLinear(out.gpu, h.rand([2, 64], 'bf16').gpu, w.gpu, null, 2), /gateUp/, 'gateUp must be 2K wide');
+      assert.equal(gpu.fusedLinear(outBig.gpu, big.gpu, w.gpu, null, 9, { input: { kind: 'siluMul' } }), false, 'declined for 9 rows');
+      assert.throws(() => gpu.fusedLinear(out.gpu, h.rand([2, 64], 'bf16').gpu, w.gpu, null, 2, { input: { kind: 'siluMul' } }), /gateUp/, 'gateUp must be 2K wide');
     }));
 
     test('what it leaves to cuBLASLt: K % 8 != 0, M > 16, PEREGRINE_GEMV=0, a bias cuBLASLt would refuse', () => withPolicy({ enabled: true, maxRows: 16 }, async () => {

@@ -12,7 +12,7 @@
 import { PeregrineError } from '../../errors.js';
 import {
   bytesPerElement, numel, type AttentionMetadata, type AttentionParams, type Backend, type DType, type Fp8Activations, type GeluApprox,
-  type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type StorageDType, type Tensor,
+  type LayerKvCache, type LinearFusion, type QkNormParams, type QuantizedWeight, type RopeParams, type StorageDType, type Tensor,
 } from '../backend.js';
 import { CachingAllocator, type AllocatorStats } from './allocator.js';
 import { CublasLt } from './cublaslt.js';
@@ -285,8 +285,8 @@ export class CudaBackend implements Backend {
     attention(this.#ctx, this.#attnWorkspace, out, qkv, cache, meta, p);
   }
   siluMul(out: Tensor, gateUp: Tensor, numTokens: number): void { ops.siluMul(this.#ctx, out, gateUp, numTokens); }
-  siluMulLinear(out: Tensor, gateUp: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number): boolean {
-    return ops.siluMulLinear(this.#ctx, out, gateUp, w, bias, numTokens);
+  fusedLinear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, fusion: LinearFusion): boolean {
+    return ops.fusedLinear(this.#ctx, out, x, w, bias, numTokens, fusion);
   }
   geluMul(out: Tensor, gateUp: Tensor, numTokens: number, approx: GeluApprox): void { ops.geluMul(this.#ctx, out, gateUp, numTokens, approx); }
   gelu(out: Tensor, x: Tensor, numTokens: number, approx: GeluApprox): void { ops.gelu(this.#ctx, out, x, numTokens, approx); }

@@ -4,10 +4,10 @@
  * reference; every op reads only the first `numTokens` rows it is told about.
  */
 import { PeregrineError } from '../../errors.js';
-import { bytesPerElement, isQuantizedWeight, type GeluApprox, type LayerKvCache, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backend.js';
+import { bytesPerElement, isQuantizedWeight, type GeluApprox, type LayerKvCache, type LinearFusion, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backend.js';
 import type { CublasLt } from './cublaslt.js';
 import { deviceKvCache } from './cuda-attention.js';
-import { linearGemv, siluMulLinearRing } from './cuda-gemv.js';
+import { fusedLinearRing, linearGemv, ringGemvWanted } from './cuda-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check, type Driver } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -235,14 +235,21 @@ export function linear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor | Qu
 }
 
 /**
- * out = (silu(gate) * up) @ w^T (+ bias), gateUp = [gate | up] [T, 2K], as one kernel where the backend fuses
- * it (the ring GEMV, PEREGRINE_GEMV=ring); returns false, having queued nothing, where it does not.
+ * Backend.fusedLinear: the linear with `fusion` folded in, as one kernel where the ring GEMV takes it
+ * (PEREGRINE_GEMV=ring); returns false, having queued nothing, where it does not.
  */
-export function siluMulLinear(ctx: OpContext, outT: Tensor, gateUpT: Tensor, wT: Tensor | QuantizedWeight, biasT: Tensor | null, numTokens: number): boolean {
-  const op = 'siluMulLinear';
-  if (isQuantizedWeight(wT)) return false;
-  const { out, x: gateUp, w, bias } = linearOperands(op, outT, gateUpT, wT, biasT, numTokens, 'gateUp', 2);
-  return numTokens > 0 && siluMulLinearRing(ctx, out, gateUp, w, bias, numTokens);
+export function fusedLinear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor | QuantizedWeight, biasT: Tensor | null, numTokens: number, fusion: LinearFusion): boolean {
+  const op = 'fusedLinear';
+  if (isQuantizedWeight(wT) || !ringGemvWanted(ctx, numTokens)) return false; // cheap: declined before any check
+  const silu = fusion.input?.kind === 'siluMul';
+  const { out, x, w, bias, K } = linearOperands(op, outT, xT, wT, biasT, numTokens, silu ? 'gateUp' : 'x', silu ? 2 : 1);
+  let normWeight: CudaTensor | null = null;
+  if (fusion.input?.kind === 'rmsNorm') {
+    normWeight = floatTensor(fusion.input.weight, op, 'norm weight', HALF);
+    sameDtype(op, w, [normWeight, 'norm weight']);
+    requireLength(normWeight, K, op, 'norm weight');
+  }
+  return numTokens > 0 && fusedLinearRing(ctx, out, x, w, bias, numTokens, fusion, normWeight);
 }
 
 export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, cosSinT: Tensor | null, cache: LayerKvCache, slotMappingT: Tensor, numTokens: number, p: RopeParams): void {

@@ -204,6 +204,23 @@ __device__ __forceinline__ void qg_for_x_units(const T* x, int K, int kUnits, in
   }
 }
 
+// Every thread's per-row partials v[m] (max when MAX, else sum) combined over the block into scratch: returns,
+// in threads tid < M, row tid's total (other threads: 0). scratch holds warps x QG_MAX_M floats; one barrier.
+template <bool MAX> __device__ __forceinline__ float qg_block_rows(const float* v, float* scratch, int M) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+  for (int m = 0; m < QG_MAX_M; m++) {
+    const float a = MAX ? warp_max(v[m]) : warp_sum(v[m]);
+    if (lane == 0) scratch[warp * QG_MAX_M + m] = a;
+  }
+  __syncthreads();
+  float a = 0.f;
+  if (tid < M) {
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) a = MAX ? fmaxf(a, scratch[w * QG_MAX_M + tid]) : a + scratch[w * QG_MAX_M + tid];
+  }
+  return a;
+}
+
 // x [M, K] (T) -> E4M3 rows of xsm and their scales (static, or max(rowAmax / 448, minScale)); every thread.
 // Values are multiplied by the scale's reciprocal (not divided, as quant_fp8_act does: at most one f32 ulp
 // apart before the rounding to E4M3) and rounded by the hardware conversion: cheap enough for 8 tokens.
@@ -226,18 +243,8 @@ __device__ __forceinline__ void qg_quantize_x(unsigned char* xsm, int xStride, f
       for (int mm = 0; mm < QG_MAX_M; mm++)
         if (mm == m && u < units) amax[mm] = fmaxf(amax[mm], a);
     });
-    const int lane = tid & 31, warp = tid >> 5;
-#pragma unroll
-    for (int m = 0; m < QG_MAX_M; m++) {
-      const float a = warp_max(amax[m]);
-      if (lane == 0) scratch[warp * QG_MAX_M + m] = a;
-    }
-    __syncthreads();
-    if (tid < M) {
-      float a = 0.f;
-      for (int w = 0; w < (int)(blockDim.x >> 5); w++) a = fmaxf(a, scratch[w * QG_MAX_M + tid]);
-      xscale[tid] = fmaxf(__fdiv_rn(a, PGN_E4M3_MAX), minScale);
-    }
+    const float a = qg_block_rows<true>(amax, scratch, M);
+    if (tid < M) xscale[tid] = fmaxf(__fdiv_rn(a, PGN_E4M3_MAX), minScale);
   } else if (tid < M) {
     xscale[tid] = *inputScale;
   }
@@ -254,12 +261,32 @@ __device__ __forceinline__ void qg_quantize_x(unsigned char* xsm, int xStride, f
   });
 }
 
-// SILU (dense only): x is gateUp [M, 2K] (gate | up) and the block stages silu(gate) * up, rounded to T as
-// silu_mul (elementwise.cu) rounds it, so the result is the bits of silu_mul followed by the linear.
-template <int KIND, typename T, bool XQ, bool SILU = false>
+// Prologues of the dense kind (what the block stages as x): QG_PRO_COPY x itself; QG_PRO_SILU x = gateUp [M, 2K]
+// (gate | up), staged as silu(gate) * up rounded to T as silu_mul (elementwise.cu) rounds it; QG_PRO_RMSNORM x =
+// the residual stream [M, K], staged as rms_norm (norm.cu) writes its output: x * rsqrt(mean(x^2) + eps) * (w +
+// weightOffset) (the sum of squares reduced in another order: at most an ulp of the inverse apart).
+// accumulate (epilogue, any prologue): out [M, N] (T) += the result rounded to T, as a separate add of the
+// rounded linear output would do it (the residual add of o_proj / down_proj).
+#define QG_PRO_COPY 0
+#define QG_PRO_SILU 1
+#define QG_PRO_RMSNORM 2
+struct QgDense {
+  const void* normWeight = nullptr;  // QG_PRO_RMSNORM: [K] in T
+  float eps = 0.f, weightOffset = 0.f;
+  int accumulate = 0;
+};
+
+// v rounded to the dtype of outKind (1 bf16, 2 f16; 0 f32 as is) and back
+__device__ __forceinline__ float qg_round(float v, int outKind) {
+  if (outKind == 1) return __bfloat162float(__float2bfloat16_rn(v));
+  if (outKind == 2) return __half2float(__float2half_rn(v));
+  return v;
+}
+
+template <int KIND, typename T, bool XQ, int PRO = QG_PRO_COPY>
 __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const float* xs, const float* inputScale, const unsigned char* qw,
                       const float* scales, const float* zeros, const void* bias, int M, int N, int K, int groupShift, int wsPerTensor,
-                      int outKind, int biasKind, float minScale) {
+                      int outKind, int biasKind, float minScale, QgDense dn = QgDense()) {
   constexpr bool FP8 = KIND == PGN_Q_FP8, DENSE = KIND == PGN_Q_DENSE;
   constexpr bool SCALED = !FP8 && !DENSE;  // int formats: group scales (and zeros) ride in the ring
   constexpr int S = QG_STAGES;
@@ -335,8 +362,39 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   for (int p = 0; p < S - 1; p++) issue();
   PGN_PDL_WAIT();
   if (tid < 2) zero16[tid] = make_uint4(0u, 0u, 0u, 0u);
-  if (SILU) {
-    static_assert(!SILU || DENSE, "the SiLU prologue is for dense weights");
+  static_assert(PRO == QG_PRO_COPY || DENSE, "prologues are for dense weights");
+  if (PRO == QG_PRO_RMSNORM) {
+    // each row's sum of squares (every block alike), then the normalized row
+    const int kUnits = K >> 3;
+    float ss[QG_MAX_M];
+#pragma unroll
+    for (int m = 0; m < QG_MAX_M; m++) ss[m] = 0.f;
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      Pack<T> v;
+      v.raw = __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + c * 8));
+      float a = 0.f;
+#pragma unroll
+      for (int e = 0; e < Pack<T>::N; e++) a += v.get(e) * v.get(e);
+#pragma unroll
+      for (int mm = 0; mm < QG_MAX_M; mm++)
+        if (mm == m) ss[mm] += a;
+    }
+    const float a = qg_block_rows<false>(ss, red, M);
+    if (tid < M) xscale[tid] = rsqrtf(a / K + dn.eps);
+    __syncthreads();
+    const T* nw = static_cast<const T*>(dn.normWeight);
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      Pack<T> v, w, r;
+      v.raw = __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + c * 8));
+      w.raw = __ldg(reinterpret_cast<const uint4*>(nw + c * 8));
+      const float inv = xscale[m];
+#pragma unroll
+      for (int e = 0; e < Pack<T>::N; e++) r.set(e, v.get(e) * inv * (w.get(e) + dn.weightOffset));
+      *reinterpret_cast<uint4*>(xsm + m * xStride + c * 16) = r.raw;
+    }
+  } else if (PRO == QG_PRO_SILU) {
     const int kUnits = K >> 3;
     for (int u = tid; u < M * kUnits; u += blockDim.x) {
       const int m = u / kUnits, c = u - m * kUnits;
@@ -429,7 +487,10 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
 #pragma unroll
         for (int w = 0; w < QG_WARPS; w++) s += red[(par * QG_WARPS + w) * 128 + row * 8 + m];
         if (FP8) s *= xscale[m] * scales[wsPerTensor ? 0 : n];
-        q_store(out, (long long)m * N + n, s + q_bias(bias, n, biasKind), outKind);
+        const long long o = (long long)m * N + n;
+        s += q_bias(bias, n, biasKind);
+        if (DENSE && dn.accumulate) s = q_load(out, o, outKind) + qg_round(s, outKind);
+        q_store(out, o, s, outKind);
       }
     }
     par ^= 1;
@@ -451,9 +512,19 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
   extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
 PGN_HALF_TYPES(PGN_QGEMV)
-// qgemv_dense_silu_<dtype>: x is gateUp [M, 2K], staged as silu(gate) * up (the down_proj of a SiLU-gated MLP)
+// qgemv_dense_<copy|silu|norm>_<dtype>(out, x, w, bias, normWeight, M, N, K, outKind, biasKind, eps, weightOffset,
+// accumulate): bf16 / f16 weights (cuda-gemv.ts ring GEMV), x staged by the prologue named (see QG_PRO_*).
+#define PGN_QGEMV_DENSE_ARGS(T)                                                                                   \
+  void *out, const T *x, const unsigned char *w, const void *bias, const void *normWeight, int M, int N, int K, \
+      int outKind, int biasKind, float eps, float weightOffset, int accumulate
+#define PGN_QGEMV_DENSE_PASS(T) \
+  out, x, nullptr, nullptr, nullptr, w, nullptr, nullptr, bias, M, N, K, -1, 0, outKind, biasKind, 0.f, QgDense{normWeight, eps, weightOffset, accumulate}
+#define PGN_QGEMV_DENSE_ONE(T, S, NAME, PRO)                                                                                         \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_dense_##NAME##_##S(PGN_QGEMV_DENSE_ARGS(T)) { \
+    qgemv<PGN_Q_DENSE, T, false, PRO>(PGN_QGEMV_DENSE_PASS(T));                                                                    \
+    PGN_PDL_TRIGGER();                                                                                                             \
+  }
 #define PGN_QGEMV_DENSE(T, S) \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_dense_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_DENSE, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_dense_silu_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_DENSE, T, false, true>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
+  PGN_QGEMV_DENSE_ONE(T, S, copy, QG_PRO_COPY) PGN_QGEMV_DENSE_ONE(T, S, silu, QG_PRO_SILU) PGN_QGEMV_DENSE_ONE(T, S, norm, QG_PRO_RMSNORM)
 PGN_HALF_TYPES(PGN_QGEMV_DENSE)
 extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
