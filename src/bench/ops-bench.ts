@@ -16,7 +16,8 @@
  */
 import type { AttentionMetadata, Tensor } from '../backends/backend.js';
 import { CudaBackend, type CudaTensor } from '../backends/cuda/cuda-backend.js';
-import { gemv, gemvPlan, gemvPolicy, gemvTakes, ringGemv, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
+import { gemv, gemvPlan, gemvPolicy, gemvTakes, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
+import { ringGemv } from '../backends/cuda/cuda-ring-gemv.js';
 import { QGEMV_MAX_M, qgemvChunkM } from '../backends/cuda/cuda-quant-gemv.js';
 import { check } from '../backends/cuda/driver.js';
 import { quantCases } from './ops-bench-quant.js';

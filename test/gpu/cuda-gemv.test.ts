@@ -8,7 +8,8 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { DType } from '../../src/backends/backend.js';
-import { gemv, gemvPlan, gemvPolicy, gemvSuits, gemvTakes, ringGemvSuits, type GemvContext, type GemvPlan } from '../../src/backends/cuda/cuda-gemv.js';
+import { gemv, gemvPlan, gemvPolicy, gemvSuits, gemvTakes, type GemvContext, type GemvPlan } from '../../src/backends/cuda/cuda-gemv.js';
+import { ringGemvSuits } from '../../src/backends/cuda/cuda-ring-gemv.js';
 import type { CudaTensor } from '../../src/backends/cuda/cuda-tensor.js';
 import { Harness, openCuda, SEED, type Pair } from './cuda-harness.js';
 

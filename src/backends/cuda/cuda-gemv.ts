@@ -15,14 +15,8 @@
  * Environment: PEREGRINE_GEMV=0 sends every linear to cuBLASLt (for comparison);
  * PEREGRINE_GEMV=all gives the GEMV every linear it can take (up to the row limit);
  * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit.
- * PEREGRINE_GEMV=ring (to be measured, NOTES.md) sends every linear of <= 8 rows whose x fits a block,
- * whatever its size, to the ring-buffered decode GEMV of quant_gemv.cu instead (its dense kind: weights
- * cp.async'ed through a per-warp ring by persistent blocks, the path that reaches 95% of copy bandwidth
- * on FP8 gate_up), the candidate to replace cuBLASLt on gate_up / down at batch 1 and so carry fused
- * prologues; the rest as without it.
+ * PEREGRINE_GEMV=ring: cuda-ring-gemv.ts takes linears of <= 8 rows first (to be measured, NOTES.md).
  */
-import type { LinearFusion } from '../backend.js';
-import { QGEMV_MAX_M, QGEMV_THREADS, qgemvChunkM, qgemvGrid, qgemvSharedBytes } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { DevicePtr } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -42,13 +36,10 @@ const CHUNK_K = 32;
 /** warps per block at most (kernels/gemv.cu: PGN_GEMV_MAX_THREADS / 32); the fastest plan measured */
 const MAX_WARPS = 8;
 const DEFAULT_UNROLL = 4;
-const BIAS_KIND = { f32: 1, bf16: 2, f16: 3 } as const;
-/** quant.cuh's outKind */
-const OUT_KIND = { f32: 0, bf16: 1, f16: 2 } as const;
+/** the kernels' biasKind (quant.cuh's too) */
+export const BIAS_KIND = { f32: 1, bf16: 2, f16: 3 } as const;
 // (out, x, w, bias, M, N, K, biasKind)
 const GEMV_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32'];
-// qgemv_dense_<prologue>_<dtype>(out, x, w, bias, normWeight, M, N, K, outKind, biasKind, eps, weightOffset, accumulate)
-const RING_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'f32', 'i32'];
 
 function envMaxRows(): number {
   const n = Number(process.env.PEREGRINE_GEMV_MAX_ROWS ?? GEMV_DEFAULT_MAX_ROWS);
@@ -60,7 +51,7 @@ export const gemvPolicy = {
   enabled: process.env.PEREGRINE_GEMV !== '0',
   /** every shape the kernel can take, not only those measured faster than cuBLASLt */
   all: process.env.PEREGRINE_GEMV === 'all',
-  /** linears of <= 8 rows to the ring-buffered GEMV (PEREGRINE_GEMV=ring) */
+  /** linears of <= 8 rows to the ring-buffered GEMV first (PEREGRINE_GEMV=ring; cuda-ring-gemv.ts) */
   ring: process.env.PEREGRINE_GEMV === 'ring',
   maxRows: envMaxRows(),
 };
@@ -133,82 +124,18 @@ export function gemvSuits(out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: C
   return bias === null || bias.dtype === out.dtype || out.dtype === 'f32';
 }
 
-/** Whether the policy sends a linear of `numTokens` rows to the ring GEMV at all (before any shape check). */
-export function ringGemvWanted(ctx: GemvContext, numTokens: number): boolean {
-  return gemvPolicy.enabled && gemvPolicy.ring && ctx.numSMs !== undefined && numTokens >= 1 && numTokens <= QGEMV_MAX_M;
-}
-
-/**
- * Whether the ring-buffered GEMV takes this linear: PEREGRINE_GEMV=ring, 1..8 rows, K % 32 == 0, x of all
- * rows fits one block's shared memory, 16-byte aligned x and w, a bias `gemvSuits` would take.
- */
-export function ringGemvSuits(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
+/** GemvArgs of a checked `linear` call (x may be a gateUp row pair for the ring GEMV's SiLU prologue). */
+export function gemvArgsOf(out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): GemvArgs {
   const [N, K] = w.shape as [number, number];
-  if (!ringGemvWanted(ctx, numTokens) || ctx.maxSharedBytesPerBlock === undefined) return false;
-  if (N === 0 || K === 0 || K % 32 !== 0 || x.ptr % 16 !== 0 || w.ptr % 16 !== 0) return false;
-  if (qgemvChunkM('dense', K, ctx.maxSharedBytesPerBlock) < numTokens) return false;
-  return bias === null || bias.dtype === out.dtype || out.dtype === 'f32';
-}
-
-/** The ring GEMV's prologue (kernels/quant_gemv.cu QG_PRO_*): what the kernel stages as x. */
-export type RingPrologue = 'copy' | 'silu' | 'norm';
-
-/** What the prologue / epilogue need beyond GemvArgs. */
-export interface RingExtras {
-  readonly normWeight?: DevicePtr | null;
-  readonly eps?: number;
-  readonly weightOffset?: number;
-  /** out += the result (rounded to out's dtype) */
-  readonly accumulate?: boolean;
-}
-
-/**
- * Queues the ring-buffered GEMV (quant_gemv.cu, dense kind) for `a`, which `ringGemvSuits` took. Prologue
- * 'silu': a.x is gateUp [M, 2K], staged as silu(gate) * up; 'norm': a.x is normalized with extras.normWeight.
- */
-export function ringGemv(ctx: GemvContext, a: GemvArgs, prologue: RingPrologue = 'copy', extras: RingExtras = {}): void {
-  const kernel = ctx.kernels.module.kernel(`qgemv_dense_${prologue}_${a.dtype}`, RING_PARAMS);
-  const shared = qgemvSharedBytes('dense', a.M, a.K);
-  const grid = qgemvGrid(a.N, shared, ctx.numSMs!, ctx.maxSharedBytesPerBlock!);
-  const biasKind = a.bias !== null && a.biasDtype !== null ? BIAS_KIND[a.biasDtype] : 0;
-  kernel.launch(grid, QGEMV_THREADS, shared, ctx.stream, [
-    a.out, a.x, a.w, biasKind ? a.bias : null, extras.normWeight ?? null, a.M, a.N, a.K, OUT_KIND[a.outDtype], biasKind,
-    extras.eps ?? 0, extras.weightOffset ?? 0, extras.accumulate ? 1 : 0,
-  ]);
-}
-
-/**
- * Backend.fusedLinear on the ring GEMV (operands checked by the caller: x [M, K], or gateUp [M, 2K] for
- * siluMul, in w's dtype; normWeight [K] for rmsNorm); false leaves the separate ops to the caller.
- */
-export function fusedLinearRing(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number, fusion: LinearFusion, normWeight: CudaTensor | null): boolean {
-  const [N, K] = w.shape as [number, number];
-  if (!ringGemvSuits(ctx, out, x, w, bias, numTokens)) return false;
-  if (normWeight && normWeight.ptr % 16 !== 0) return false;
-  const input = fusion.input;
-  const prologue: RingPrologue = input?.kind === 'siluMul' ? 'silu' : input?.kind === 'rmsNorm' ? 'norm' : 'copy';
-  ringGemv(ctx, {
-    out: out.ptr, outDtype: out.dtype as GemvArgs['outDtype'], x: x.ptr, w: w.ptr, dtype: w.dtype as GemvDtype,
-    bias: bias?.ptr ?? null, biasDtype: (bias?.dtype ?? null) as GemvArgs['biasDtype'], M: numTokens, N, K,
-  }, prologue, {
-    normWeight: normWeight?.ptr ?? null,
-    eps: input?.kind === 'rmsNorm' ? input.eps : 0,
-    weightOffset: input?.kind === 'rmsNorm' ? input.weightOffset : 0,
-    accumulate: fusion.accumulate === true,
-  });
-  return true;
-}
-
-/** `linear` on a GEMV when one suits (the ring-buffered one under PEREGRINE_GEMV=ring, else see `gemvSuits`); false leaves the call to cuBLASLt. */
-export function linearGemv(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
-  const ring = ringGemvSuits(ctx, out, x, w, bias, numTokens);
-  if (!ring && !gemvSuits(out, x, w, bias, numTokens)) return false;
-  const [N, K] = w.shape as [number, number];
-  const args: GemvArgs = {
+  return {
     out: out.ptr, outDtype: out.dtype as GemvArgs['outDtype'], x: x.ptr, w: w.ptr, dtype: w.dtype as GemvDtype,
     bias: bias?.ptr ?? null, biasDtype: (bias?.dtype ?? null) as GemvArgs['biasDtype'], M: numTokens, N, K,
   };
-  if (ring) ringGemv(ctx, args);
-  else gemv(ctx, args);
+}
+
+/** `linear` on the GEMV when it suits (see `gemvSuits`); false leaves the call to cuBLASLt. */
+export function linearGemv(ctx: GemvContext, out: CudaTensor, x: CudaTensor, w: CudaTensor, bias: CudaTensor | null, numTokens: number): boolean {
+  if (!gemvSuits(out, x, w, bias, numTokens)) return false;
+  gemv(ctx, gemvArgsOf(out, x, w, bias, numTokens));
   return true;
 }

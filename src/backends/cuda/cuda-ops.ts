@@ -7,7 +7,8 @@ import { PeregrineError } from '../../errors.js';
 import { bytesPerElement, isQuantizedWeight, type GeluApprox, type LayerKvCache, type LinearFusion, type QkNormParams, type QuantizedWeight, type RopeParams, type Tensor } from '../backend.js';
 import type { CublasLt } from './cublaslt.js';
 import { deviceKvCache } from './cuda-attention.js';
-import { fusedLinearRing, linearGemv, ringGemvWanted } from './cuda-gemv.js';
+import { linearGemv } from './cuda-gemv.js';
+import { fusedLinearRing, linearRing, ringGemvWanted } from './cuda-ring-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check, type Driver } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -224,7 +225,7 @@ export function linear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor | Qu
   }
   const { out, x, w, bias, N, K } = linearOperands(op, outT, xT, wT, biasT, numTokens, 'x', 1);
   if (numTokens === 0) return;
-  if (linearGemv(ctx, out, x, w, bias, numTokens)) return; // decode-shaped: our GEMV (PEREGRINE_GEMV=0: cuBLASLt)
+  if (linearRing(ctx, out, x, w, bias, numTokens) || linearGemv(ctx, out, x, w, bias, numTokens)) return; // decode-shaped: our GEMVs (PEREGRINE_GEMV=0: cuBLASLt)
   const fused = bias !== null && bias.dtype === out.dtype;
   ctx.blas.matmul({ out: out.ptr, outDtype: out.dtype as 'f32' | 'bf16' | 'f16', x: x.ptr, w: w.ptr, dtype: w.dtype as 'bf16' | 'f16', bias: fused ? bias.ptr : null, M: numTokens, N, K }, ctx.stream);
   if (bias && !fused) {
