@@ -1,0 +1,114 @@
+// The runner's decode-graph paths on the CPU, through a backend that records "graphs" as CUDA captures
+// them (test/helpers/graph-recording-backend.ts): captured once per (batch bucket, context bucket), replayed
+// every decode step, padded rows harmless, nothing uploaded or downloaded inside a capture; tokens and
+// logits equal to the runner without graphs, for execute and for async launch / collect.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Backend } from '../src/backends/backend.js';
+import { CpuBackend } from '../src/backends/cpu/cpu-backend.js';
+import { Sequence } from '../src/engine/sequence.js';
+import { loadModel } from '../src/models/load-model.js';
+import { ModelRunner } from '../src/runner/model-runner.js';
+import { makeSamplingParams, type SamplingParamsInit } from '../src/sampling/params.js';
+import { graphRecordingBackend } from './helpers/graph-recording-backend.js';
+import { writeTinyLlama } from './helpers/tiny-checkpoint.js';
+
+const BLOCK = 16;
+const BLOCKS_PER_SEQ = 40; // 640 tokens: past the first context bucket (512)
+
+/** a tiny random Llama with room for 1024 positions (the golden fixtures stop at 512) */
+const CHECKPOINT = writeTinyLlama({ maxPositions: 1024, seed: 77 });
+
+function makeRunner(backend: Backend, maxNumSeqs = 8): ModelRunner {
+  const { spec, weights } = loadModel(CHECKPOINT, backend);
+  return new ModelRunner(backend, spec, weights, { numBlocks: 4 * BLOCKS_PER_SEQ, blockSize: BLOCK, maxModelLen: 1024, maxNumBatchedTokens: 1024, maxNumSeqs });
+}
+
+/** three sequences (a batch padded to the bucket of 4), one of them long enough to cross the 512-token context bucket */
+const PROMPTS = [Array.from({ length: 505 }, (_, i) => (i * 37) % 250 + 3), [5, 6, 7, 8, 9, 10, 11], [250]];
+const PARAMS: SamplingParamsInit[] = [{ temperature: 0 }, { temperature: 0.9, seed: 7 }, { temperature: 0.7, topK: 20, seed: 3 }];
+
+function makeSeqs(): Sequence[] {
+  return PROMPTS.map((p, i) => {
+    const seq = new Sequence({ requestId: `s${i}`, promptTokenIds: p, params: makeSamplingParams({ ...PARAMS[i], maxTokens: 64 }) });
+    seq.blockTable = Array.from({ length: BLOCKS_PER_SEQ }, (_, j) => BLOCKS_PER_SEQ * i + j);
+    return seq;
+  });
+}
+
+function entriesOf(seqs: readonly Sequence[]) {
+  return seqs.map((seq) => ({ seq, numNewTokens: seq.numTokens - seq.numCachedTokens }));
+}
+
+/** prefill, then `steps` decode steps of every sequence through execute; returns the output ids */
+async function runSync(runner: ModelRunner, steps: number): Promise<number[][]> {
+  const seqs = makeSeqs();
+  for (let s = 0; s <= steps; s++) {
+    const entries = entriesOf(seqs);
+    const results = await runner.execute({ entries });
+    entries.forEach(({ seq, numNewTokens }, i) => {
+      seq.numCachedTokens += numNewTokens;
+      seq.appendToken(results[i]!.tokenId);
+    });
+  }
+  return seqs.map((seq) => [...seq.outputTokenIds]);
+}
+
+const STEPS = 12; // the long sequence goes from 505 to 517 tokens: two context buckets
+
+test('decode graphs (recorded on the CPU): captured per batch and context bucket, replayed each step, the same tokens as without graphs', async () => {
+  const plain = makeRunner(new CpuBackend());
+  const expected = await runSync(plain, STEPS);
+  plain.dispose();
+
+  const { backend, stats } = graphRecordingBackend();
+  const runner = makeRunner(backend);
+  const got = await runSync(runner, STEPS);
+  assert.deepEqual(got, expected);
+  assert.equal(stats.replays, STEPS, 'every decode step replays a graph (the prefill runs eagerly)');
+  assert.equal(runner.numCapturedGraphs, 2, 'batch bucket 4 at context buckets 512 and 2048');
+  assert.equal(stats.captures, 2);
+  assert.ok(stats.recordedOps > 0);
+  runner.dispose();
+});
+
+test('decode graphs with async launch / collect: placeholders gathered inside the graph, the synchronous tokens', async () => {
+  const plain = makeRunner(new CpuBackend());
+  const expected = await runSync(plain, STEPS);
+  plain.dispose();
+
+  const { backend, stats } = graphRecordingBackend();
+  const runner = makeRunner(backend);
+  const seqs = makeSeqs();
+  let inflight: { entries: ReturnType<typeof entriesOf>; collect: () => Promise<unknown[]> } | null = null;
+  const collect = async (step: NonNullable<typeof inflight>) => {
+    const results = (await step.collect()) as Array<{ tokenId: number }>;
+    step.entries.forEach(({ seq }, i) => seq.fillPlaceholder(results[i]!.tokenId));
+  };
+  for (let s = 0; s <= STEPS; s++) {
+    const entries = entriesOf(seqs);
+    const launched = await runner.launch({ entries });
+    entries.forEach(({ seq, numNewTokens }, i) => {
+      seq.numCachedTokens += numNewTokens;
+      seq.appendPlaceholder(i);
+    });
+    if (inflight) await collect(inflight);
+    inflight = { entries, collect: launched.collect };
+  }
+  await collect(inflight!);
+  assert.deepEqual(seqs.map((seq) => [...seq.outputTokenIds]), expected);
+  assert.equal(stats.replays, STEPS);
+  runner.dispose();
+});
+
+test('the recording backend enforces CUDA capture rules: no upload, download or synchronize inside a capture', async () => {
+  const { backend } = graphRecordingBackend();
+  const t = backend.empty([4], 'i32');
+  backend.beginCapture();
+  assert.throws(() => backend.writeI32(t, Int32Array.of(1, 2, 3, 4)), /writeI32 during a graph capture/);
+  assert.throws(() => backend.synchronize(), /synchronize during a graph capture/);
+  backend.add(backend.empty([1, 4], 'f32'), backend.empty([1, 4], 'f32'), backend.empty([1, 4], 'f32'), 1);
+  const g = backend.endCapture() as unknown as { ops: unknown[] };
+  assert.equal(g.ops.length, 1, 'the add was recorded, not run');
+  assert.throws(() => backend.endCapture(), /without beginCapture/);
+});
