@@ -112,3 +112,21 @@ test('the recording backend enforces CUDA capture rules: no upload, download or 
   assert.equal(g.ops.length, 1, 'the add was recorded, not run');
   assert.throws(() => backend.endCapture(), /without beginCapture/);
 });
+
+test('captureDecodeGraphs: every batch bucket at the first context bucket, up front; decoding then only captures longer contexts; same tokens', async () => {
+  const plain = makeRunner(new CpuBackend());
+  const expected = await runSync(plain, STEPS);
+  assert.equal(await plain.captureDecodeGraphs(), 0, 'a backend without graphs captures nothing');
+  plain.dispose();
+
+  const { backend, stats } = graphRecordingBackend();
+  const runner = makeRunner(backend);
+  assert.equal(await runner.captureDecodeGraphs(), 4, 'buckets 1, 2, 4, 8 at context 512');
+  assert.equal(stats.replays, 0, 'capturing replays nothing');
+  assert.equal(await runner.captureDecodeGraphs(), 0, 'a second call finds them all');
+  const got = await runSync(runner, STEPS);
+  assert.deepEqual(got, expected, 'the up-front captures (padding rows on the scratch block) left every sequence intact');
+  assert.equal(runner.numCapturedGraphs, 5, 'only bucket 4 at context 2048 was captured while decoding');
+  assert.equal(stats.replays, STEPS);
+  runner.dispose();
+});

@@ -66,7 +66,7 @@ export async function loadCheckpoint(dir: string, options: LLMOptions = {}): Pro
   try {
     const loaded = loadModel(dir, backend, options.onLoadProgress);
     const { spec, tokenizer, defaults } = await loadModelExtras(dir, loaded.spec);
-    return assemble(backend, spec, loaded.weights, tokenizer, defaults, options, dir);
+    return await assemble(backend, spec, loaded.weights, tokenizer, defaults, options, dir);
   } catch (e) {
     backend.dispose();
     throw e;
@@ -94,7 +94,7 @@ export async function loadRandom(config: HfConfig, options: LLMOptions = {}, see
   try {
     const spec = parseModelConfig(config);
     const { randomModelWeights } = await import('../bench/random-weights.js');
-    return assemble(backend, spec, randomModelWeights(spec, backend, { seed, quantization }), null, {}, options, null);
+    return await assemble(backend, spec, randomModelWeights(spec, backend, { seed, quantization }), null, {}, options, null);
   } catch (e) {
     backend.dispose();
     throw e;
@@ -155,11 +155,19 @@ async function checkpointToLoad(dir: string, options: LLMOptions): Promise<strin
 }
 
 /** @param dir the checkpoint (fp8 KV scales are read from it); null for random weights */
-function assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions, dir: string | null): LoadedLLM {
+async function assemble(backend: Backend, spec: ModelSpec, weights: ModelWeights, tokenizer: Tokenizer | null, defaults: Partial<SamplingParamsInit>, options: LLMOptions, dir: string | null): Promise<LoadedLLM> {
   const lim = limits(spec, options);
   const kvCache = kvCacheOptions(options, dir, spec.numLayers);
   const numKvBlocks = options.numKvBlocks ?? defaultNumKvBlocks(backend, spec, lim, options);
   const runner = new ModelRunner(backend, spec, weights, { ...lim, numBlocks: numKvBlocks, kvCache });
+  if ((options.captureGraphsAtStart ?? true) && process.env.PEREGRINE_CAPTURE_GRAPHS_AT_START !== '0') {
+    try {
+      await runner.captureDecodeGraphs(); // CUDA, one rank; nothing elsewhere
+    } catch (e) {
+      runner.dispose();
+      throw e;
+    }
+  }
   return { spec, tokenizer, executor: runner, engine: makeEngine(runner, tokenizer, lim, options), defaults, kvCacheDtype: runner.kvCache.dtype };
 }
 

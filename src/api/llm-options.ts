@@ -65,6 +65,13 @@ export interface LLMOptions {
    * prompt logprobs) and tensor parallelism run synchronously either way.
    */
   readonly asyncScheduling?: boolean;
+  /**
+   * CUDA, one rank: capture the decode graph of every batch size (at contexts up to 512 tokens) while
+   * loading, so serving never stalls on those captures (default true; false: each on first use, as
+   * longer contexts and tensor-parallel ranks always are). Env PEREGRINE_CAPTURE_GRAPHS_AT_START=0 also
+   * turns it off.
+   */
+  readonly captureGraphsAtStart?: boolean;
   /** most requests waiting for admission before addRequest fails with PGN_ERR_QUEUE_FULL */
   readonly maxWaiting?: number;
   readonly onLoadProgress?: (loaded: number, total: number) => void;

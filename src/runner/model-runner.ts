@@ -234,28 +234,57 @@ export class ModelRunner {
     let ctxBucket = MIN_GRAPH_CONTEXT;
     while (ctxBucket < maxLen) ctxBucket *= 4;
     ctxBucket = Math.min(ctxBucket, this.config.maxModelLen);
-    const key = `${bucket}:${ctxBucket}`;
     const padded = padDecodeBatch(fb, bucket, this.config.numBlocks, this.config.blockSize);
     this.writeInputs(padded);
-    let graph = this.graphs.get(key);
-    if (!graph) {
-      const meta = { ...this.inputs.meta, numSeqs: bucket, numTokens: bucket, maxSeqlenQ: 1, maxSeqlenK: ctxBucket, isDecode: true };
-      // an eager run first: lazy initialisation (GEMM algorithm choice, scratch growth) stays out of the graph
-      this.gatherPlaceholders(bucket);
-      this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
-      if (this.done) await this.deviceDone();
-      else await b.synchronize();
-      b.beginCapture();
-      try {
-        this.gatherPlaceholders(bucket);
-        this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
-      } finally {
-        graph = b.endCapture();
-      }
-      this.graphs.set(key, graph);
-    }
+    const graph = this.graphs.get(`${bucket}:${ctxBucket}`) ?? await this.captureGraph(bucket, ctxBucket);
     b.replay(graph);
     return b.view(this.model.logits, [fb.numSeqs, this.spec.vocabSize]);
+  }
+
+  /** Captures the decode graph of (`bucket`, `ctxBucket`) over the step inputs as written now. */
+  private async captureGraph(bucket: number, ctxBucket: number): Promise<{ dispose(): void }> {
+    const b = this.graphBackend!;
+    const meta = { ...this.inputs.meta, numSeqs: bucket, numTokens: bucket, maxSeqlenQ: 1, maxSeqlenK: ctxBucket, isDecode: true };
+    // an eager run first: lazy initialisation (GEMM algorithm choice, scratch growth) stays out of the graph
+    this.gatherPlaceholders(bucket);
+    this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
+    if (this.done) await this.deviceDone();
+    else await b.synchronize();
+    let graph: { dispose(): void };
+    b.beginCapture();
+    try {
+      this.gatherPlaceholders(bucket);
+      this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
+    } finally {
+      graph = b.endCapture();
+    }
+    this.graphs.set(`${bucket}:${ctxBucket}`, graph);
+    return graph;
+  }
+
+  /**
+   * Captures now the decode graph of every batch bucket at the first context bucket (sequences up to 512
+   * tokens), so the first decode steps of each batch size replay instead of stalling on a capture, as vLLM
+   * and TensorRT-LLM capture at start-up; longer contexts are still captured on first use. The inputs are
+   * padding rows only (the scratch KV block). One rank only: tensor-parallel ranks capture their
+   * collectives together, on first use. Returns how many graphs it captured.
+   */
+  async captureDecodeGraphs(): Promise<number> {
+    if (!this.graphBackend || this.comm) return 0;
+    const ctxBucket = Math.min(MIN_GRAPH_CONTEXT, this.config.maxModelLen);
+    const none: ForwardBatch = {
+      numSeqs: 0, numTokens: 0, tokenIds: new Int32Array(0), positions: new Int32Array(0), slotMapping: new Int32Array(0),
+      cuSeqlensQ: Int32Array.of(0), contextLens: new Int32Array(0), blockTables: new Int32Array(0), maxBlocksPerSeq: 1, logitsIndices: new Int32Array(0),
+    };
+    let captured = 0;
+    for (const bucket of this.buckets) {
+      if (this.graphs.has(`${bucket}:${ctxBucket}`)) continue;
+      this.writeInputs(padDecodeBatch(none, bucket, this.config.numBlocks, this.config.blockSize));
+      await this.captureGraph(bucket, ctxBucket);
+      captured++;
+    }
+    await this.backend.synchronize();
+    return captured;
   }
 
   private async forwardEager(fb: ForwardBatch): Promise<Tensor> {
