@@ -21,7 +21,7 @@
  */
 import type { Backend, Tensor } from '../backends/backend.js';
 import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
-import { canCaptureGraphs, graphBuckets, padDecodeBatch } from '../runner/decode-graphs.js';
+import { canCaptureGraphs, contextBucket, graphBuckets, padDecodeBatch } from '../runner/decode-graphs.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import type { ModelRunner } from '../runner/model-runner.js';
 import { createSamplingState, makeSamplingParams, sampleRow } from '../sampling/index.js';
@@ -30,9 +30,6 @@ import type { GemmReference } from './gemm-reference.js';
 import { DeviceDelay, graphReplayMs, hostMs, profiledRuns, repeat } from './device-timing.js';
 import { hasEvents, linearNames, OpProfiler, type OpRow } from './op-profiler.js';
 import { median } from './stats.js';
-
-/** smallest context bucket of the runner's decode graphs (model-runner.ts MIN_GRAPH_CONTEXT) */
-const MIN_GRAPH_CONTEXT = 512;
 
 export interface StepProfile {
   /** the card (CUDA: its name) and the day of the run */
@@ -137,10 +134,7 @@ export function deviceName(b: Backend): string {
 /** The batch as the runner's decode graph runs it: padded to its bucket, attention split for its context bucket. */
 function padForGraph(r: ModelRunner, fb: ForwardBatch): { batch: ForwardBatch; maxSeqlenK: number } {
   const bucket = graphBuckets(Math.min(r.config.maxNumSeqs, r.config.maxNumBatchedTokens)).find((x) => x >= fb.numSeqs) ?? fb.numSeqs;
-  const maxLen = Math.max(...fb.contextLens);
-  let ctx = MIN_GRAPH_CONTEXT;
-  while (ctx < maxLen) ctx *= 4;
-  return { batch: padDecodeBatch(fb, bucket, r.numBlocks, r.blockSize), maxSeqlenK: Math.min(ctx, r.maxModelLen) };
+  return { batch: padDecodeBatch(fb, bucket, r.numBlocks, r.blockSize), maxSeqlenK: contextBucket(Math.max(...fb.contextLens), r.maxModelLen) };
 }
 
 /** The step's inputs on the device, written the way the runner writes them (one copy per array). */

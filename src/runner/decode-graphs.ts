@@ -23,6 +23,19 @@ export function canCaptureGraphs(b: Backend): b is GraphCapableBackend {
   return typeof g.beginCapture === 'function' && typeof g.endCapture === 'function' && typeof g.replay === 'function';
 }
 
+/** smallest context-length bucket of the decode graphs */
+export const MIN_GRAPH_CONTEXT = 512;
+
+/**
+ * The context bucket a decode step of longest context `maxLen` runs as: 512, 2048, 8192, ... (x4), at most
+ * maxModelLen. The decode attention's split count is fixed at capture, and short contexts want fewer splits.
+ */
+export function contextBucket(maxLen: number, maxModelLen: number): number {
+  let ctx = MIN_GRAPH_CONTEXT;
+  while (ctx < maxLen) ctx *= 4;
+  return Math.min(ctx, maxModelLen);
+}
+
 /** Padded batch sizes: powers of two up to maxNumSeqs (which is always a bucket). */
 export function graphBuckets(maxNumSeqs: number): number[] {
   const out: number[] = [];

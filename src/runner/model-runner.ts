@@ -25,7 +25,8 @@ import { numPromptLogprobRows, sampleRow, type SequenceSamplingState } from '../
 import type { ForwardBatch } from './forward-batch.js';
 import { buildForwardBatch, type BatchSeq } from './input-builder.js';
 import { KvCachePool, type KvCacheOptions } from './kv-cache.js';
-import { canCaptureGraphs, graphBuckets, isGraphableDecode, padDecodeBatch, type GraphCapableBackend } from './decode-graphs.js';
+import { DecodeGraphCache } from './decode-graph-cache.js';
+import { canCaptureGraphs } from './decode-graphs.js';
 import { LaunchedSampling } from './launched-sampling.js';
 import { StepTimer, stepKindOf, type StepTiming, type StepTotals } from './step-timing.js';
 import { pollUntilDone, stepTimeoutMs } from './device-wait.js';
@@ -47,9 +48,6 @@ interface DeviceEvent {
 
 /** logits rows beyond one per sequence, by default: prompt-logprob rows of one step */
 export const DEFAULT_PROMPT_LOGPROB_ROWS = 128;
-
-/** smallest context-length bucket of the decode graphs */
-const MIN_GRAPH_CONTEXT = 512;
 
 export interface RunnerConfig {
   readonly numBlocks: number;
@@ -94,9 +92,8 @@ export class ModelRunner {
   private readonly inputTensors: Tensor[];
   private readonly scratch: Float32Array;
   /** captured decode steps by padded batch size */
-  private readonly graphs = new Map<string, { dispose(): void }>();
-  private readonly graphBackend: GraphCapableBackend | null;
-  private readonly buckets: number[];
+  /** decode steps as CUDA graphs, where the backend captures them (null: every step eager) */
+  private readonly graphs: DecodeGraphCache | null;
   /** made at the first execute; null where the backend has none (or PEREGRINE_GPU_SAMPLING=0) */
   private sampler: DeviceSampler | null | undefined;
   /** how long a tensor-parallel step may wait for its collectives (PEREGRINE_STEP_TIMEOUT_S) */
@@ -135,8 +132,16 @@ export class ModelRunner {
     // one block more than the engine sees: the scratch block of padded graph rows
     this.kvCache = new KvCachePool(backend, spec, numBlocks + 1, blockSize, config.kvCache);
     const graphsOn = (config.enableCudaGraphs ?? true) && process.env.PEREGRINE_CUDA_GRAPHS !== '0';
-    this.graphBackend = graphsOn && canCaptureGraphs(backend) ? backend : null;
-    this.buckets = graphBuckets(S);
+    this.graphs = graphsOn && canCaptureGraphs(backend)
+      ? new DecodeGraphCache(backend, { maxNumSeqs: S, maxModelLen, padBlock: numBlocks, blockSize }, {
+        writeInputs: (fb) => this.writeInputs(fb),
+        queueForward: (rows, maxSeqlenK) => {
+          this.gatherPlaceholders(rows);
+          this.model.forward({ ...this.inputs, meta: { ...this.inputs.meta, numSeqs: rows, numTokens: rows, maxSeqlenQ: 1, maxSeqlenK, isDecode: true } }, this.kvCache.layers, rows);
+        },
+        settle: () => (this.done ? this.deviceDone() : this.backend.synchronize()),
+      })
+      : null;
     const i32 = (n: number) => backend.empty([n], 'i32');
     const tokenIds = i32(T), positions = i32(T), slotMapping = i32(T), logitsIndices = i32(maxNumLogits);
     const cuSeqlensQ = i32(S + 1), contextLens = i32(S), blockTables = i32(S * this.maxBlocksPerSeq);
@@ -172,8 +177,14 @@ export class ModelRunner {
 
   /** `forward` without the download: the logits stay on the backend, f32 [logitsIndices.length, vocab]. */
   private async forwardToDevice(fb: ForwardBatch, waitForDevice = true): Promise<Tensor> {
-    const bucket = this.graphBackend && isGraphableDecode(fb) ? this.buckets.find((x) => x >= fb.numSeqs) : undefined;
-    const logits = bucket !== undefined ? await this.forwardGraph(fb, bucket) : await this.forwardEager(fb);
+    const bucket = this.graphs?.bucketFor(fb);
+    let logits: Tensor;
+    if (bucket !== undefined) {
+      await this.graphs!.run(fb, bucket);
+      logits = this.backend.view(this.model.logits, [fb.numSeqs, this.spec.vocabSize]);
+    } else {
+      logits = await this.forwardEager(fb);
+    }
     if (waitForDevice) await this.deviceDone();
     return logits;
   }
@@ -223,46 +234,6 @@ export class ModelRunner {
   }
 
   /**
-   * A decode step as the graph of `bucket` sequences, captured on first use. Graphs are also
-   * keyed by a context-length bucket (512, 2048, 8192, ... up to maxModelLen): the decode
-   * attention's split count is fixed at capture, and short contexts want fewer splits.
-   */
-  private async forwardGraph(fb: ForwardBatch, bucket: number): Promise<Tensor> {
-    const b = this.graphBackend!;
-    let maxLen = 0;
-    for (let s = 0; s < fb.numSeqs; s++) maxLen = Math.max(maxLen, fb.contextLens[s]!);
-    let ctxBucket = MIN_GRAPH_CONTEXT;
-    while (ctxBucket < maxLen) ctxBucket *= 4;
-    ctxBucket = Math.min(ctxBucket, this.config.maxModelLen);
-    const padded = padDecodeBatch(fb, bucket, this.config.numBlocks, this.config.blockSize);
-    this.writeInputs(padded);
-    const graph = this.graphs.get(`${bucket}:${ctxBucket}`) ?? await this.captureGraph(bucket, ctxBucket);
-    b.replay(graph);
-    return b.view(this.model.logits, [fb.numSeqs, this.spec.vocabSize]);
-  }
-
-  /** Captures the decode graph of (`bucket`, `ctxBucket`) over the step inputs as written now. */
-  private async captureGraph(bucket: number, ctxBucket: number): Promise<{ dispose(): void }> {
-    const b = this.graphBackend!;
-    const meta = { ...this.inputs.meta, numSeqs: bucket, numTokens: bucket, maxSeqlenQ: 1, maxSeqlenK: ctxBucket, isDecode: true };
-    // an eager run first: lazy initialisation (GEMM algorithm choice, scratch growth) stays out of the graph
-    this.gatherPlaceholders(bucket);
-    this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
-    if (this.done) await this.deviceDone();
-    else await b.synchronize();
-    let graph: { dispose(): void };
-    b.beginCapture();
-    try {
-      this.gatherPlaceholders(bucket);
-      this.model.forward({ ...this.inputs, meta }, this.kvCache.layers, bucket);
-    } finally {
-      graph = b.endCapture();
-    }
-    this.graphs.set(`${bucket}:${ctxBucket}`, graph);
-    return graph;
-  }
-
-  /**
    * Captures now the decode graph of every batch bucket at the first context bucket (sequences up to 512
    * tokens), so the first decode steps of each batch size replay instead of stalling on a capture, as vLLM
    * and TensorRT-LLM capture at start-up; longer contexts are still captured on first use. The inputs are
@@ -270,21 +241,7 @@ export class ModelRunner {
    * collectives together, on first use. Returns how many graphs it captured.
    */
   async captureDecodeGraphs(): Promise<number> {
-    if (!this.graphBackend || this.comm) return 0;
-    const ctxBucket = Math.min(MIN_GRAPH_CONTEXT, this.config.maxModelLen);
-    const none: ForwardBatch = {
-      numSeqs: 0, numTokens: 0, tokenIds: new Int32Array(0), positions: new Int32Array(0), slotMapping: new Int32Array(0),
-      cuSeqlensQ: Int32Array.of(0), contextLens: new Int32Array(0), blockTables: new Int32Array(0), maxBlocksPerSeq: 1, logitsIndices: new Int32Array(0),
-    };
-    let captured = 0;
-    for (const bucket of this.buckets) {
-      if (this.graphs.has(`${bucket}:${ctxBucket}`)) continue;
-      this.writeInputs(padDecodeBatch(none, bucket, this.config.numBlocks, this.config.blockSize));
-      await this.captureGraph(bucket, ctxBucket);
-      captured++;
-    }
-    await this.backend.synchronize();
-    return captured;
+    return this.graphs && !this.comm ? this.graphs.captureAll() : 0;
   }
 
   private async forwardEager(fb: ForwardBatch): Promise<Tensor> {
@@ -441,7 +398,7 @@ export class ModelRunner {
 
   /** number of decode graphs captured so far */
   get numCapturedGraphs(): number {
-    return this.graphs.size;
+    return this.graphs?.size ?? 0;
   }
 
   dispose(): void {
@@ -450,8 +407,7 @@ export class ModelRunner {
     this.launchedSampling.dispose();
     this.sampler?.dispose();
     this.sampler = undefined;
-    for (const g of this.graphs.values()) g.dispose();
-    this.graphs.clear();
+    this.graphs?.dispose();
     this.model.dispose();
     this.kvCache.dispose();
     for (const t of this.inputTensors) this.backend.free(t);
