@@ -153,16 +153,7 @@ export class TpGroup implements ModelExecutor {
 
   /** Runs one batch on every rank; f32 logits [logitsIndices.length, vocab]. */
   async forward(fb: ForwardBatch): Promise<Float32Array> {
-    if (this.dead) throw this.dead;
-    void this.peers.send({ t: 'step', fb });
-    let logits: Float32Array | null;
-    try {
-      logits = await this.runner.forward(fb);
-    } catch (e) {
-      throw this.fail(e);
-    }
-    if (this.dead) throw this.dead; // NCCL returns early once aborted: the logits are not whole
-    return logits!;
+    return this.onAllRanks(fb, () => this.runner.forward(fb));
   }
 
   /** Forward on every rank + sampling on rank 0 (ModelExecutor); on the device where rank 0's runner samples there. */
@@ -173,15 +164,7 @@ export class TpGroup implements ModelExecutor {
     const samples = samplingEntries(entries);
     // the prompt-logprob rows go to every rank too: the vocab-parallel head all-gathers each row
     const fb = withPromptLogprobRows(buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples), entries);
-    void this.peers.send({ t: 'step', fb });
-    let results: ExecuteResults;
-    try {
-      results = await this.runner.executeForward(fb, entries, samples);
-    } catch (e) {
-      throw this.fail(e);
-    }
-    if (this.dead) throw this.dead;
-    return results;
+    return this.onAllRanks(fb, () => this.runner.executeForward(fb, entries, samples));
   }
 
   /**
@@ -199,26 +182,8 @@ export class TpGroup implements ModelExecutor {
     const entries = batch.entries;
     const samples = samplingEntries(entries);
     const fb = buildForwardBatch(entries, this.blockSize, this.maxBlocksPerSeq, samples);
-    void this.peers.send({ t: 'step', fb });
-    let step: LaunchedStep;
-    try {
-      step = await this.runner.launchForward(fb, entries, samples);
-    } catch (e) {
-      throw this.fail(e);
-    }
-    return {
-      collect: async () => {
-        if (this.dead) throw this.dead;
-        let results: ExecuteResults;
-        try {
-          results = await step.collect();
-        } catch (e) {
-          throw this.fail(e);
-        }
-        if (this.dead) throw this.dead; // NCCL returns early once aborted: the samples are not whole
-        return results;
-      },
-    };
+    const step = await this.onAllRanks(fb, () => this.runner.launchForward(fb, entries, samples), false);
+    return { collect: () => this.guarded(() => step.collect()) };
   }
 
   /** Ends rank `rank` abruptly, as a crash would (fault drills and tests); resolves once it is gone. */
@@ -234,6 +199,30 @@ export class TpGroup implements ModelExecutor {
     await this.peers.exited();
     this.links?.close();
     this.backend.dispose();
+  }
+
+  /** Sends `fb` to the other ranks and runs rank 0's part of the step (`guarded`). */
+  private onAllRanks<T>(fb: ForwardBatch, run: () => Promise<T>, checkAfter = true): Promise<T> {
+    return this.guarded(() => {
+      void this.peers.send({ t: 'step', fb });
+      return run();
+    }, checkAfter);
+  }
+
+  /**
+   * Runs rank 0's part unless the group is dead; a failure there ends the group (`fail`). With checkAfter,
+   * a group that died meanwhile fails the call too: NCCL returns early once aborted, so results are not whole.
+   */
+  private async guarded<T>(run: () => Promise<T>, checkAfter = true): Promise<T> {
+    if (this.dead) throw this.dead;
+    let out: T;
+    try {
+      out = await run();
+    } catch (e) {
+      throw this.fail(e);
+    }
+    if (checkAfter && this.dead) throw this.dead;
+    return out;
   }
 
   /** Rank 0 failed mid-step: the others may wait at a collective, so the group is over. */
