@@ -28,13 +28,13 @@
 // Int formats scale each step's partial sums by its rows' group scales (f32); fp8 applies the token and weight
 // scales at the end. The 8 warps' partial sums meet in shared memory at each tile's end.
 //
-// Dense kind (PGN_Q_DENSE: bf16 / f16 weights, cuda-gemv.ts under PEREGRINE_GEMV=ring): a step is 64 bytes =
-// 32 k of each row, lane t's 16 bytes are k 8t .. 8t+7 and feed two m16n8k16 (k 8t..8t+3, then 8t+4..8t+7, x
+// Dense kind (PGN_Q_DENSE: bf16 / f16 weights, cuda-ring-gemv.ts under PEREGRINE_GEMV=ring; K % 32 == 0): a step
+// is 64 bytes = 32 k of each row, lane t's 16 bytes are k 8t .. 8t+7 and feed two m16n8k16 (k 8t..8t+3, then 8t+4..8t+7, x
 // read in the same order, as gemv.cu does); x staged in the activation dtype, no scales.
 //
 // Shared memory (dynamic, laid out below; cuda-quant-gemv.ts computes the same size): the rings, a double
 // buffer for the partial sums, the token scales, and x [M][xStride]. Requirements (the host checks): M <= 8,
-// K % 64 == 0 (int4: K % 128 == 0 and groupSize % 128 == 0; int8: groupSize % 64 == 0), 16-byte aligned codes,
+// K % 64 == 0 (dense: K % 32 == 0; int4: K % 128 == 0 and groupSize % 128 == 0; int8: groupSize % 64 == 0), 16-byte aligned codes,
 // x and xq; fp8 needs sm_89+.
 #include "mma.cuh"
 #include "quant.cuh"
@@ -364,15 +364,24 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   if (tid < 2) zero16[tid] = make_uint4(0u, 0u, 0u, 0u);
   static_assert(PRO == QG_PRO_COPY || DENSE, "prologues are for dense weights");
   if (PRO == QG_PRO_RMSNORM) {
-    // each row's sum of squares (every block alike), then the normalized row
-    const int kUnits = K >> 3;
+    // the raw rows in as the copy path brings them (every cp.async in flight at once), then each row's sum of
+    // squares from shared memory, then the rows normalized in place (norm weights QB loads at a time)
+    constexpr int QB = 4;
+    const int kUnits = K >> 3, units = M * kUnits;
+    for (int u = tid; u < units; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      qg_cp16(xsm + m * xStride + c * 16, x + (long long)m * K + c * 8, true);
+    }
+    qg_commit();
+    qg_wait<0>();
+    __syncthreads();
     float ss[QG_MAX_M];
 #pragma unroll
     for (int m = 0; m < QG_MAX_M; m++) ss[m] = 0.f;
-    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+    for (int u = tid; u < units; u += blockDim.x) {
       const int m = u / kUnits, c = u - m * kUnits;
       Pack<T> v;
-      v.raw = __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + c * 8));
+      v.raw = *reinterpret_cast<const uint4*>(xsm + m * xStride + c * 16);
       float a = 0.f;
 #pragma unroll
       for (int e = 0; e < Pack<T>::N; e++) a += v.get(e) * v.get(e);
@@ -384,27 +393,53 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
     if (tid < M) xscale[tid] = rsqrtf(a / K + dn.eps);
     __syncthreads();
     const T* nw = static_cast<const T*>(dn.normWeight);
-    for (int u = tid; u < M * kUnits; u += blockDim.x) {
-      const int m = u / kUnits, c = u - m * kUnits;
-      Pack<T> v, w, r;
-      v.raw = __ldg(reinterpret_cast<const uint4*>(x + (long long)m * K + c * 8));
-      w.raw = __ldg(reinterpret_cast<const uint4*>(nw + c * 8));
-      const float inv = xscale[m];
+    for (int u0 = tid; u0 < units; u0 += blockDim.x * QB) {
+      uint4 wv[QB];
 #pragma unroll
-      for (int e = 0; e < Pack<T>::N; e++) r.set(e, v.get(e) * inv * (w.get(e) + dn.weightOffset));
-      *reinterpret_cast<uint4*>(xsm + m * xStride + c * 16) = r.raw;
+      for (int b = 0; b < QB; b++) {
+        const int u = u0 + b * blockDim.x;
+        wv[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(nw + (u % kUnits) * 8)) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int b = 0; b < QB; b++) {
+        const int u = u0 + b * blockDim.x;
+        if (u >= units) continue;
+        const int m = u / kUnits, c = u - m * kUnits;
+        uint4* slot = reinterpret_cast<uint4*>(xsm + m * xStride + c * 16);
+        Pack<T> v, w, r;
+        v.raw = *slot;
+        w.raw = wv[b];
+        const float inv = xscale[m];
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; e++) r.set(e, v.get(e) * inv * (w.get(e) + dn.weightOffset));
+        *slot = r.raw;
+      }
     }
   } else if (PRO == QG_PRO_SILU) {
-    const int kUnits = K >> 3;
-    for (int u = tid; u < M * kUnits; u += blockDim.x) {
-      const int m = u / kUnits, c = u - m * kUnits;
-      const T* row = x + (long long)m * 2 * K;
-      Pack<T> gate, up, r;
-      gate.raw = __ldg(reinterpret_cast<const uint4*>(row + c * 8));
-      up.raw = __ldg(reinterpret_cast<const uint4*>(row + K + c * 8));
+    // gate and up QB units at a time (all their loads in flight), silu(gate) * up staged as T
+    constexpr int QB = 4;
+    const int kUnits = K >> 3, units = M * kUnits;
+    for (int u0 = tid; u0 < units; u0 += blockDim.x * QB) {
+      uint4 gv[QB], uv[QB];
 #pragma unroll
-      for (int e = 0; e < Pack<T>::N; e++) r.set(e, silu_f(gate.get(e)) * up.get(e));
-      *reinterpret_cast<uint4*>(xsm + m * xStride + c * 16) = r.raw;
+      for (int b = 0; b < QB; b++) {
+        const int u = u0 + b * blockDim.x, m = u / kUnits, c = u - m * kUnits;
+        const T* row = x + (long long)m * 2 * K + c * 8;
+        gv[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(row)) : make_uint4(0u, 0u, 0u, 0u);
+        uv[b] = u < units ? __ldg(reinterpret_cast<const uint4*>(row + K)) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int b = 0; b < QB; b++) {
+        const int u = u0 + b * blockDim.x;
+        if (u >= units) continue;
+        const int m = u / kUnits, c = u - m * kUnits;
+        Pack<T> gate, up, r;
+        gate.raw = gv[b];
+        up.raw = uv[b];
+#pragma unroll
+        for (int e = 0; e < Pack<T>::N; e++) r.set(e, silu_f(gate.get(e)) * up.get(e));
+        *reinterpret_cast<uint4*>(xsm + m * xStride + c * 16) = r.raw;
+      }
     }
   } else if (!FP8) {
     const int kUnits = K >> 3;
