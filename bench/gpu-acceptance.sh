@@ -44,6 +44,8 @@ gpu1() {
   for seqs in 512 1024; do
     $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs $seqs
   done
+  # with the FP8 KV cache too (half the attention bytes of a decode step; batch 512 spends ~4 of its 15 ms on KV)
+  $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --kv-cache-dtype fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs 1024
   $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --kv-cache-dtype fp8 --num-requests 256 --isl 1000 --osl 1000
 }
 if [ "$gpus" -gt 1 ]; then
