@@ -130,3 +130,21 @@ test('captureDecodeGraphs: every batch bucket at the first context bucket, up fr
   assert.equal(stats.replays, STEPS);
   runner.dispose();
 });
+
+test('bench latency --profile over a graph-capturing backend: the per-row graph replays, the whole-step graph and the attention plans run (CPU, recorded graphs)', async () => {
+  const { profileDecodeStep } = await import('../src/bench/decode-profile.js');
+  const { buildForwardBatch } = await import('../src/runner/input-builder.js');
+  const { backend, stats } = graphRecordingBackend();
+  const runner = makeRunner(backend);
+  const seqs = makeSeqs();
+  await runner.execute({ entries: entriesOf(seqs) }); // prefill: the KV cache holds the prompts
+  seqs.forEach((seq) => { seq.numCachedTokens = seq.numTokens; seq.appendToken(1); });
+  const fb = buildForwardBatch(seqs.map((seq) => ({ seq, numNewTokens: 1 })), BLOCK, runner.maxBlocksPerSeq);
+  const profile = await profileDecodeStep(runner, fb);
+  assert.equal(profile.numRows, 4, 'three sequences padded to the graph bucket of four');
+  assert.ok(profile.graphMs !== null && profile.graphMs >= 0, 'the whole forward replayed as one graph');
+  assert.ok(profile.ops.length > 5 && profile.ops.every((o) => o.graphMs !== undefined), 'every row replayed alone as a graph');
+  assert.ok(profile.attention.length >= 2, 'the attention plans');
+  assert.ok(stats.captures > profile.ops.length, `${stats.captures} captures`);
+  runner.dispose();
+});
