@@ -1,7 +1,8 @@
-// The decoder hands FP8 linears their input already quantized when the backend fuses RMSNorm with FP8
-// quantization (Backend.rmsNormFp8, issue 6): checked on the CPU with a backend that offers the fused op (its
-// own reference of it) and checks, in every linear that receives `xq`, that xq is exactly x quantized for that
-// weight. The logits must not change, and backends without the op (or returning false) see the plain path.
+// The decoder hands FP8 linears their input already quantized when the backend fuses the producing op with FP8
+// quantization (Backend.rmsNormFp8 for qkv / gate_up, Backend.siluMulFp8 for down; issue 6): checked on the CPU
+// with a backend that offers the fused ops (its own reference of them) and checks, in every linear that receives
+// `xq`, that xq is exactly x quantized for that weight. The logits must not change, and backends without the ops
+// (or returning false) see the plain path.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isQuantizedWeight, type Fp8Activations, type QuantizedWeight, type Tensor } from '../src/backends/backend.js';
@@ -29,7 +30,7 @@ function quantizeRows(x: Float32Array, T: number, K: number, inputScale: number 
 }
 
 class FusingCpu extends CpuBackend {
-  readonly calls = { norms: 0, fp8Inputs: 0, inputScales: [] as (Tensor | null)[] };
+  readonly calls = { norms: 0, silus: 0, fp8Inputs: 0, inputScales: [] as (Tensor | null)[] };
   constructor(private readonly fuse: boolean) {
     super();
   }
@@ -37,10 +38,21 @@ class FusingCpu extends CpuBackend {
   rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
     if (!this.fuse) return false;
     this.rmsNorm(out, x, weight, eps, numTokens, residual, weightOffset);
-    const K = out.shape.at(-1)!;
-    const codes = cpuData(xq.codes) as Int32Array;
-    quantizeRows(cpuData(out) as Float32Array, numTokens, K, inputScale ? cpuData(inputScale)[0]! : null, new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength), cpuData(xq.scales) as Float32Array);
     this.calls.norms++;
+    return this.quantizeOut(out, numTokens, xq, inputScale);
+  }
+
+  siluMulFp8(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
+    if (!this.fuse) return false;
+    this.siluMul(out, gateUp, numTokens);
+    this.calls.silus++;
+    return this.quantizeOut(out, numTokens, xq, inputScale);
+  }
+
+  /** The fused ops' second half: out's rows into xq as the FP8 linear would quantize them. */
+  private quantizeOut(out: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): true {
+    const codes = cpuData(xq.codes) as Int32Array;
+    quantizeRows(cpuData(out) as Float32Array, numTokens, out.shape.at(-1)!, inputScale ? cpuData(inputScale)[0]! : null, new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength), cpuData(xq.scales) as Float32Array);
     this.calls.inputScales.push(inputScale);
     return true;
   }
@@ -66,7 +78,7 @@ async function logits(backend: CpuBackend, staticScale: number | null): Promise<
   if (staticScale !== null) {
     const scale = backend.fromF32([1], Float32Array.of(staticScale));
     const withScale = (w: ModelWeights['layers'][number]['qkv']) => (isQuantizedWeight(w) ? { ...w, inputScale: scale } : w);
-    weights = { ...weights, layers: weights.layers.map((l) => ({ ...l, qkv: withScale(l.qkv), up: withScale(l.up) })) };
+    weights = { ...weights, layers: weights.layers.map((l) => ({ ...l, qkv: withScale(l.qkv), up: withScale(l.up), down: withScale(l.down) })) };
   }
   const runner = new ModelRunner(backend, spec, weights, RUNNER);
   const seq = { tokenIds: PROMPT, numCachedTokens: 0, blockTable: [0] };
@@ -76,12 +88,13 @@ async function logits(backend: CpuBackend, staticScale: number | null): Promise<
 }
 
 for (const staticScale of [null, 0.05]) {
-  test(`FP8 qkv / gate_up get their input from the fused norm (${staticScale === null ? 'dynamic' : 'static'} scales); logits unchanged`, async () => {
+  test(`FP8 qkv / gate_up get their input from the fused norm, down from the fused SiLU (${staticScale === null ? 'dynamic' : 'static'} scales); logits unchanged`, async () => {
     const fused = new FusingCpu(true);
     const got = await logits(fused, staticScale);
     const layers = parseModelConfig(SHAPES['tiny-llama']!).numLayers;
     assert.equal(fused.calls.norms, 2 * 2 * layers, 'two norms a layer, two forwards');
-    assert.equal(fused.calls.fp8Inputs, 2 * 2 * layers, 'qkv_proj and gate_up_proj read xq');
+    assert.equal(fused.calls.silus, 2 * layers, 'one SiLU a layer, two forwards');
+    assert.equal(fused.calls.fp8Inputs, 3 * 2 * layers, 'qkv_proj, gate_up_proj and down_proj read xq');
     assert.ok(fused.calls.inputScales.every((s) => (s === null) === (staticScale === null)), 'the linear\'s own input scale goes to the norm');
     const declined = new FusingCpu(false);
     const want = await logits(declined, staticScale);

@@ -151,6 +151,12 @@ export interface Backend {
    */
   rmsNormFp8?(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean;
   /**
+   * siluMul that also writes its output quantized for the FP8 down_proj reading it (as rmsNormFp8 does for
+   * qkv / gate_up): out exactly as siluMul, xq exactly as that linear would quantize out (its `inputScale`, or
+   * per token). Returns false, having done nothing, where the backend does not fuse it (the caller runs siluMul).
+   */
+  siluMulFp8?(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): boolean;
+  /**
    * qkv [T, (numHeads + 2 * numKvHeads) * headDim] holds q | k | v per token.
    * Rotates q in place (when `cosSin` is given) and writes rotated k and v into the
    * paged cache rows `slotMapping[t]` (slots < 0 are skipped, e.g. padding).

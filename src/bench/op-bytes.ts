@@ -55,6 +55,7 @@ export function opBytes(method: string, args: unknown[], contextLens: ArrayLike<
       return 2 * T * (p.numHeads + p.numKvHeads) * p.headDim * bytesPerElement(qkv.dtype);
     }
     case 'siluMul':
+    case 'siluMulFp8': // the FP8 variant also writes the E4M3 copy of out (not counted)
     case 'geluMul': {
       const [out, gateUp, T] = a as Args<'siluMul'>;
       return rowBytes(gateUp, T) + rowBytes(out, T);

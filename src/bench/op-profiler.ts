@@ -46,14 +46,14 @@ export interface LinearShape {
 const OP_ROWS: Readonly<Record<string, string>> = {
   linear: 'linear', fusedLinear: 'linear', attention: 'attention', ropeWriteKv: 'rope + kv write',
   rmsNorm: 'norm', rmsNormFp8: 'norm', layerNorm: 'norm', qkRmsNorm: 'norm',
-  siluMul: 'activation', geluMul: 'activation', gelu: 'activation', relu: 'activation',
+  siluMul: 'activation', siluMulFp8: 'activation', geluMul: 'activation', gelu: 'activation', relu: 'activation',
   embedding: 'embedding', embeddingShard: 'embedding', gatherRows: 'gather rows',
   add: 'elementwise', copy: 'elementwise', scale: 'elementwise', softcap: 'elementwise', clamp: 'elementwise',
   moeRoute: 'moe', moeExperts: 'moe',
 };
 
 /** fused ops that return false, having queued nothing, where the backend does not fuse them */
-const DECLINABLE: ReadonlySet<string> = new Set(['fusedLinear']);
+const DECLINABLE: ReadonlySet<string> = new Set(['fusedLinear', 'rmsNormFp8', 'siluMulFp8']);
 
 /** weight object -> Hugging Face module name of the linear it feeds */
 export function linearNames(w: ModelWeights, spec: ModelSpec): Map<object, string> {

@@ -67,6 +67,8 @@ export class DecoderModel {
   private readonly topkWeights: Tensor | null;  // f32 [T, topK]
   /** normed quantized to E4M3 by the norm, for FP8 qkv / gate_up linears (backend.rmsNormFp8); null when unused */
   private readonly normedFp8: Fp8Activations | null;
+  /** mlpAct quantized to E4M3 by the SiLU, for FP8 down linears (backend.siluMulFp8); null when unused */
+  private readonly actFp8: Fp8Activations | null;
   private readonly lastHidden: Tensor;
   private readonly lastNormed: Tensor;
   private readonly lastProjected: Tensor | null; // [R, wordEmbedDim] after project_out
@@ -116,6 +118,9 @@ export class DecoderModel {
     const fp8Inputs = weights.layers.some((l) => isFp8(l.qkv) || isFp8(l.up));
     const fuseFp8 = fp8Inputs && backend.rmsNormFp8 !== undefined && s.norm.type === 'rms' && !s.parallelResidual && s.normPlacement !== 'post' && H % 16 === 0;
     this.normedFp8 = fuseFp8 ? { codes: buf([T, H / 4], 'i32'), scales: buf([T], 'f32') } : null;
+    const I = s.intermediateSize;
+    const fuseSilu = !s.moe && s.activation === 'silu' && s.gatedMlp && backend.siluMulFp8 !== undefined && weights.layers.some((l) => isFp8(l.down)) && I % 16 === 0;
+    this.actFp8 = fuseSilu ? { codes: buf([T, I / 4], 'i32'), scales: buf([T], 'f32') } : null;
     this.lastHidden = buf([R, H]);
     this.lastNormed = buf([R, H]);
     this.lastProjected = projected ? buf([R, s.wordEmbedDim]) : null;
@@ -311,10 +316,11 @@ export class DecoderModel {
     }
     const up = this.mlpUp!, act = this.mlpAct!;
     b.linear(up, x, lw.up, lw.upBias, T, xq);
+    let downXq: Fp8Activations | null = null;
     switch (s.activation) {
       case 'silu':
         if (!s.gatedMlp) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', 'ungated SiLU MLP');
-        b.siluMul(act, up, T);
+        downXq = this.siluFor(lw.down, act, up, T);
         break;
       case 'gelu':
       case 'gelu_tanh': {
@@ -328,7 +334,15 @@ export class DecoderModel {
         b.relu(act, up, T);
         break;
     }
-    b.linear(out, act, lw.down, lw.downBias, T);
+    b.linear(out, act, lw.down, lw.downBias, T, downXq);
+  }
+
+  /** act = siluMul(up); where `next` is FP8 and the backend fuses (siluMulFp8), act also quantized for it: returns those E4M3 activations, else null */
+  private siluFor(next: LinearWeight, act: Tensor, up: Tensor, T: number): Fp8Activations | null {
+    const xq = this.actFp8;
+    if (xq && isFp8(next) && this.backend.siluMulFp8!(act, up, T, xq, next.inputScale)) return xq;
+    this.backend.siluMul(act, up, T);
+    return null;
   }
 
   /**

@@ -1,5 +1,5 @@
 /**
- * RMSNorm fused with FP8 activation quantization (rmsNormFp8, issue 6) and the one-pass activation quantizer
+ * RMSNorm and SiLU * up fused with FP8 activation quantization (rmsNormFp8, siluMulFp8; issue 6) and the one-pass activation quantizer
  * (quant_fp8_rows) on CUDA, on fresh random inputs (PEREGRINE_TEST_SEED to replay):
  * - rmsNormFp8 = rmsNorm then quantization, bit for bit: out, the residual, codes and scales, for H below /
  *   above 8 * 1024 (threads holding one or two packs), with and without residual, static / dynamic scales,
@@ -58,6 +58,15 @@ if (!gpu) {
     }
   };
 
+  /** A fused producer's out and E4M3 codes / scales = the unfused op's out and its quantization, bit for bit, and = the CPU reference. */
+  const sameAsUnfused = async (out: Tensor, fused: Fp8Activations, unfusedOut: Tensor, ref: Fp8Activations, T: number, width: number, staticScale: number | null, what: string): Promise<void> => {
+    const values = await gpu.downloadF32(out);
+    sameArrays(values, await gpu.downloadF32(unfusedOut), `${what}: out`);
+    sameArrays(await bytesOf(fused.codes), await bytesOf(ref.codes), `${what}: codes`);
+    sameArrays(await gpu.downloadF32(fused.scales), await gpu.downloadF32(ref.scales), `${what}: scales`);
+    await checkAgainstCpu(fused, values, T, width, staticScale === null ? null : Math.fround(staticScale), what);
+  };
+
   describe(`CUDA RMSNorm + FP8 quantization on ${gpu.props.name} (sm_${ccMajor}${ccMinor}, seed ${SEED})`, () => {
     test('rmsNormFp8 = rmsNorm then quantization, bit for bit, and = the CPU reference', async () => {
       for (const act of ['bf16', 'f16'] as const) {
@@ -78,12 +87,8 @@ if (!gpu) {
                 assert.equal(ran, true, `${what}: fused`);
                 gpu.rmsNorm(outB.gpu, x.gpu, w.gpu, 1e-5, T, residual ? r1.gpu : null, 0.5);
                 quantizeFp8Activations(gpu, ref, outB.gpu, T, inputScale);
-                const out = await gpu.downloadF32(outA.gpu);
-                sameArrays(out, await gpu.downloadF32(outB.gpu), `${what}: out`);
+                await sameAsUnfused(outA.gpu, fused, outB.gpu, ref, T, H, staticScale, what);
                 if (residual) sameArrays(await gpu.downloadF32(r0.gpu), await gpu.downloadF32(r1.gpu), `${what}: residual`);
-                sameArrays(await bytesOf(fused.codes), await bytesOf(ref.codes), `${what}: codes`);
-                sameArrays(await gpu.downloadF32(fused.scales), await gpu.downloadF32(ref.scales), `${what}: scales`);
-                await checkAgainstCpu(fused, out, T, H, staticScale === null ? null : Math.fround(staticScale), what);
               } finally {
                 freeXq(fused);
                 freeXq(ref);
@@ -91,6 +96,35 @@ if (!gpu) {
             }
           }
         }
+      }
+    });
+
+    test('siluMulFp8 = siluMul then quantization, bit for bit, and = the CPU reference; declines I % 8 != 0', async () => {
+      for (const act of ['bf16', 'f16'] as const) {
+        for (const [T, I] of [[1, 14336], [5, 1000], [64, 4096]] as const) {
+          for (const staticScale of [null, 0.02]) {
+            const what = `siluMulFp8 ${act} T=${T} I=${I} ${staticScale === null ? 'dynamic' : 'static'}`;
+            const gateUp = h.rand([T, 2 * I], act, 4);
+            const inputScale = staticScale === null ? null : h.fromF32([1], Float32Array.of(staticScale), 'f32').gpu;
+            const outA = h.output([T, I], act), outB = h.output([T, I], act);
+            const fused = xqOf(T, I), ref = xqOf(T, I);
+            try {
+              assert.equal(gpu.siluMulFp8(outA.gpu, gateUp.gpu, T, fused, inputScale), true, `${what}: fused`);
+              gpu.siluMul(outB.gpu, gateUp.gpu, T);
+              quantizeFp8Activations(gpu, ref, outB.gpu, T, inputScale);
+              await sameAsUnfused(outA.gpu, fused, outB.gpu, ref, T, I, staticScale, what);
+            } finally {
+              freeXq(fused);
+              freeXq(ref);
+            }
+          }
+        }
+      }
+      const xq = xqOf(2, 1004);
+      try {
+        assert.equal(gpu.siluMulFp8(h.output([2, 1004], 'bf16').gpu, h.rand([2, 2008], 'bf16').gpu, 2, xq, null), false, 'I = 1004 is not a multiple of 8');
+      } finally {
+        freeXq(xq);
       }
     });
 

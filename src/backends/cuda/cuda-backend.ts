@@ -28,7 +28,7 @@ import { convertStorage, decodeToF32, encodeF32 } from './host-convert.js';
 import { loadKernels } from './kernel-image.js';
 import { CudaKernels } from './kernels.js';
 import { disposeQuant, quantLinear } from './cuda-quant.js';
-import { rmsNormFp8 } from './cuda-quant-norm.js';
+import { rmsNormFp8, siluMulFp8 } from './cuda-quant-norm.js';
 import { invalid } from './op-checks.js';
 import { CudaEvent, CudaStream } from './stream.js';
 import { PinnedBuffer } from './pinned.js';
@@ -273,6 +273,9 @@ export class CudaBackend implements Backend {
   }
   rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
     return rmsNormFp8(this, out, x, weight, eps, numTokens, residual, weightOffset, xq, inputScale); // cuda-quant-norm.ts
+  }
+  siluMulFp8(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
+    return siluMulFp8(this, out, gateUp, numTokens, xq, inputScale); // cuda-quant-norm.ts
   }
   linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, xq?: Fp8Activations | null): void {
     if ('qweight' in w) return quantLinear(this, out, x, w, bias, numTokens, xq ?? null); // FP8 / INT8 / INT4 (cuda-quant.ts)

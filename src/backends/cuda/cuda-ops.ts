@@ -133,7 +133,8 @@ function geluFlag(op: string, approx: GeluApprox): number {
   return approx === 'tanh' ? 1 : 0;
 }
 
-function gated(ctx: OpContext, op: 'silu_mul' | 'gelu_mul', outT: Tensor, gateUpT: Tensor, numTokens: number, extra: number[]): void {
+/** The checked tensors of a gated activation (siluMul, geluMul, siluMulFp8): gateUp [T, 2I], out [T, I] of one dtype. */
+export function gatedArgs(op: string, outT: Tensor, gateUpT: Tensor, numTokens: number) {
   requireCount(numTokens, op, 'numTokens');
   const gateUp = floatTensor(gateUpT, op, 'gateUp');
   const out = floatTensor(outT, op, 'out');
@@ -143,6 +144,11 @@ function gated(ctx: OpContext, op: 'silu_mul' | 'gelu_mul', outT: Tensor, gateUp
   const I = width / 2;
   requireRows(gateUp, numTokens, width, op, 'gateUp');
   requireRows(out, numTokens, I, op, 'out');
+  return { gateUp, out, I };
+}
+
+function gated(ctx: OpContext, op: 'silu_mul' | 'gelu_mul', outT: Tensor, gateUpT: Tensor, numTokens: number, extra: number[]): void {
+  const { gateUp, out, I } = gatedArgs(op, outT, gateUpT, numTokens);
   const n = numTokens * I;
   ctx.kernels.typed(op, out.dtype).launch(n === 0 ? 0 : blocksFor(ctx, n), THREADS, 0, ctx.stream, [out.ptr, gateUp.ptr, numTokens, I, vecFlag(out.dtype, I, out, gateUp), ...extra]);
 }

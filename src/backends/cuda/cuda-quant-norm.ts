@@ -1,25 +1,26 @@
 /**
- * RMSNorm fused with FP8 activation quantization (issue 6; kernels/norm.cu rms_norm_fp8): the norm that feeds an
- * FP8 linear also writes its output as E4M3 codes and per-token scales (`Fp8Activations`), so the linear's own
- * quantization pass disappears (decode GEMV and cuBLASLt FP8 alike). `out` and the residual are those of
- * `rmsNorm` bit for bit (same kernel body and block size); the codes and scales are those the linear would make
- * from `out`.
+ * The kernels that produce an FP8 linear's input, fused with its quantization (issue 6; kernels/norm.cu): RMSNorm
+ * (rms_norm_fp8, feeding qkv_proj / gate_up_proj) and SiLU * up (silu_mul_fp8, feeding down_proj) also write
+ * their output as E4M3 codes and per-token scales (`Fp8Activations`), so the linear's own quantization pass
+ * disappears (decode GEMV and cuBLASLt FP8 alike). `out` (and the residual) are those of `rmsNorm` / `siluMul`
+ * bit for bit; the codes and scales are those the linear would make from `out`.
  *
- * Only the vector path fuses (H % 8 == 0, 16-byte aligned rows, bf16 / f16); elsewhere, or with
- * PEREGRINE_QUANT_FAST=0, `rmsNormFp8` returns false and the caller runs rmsNorm.
+ * Only the vector path fuses (width % 8 == 0, 16-byte aligned rows, bf16 / f16); elsewhere, or with
+ * PEREGRINE_QUANT_FAST=0, they return false and the caller runs the unfused op.
  */
 import type { Fp8Activations, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { quantFastPolicy } from './cuda-quant-gemv.js';
-import type { CudaTensor } from './cuda-tensor.js';
 import type { ParamKind } from './module.js';
-import { normArgs } from './cuda-ops.js';
+import { gatedArgs, normArgs } from './cuda-ops.js';
 import { floatTensor, i32Tensor, invalid, lastDim, requireLength } from './op-checks.js';
 
 const PACK = 8;
 // (out, xq, xs, x, residual, weight, eps, weightOffset, H, inputScale, minScale)
 const PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'f32', 'f32', 'i32', 'ptr', 'f32'];
+// (out, xq, xs, gateUp, I, inputScale, minScale)
+const SILU_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'f32'];
 
 /** Threads of a row: cuda-ops.ts rowThreads(H, 8), which rms_norm uses; the same count keeps `out` identical. */
 export function normRowThreads(H: number): number {
@@ -34,11 +35,7 @@ export function rmsNormFp8(
 ): boolean {
   const op = 'rmsNormFp8';
   const { x, out, weight, residual, H } = normArgs(op, outT, xT, weightT, numTokens, residualT);
-  const codes = asCodes(xq.codes, numTokens, H);
-  const scales = floatTensor(xq.scales, op, 'xq.scales', ['f32']);
-  if (scales.numel < numTokens) throw invalid(op, `xq.scales hold ${scales.numel} values, expected >= ${numTokens}`, { shape: scales.shape });
-  const inputScale = inputScaleT ? floatTensor(inputScaleT, op, 'inputScale', ['f32']) : null;
-  if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
+  const { codes, scales, inputScale } = fp8Outputs(op, xq, inputScaleT, numTokens, H);
   const aligned = [x, out, weight, residual, codes].every((t) => t === null || t.ptr % 16 === 0);
   if (!quantFastPolicy.fused || x.dtype === 'f32' || H % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
@@ -48,10 +45,29 @@ export function rmsNormFp8(
   return true;
 }
 
-function asCodes(t: Tensor, numTokens: number, H: number): CudaTensor {
-  const codes = i32Tensor(t, 'rmsNormFp8', 'xq.codes', (numTokens * H) / 4);
-  if (H % 4 !== 0 || lastDim(codes) !== H / 4) {
-    throw invalid('rmsNormFp8', `xq.codes must be i32 [>= ${numTokens}, ${H / 4}] (E4M3 of rows of ${H}), got [${codes.shape.join(', ')}]`, { shape: codes.shape });
+/** siluMul + E4M3 codes / scales of its output in `xq` (Backend.siluMulFp8); false where it cannot fuse. */
+export function siluMulFp8(be: CudaBackend, outT: Tensor, gateUpT: Tensor, numTokens: number, xq: Fp8Activations, inputScaleT: Tensor | null): boolean {
+  const op = 'siluMulFp8';
+  const { gateUp, out, I } = gatedArgs(op, outT, gateUpT, numTokens);
+  const { codes, scales, inputScale } = fp8Outputs(op, xq, inputScaleT, numTokens, I);
+  const aligned = [gateUp, out, codes].every((t) => t.ptr % 16 === 0);
+  if (!quantFastPolicy.fused || out.dtype === 'f32' || I % PACK !== 0 || !aligned) return false;
+  if (numTokens === 0) return true;
+  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, normRowThreads(I), 0, be.stream, [
+    out.ptr, codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
+  ]);
+  return true;
+}
+
+/** The checked E4M3 outputs of a fused producer: codes i32 [>= numTokens, width / 4], scales f32 [>= numTokens], the optional static scale. */
+function fp8Outputs(op: string, xq: Fp8Activations, inputScaleT: Tensor | null, numTokens: number, width: number) {
+  const codes = i32Tensor(xq.codes, op, 'xq.codes', (numTokens * width) / 4);
+  if (width % 4 !== 0 || lastDim(codes) !== width / 4) {
+    throw invalid(op, `xq.codes must be i32 [>= ${numTokens}, ${width / 4}] (E4M3 of rows of ${width}), got [${codes.shape.join(', ')}]`, { shape: codes.shape });
   }
-  return codes;
+  const scales = floatTensor(xq.scales, op, 'xq.scales', ['f32']);
+  if (scales.numel < numTokens) throw invalid(op, `xq.scales hold ${scales.numel} values, expected >= ${numTokens}`, { shape: scales.shape });
+  const inputScale = inputScaleT ? floatTensor(inputScaleT, op, 'inputScale', ['f32']) : null;
+  if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
+  return { codes, scales, inputScale };
 }

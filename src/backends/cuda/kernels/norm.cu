@@ -143,6 +143,26 @@ PGN_FLOAT_TYPES(PGN_QK_NORM)
 // aligned rows. One block per row.
 #include "quant.cuh"
 
+// The quantization of a row producer's output (rms_norm_fp8, silu_mul_fp8): the row's scale (the static
+// *inputScale, or max(rowAmax / 448, minScale) over the block's amax), then this thread's own stored packs of
+// `out` as E4M3 codes, exactly as quant_fp8_act / quant_fp8_rows would quantize `out`.
+template <typename T>
+__device__ __forceinline__ void fp8_row_tail(const T* out, unsigned char* xq, float* xs, int H, float amax, float* scratch,
+                                             const float* inputScale, float minScale) {
+  constexpr int N = Pack<T>::N;
+  float s;
+  if (inputScale != nullptr) s = *inputScale;
+  else s = fmaxf(__fdiv_rn(q_block_max(amax, scratch), PGN_E4M3_MAX), minScale);
+  if (threadIdx.x == 0) *xs = s;
+  for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+    const Pack<T> r = load_pack(out + c);  // this thread's own stores
+    unsigned q[2] = {0u, 0u};
+#pragma unroll
+    for (int e = 0; e < N; e++) q[e >> 2] |= e4m3_encode(__fdiv_rn(r.get(e), s)) << (8 * (e & 3));
+    *reinterpret_cast<uint2*>(xq + c) = make_uint2(q[0], q[1]);
+  }
+}
+
 template <typename T>
 __device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* x, T* residual, const T* weight, float eps,
                                  float weightOffset, int H, const float* inputScale, float minScale) {
@@ -160,17 +180,25 @@ __device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
 #pragma unroll
     for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(r.get(e)));
   }
-  float s;
-  if (inputScale != nullptr) s = *inputScale;
-  else s = fmaxf(__fdiv_rn(q_block_max(amax, scratch), PGN_E4M3_MAX), minScale);
-  if (threadIdx.x == 0) *xs = s;
-  for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
-    const Pack<T> r = load_pack(out + c);  // this thread's own stores
-    unsigned q[2] = {0u, 0u};
+  fp8_row_tail<T>(out, xq, xs, H, amax, scratch, inputScale, minScale);
+}
+
+// silu_mul_fp8: silu_mul (elementwise.cu) of one row, out bit-identical to it, and that row quantized to E4M3 for
+// the FP8 down_proj reading it, as rms_norm_fp8 quantizes. I % 8 == 0, 16-byte aligned rows. One block per row.
+template <typename T>
+__device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {
+  __shared__ float scratch[32];
+  constexpr int N = Pack<T>::N;
+  float amax = 0.f;
+  for (int c = threadIdx.x * N; c < I; c += blockDim.x * N) {
+    Pack<T> g = load_pack(gateUp + c), u = load_pack(gateUp + I + c), r;
 #pragma unroll
-    for (int e = 0; e < N; e++) q[e >> 2] |= e4m3_encode(__fdiv_rn(r.get(e), s)) << (8 * (e & 3));
-    *reinterpret_cast<uint2*>(xq + c) = make_uint2(q[0], q[1]);
+    for (int e = 0; e < N; e++) r.set(e, silu_f(g.get(e)) * u.get(e));
+    store_pack(out + c, r);
+#pragma unroll
+    for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(r.get(e)));
   }
+  fp8_row_tail<T>(out, xq, xs, I, amax, scratch, inputScale, minScale);
 }
 
 #define PGN_NORM_FP8(T, S)                                                                                         \
@@ -181,6 +209,13 @@ __device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
     const long long r = blockIdx.x;                                                                                \
     rms_norm_fp8_row<T>(out + r * H, xq + r * H, xs + r, x + r * H, residual ? residual + r * H : nullptr, weight,  \
                         eps, weightOffset, H, inputScale, minScale);                                               \
+    PGN_PDL_TRIGGER();                                                                                             \
+  }                                                                                                                \
+  extern "C" __global__ void silu_mul_fp8_##S(T* out, unsigned char* xq, float* xs, const T* gateUp, int I,         \
+                                              const float* inputScale, float minScale) {                          \
+    PGN_PDL_WAIT();                                                                                                \
+    const long long r = blockIdx.x;                                                                                \
+    silu_mul_fp8_row<T>(out + r * I, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale, minScale);            \
     PGN_PDL_TRIGGER();                                                                                             \
   }
 PGN_HALF_TYPES(PGN_NORM_FP8)
