@@ -91,7 +91,6 @@ export class ModelRunner {
   private readonly inputs: DeviceInputs & { meta: { cuSeqlensQ: Tensor; contextLens: Tensor; blockTables: Tensor } };
   private readonly inputTensors: Tensor[];
   private readonly scratch: Float32Array;
-  /** captured decode steps by padded batch size */
   /** decode steps as CUDA graphs, where the backend captures them (null: every step eager) */
   private readonly graphs: DecodeGraphCache | null;
   /** made at the first execute; null where the backend has none (or PEREGRINE_GPU_SAMPLING=0) */
