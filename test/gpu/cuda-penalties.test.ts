@@ -14,6 +14,7 @@ import type { DeviceSampleRow } from '../../src/backends/cuda/cuda-sampler.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { createSamplingState, makeSamplingParams, sampleRow, type SampleResult, type SamplingParamsInit, type SequenceSamplingState } from '../../src/sampling/index.js';
 import { openCuda, rng, SEED } from './cuda-harness.js';
+import { timeSamplerSteps } from './sampler-timing.js';
 
 const PENALTIES: SamplingParamsInit[] = [];
 for (const repetitionPenalty of [1, 1.3, 0.8]) {
@@ -227,27 +228,9 @@ if (!gpu) {
 
     test('timing: 256 rows x vocab 128256 with penalties (1000-token prompts, 100 outputs) against plain rows', async (t) => {
       const V = 128256, N = 256;
-      const sampler = gpu.createSampler(N, V);
-      const xs = gpu.empty([N, V], 'f32');
-      gpu.fillUniform(xs, 7, 8);
       const hist = (n: number) => Array.from({ length: n }, () => Math.floor(r() * V));
-      try {
-        for (const init of [{ temperature: 0 }, { temperature: 0, repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 0.5 }, { temperature: 0.8, topP: 0.9 }, { temperature: 0.8, topP: 0.9, repetitionPenalty: 1.1, frequencyPenalty: 0.5 }, { temperature: 0.8, minTokens: 200, stopTokenIds: [5, 6] }] as SamplingParamsInit[]) {
-          const rows = Array.from({ length: N }, (_, i) => ({ logitsRow: i, state: createSamplingState(makeSamplingParams({ maxTokens: 256, ...init, seed: i }), hist(1000), hist(100), 0, EOS) }));
-          await sampler.sample(xs, rows);
-          const times: number[] = [];
-          for (let k = 0; k < 5; k++) {
-            const t0 = performance.now();
-            await sampler.sample(xs, rows);
-            times.push(performance.now() - t0);
-          }
-          times.sort((a, b) => a - b);
-          t.diagnostic(`${JSON.stringify(init)}: ${times[2]!.toFixed(3)} ms per step (median of 5)`);
-        }
-      } finally {
-        gpu.free(xs);
-        sampler.dispose();
-      }
+      const inits: SamplingParamsInit[] = [{ temperature: 0 }, { temperature: 0, repetitionPenalty: 1.1, presencePenalty: 0.5, frequencyPenalty: 0.5 }, { temperature: 0.8, topP: 0.9 }, { temperature: 0.8, topP: 0.9, repetitionPenalty: 1.1, frequencyPenalty: 0.5 }, { temperature: 0.8, minTokens: 200, stopTokenIds: [5, 6] }];
+      await timeSamplerSteps(gpu, t, N, V, inits, (init) => Array.from({ length: N }, (_, i) => ({ logitsRow: i, state: createSamplingState(makeSamplingParams({ maxTokens: 256, ...init, seed: i }), hist(1000), hist(100), 0, EOS) })));
     });
   });
 }

@@ -19,6 +19,7 @@ import { canSampleOnDevice, packSampleParams, SAMPLE_PARAM_BYTES, unpackSampleRe
 import { isPeregrineError } from '../../src/errors.js';
 import { createSamplingState, makeSamplingParams, philox4x32, Rng, sampleRow, type SamplingParamsInit, type SequenceSamplingState } from '../../src/sampling/index.js';
 import { openCuda, rng, SEED } from './cuda-harness.js';
+import { timeSamplerSteps } from './sampler-timing.js';
 
 const DEMO = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'models', 'demo');
 
@@ -222,26 +223,8 @@ if (!gpu) {
 
     test('timing: one step of 256 rows x vocab 128256 (sample + download of ids and logprobs)', async (t) => {
       const V = 128256, N = 256;
-      const sampler = gpu.createSampler(N, V);
-      const x = gpu.empty([N, V], 'f32');
-      gpu.fillUniform(x, 7, 8);
-      try {
-        for (const init of [{ temperature: 0 }, { temperature: 1 }, { temperature: 0.7, logprobs: 1 }, { temperature: 0.8, topK: 50, topP: 0.9, minP: 0.05, logprobs: 5 }, { temperature: 1, topP: 0.95 }] as SamplingParamsInit[]) {
-          const rows = Array.from({ length: N }, (_, i) => ({ logitsRow: i, state: twinStates(init, i, 0)[0] }));
-          await sampler.sample(x, rows);
-          const times: number[] = [];
-          for (let k = 0; k < 5; k++) {
-            const t0 = performance.now();
-            await sampler.sample(x, rows);
-            times.push(performance.now() - t0);
-          }
-          times.sort((a, b) => a - b);
-          t.diagnostic(`${JSON.stringify(init)}: ${times[2]!.toFixed(3)} ms per step (median of 5)`);
-        }
-      } finally {
-        gpu.free(x);
-        sampler.dispose();
-      }
+      const inits: SamplingParamsInit[] = [{ temperature: 0 }, { temperature: 1 }, { temperature: 0.7, logprobs: 1 }, { temperature: 0.8, topK: 50, topP: 0.9, minP: 0.05, logprobs: 5 }, { temperature: 1, topP: 0.95 }];
+      await timeSamplerSteps(gpu, t, N, V, inits, (init) => Array.from({ length: N }, (_, i) => ({ logitsRow: i, state: twinStates(init, i, 0)[0] })));
     });
   });
 
