@@ -16,6 +16,8 @@ bash "$shared/device/pack.sh" >/dev/null
 rm -rf .devslim
 cp -r .device .devslim
 sed -i 's#/\.device#/.devslim#g; s#\.device/node_modules#.devslim/node_modules#g' .devslim/boot.sh
+# source maps and declarations are not needed to run: ~2 MiB of the carry limit (npm run build:ts remakes them)
+find dist \( -name '*.map' -o -name '*.d.ts' \) -delete
 k=.devslim/node_modules/koffi
 find "$k" -mindepth 1 -maxdepth 1 ! -name build ! -name package.json ! -name index.js ! -name indirect.js ! -name index.d.ts ! -name LICENSE.txt -exec rm -rf {} +
 grep -qxF '/.devslim/' .git/info/exclude 2>/dev/null || echo '/.devslim/' >> .git/info/exclude
