@@ -6,7 +6,8 @@
 #   1. correctness: test/gpu/cuda-gemv.test.js (ring GEMV and fusedLinear against the CPU reference and the separate
 #      ops), then every golden model fixture with PEREGRINE_GEMV=ring (fused layers end to end)
 #   2. per linear: ops-bench --gemv (cuBLASLt, register GEMV and ring GEMV, us and % of copy bandwidth)
-#   3. the step: bench latency at batch 1 and 8, default / ring / ring + PDL, twice, alternating
+#   3. the step: bench latency at batch 1 and 8, default / ring / ring + PDL, twice, alternating; FP8 without /
+#      with PDL and with every FP8 decode linear on the decode GEMV (PEREGRINE_QGEMV_FP8_MAX_N)
 set -u
 cd "$(dirname "$0")/.."
 b() { local s; s=$(date +%s); timeout "$1" "${@:2}"; echo "[exit $? after $(( $(date +%s) - s )) s]"; }
@@ -18,5 +19,12 @@ for r in 1 2; do
   for v in "PEREGRINE_GEMV=default" "PEREGRINE_GEMV=ring" "PEREGRINE_GEMV=ring PEREGRINE_PDL=1"; do
     echo "== $v (run $r)"
     env $v timeout 120 $L 2>&1 | grep -E '^\| (1|8|128) '
+  done
+done
+# FP8: every decode linear on the ring GEMV (qgemv) instead of quant_fp8_mma for qkv / gate_up, with and without PDL
+for r in 1 2; do
+  for v in "PEREGRINE_PDL=0" "PEREGRINE_PDL=1" "PEREGRINE_PDL=1 PEREGRINE_QGEMV_FP8_MAX_N=1000000"; do
+    echo "== fp8 $v (run $r)"
+    env $v timeout 120 $L --quantization fp8 2>&1 | grep -E '^\| (1|8|128) '
   done
 done

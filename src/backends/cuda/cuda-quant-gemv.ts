@@ -63,7 +63,18 @@ export const quantFastPolicy = {
   maxM: envMaxM(),
   /** rmsNormFp8 (the fused norm) and quant_fp8_rows (one-pass activation quantization) */
   fused: envFlag('PEREGRINE_QUANT_FAST'),
+  /**
+   * fp8 with quantized x: the decode GEMV up to this many weight rows, quant_fp8_mma above
+   * (PEREGRINE_QGEMV_FP8_MAX_N; default QGEMV_FP8_MAX_N, measured without PDL: under PEREGRINE_PDL=1 the decode
+   * GEMV loads its first weights early and quant_fp8_mma does not, so the A/B is worth repeating there)
+   */
+  fp8MaxN: envCount('PEREGRINE_QGEMV_FP8_MAX_N', QGEMV_FP8_MAX_N),
 };
+
+function envCount(name: string, fallback: number): number {
+  const n = Number(process.env[name] ?? fallback);
+  return Number.isInteger(n) && n >= 0 ? n : fallback;
+}
 
 /** Bytes between rows of x in the kernel's shared memory (qg_x_stride): fp8 and dense = 64 mod 128, int = 16 mod 128. */
 export function qgemvXStride(kind: QgemvKind, K: number): number {

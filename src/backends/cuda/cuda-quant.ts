@@ -24,7 +24,7 @@ import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { QuantGemm, type Fp8Scaling, type OutDtype } from './cuda-quant-gemm.js';
-import { QGEMV_FP8_MAX_N, QGEMV_PARAMS, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
+import { QGEMV_PARAMS, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check } from './driver.js';
 import type { Kernel, ParamKind } from './module.js';
@@ -287,7 +287,7 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
   }
   if (can.qgemv && quantFastPolicy.qgemv && numTokens <= quantFastPolicy.maxM) {
     const quantized = hasXq || numTokens > QGEMV_FP8_QUANT_MAX_M;
-    if (w.kind !== 'fp8' || !quantized || w.shape[0] <= QGEMV_FP8_MAX_N || !can.mma) return 'qgemv';
+    if (w.kind !== 'fp8' || !quantized || w.shape[0] <= quantFastPolicy.fp8MaxN || !can.mma) return 'qgemv';
     return 'mma';
   }
   if (w.kind === 'fp8') return can.mma && numTokens <= FP8_MMA_MAX_M ? 'mma' : can.cublas ? 'cublas' : 'dequant';
