@@ -13,6 +13,7 @@ import { ModelRunner, type RunnerEntry } from '../src/runner/model-runner.js';
 import { makeSamplingParams, type SamplingParamsInit } from '../src/sampling/params.js';
 import type { SampleResult } from '../src/sampling/sampler.js';
 import { fixtureDir } from './helpers/golden.js';
+import { executeSteps, launchSteps } from './helpers/runner-steps.js';
 
 const BLOCK = 16;
 
@@ -71,43 +72,17 @@ function makeSeqs(): Sequence[] {
   });
 }
 
-/** One step over every sequence: the whole prompt at first, then one token each. */
-function entriesOf(seqs: readonly Sequence[]): Array<{ seq: Sequence; numNewTokens: number }> {
-  return seqs.map((seq) => ({ seq, numNewTokens: seq.numTokens - seq.numCachedTokens }));
-}
-
 test('launch: step n+1 reads step n\'s samples as placeholders and gives the synchronous tokens', async () => {
   const NUM_STEPS = 6;
   const sync = makeRunner();
   const syncSeqs = makeSeqs();
-  for (let s = 0; s < NUM_STEPS; s++) {
-    const entries = entriesOf(syncSeqs);
-    const results = await sync.execute({ entries });
-    entries.forEach(({ seq, numNewTokens }, i) => {
-      seq.numCachedTokens += numNewTokens;
-      seq.appendToken(results[i]!.tokenId);
-    });
-  }
+  await executeSteps(sync, syncSeqs, NUM_STEPS);
 
   const runner = makeRunner();
   const seqs = makeSeqs();
-  let inflight: { entries: ReturnType<typeof entriesOf>; collect: () => Promise<Array<SampleResult | null>> } | null = null;
-  const collect = async (step: NonNullable<typeof inflight>) => {
-    const results = await step.collect();
-    step.entries.forEach(({ seq }, i) => seq.fillPlaceholder(results[i]!.tokenId));
-  };
-  for (let s = 0; s < NUM_STEPS; s++) {
-    const entries = entriesOf(seqs);
-    const launched = await runner.launch({ entries });
-    entries.forEach(({ seq, numNewTokens }, i) => {
-      seq.numCachedTokens += numNewTokens;
-      seq.appendPlaceholder(i);
-    });
-    if (inflight) await collect(inflight);
-    inflight = { entries, collect: launched.collect };
+  await launchSteps(runner, seqs, NUM_STEPS, (s) => {
     if (s > 0) assert.ok(seqs.every((seq) => seq.numPendingTokens === 1), 'the newest token of each is in flight');
-  }
-  await collect(inflight!);
+  });
   seqs.forEach((seq, i) => {
     assert.equal(seq.numOutputTokens, NUM_STEPS);
     assert.deepEqual(seq.outputTokenIds, syncSeqs[i]!.outputTokenIds, `sequence ${i}`);

@@ -11,6 +11,7 @@ import { loadModel } from '../src/models/load-model.js';
 import { ModelRunner } from '../src/runner/model-runner.js';
 import { makeSamplingParams, type SamplingParamsInit } from '../src/sampling/params.js';
 import { graphRecordingBackend } from './helpers/graph-recording-backend.js';
+import { entriesOf, executeSteps, launchSteps } from './helpers/runner-steps.js';
 import { writeTinyLlama } from './helpers/tiny-checkpoint.js';
 
 const BLOCK = 16;
@@ -36,30 +37,31 @@ function makeSeqs(): Sequence[] {
   });
 }
 
-function entriesOf(seqs: readonly Sequence[]) {
-  return seqs.map((seq) => ({ seq, numNewTokens: seq.numTokens - seq.numCachedTokens }));
-}
-
 /** prefill, then `steps` decode steps of every sequence through execute; returns the output ids */
 async function runSync(runner: ModelRunner, steps: number): Promise<number[][]> {
   const seqs = makeSeqs();
-  for (let s = 0; s <= steps; s++) {
-    const entries = entriesOf(seqs);
-    const results = await runner.execute({ entries });
-    entries.forEach(({ seq, numNewTokens }, i) => {
-      seq.numCachedTokens += numNewTokens;
-      seq.appendToken(results[i]!.tokenId);
-    });
-  }
+  await executeSteps(runner, seqs, steps + 1);
   return seqs.map((seq) => [...seq.outputTokenIds]);
 }
 
 const STEPS = 12; // the long sequence goes from 505 to 517 tokens: two context buckets
 
+let plain: Promise<number[][]> | null = null;
+/** the output ids of the same steps on a runner without graphs (run once, shared by the tests) */
+function plainTokens(): Promise<number[][]> {
+  plain ??= (async () => {
+    const runner = makeRunner(new CpuBackend());
+    try {
+      return await runSync(runner, STEPS);
+    } finally {
+      runner.dispose();
+    }
+  })();
+  return plain;
+}
+
 test('decode graphs (recorded on the CPU): captured per batch and context bucket, replayed each step, the same tokens as without graphs', async () => {
-  const plain = makeRunner(new CpuBackend());
-  const expected = await runSync(plain, STEPS);
-  plain.dispose();
+  const expected = await plainTokens();
 
   const { backend, stats } = graphRecordingBackend();
   const runner = makeRunner(backend);
@@ -73,29 +75,12 @@ test('decode graphs (recorded on the CPU): captured per batch and context bucket
 });
 
 test('decode graphs with async launch / collect: placeholders gathered inside the graph, the synchronous tokens', async () => {
-  const plain = makeRunner(new CpuBackend());
-  const expected = await runSync(plain, STEPS);
-  plain.dispose();
+  const expected = await plainTokens();
 
   const { backend, stats } = graphRecordingBackend();
   const runner = makeRunner(backend);
   const seqs = makeSeqs();
-  let inflight: { entries: ReturnType<typeof entriesOf>; collect: () => Promise<unknown[]> } | null = null;
-  const collect = async (step: NonNullable<typeof inflight>) => {
-    const results = (await step.collect()) as Array<{ tokenId: number }>;
-    step.entries.forEach(({ seq }, i) => seq.fillPlaceholder(results[i]!.tokenId));
-  };
-  for (let s = 0; s <= STEPS; s++) {
-    const entries = entriesOf(seqs);
-    const launched = await runner.launch({ entries });
-    entries.forEach(({ seq, numNewTokens }, i) => {
-      seq.numCachedTokens += numNewTokens;
-      seq.appendPlaceholder(i);
-    });
-    if (inflight) await collect(inflight);
-    inflight = { entries, collect: launched.collect };
-  }
-  await collect(inflight!);
+  await launchSteps(runner, seqs, STEPS + 1);
   assert.deepEqual(seqs.map((seq) => [...seq.outputTokenIds]), expected);
   assert.equal(stats.replays, STEPS);
   runner.dispose();
@@ -114,10 +99,10 @@ test('the recording backend enforces CUDA capture rules: no upload, download or 
 });
 
 test('captureDecodeGraphs: every batch bucket at the first context bucket, up front; decoding then only captures longer contexts; same tokens', async () => {
-  const plain = makeRunner(new CpuBackend());
-  const expected = await runSync(plain, STEPS);
-  assert.equal(await plain.captureDecodeGraphs(), 0, 'a backend without graphs captures nothing');
-  plain.dispose();
+  const expected = await plainTokens();
+  const noGraphs = makeRunner(new CpuBackend());
+  assert.equal(await noGraphs.captureDecodeGraphs(), 0, 'a backend without graphs captures nothing');
+  noGraphs.dispose();
 
   const { backend, stats } = graphRecordingBackend();
   const runner = makeRunner(backend);
