@@ -17,6 +17,7 @@
  * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit.
  * PEREGRINE_GEMV=ring: cuda-ring-gemv.ts takes linears of <= 8 rows first (to be measured, NOTES.md).
  */
+import { BIAS_KIND } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { DevicePtr } from './driver.js';
 import type { CudaKernels } from './kernels.js';
@@ -36,8 +37,6 @@ const CHUNK_K = 32;
 /** warps per block at most (kernels/gemv.cu: PGN_GEMV_MAX_THREADS / 32); the fastest plan measured */
 const MAX_WARPS = 8;
 const DEFAULT_UNROLL = 4;
-/** the kernels' biasKind (quant.cuh's too) */
-export const BIAS_KIND = { f32: 1, bf16: 2, f16: 3 } as const;
 // (out, x, w, bias, M, N, K, biasKind)
 const GEMV_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32'];
 

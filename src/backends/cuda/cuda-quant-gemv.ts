@@ -19,6 +19,10 @@ export type QgemvKind = QuantizedWeight['kind'] | 'dense';
 /** qgemv_<kind>_<dtype>(out, x, xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale) */
 export const QGEMV_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32'];
 
+/** out dtype and bias dtype codes of the kernels (quant.cuh outKind / biasKind; gemv.cu's biasKind too; 0 = no bias) */
+export const OUT_KIND = { f32: 0, bf16: 1, f16: 2 } as const;
+export const BIAS_KIND = { f32: 1, bf16: 2, f16: 3 } as const;
+
 /** tokens one launch takes (the mma's n8) */
 export const QGEMV_MAX_M = 8;
 /**

@@ -24,7 +24,7 @@ import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { QuantGemm, type Fp8Scaling, type OutDtype } from './cuda-quant-gemm.js';
-import { QGEMV_PARAMS, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
+import { BIAS_KIND, OUT_KIND, QGEMV_PARAMS, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
 import { asCuda, type CudaTensor } from './cuda-tensor.js';
 import { check } from './driver.js';
 import type { Kernel, ParamKind } from './module.js';
@@ -61,8 +61,6 @@ const KIND_CODE = { fp8: 0, int8: 1, int4: 2 } as const;
 const VALUES_PER_WORD = { fp8: 4, int8: 4, int4: 8 } as const;
 /** values per 16-byte chunk of a GEMV lane */
 const GEMV_CHUNK = { int8: 16, int4: 32 } as const;
-const OUT_KIND: Record<OutDtype, number> = { f32: 0, bf16: 1, f16: 2 };
-const BIAS_KIND: Record<OutDtype, number> = { f32: 1, bf16: 2, f16: 3 };
 
 const p = 'ptr' as const, i32 = 'i32' as const, i64 = 'i64' as const, u32 = 'u32' as const, f32 = 'f32' as const;
 /** parameter lists of kernels/quant.cu, by kernel name prefix */

@@ -9,14 +9,12 @@
  * Queues one kernel: no allocation, no host sync, so it may be captured in a CUDA graph.
  */
 import type { LinearFusion } from '../backend.js';
-import { BIAS_KIND, gemvArgsOf, gemvPolicy, type GemvArgs, type GemvContext } from './cuda-gemv.js';
-import { QGEMV_MAX_M, QGEMV_THREADS, qgemvChunkM, qgemvGrid, qgemvSharedBytes } from './cuda-quant-gemv.js';
+import { gemvArgsOf, gemvPolicy, type GemvArgs, type GemvContext } from './cuda-gemv.js';
+import { BIAS_KIND, OUT_KIND, QGEMV_MAX_M, QGEMV_THREADS, qgemvChunkM, qgemvGrid, qgemvSharedBytes } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { DevicePtr } from './driver.js';
 import type { ParamKind } from './module.js';
 
-/** quant.cuh's outKind */
-const OUT_KIND = { f32: 0, bf16: 1, f16: 2 } as const;
 // qgemv_dense_<prologue>_<dtype>(out, x, w, bias, normWeight, M, N, K, outKind, biasKind, eps, weightOffset, accumulate)
 const RING_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'f32', 'i32'];
 
