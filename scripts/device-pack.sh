@@ -10,6 +10,8 @@ set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
 shared=${PEREGRINE_SHARED:-$root/../shared}
+# a clean dist: tsc leaves the output of deleted sources behind (a removed GPU suite would still run)
+rm -rf dist
 npm run build:ts >/dev/null
 PEREGRINE_KERNEL_ARCHS=90a npm run build:kernels
 bash "$shared/device/pack.sh" >/dev/null

@@ -45,15 +45,16 @@ test('CUlaunchConfig and CUlaunchAttribute bytes follow cuda.h', () => {
   assert.ok(new Uint8Array(attr.buffer, 12).every((b) => b === 0), 'the rest of the value union is zero');
 });
 
-test('PEREGRINE_PDL=1 turns PDL on; anything else leaves it off; the process reads it once', () => {
-  assert.equal(pdlRequestedIn({ PEREGRINE_PDL: '1' }), true);
-  for (const v of [undefined, '', '0', 'true', 'yes', ' 1']) assert.equal(pdlRequestedIn({ PEREGRINE_PDL: v }), false, `PEREGRINE_PDL=${v}`);
+test('PEREGRINE_PDL=0 turns PDL off, =1 forces it (warning where unsupported), anything else is auto; the process reads it once', () => {
+  assert.equal(pdlRequestedIn({ PEREGRINE_PDL: '1' }), 'forced');
+  assert.equal(pdlRequestedIn({ PEREGRINE_PDL: '0' }), 'off');
+  for (const v of [undefined, '', 'true', 'yes', ' 1', ' 0']) assert.equal(pdlRequestedIn({ PEREGRINE_PDL: v }), 'auto', `PEREGRINE_PDL=${v}`);
   const before = process.env.PEREGRINE_PDL;
   delete process.env.PEREGRINE_PDL;
   try {
-    assert.equal(pdlRequested(), false);
-    process.env.PEREGRINE_PDL = '1';
-    assert.equal(pdlRequested(), false, 'read once, at the first launch setup');
+    assert.equal(pdlRequested(), 'auto');
+    process.env.PEREGRINE_PDL = '0';
+    assert.equal(pdlRequested(), 'auto', 'read once, at the first launch setup');
   } finally {
     if (before === undefined) delete process.env.PEREGRINE_PDL;
     else process.env.PEREGRINE_PDL = before;
@@ -135,6 +136,18 @@ test('with PDL, launches carry the attribute, the same grid, stream and paramete
   assert.deepEqual(warnings, []);
 });
 
+test('right after a cuBLASLt matmul (stream.afterLibraryKernel) our next kernel launches plainly, the one after with PDL', () => {
+  const { drv, calls } = fakeDriver();
+  const k = new Kernel(drv, {}, 'add_bf16', ['ptr', 'ptr', 'ptr', 'i64', 'i32'], new PdlLaunch(drv, () => {}));
+  const s = { handle: stream.handle, afterLibraryKernel: false } as unknown as CudaStream;
+  k.launch(1, 32, 0, s, [1, 2, 3, 4, 1]);
+  s.afterLibraryKernel = true; // as LtPlans.matmul leaves it
+  k.launch(1, 32, 0, s, [1, 2, 3, 4, 1]);
+  assert.equal(s.afterLibraryKernel, false);
+  k.launch(1, 32, 0, s, [1, 2, 3, 4, 1]);
+  assert.deepEqual(calls.map((c) => c.fn), ['cuLaunchKernelEx', 'cuLaunchKernel', 'cuLaunchKernelEx']);
+});
+
 test('a failing first PDL launch falls back to cuLaunchKernel for good, with one warning', () => {
   const { drv, calls } = fakeDriver([1]);
   const warnings: string[] = [];
@@ -144,7 +157,7 @@ test('a failing first PDL launch falls back to cuLaunchKernel for good, with one
   k.launch(1, 512, 0, stream, [0x2000]);
   assert.deepEqual(calls.map((c) => c.fn), ['cuLaunchKernelEx', 'cuLaunchKernel', 'cuLaunchKernel']);
   assert.equal(warnings.length, 1);
-  assert.match(warnings[0]!, /PEREGRINE_PDL=1: the first PDL launch \(cuLaunchKernelEx of sample_rows\) failed with CUDA_ERROR_INVALID_VALUE \(1\).*without PDL/);
+  assert.match(warnings[0]!, /^PDL: the first PDL launch \(cuLaunchKernelEx of sample_rows\) failed with CUDA_ERROR_INVALID_VALUE \(1\).*without PDL/);
   assert.equal(pdl.active, false);
 });
 
@@ -156,16 +169,17 @@ test('a PDL launch failing later is a PGN_ERR_CUDA naming cuLaunchKernelEx and t
     /cuLaunchKernelEx\(attn_decode_bf16_d128_h4, grid \[8, 2, 1\], block \[128, 1, 1\], 0 B shared\) failed: CUDA_ERROR_INVALID_VALUE/.test(e.message));
 });
 
-test('forCurrentContext: off unless asked; asked on an unsupported GPU or driver, off with a warning', () => {
+test('forCurrentContext: on where supported unless turned off; unsupported: off, with a warning only when forced', () => {
   const lines: string[] = [];
-  assert.equal(PdlLaunch.forCurrentContext(fakeDriver().drv, (l) => lines.push(l), false), null);
-  assert.equal(lines.length, 0);
-  assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { cc: 89 }).drv, (l) => lines.push(l), true), null);
-  assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { version: 12020 }).drv, (l) => lines.push(l), true), null);
-  assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { hasEx: false }).drv, (l) => lines.push(l), true), null);
-  assert.equal(lines.length, 3);
+  assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { cc: 90 }).drv, (l) => lines.push(l), 'off'), null);
+  for (const setting of ['auto', 'forced'] as const) {
+    assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { cc: 89 }).drv, (l) => lines.push(l), setting), null);
+    assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { version: 12020 }).drv, (l) => lines.push(l), setting), null);
+    assert.equal(PdlLaunch.forCurrentContext(fakeDriver([], { hasEx: false }).drv, (l) => lines.push(l), setting), null);
+    assert.equal(lines.length, setting === 'auto' ? 0 : 3, `${setting}: warnings`);
+    assert.ok(PdlLaunch.forCurrentContext(fakeDriver([], { cc: 90 }).drv, (l) => lines.push(l), setting) instanceof PdlLaunch, setting);
+  }
   assert.match(lines[0]!, /^PEREGRINE_PDL=1 ignored: the GPU is sm_89/);
-  assert.ok(PdlLaunch.forCurrentContext(fakeDriver([], { cc: 90 }).drv, (l) => lines.push(l), true) instanceof PdlLaunch);
   assert.equal(lines.length, 3);
 });
 

@@ -162,6 +162,7 @@ export class LtPlans {
 
   /** Queues out = x @ w^T with `plan` on `stream` (out is both C and D); answers cuBLASLt's status. */
   matmul(plan: LtPlan, w: DevicePtr, x: DevicePtr, out: DevicePtr, stream: CudaStream): number {
+    stream.afterLibraryKernel = true;
     return this.#lt.cublasLtMatmul(
       this.#handle, plan.desc, this.#alpha, w, plan.layouts[0], x, plan.layouts[1], this.#beta,
       out, plan.layouts[2], out, plan.layouts[2], plan.algo, this.workspace, plan.workspaceBytes, stream.handle,

@@ -7,13 +7,13 @@
  * no marshalling of arrays. cuLaunchKernel copies the values, so reusing the buffer
  * is safe, also while a stream is being captured into a graph.
  *
- * With PEREGRINE_PDL=1 (sm_90+), launches go through cuLaunchKernelEx with programmatic
+ * With PDL (pdl.ts: sm_90+, CUDA 12.3+, unless PEREGRINE_PDL=0), launches go through cuLaunchKernelEx with programmatic
  * dependent launch instead (pdl.ts); without it, cuLaunchKernel exactly as before.
  */
 import koffi from 'koffi';
 import { PeregrineError } from '../../errors.js';
 import { check, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, out, type Driver, type Handle } from './driver.js';
-import { PdlLaunch } from './pdl.js';
+import { PDL_AFTER_CUBLAS, PdlLaunch } from './pdl.js';
 import type { CudaStream } from './stream.js';
 
 /** How a kernel parameter is passed: device pointers and i64 take 8 bytes, the rest 4. */
@@ -40,7 +40,7 @@ export class CudaModule {
     return new CudaModule(drv, handle, PdlLaunch.forCurrentContext(drv));
   }
 
-  /** Whether this module's kernels launch with PDL (PEREGRINE_PDL=1, and a PDL launch has succeeded). */
+  /** Whether this module's kernels launch with PDL (sm_90+, not PEREGRINE_PDL=0, and a PDL launch has succeeded). */
   get pdlActive(): boolean {
     return this.#pdl?.active ?? false;
   }
@@ -137,7 +137,8 @@ export class Kernel {
         case 'f32': v.setFloat32(o, a, true); break;
       }
     }
-    const pdlRc = this.#pdl ? this.#pdl.launch(this.#fn, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, this.#table, this.name) : null;
+    const pdlRc = this.#pdl && !(stream.afterLibraryKernel && !PDL_AFTER_CUBLAS) ? this.#pdl.launch(this.#fn, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, this.#table, this.name) : null;
+    stream.afterLibraryKernel = false;
     const rc = pdlRc ?? this.#drv.cuLaunchKernel(this.#fn, gx, gy, gz, bx, by, bz, sharedBytes, stream.handle, this.#table, null);
     if (rc !== 0) check(this.#drv, rc, `${pdlRc === null ? 'cuLaunchKernel' : 'cuLaunchKernelEx'}(${this.name}, grid [${gx}, ${gy}, ${gz}], block [${bx}, ${by}, ${bz}], ${sharedBytes} B shared)`);
   }

@@ -1,9 +1,14 @@
 /**
- * Programmatic dependent launch (PDL, issue 3). With PEREGRINE_PDL=1 kernels are launched through
+ * Programmatic dependent launch (PDL, issue 3). Kernels are launched through
  * cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: kernel n+1 may be
  * scheduled while kernel n drains, and its first statement, PGN_PDL_WAIT() (kernels/common.cuh),
  * holds it until kernel n's writes are visible. Stream capture records these launches as
- * programmatic graph edges (CUDA 12.3+). Off by default; only on sm_90+ with a 12.3+ driver.
+ * programmatic graph edges (CUDA 12.3+). On by default where sm_90+ and a 12.3+ driver allow it;
+ * PEREGRINE_PDL=0 turns it off, PEREGRINE_PDL=1 also warns where it cannot be used. Our kernel right after
+ * a cuBLASLt matmul launches plainly (CudaStream.afterLibraryKernel): with PDL there, BF16 decode was 2-3%
+ * slower. Measured 2026-11-28 (H100, 8B, bench/pdl-ab.sh, two alternating runs, off -> on): BF16 batch 1
+ * 6.24-6.41 -> 6.25-6.26 ms, batch 8 6.48-6.68 -> 6.38, prefill 128 7.85-8.12 -> 7.86-7.89; FP8 batch 1
+ * 4.08-4.13 -> 4.00-4.11, batch 8 4.34 -> 4.24-4.27 (an earlier call: batch 1 4.21-4.23 -> 4.01-4.06).
  *
  * A module's PdlLaunch owns one native CUlaunchConfig and its single attribute, rewritten in place
  * for each launch (no allocation; the driver reads them during the call). If the first PDL launch
@@ -13,6 +18,11 @@ import koffi from 'koffi';
 import { CU_DEVICE_ATTRIBUTE, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, CUDA_SUCCESS, describeCudaError, out, type Driver, type Handle } from './driver.js';
 
 export const PDL_ENV = 'PEREGRINE_PDL';
+/**
+ * PEREGRINE_PDL_AFTER_CUBLAS=1: our kernel right after a cuBLASLt matmul launches with PDL too (an A/B knob);
+ * by default it launches plainly (CudaStream.afterLibraryKernel), waiting for the matmul as without PDL.
+ */
+export const PDL_AFTER_CUBLAS = process.env.PEREGRINE_PDL_AFTER_CUBLAS === '1';
 /** CUDA 12.3: the first driver whose stream capture keeps programmatic dependencies */
 export const PDL_MIN_DRIVER_VERSION = 12030;
 /** griddepcontrol needs sm_90; the kernels of older targets are built without it */
@@ -26,14 +36,16 @@ export const LAUNCH_CONFIG = {
 /** Byte offsets of CUlaunchAttribute: id (u32), 4 pad bytes, the 64-byte CUlaunchAttributeValue union. */
 export const LAUNCH_ATTRIBUTE = { id: 0, value: 8, valueBytes: 64, sizeBytes: 72 } as const;
 
-/** Whether `env` asks for PDL (PEREGRINE_PDL=1; anything else is off). */
-export function pdlRequestedIn(env: NodeJS.ProcessEnv): boolean {
-  return env[PDL_ENV] === '1';
+/** What `env` asks for: 'off' (PEREGRINE_PDL=0), 'forced' (=1: warn where unsupported), else 'auto' (on where supported). */
+export type PdlSetting = 'off' | 'auto' | 'forced';
+export function pdlRequestedIn(env: NodeJS.ProcessEnv): PdlSetting {
+  const v = env[PDL_ENV];
+  return v === '0' ? 'off' : v === '1' ? 'forced' : 'auto';
 }
 
-let requested: boolean | undefined;
+let requested: PdlSetting | undefined;
 /** pdlRequestedIn(process.env), read once per process. */
-export function pdlRequested(): boolean {
+export function pdlRequested(): PdlSetting {
   requested ??= pdlRequestedIn(process.env);
   return requested;
 }
@@ -103,17 +115,17 @@ export class PdlLaunch {
   }
 
   /**
-   * PDL for the current context's GPU when PEREGRINE_PDL=1 asks for it and driver and GPU support
-   * it; else null (with a one-line warning when it was asked for).
+   * PDL for the current context's GPU unless PEREGRINE_PDL=0, where driver and GPU support it; else
+   * null (with a one-line warning when PEREGRINE_PDL=1 asked for it).
    */
   static forCurrentContext(drv: Driver, warn: Warn = toStderr, requested = pdlRequested()): PdlLaunch | null {
-    if (!requested) return null;
+    if (requested === 'off') return null;
     const device = out<number>((b) => drv.cuCtxGetDevice(b), drv, 'cuCtxGetDevice', 0);
     const attr = (a: number) => out<number>((b) => drv.cuDeviceGetAttribute(b, a, device), drv, 'cuDeviceGetAttribute', 0);
     const version = out<number>((b) => drv.cuDriverGetVersion(b), drv, 'cuDriverGetVersion', 0);
     const why = pdlUnsupportedReason(drv.cuLaunchKernelEx !== null, version, attr(CU_DEVICE_ATTRIBUTE.COMPUTE_CAPABILITY_MAJOR), attr(CU_DEVICE_ATTRIBUTE.COMPUTE_CAPABILITY_MINOR));
     if (why !== null) {
-      warn(`${PDL_ENV}=1 ignored: ${why}`);
+      if (requested === 'forced') warn(`${PDL_ENV}=1 ignored: ${why}`);
       return null;
     }
     return new PdlLaunch(drv, warn);
@@ -140,7 +152,7 @@ export class PdlLaunch {
     if (this.#state === 'untried') {
       if (rc !== CUDA_SUCCESS) {
         this.#state = 'off';
-        this.#warn(`${PDL_ENV}=1: the first PDL launch (cuLaunchKernelEx of ${kernelName}) failed with ${describeCudaError(this.#drv, rc)}; launching without PDL from now on`);
+        this.#warn(`PDL: the first PDL launch (cuLaunchKernelEx of ${kernelName}) failed with ${describeCudaError(this.#drv, rc)}; launching without PDL from now on`);
         return null;
       }
       this.#state = 'on';

@@ -20,6 +20,12 @@ export class CudaStream {
     check(this.#drv, this.#drv.cuStreamWaitEvent(this.handle, event.handle, 0), 'cuStreamWaitEvent');
   }
 
+  /**
+   * Whether the last launch queued here was a library kernel (cuBLASLt) rather than one of ours: the next of ours
+   * launches without PDL unless PEREGRINE_PDL_AFTER_CUBLAS=1 (pdl.ts). Set by LtPlans.matmul, cleared by Kernel.launch.
+   */
+  afterLibraryKernel = false;
+
   get isCapturing(): boolean {
     return out<number>((b) => this.#drv.cuStreamIsCapturing(this.handle, b), this.#drv, 'cuStreamIsCapturing', 0) !== 0;
   }

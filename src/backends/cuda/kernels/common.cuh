@@ -11,7 +11,7 @@ typedef __half f16;
 #define PGN_LOG2E 1.4426950408889634f
 #define PGN_NEG_INF (-__int_as_float(0x7f800000))
 
-// Programmatic dependent launch (sm_90+; module.ts launches with it under PEREGRINE_PDL=1): a kernel
+// Programmatic dependent launch (sm_90+; module.ts launches with it unless PEREGRINE_PDL=0): a kernel
 // may be scheduled while the previous one runs. PGN_PDL_WAIT(), early in every kernel, blocks until the
 // previous grid has completed and its writes are visible: before it a kernel may only read what no
 // earlier kernel of the step writes (the decode GEMVs load their first weights there). It then lets the
