@@ -8,7 +8,7 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AttentionParams } from '../../src/backends/backend.js';
-import { decodePlan } from '../../src/backends/cuda/cuda-attention.js';
+import { decodePlan, decodeTcApplies } from '../../src/backends/cuda/cuda-attention.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { ATTENTION_TOL, checkGraphRuns, pagedBatch, type AttentionCase } from './attention-cases.js';
 import { Harness, openCuda, SEED, type Pair } from './cuda-harness.js';
@@ -129,6 +129,34 @@ if (!gpu) {
         await check({ ...c, replays: true });
       }
       assert.ok(splits.has(2) && splits.has(128) && splits.size >= 5, `split counts ${[...splits].join(', ')}`);
+    });
+
+    test('tensor-core GQA decode (PEREGRINE_DECODE_ATTN=tc): head sizes 64-128, groups 2-16, window, ALiBi, soft-capping, f16, splits with graph replays', async () => {
+      const before = process.env.PEREGRINE_DECODE_ATTN;
+      process.env.PEREGRINE_DECODE_ATTN = 'tc';
+      try {
+        const seqs = [[1, 1], [1, 17], [1, 300], [1, 2100], [1, 999]] as const;
+        for (const headDim of [64, 80, 96, 128]) {
+          for (const [numHeads, numKvHeads] of [[8, 2], [32, 8], [6, 3], [12, 1], [16, 1]] as const) {
+            assert.ok(decodeTcApplies(numHeads, numKvHeads, headDim));
+            await check({ headDim, numHeads, numKvHeads, seqs });
+          }
+        }
+        await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 4000], [1, 5]], dtype: 'f16' });
+        await check({ headDim: 128, numHeads: 8, numKvHeads: 2, seqs, slidingWindow: 100 });
+        await check({ headDim: 128, numHeads: 8, numKvHeads: 2, seqs, alibi: true, softcap: 30 });
+        await check({ headDim: 64, numHeads: 12, numKvHeads: 4, seqs, alibi: true, blockSize: 32 });
+        for (const c of [
+          { headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 150]], maxSeqlenK: 512 },
+          { headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 5000], [1, 3]], maxSeqlenK: 8192 },
+          { headDim: 96, numHeads: 6, numKvHeads: 3, seqs: [[1, 999], [1, 400]], maxSeqlenK: 2048, slidingWindow: 300 },
+        ] satisfies Case[]) {
+          await check({ ...c, replays: true });
+        }
+      } finally {
+        if (before === undefined) delete process.env.PEREGRINE_DECODE_ATTN;
+        else process.env.PEREGRINE_DECODE_ATTN = before;
+      }
     });
 
     test('other head sizes run the generic kernel: prefill, decode, window, ALiBi, softcap', async () => {

@@ -44,6 +44,37 @@ const MIN_KEYS_PER_SPLIT = 64;
 /** decode blocks an SM holds: keep in step with PGN_DECODE_MIN_BLOCKS in kernels/attention_decode.cu */
 const decodeBlocksPerSm = (hpb: number): number => (hpb <= 4 ? 4 : 3);
 
+/**
+ * The tensor-core decode kernel (kernels/attention_decode_tc.cu) for grouped-query attention: head sizes it is
+ * built for, and the group sizes (query heads a KV head) it serves in one 16-row MMA tile.
+ * PEREGRINE_DECODE_ATTN=tc selects it where it applies; default: the CUDA-core kernel (attention_decode.cu).
+ */
+const DECODE_TC_HEAD_DIMS: readonly number[] = [64, 80, 96, 128];
+const DECODE_TC_MIN_GROUP = 2;
+const DECODE_TC_MAX_GROUP = 16;
+const DECODE_TC_WARPS = 4;
+/** decode_tc blocks an SM holds (~70 KB of shared memory a block at head size 128) */
+const DECODE_TC_BLOCKS_PER_SM = 3;
+export const decodeTcEnabled = (): boolean => process.env.PEREGRINE_DECODE_ATTN === 'tc';
+
+/** Whether the tensor-core decode kernel serves this head size and GQA group. */
+export function decodeTcApplies(numHeads: number, numKvHeads: number, headDim: number): boolean {
+  const group = numHeads / numKvHeads;
+  return DECODE_TC_HEAD_DIMS.includes(headDim) && group >= DECODE_TC_MIN_GROUP && group <= DECODE_TC_MAX_GROUP;
+}
+
+/**
+ * Dynamic shared memory of attn_decode_tc (keep in step with its layout): Q [16][D+8] T, then per warp two
+ * stages of K and V (T [16][D+8], or fp8 bytes [16][D] plus one converted K and V tile); at least the warps'
+ * f32 accumulators [4][16][D] that the final merge reuses it for.
+ */
+export function decodeTcSharedBytes(headDim: number, elemBytes: number, fp8: boolean): number {
+  const q = 16 * (headDim + 8) * elemBytes;
+  const tile = 16 * (headDim + 8) * elemBytes;
+  const perWarp = fp8 ? 4 * 16 * headDim + 2 * tile : 4 * tile;
+  return q + Math.max(DECODE_TC_WARPS * perWarp, DECODE_TC_WARPS * 16 * headDim * 4);
+}
+
 /** Device scratch for split decode: partial accumulators and (max, sum) pairs. */
 export interface AttentionWorkspace {
   readonly ptr: DevicePtr;
@@ -66,13 +97,14 @@ export function prefillSharedBytes(headDim: number, elemBytes: number, warps: nu
  * once the unsplit grid fills at least half the block slots: measured 2026-11-28 (H100, 8B
  * shape, batch 64, context ~160), 2 splits took 31.3 us a layer and 1 split 23.3.
  */
-export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number) {
+export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number, tensorCores = false) {
   const group = numHeads / numKvHeads;
-  const hpb = HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
+  // the tensor-core kernel serves the whole group in a block
+  const hpb = tensorCores ? group : HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
   const headGroups = Math.ceil(group / hpb);
   const baseBlocks = numSeqs * numKvHeads * headGroups;
   const keys = window > 0 ? Math.min(maxSeqlenK, window) : maxSeqlenK;
-  const slots = decodeBlocksPerSm(hpb) * numSMs;
+  const slots = (tensorCores ? DECODE_TC_BLOCKS_PER_SM : decodeBlocksPerSm(hpb)) * numSMs;
   let numSplits = baseBlocks * 2 > slots ? 1 : Math.min(Math.ceil(slots / baseBlocks), Math.ceil(keys / MIN_KEYS_PER_SPLIT), MAX_SPLITS);
   const bytesPerSplit = numSeqs * numHeads * (headDim + 2) * 4;
   numSplits = Math.max(1, Math.min(numSplits, Math.floor((workspaceBytes - 256) / bytesPerSplit)));
@@ -149,13 +181,19 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   const common = [cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
 
   if (meta.isDecode) {
-    const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes);
+    const tcShared = decodeTcSharedBytes(headDim, bytesPerElement(qkv.dtype), fp8);
+    const tc = decodeTcEnabled() && decodeTcApplies(numHeads, numKvHeads, headDim) && tcShared <= ctx.maxSharedBytesPerBlock;
+    const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes, tc);
     const partialO = ws.ptr;
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
-    ctx.kernels.get(fp8 ? 'attn_decode_fp8' : 'attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
-      [plan.numSplits, numKvHeads * plan.headGroups, numSeqs], DECODE_THREADS, 0, ctx.stream,
-      [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs],
-    );
+    const args = [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs];
+    if (tc) {
+      ctx.kernels.get(fp8 ? 'attn_decode_tc_fp8' : 'attn_decode_tc', `${qkv.dtype}_d${headDim}`).launch(
+        [plan.numSplits, numKvHeads, numSeqs], 32 * DECODE_TC_WARPS, tcShared, ctx.stream, args);
+    } else {
+      ctx.kernels.get(fp8 ? 'attn_decode_fp8' : 'attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
+        [plan.numSplits, numKvHeads * plan.headGroups, numSeqs], DECODE_THREADS, 0, ctx.stream, args);
+    }
     if (plan.numSplits > 1) {
       const threads = Math.max(headDim, Math.ceil(plan.numSplits / 32) * 32);
       ctx.kernels.get('attn_decode_combine', qkv.dtype).launch([numHeads, numSeqs], threads, 0, ctx.stream, [out.ptr, partialO, partialML, cuQ.ptr, numHeads, headDim, plan.numSplits]);

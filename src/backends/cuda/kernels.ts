@@ -54,6 +54,7 @@ export const KERNEL_PARAMS = {
   // (out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,
   //  numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, numSplits)
   attn_decode: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32],
+  attn_decode_tc: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32],
   // (out, partialO, partialML, cuSeqlensQ, numHeads, D, numSplits)
   attn_decode_combine: [ptr, ptr, ptr, ptr, i32, i32, i32],
   // the fp8 KV cache's kernels: the same parameters, then (kScale, vScale)
@@ -61,6 +62,7 @@ export const KERNEL_PARAMS = {
   attn_prefill_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_generic_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_decode_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32, f32, f32],
+  attn_decode_tc_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32, f32, f32],
 } as const satisfies Record<string, readonly ParamKind[]>;
 
 export type KernelFamily = keyof typeof KERNEL_PARAMS;
