@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isPeregrineError } from '../../src/errors.js';
 import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
-import { decodePlan, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
+import { decodePlan, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
@@ -91,6 +91,31 @@ test('decode splits fill the GPU at small batches and fit the workspace', () => 
   assert.ok(tight.partialOBytes + 64 * 32 * tight.numSplits * 8 <= 2 << 20, 'partials fit the workspace');
   assert.equal(prefillSharedBytes(128, 2, 4), (64 + 128) * 136 * 2);
   assert.equal(prefillSharedBytes(256, 2, 8), (128 + 64) * 264 * 2);
+});
+
+test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 3 waves of blocks unless PEREGRINE_DECODE_ATTN says; its shared memory', () => {
+  const before = process.env.PEREGRINE_DECODE_ATTN;
+  try {
+    delete process.env.PEREGRINE_DECODE_ATTN;
+    assert.equal(decodeTcWanted(256, 32, 8, 128, 132), true, 'batch 256 x 8 KV heads: 2048 blocks >= 3 x 396');
+    assert.equal(decodeTcWanted(64, 32, 8, 128, 132), false, 'batch 64: 512 blocks, 1.3 waves');
+    assert.equal(decodeTcWanted(1024, 32, 32, 128, 132), false, 'MHA');
+    assert.equal(decodeTcWanted(1024, 64, 2, 128, 132), false, 'a group of 32');
+    assert.equal(decodeTcWanted(1024, 32, 8, 256, 132), false, 'head size 256');
+    process.env.PEREGRINE_DECODE_ATTN = 'tc';
+    assert.equal(decodeTcWanted(1, 32, 8, 128, 132), true);
+    assert.equal(decodeTcWanted(1, 8, 8, 128, 132), false, 'tc only where it applies');
+    process.env.PEREGRINE_DECODE_ATTN = 'simt';
+    assert.equal(decodeTcWanted(256, 32, 8, 128, 132), false);
+  } finally {
+    if (before === undefined) delete process.env.PEREGRINE_DECODE_ATTN;
+    else process.env.PEREGRINE_DECODE_ATTN = before;
+  }
+  assert.equal(decodePlan(256, 32, 8, 128, 4096, 0, 132, 32 << 20, true).hpb, 4, 'the whole group a block');
+  assert.equal(decodePlan(1, 48, 4, 128, 4096, 0, 132, 32 << 20, true).headGroups, 1);
+  assert.equal(decodeTcSharedBytes(128, 2, false), 16 * 136 * 2 + 4 * 4 * 16 * 136 * 2);
+  assert.equal(decodeTcSharedBytes(128, 2, true), 16 * 136 * 2 + 4 * (4 * 16 * 128 + 2 * 16 * 136 * 2));
+  assert.ok(decodeTcSharedBytes(64, 2, false) >= 16 * 72 * 2 + 4 * 16 * 64 * 4, 'room for the f32 merge');
 });
 
 test('isAvailable answers without throwing; create fails with a typed error when it is false', () => {

@@ -46,8 +46,11 @@ const decodeBlocksPerSm = (hpb: number): number => (hpb <= 4 ? 4 : 3);
 
 /**
  * The tensor-core decode kernel (kernels/attention_decode_tc.cu) for grouped-query attention: head sizes it is
- * built for, and the group sizes (query heads a KV head) it serves in one 16-row MMA tile.
- * PEREGRINE_DECODE_ATTN=tc selects it where it applies; default: the CUDA-core kernel (attention_decode.cu).
+ * built for, and the group sizes (query heads a KV head) it serves in one 16-row MMA tile. By default it runs
+ * where the batch gives it at least DECODE_TC_MIN_WAVES waves of blocks; PEREGRINE_DECODE_ATTN=tc wherever it
+ * applies, =simt never (the CUDA-core kernel, attention_decode.cu). Measured 2026-11-28 (H100, 8B shape, BF16
+ * weights, context ~1000, bench/decode-attn-ab.sh): batch 256 21.43 -> 20.80 ms/step (BF16 KV) and 19.81 ->
+ * 17.73 (FP8 KV); batch 64 (1.3 waves of its blocks) 9.75 -> 10.47 (BF16 KV) and 9.32 -> 9.46; batch 1 equal.
  */
 const DECODE_TC_HEAD_DIMS: readonly number[] = [64, 80, 96, 128];
 const DECODE_TC_MIN_GROUP = 2;
@@ -55,7 +58,14 @@ const DECODE_TC_MAX_GROUP = 16;
 const DECODE_TC_WARPS = 4;
 /** decode_tc blocks an SM holds (~70 KB of shared memory a block at head size 128) */
 const DECODE_TC_BLOCKS_PER_SM = 3;
-export const decodeTcEnabled = (): boolean => process.env.PEREGRINE_DECODE_ATTN === 'tc';
+const DECODE_TC_MIN_WAVES = 3;
+
+/** Whether this decode step runs the tensor-core kernel (PEREGRINE_DECODE_ATTN=tc / simt / unset, read each call). */
+export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number): boolean {
+  const choice = process.env.PEREGRINE_DECODE_ATTN;
+  if (choice === 'simt' || !decodeTcApplies(numHeads, numKvHeads, headDim)) return false;
+  return choice === 'tc' || numSeqs * numKvHeads >= DECODE_TC_MIN_WAVES * DECODE_TC_BLOCKS_PER_SM * numSMs;
+}
 
 /** Whether the tensor-core decode kernel serves this head size and GQA group. */
 export function decodeTcApplies(numHeads: number, numKvHeads: number, headDim: number): boolean {
@@ -182,7 +192,7 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
 
   if (meta.isDecode) {
     const tcShared = decodeTcSharedBytes(headDim, bytesPerElement(qkv.dtype), fp8);
-    const tc = decodeTcEnabled() && decodeTcApplies(numHeads, numKvHeads, headDim) && tcShared <= ctx.maxSharedBytesPerBlock;
+    const tc = decodeTcWanted(numSeqs, numHeads, numKvHeads, headDim, ctx.numSMs) && tcShared <= ctx.maxSharedBytesPerBlock;
     const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes, tc);
     const partialO = ws.ptr;
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
