@@ -24,6 +24,7 @@
 // accumulators need > 128 registers (spills even at 1 key in flight), so 3 blocks an SM and 3 keys
 // in flight: 23.9 ms/step against 19.5 (batch 256, context ~1000): not kept.
 #include "kv_fp8.cuh"
+#include "decode_merge.cuh"
 
 #define PGN_DECODE_WARPS 4
 #define PGN_DECODE_UNROLL 4
@@ -223,30 +224,8 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
   }
   __syncthreads();
 
-  // merge the warps; one thread per (head, d)
-  for (int i = tid; i < nh * D; i += blockDim.x) {
-    const int h = i / D, d = i - h * D;
-    float M = PGN_NEG_INF;
-#pragma unroll
-    for (int w = 0; w < NW; w++) M = fmaxf(M, sm[w][h]);
-    const float mUse = M == PGN_NEG_INF ? 0.f : M;
-    float L = 0.f, A = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; w++) {
-      const float f = exp2f(sm[w][h] - mUse);
-      L += sl[w][h] * f;
-      A += so[w][h][d] * f;
-    }
-    A *= vScale;
-    const int head = h0 + h;
-    if (numSplits == 1) {
-      out[((long long)qRow * numHeads + head) * D + d] = from_f32<T>(L > 0.f ? A / L : 0.f);
-    } else {
-      const long long idx = ((long long)seq * numHeads + head) * numSplits + split;
-      partialO[idx * D + d] = A;
-      if (d == 0) { partialML[2 * idx] = M; partialML[2 * idx + 1] = L; }
-    }
-  }
+  decode_merge_warps<T, NW, HPB>(out, partialO, partialML, sm, sl, &so[0][0][0], nh, h0, D, numHeads, qRow, seq, split,
+                                 numSplits, vScale);
 }
 
 // Grid (numHeads, numSeqs): out = sum_i 2^(m_i - M) acc_i / sum_i 2^(m_i - M) l_i.

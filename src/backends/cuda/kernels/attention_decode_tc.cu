@@ -15,6 +15,7 @@
 // Keep the layout in step with decodeTcSharedBytes in cuda-attention.ts.
 #include "mma.cuh"
 #include "kv_fp8.cuh"
+#include "decode_merge.cuh"
 
 #define PGN_DTC_WARPS 4
 #define PGN_DTC_KEYS 16
@@ -199,29 +200,8 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
     row0[8 * D] = o[i][2]; row0[8 * D + 1] = o[i][3];
   }
   __syncthreads();
-  for (int i = tid; i < group * D; i += blockDim.x) {
-    const int h = i / D, d = i - h * D;
-    float M = PGN_NEG_INF;
-#pragma unroll
-    for (int w = 0; w < NW; w++) M = fmaxf(M, sm[w][h]);
-    const float mUse = M == PGN_NEG_INF ? 0.f : M;
-    float L = 0.f, A = 0.f;
-#pragma unroll
-    for (int w = 0; w < NW; w++) {
-      const float f = exp2f(sm[w][h] - mUse);
-      L += sl[w][h] * f;
-      A += so[(w * 16 + h) * D + d] * f;
-    }
-    A *= vScale;
-    const int head = h0 + h;
-    if (numSplits == 1) {
-      out[((long long)qRow * numHeads + head) * D + d] = from_f32<T>(L > 0.f ? A / L : 0.f);
-    } else {
-      const long long idx = ((long long)seq * numHeads + head) * numSplits + split;
-      partialO[idx * D + d] = A;
-      if (d == 0) { partialML[2 * idx] = M; partialML[2 * idx + 1] = L; }
-    }
-  }
+  decode_merge_warps<T, NW, 16>(out, partialO, partialML, sm, sl, so, group, h0, D, numHeads, qRow, seq, split, numSplits,
+                                vScale);
 }
 
 #define PGN_DECODE_TC(T, S, D)                                                                                   \
