@@ -24,7 +24,7 @@
 // accumulators need > 128 registers (spills even at 1 key in flight), so 3 blocks an SM and 3 keys
 // in flight: 23.9 ms/step against 19.5 (batch 256, context ~1000): not kept.
 #include "kv_fp8.cuh"
-#include "decode_merge.cuh"
+#include "decode_common.cuh"
 
 #define PGN_DECODE_WARPS 4
 #define PGN_DECODE_UNROLL 4
@@ -84,12 +84,8 @@ __device__ void attn_decode(T* out, float* partialO, float* partialML, const T* 
   const int kvHead = blockIdx.y / headGroups;
   const int h0 = kvHead * group + (blockIdx.y - kvHead * headGroups) * HPB;
   const int nh = min(HPB, (kvHead + 1) * group - h0);
-  const int qRow = cuSeqlensQ[seq];
-  const int kvLen = contextLens[seq];
-  const int pos = kvLen - 1;
-  const int kvBegin = window > 0 ? max(0, kvLen - window) : 0;
-  const int splitKeys = (kvLen - kvBegin + numSplits - 1) / numSplits;
-  const int jBegin = kvBegin + split * splitKeys, jEnd = min(jBegin + splitKeys, kvLen);
+  const DecodeKeys keys = decode_split_keys(cuSeqlensQ, contextLens, seq, split, numSplits, window);
+  const int qRow = keys.qRow, pos = keys.pos, jBegin = keys.jBegin, jEnd = keys.jEnd;
   const int qStride = (numHeads + 2 * numKvHeads) * D, kvStride = numKvHeads * D;
   const int* table = blockTables + (long long)seq * maxBlocksPerSeq;
   const bool plain = softcap == 0.f && alibiSlopes == nullptr;

@@ -15,7 +15,7 @@
 // Keep the layout in step with decodeTcSharedBytes in cuda-attention.ts.
 #include "mma.cuh"
 #include "kv_fp8.cuh"
-#include "decode_merge.cuh"
+#include "decode_common.cuh"
 
 #define PGN_DTC_WARPS 4
 #define PGN_DTC_KEYS 16
@@ -42,12 +42,8 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
 
   const int seq = blockIdx.z, split = blockIdx.x, kvHead = blockIdx.y;
   const int group = numHeads / numKvHeads, h0 = kvHead * group;
-  const int qRow = cuSeqlensQ[seq];
-  const int kvLen = contextLens[seq];
-  const int pos = kvLen - 1;
-  const int kvBegin = window > 0 ? max(0, kvLen - window) : 0;
-  const int splitKeys = (kvLen - kvBegin + numSplits - 1) / numSplits;
-  const int jBegin = kvBegin + split * splitKeys, jEnd = min(jBegin + splitKeys, kvLen);
+  const DecodeKeys keys = decode_split_keys(cuSeqlensQ, contextLens, seq, split, numSplits, window);
+  const int qRow = keys.qRow, pos = keys.pos, jBegin = keys.jBegin, jEnd = keys.jEnd;
   const int qStride = (numHeads + 2 * numKvHeads) * D, kvStride = numKvHeads * D;
   const int* table = blockTables + (long long)seq * maxBlocksPerSeq;
   const bool plain = softcap == 0.f && alibiSlopes == nullptr;
