@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isPeregrineError } from '../../src/errors.js';
 import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
-import { decodePlan, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
+import { decodePlan, decodeTcBlocksPerSm, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
@@ -116,6 +116,9 @@ test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 3 waves of 
   assert.equal(decodeTcSharedBytes(128, 2, false), 16 * 136 * 2 + 4 * 4 * 16 * 136 * 2);
   assert.equal(decodeTcSharedBytes(128, 2, true), 16 * 136 * 2 + 4 * (4 * 16 * 128 + 2 * 16 * 136 * 2));
   assert.ok(decodeTcSharedBytes(64, 2, false) >= 16 * 72 * 2 + 4 * 16 * 64 * 4, 'room for the f32 merge');
+  assert.equal(decodeTcSharedBytes(128, 2, true, 4), 16 * 136 * 2 + 4 * (8 * 16 * 128 + 2 * 16 * 136 * 2));
+  assert.deepEqual([decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 2)), decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 4))], [3, 2]);
+  assert.equal(decodeTcWanted(120, 32, 8, 128, 132, 2), true, '4-stage fp8: 2 blocks an SM, 3 waves from batch 99');
 });
 
 test('isAvailable answers without throwing; create fails with a typed error when it is false', () => {

@@ -56,15 +56,24 @@ const DECODE_TC_HEAD_DIMS: readonly number[] = [64, 80, 96, 128];
 const DECODE_TC_MIN_GROUP = 2;
 const DECODE_TC_MAX_GROUP = 16;
 const DECODE_TC_WARPS = 4;
-/** decode_tc blocks an SM holds (~70 KB of shared memory a block at head size 128) */
-const DECODE_TC_BLOCKS_PER_SM = 3;
+/**
+ * cp.async stages of each warp's ring with an fp8 cache (kernels built for 2 and 4; PEREGRINE_DECODE_TC_FP8_STAGES):
+ * an fp8 tile is half the bytes of a bf16 one, so more of them keep as many bytes loading. 16-bit caches: 2.
+ */
+const DECODE_TC_FP8_STAGES = process.env.PEREGRINE_DECODE_TC_FP8_STAGES === '4' ? 4 : 2;
+/** shared memory an H100 / A100 SM gives its blocks (228 / 164 KiB less 1 KiB each); sm_89: 100 KiB */
+const SM_SHARED_BYTES = 227 * 1024;
 const DECODE_TC_MIN_WAVES = 3;
 
+export const decodeTcStages = (fp8: boolean): number => (fp8 ? DECODE_TC_FP8_STAGES : 2);
+/** attn_decode_tc blocks an SM holds: ~70 KB a block at head size 128 and 2 stages (3 an SM), ~105 KB at 4 fp8 stages (2) */
+export const decodeTcBlocksPerSm = (sharedBytes: number): number => Math.max(1, Math.min(3, Math.floor(SM_SHARED_BYTES / (sharedBytes + 1024))));
+
 /** Whether this decode step runs the tensor-core kernel (PEREGRINE_DECODE_ATTN=tc / simt / unset, read each call). */
-export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number): boolean {
+export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number, blocksPerSm = 3): boolean {
   const choice = process.env.PEREGRINE_DECODE_ATTN;
   if (choice === 'simt' || !decodeTcApplies(numHeads, numKvHeads, headDim)) return false;
-  return choice === 'tc' || numSeqs * numKvHeads >= DECODE_TC_MIN_WAVES * DECODE_TC_BLOCKS_PER_SM * numSMs;
+  return choice === 'tc' || numSeqs * numKvHeads >= DECODE_TC_MIN_WAVES * blocksPerSm * numSMs;
 }
 
 /** Whether the tensor-core decode kernel serves this head size and GQA group. */
@@ -74,14 +83,14 @@ export function decodeTcApplies(numHeads: number, numKvHeads: number, headDim: n
 }
 
 /**
- * Dynamic shared memory of attn_decode_tc (keep in step with its layout): Q [16][D+8] T, then per warp two
+ * Dynamic shared memory of attn_decode_tc (keep in step with its layout): Q [16][D+8] T, then per warp its
  * stages of K and V (T [16][D+8], or fp8 bytes [16][D] plus one converted K and V tile); at least the warps'
  * f32 accumulators [4][16][D] that the final merge reuses it for.
  */
-export function decodeTcSharedBytes(headDim: number, elemBytes: number, fp8: boolean): number {
+export function decodeTcSharedBytes(headDim: number, elemBytes: number, fp8: boolean, stages = decodeTcStages(fp8)): number {
   const q = 16 * (headDim + 8) * elemBytes;
   const tile = 16 * (headDim + 8) * elemBytes;
-  const perWarp = fp8 ? 4 * 16 * headDim + 2 * tile : 4 * tile;
+  const perWarp = fp8 ? stages * 2 * 16 * headDim + 2 * tile : stages * 2 * tile;
   return q + Math.max(DECODE_TC_WARPS * perWarp, DECODE_TC_WARPS * 16 * headDim * 4);
 }
 
@@ -107,14 +116,14 @@ export function prefillSharedBytes(headDim: number, elemBytes: number, warps: nu
  * once the unsplit grid fills at least half the block slots: measured 2026-11-28 (H100, 8B
  * shape, batch 64, context ~160), 2 splits took 31.3 us a layer and 1 split 23.3.
  */
-export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number, tensorCores = false) {
+export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number, tensorCores = false, tcBlocksPerSm = 3) {
   const group = numHeads / numKvHeads;
   // the tensor-core kernel serves the whole group in a block
   const hpb = tensorCores ? group : HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
   const headGroups = Math.ceil(group / hpb);
   const baseBlocks = numSeqs * numKvHeads * headGroups;
   const keys = window > 0 ? Math.min(maxSeqlenK, window) : maxSeqlenK;
-  const slots = (tensorCores ? DECODE_TC_BLOCKS_PER_SM : decodeBlocksPerSm(hpb)) * numSMs;
+  const slots = (tensorCores ? tcBlocksPerSm : decodeBlocksPerSm(hpb)) * numSMs;
   let numSplits = baseBlocks * 2 > slots ? 1 : Math.min(Math.ceil(slots / baseBlocks), Math.ceil(keys / MIN_KEYS_PER_SPLIT), MAX_SPLITS);
   const bytesPerSplit = numSeqs * numHeads * (headDim + 2) * 4;
   numSplits = Math.max(1, Math.min(numSplits, Math.floor((workspaceBytes - 256) / bytesPerSplit)));
@@ -191,14 +200,16 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   const common = [cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
 
   if (meta.isDecode) {
-    const tcShared = decodeTcSharedBytes(headDim, bytesPerElement(qkv.dtype), fp8);
-    const tc = decodeTcWanted(numSeqs, numHeads, numKvHeads, headDim, ctx.numSMs) && tcShared <= ctx.maxSharedBytesPerBlock;
-    const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes, tc);
+    const tcStages = decodeTcStages(fp8);
+    const tcShared = decodeTcSharedBytes(headDim, bytesPerElement(qkv.dtype), fp8, tcStages);
+    const tcPerSm = decodeTcBlocksPerSm(tcShared);
+    const tc = decodeTcWanted(numSeqs, numHeads, numKvHeads, headDim, ctx.numSMs, tcPerSm) && tcShared <= ctx.maxSharedBytesPerBlock;
+    const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes, tc, tcPerSm);
     const partialO = ws.ptr;
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
     const args = [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs];
     if (tc) {
-      ctx.kernels.get(fp8 ? 'attn_decode_tc_fp8' : 'attn_decode_tc', `${qkv.dtype}_d${headDim}`).launch(
+      ctx.kernels.get(fp8 ? 'attn_decode_tc_fp8' : 'attn_decode_tc', `${qkv.dtype}_d${headDim}${fp8 ? `_s${tcStages}` : ''}`).launch(
         [plan.numSplits, numKvHeads, numSeqs], 32 * DECODE_TC_WARPS, tcShared, ctx.stream, args);
     } else {
       ctx.kernels.get(fp8 ? 'attn_decode_fp8' : 'attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(

@@ -20,7 +20,7 @@
 #define PGN_DTC_WARPS 4
 #define PGN_DTC_KEYS 16
 
-template <typename T, typename C, int D>
+template <typename T, typename C, int D, int STAGES>
 __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const T* qkv, const C* kCache, const C* vCache,
                                const int* cuSeqlensQ, const int* contextLens, const int* blockTables,
                                const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq,
@@ -31,7 +31,7 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
   constexpr int CHUNK = 16 / sizeof(C);               // cache elements a 16-byte copy moves
   constexpr int ROW_CHUNKS = D / CHUNK;               // 16-byte copies a cache row takes
   constexpr int STAGE_ELEMS = F8 ? BN * D : BN * STRIDE;  // one K (or V) stage, in C elements
-  constexpr int WARP_ELEMS_C = 2 * 2 * STAGE_ELEMS;    // 2 stages of K and V, in C elements
+  constexpr int WARP_ELEMS_C = STAGES * 2 * STAGE_ELEMS;  // the stages of K and V, in C elements
   constexpr int WARP_T_TILE = F8 ? 2 * BN * STRIDE : 0;  // fp8: the converted K and V tiles, in T elements
   extern __shared__ __align__(16) unsigned char smemRaw[];
   T* sQ = reinterpret_cast<T*>(smemRaw);
@@ -89,13 +89,18 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
   for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float mRow[2] = {PGN_NEG_INF, PGN_NEG_INF}, lRow[2] = {0.f, 0.f};
 
-  int stage = 0;
-  if (warp < numTiles) loadTile(warp, 0);
-  cp_async_commit();
-  for (int tile = warp; tile < numTiles; tile += NW, stage ^= 1) {
-    if (tile + NW < numTiles) loadTile(tile + NW, stage ^ 1);
+  // STAGES - 1 tiles in flight ahead of the one computed, one commit group a tile
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; st++) {
+    if (warp + st * NW < numTiles) loadTile(warp + st * NW, st);
     cp_async_commit();
-    cp_async_wait<1>();  // this tile's K and V
+  }
+  int stage = 0;
+  for (int tile = warp; tile < numTiles; tile += NW, stage = stage + 1 == STAGES ? 0 : stage + 1) {
+    const int ahead = tile + (STAGES - 1) * NW;
+    if (ahead < numTiles) loadTile(ahead, stage == 0 ? STAGES - 1 : stage - 1);  // the stage computed last
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();  // this tile's K and V
     __syncwarp();
     const T* sK;
     const T* sV;
@@ -207,20 +212,22 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
       int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
       int numSplits) {                                                                                           \
     PGN_PDL_WAIT();                                                                                              \
-    attn_decode_tc<T, T, D>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
+    attn_decode_tc<T, T, D, 2>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
                             alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
                             numSplits, 1.f, 1.f);                                                                \
     PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
-  extern "C" __global__ void __launch_bounds__(32 * PGN_DTC_WARPS, 2) attn_decode_tc_fp8_##S##_d##D(               \
+  PGN_DECODE_TC_FP8(T, S, D, 2) PGN_DECODE_TC_FP8(T, S, D, 4)
+#define PGN_DECODE_TC_FP8(T, S, D, ST)                                                                            \
+  extern "C" __global__ void __launch_bounds__(32 * PGN_DTC_WARPS, 2) attn_decode_tc_fp8_##S##_d##D##_s##ST(       \
       T* out, float* partialO, float* partialML, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache,   \
       const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
       int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
       int numSplits, float kScale, float vScale) {                                                               \
     PGN_PDL_WAIT();                                                                                              \
-    attn_decode_tc<T, kv_fp8_t, D>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,       \
-                                   blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,    \
-                                   scale, window, softcap, numSplits, kScale, vScale);                            \
+    attn_decode_tc<T, kv_fp8_t, D, ST>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,   \
+                                       blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, \
+                                       scale, window, softcap, numSplits, kScale, vScale);                        \
     PGN_PDL_TRIGGER();                                                                                           \
   }
 #define PGN_DECODE_TC_ALL(T, S) PGN_DECODE_TC(T, S, 64) PGN_DECODE_TC(T, S, 80) PGN_DECODE_TC(T, S, 96) PGN_DECODE_TC(T, S, 128)
