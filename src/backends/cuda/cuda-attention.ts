@@ -105,10 +105,21 @@ export function prefillWarps(maxSeqlenQ: number): 4 | 8 {
   return maxSeqlenQ >= PREFILL_WIDE_MIN_QUERIES ? 8 : 4;
 }
 
-/** Q, K and V tiles of T; with an fp8 cache, also the byte staging of a K and a V tile */
-export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number, fp8 = false): number {
+/**
+ * PEREGRINE_PREFILL_STAGES=2 (read each call): prefill blocks load the next K and V tiles while one computes
+ * (kernels `_s2`, built for head size 128 only; not yet measured: prepared 2026-11-28 for the next device run).
+ * Default 1: V loads during the scores, the next K during P V.
+ */
+export const prefillStages = (headDim: number): 1 | 2 => (process.env.PEREGRINE_PREFILL_STAGES === '2' && headDim === 128 ? 2 : 1);
+
+/**
+ * Q, K and V tiles of T (two pairs with 2 stages); with an fp8 cache, also the byte staging of a K and a V tile
+ * per stage (the converted tiles are one pair)
+ */
+export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number, fp8 = false, stages = 1): number {
   const bn = prefillBn(headDim);
-  return (16 * warps + 2 * bn) * (headDim + 8) * elemBytes + (fp8 ? 2 * bn * headDim : 0);
+  const tiles = stages === 2 && !fp8 ? 4 : 2;
+  return (16 * warps + tiles * bn) * (headDim + 8) * elemBytes + (fp8 ? stages * 2 * bn * headDim : 0);
 }
 
 /**
@@ -222,8 +233,11 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     return;
   }
   const warps = prefillWarps(meta.maxSeqlenQ);
-  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8);
-  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}`).launch(
+  const wanted = prefillStages(headDim);
+  const twoStageShared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8, 2);
+  const stages = wanted === 2 && twoStageShared <= ctx.maxSharedBytesPerBlock ? 2 : 1;
+  const shared = stages === 2 ? twoStageShared : prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8);
+  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}${stages === 2 ? '_s2' : ''}`).launch(
     [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs], 32 * warps, shared, ctx.stream,
     [out.ptr, qkv.ptr, k.ptr, v.ptr, ...common, ...scaleArgs],
   );
