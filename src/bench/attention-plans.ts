@@ -4,7 +4,7 @@
  * fixes per graph by context bucket. Shows what the bucket's splits (and their combine launch)
  * cost against a plan for the batch's real context, and against no split at all.
  */
-import type { AttentionMetadata, AttentionParams, Backend } from '../backends/backend.js';
+import { bytesPerElement, type AttentionMetadata, type AttentionParams, type Backend } from '../backends/backend.js';
 import type { ModelSpec } from '../models/spec.js';
 import type { ModelRunner } from '../runner/model-runner.js';
 
@@ -17,6 +17,8 @@ export interface AttentionPlanRow {
   readonly maxSeqlenK: number;
   /** key splits the CUDA plan gives (null where unknown) */
   readonly numSplits: number | null;
+  /** the CUDA decode kernel: tensor-core ('tc') or CUDA-core ('simt'); null where unknown */
+  readonly kernel: 'tc' | 'simt' | null;
   /** every layer's attention, one step */
   readonly ms: number;
 }
@@ -34,7 +36,7 @@ export async function attentionPlans(r: ModelRunner, meta: AttentionMetadata, re
   const B = meta.numSeqs;
   const qkv = b.empty([B, (s.numHeads + 2 * s.numKvHeads) * s.headDim], b.activationDtype);
   const out = b.empty([B, s.numHeads * s.headDim], b.activationDtype);
-  const splits = await splitCounter(b, s);
+  const splits = await decodeLaunchOf(b, s, r.kvCache.dtype === 'fp8');
   try {
     b.writeF32(qkv, new Float32Array(qkv.shape[0]! * qkv.shape[1]!));
     const params: AttentionParams[] = Array.from({ length: s.numLayers }, (_, i) => ({
@@ -45,7 +47,8 @@ export async function attentionPlans(r: ModelRunner, meta: AttentionMetadata, re
     for (const maxSeqlenK of [...new Set([plannedK, realK, ONE_SPLIT_KEYS])]) {
       const m = { ...meta, maxSeqlenK };
       const ms = await graphMs(() => r.kvCache.layers.forEach((cache, i) => b.attention(out, qkv, cache, m, params[i]!)));
-      rows.push({ maxSeqlenK, numSplits: splits?.(B, maxSeqlenK, params[0]!.slidingWindow ?? 0) ?? null, ms });
+      const launch = splits?.(B, maxSeqlenK, params[0]!.slidingWindow ?? 0) ?? null;
+      rows.push({ maxSeqlenK, numSplits: launch?.numSplits ?? null, kernel: launch ? (launch.tc ? 'tc' : 'simt') : null, ms });
     }
     return rows;
   } finally {
@@ -55,10 +58,17 @@ export async function attentionPlans(r: ModelRunner, meta: AttentionMetadata, re
   }
 }
 
-/** The CUDA plan's split count, where the backend is CUDA. */
-async function splitCounter(b: Backend, s: ModelSpec): Promise<((numSeqs: number, maxSeqlenK: number, window: number) => number) | null> {
+/** The CUDA decode launch (kernel and split count) for a batch and key plan, where the backend is CUDA. */
+async function decodeLaunchOf(b: Backend, s: ModelSpec, fp8: boolean): Promise<((numSeqs: number, maxSeqlenK: number, window: number) => { tc: boolean; numSplits: number }) | null> {
   if (b.device !== 'cuda') return null;
-  const { decodePlan } = await import('../backends/cuda/cuda-attention.js');
-  const numSMs = (b as Backend & { props: { numSMs: number } }).props.numSMs;
-  return (numSeqs, maxSeqlenK, window) => decodePlan(numSeqs, s.numHeads, s.numKvHeads, s.headDim, maxSeqlenK, window, numSMs, ATTENTION_WORKSPACE_BYTES).numSplits;
+  const { decodeLaunch } = await import('../backends/cuda/cuda-attention.js');
+  const { numSMs, maxSharedBytesPerBlock } = (b as Backend & { props: { numSMs: number; maxSharedBytesPerBlock: number } }).props;
+  const elemBytes = bytesPerElement(b.activationDtype);
+  return (numSeqs, maxSeqlenK, window) => {
+    const l = decodeLaunch({
+      numSeqs, numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim, maxSeqlenK, window, numSMs,
+      workspaceBytes: ATTENTION_WORKSPACE_BYTES, elemBytes, fp8, maxSharedBytesPerBlock,
+    });
+    return { tc: l.tc, numSplits: l.plan.numSplits };
+  };
 }

@@ -54,8 +54,8 @@ export function profileTables(p: StepProfile, benchCopyTBs: number, stepMs: numb
   if (p.attention.length > 0) {
     const layers = p.ops.find((o) => o.op === 'attention')?.calls ?? 1;
     out.push('attention alone, every layer of the step (one CUDA graph), by the maxSeqlenK its split count is planned for', formatTable([
-      ['planned for keys', 'splits', 'ms per step', 'us per layer'],
-      ...p.attention.map((a) => [a.maxSeqlenK === p.maxSeqlenK ? `${a.maxSeqlenK} (runner's graph)` : String(a.maxSeqlenK), a.numSplits ?? '-', a.ms, (1000 * a.ms) / layers]),
+      ['planned for keys', 'kernel', 'splits', 'ms per step', 'us per layer'],
+      ...p.attention.map((a) => [a.maxSeqlenK === p.maxSeqlenK ? `${a.maxSeqlenK} (runner's graph)` : String(a.maxSeqlenK), a.kernel ?? '-', a.numSplits ?? '-', a.ms, (1000 * a.ms) / layers]),
     ]));
   }
   if (p.gemms.length > 0) {

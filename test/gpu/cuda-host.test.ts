@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isPeregrineError } from '../../src/errors.js';
 import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
-import { decodePlan, decodeTcBlocksPerSm, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
+import { decodeLaunch, decodePlan, decodeTcBlocksPerSm, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
@@ -122,6 +122,12 @@ test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 3 waves of 
   assert.equal(decodeTcSharedBytes(128, 2, true, 4), 16 * 136 * 2 + 4 * (8 * 16 * 128 + 2 * 16 * 136 * 2));
   assert.deepEqual([decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 2)), decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 4))], [3, 2]);
   assert.equal(decodeTcWanted(120, 32, 8, 128, 132, 2), true, '4-stage fp8: 2 blocks an SM, 3 waves from batch 99');
+  const shape = { numHeads: 32, numKvHeads: 8, headDim: 128, maxSeqlenK: 512, window: 0, numSMs: 132, workspaceBytes: 32 << 20, elemBytes: 2, maxSharedBytesPerBlock: 227 << 10 };
+  const big = decodeLaunch({ ...shape, numSeqs: 256, fp8: true });
+  assert.deepEqual([big.tc, big.stages, big.plan.hpb, big.plan.numSplits], [true, 2, 4, 1]);
+  assert.equal(decodeLaunch({ ...shape, numSeqs: 256, fp8: false, maxSharedBytesPerBlock: 48 << 10 }).tc, false, 'not where its shared memory does not fit');
+  const small = decodeLaunch({ ...shape, numSeqs: 1, fp8: false });
+  assert.deepEqual([small.tc, small.plan.numSplits], [false, 8]);
 });
 
 test('isAvailable answers without throwing; create fails with a typed error when it is false', () => {

@@ -141,6 +141,30 @@ export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number
   return { hpb, headGroups, numSplits, partialOBytes: numSeqs * numHeads * numSplits * headDim * 4 };
 }
 
+/** What a decode step's attention launches: the kernel (tensor-core or CUDA-core), its split plan and shared memory. */
+export interface DecodeLaunchShape {
+  readonly numSeqs: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  readonly maxSeqlenK: number;
+  readonly window: number;
+  readonly numSMs: number;
+  readonly workspaceBytes: number;
+  /** bytes of an activation element (bf16 / f16: 2) */
+  readonly elemBytes: number;
+  readonly fp8: boolean;
+  readonly maxSharedBytesPerBlock: number;
+}
+export function decodeLaunch(d: DecodeLaunchShape) {
+  const stages = decodeTcStages(d.fp8);
+  const sharedBytes = decodeTcSharedBytes(d.headDim, d.elemBytes, d.fp8, stages);
+  const perSm = decodeTcBlocksPerSm(sharedBytes);
+  const tc = decodeTcWanted(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.numSMs, perSm) && sharedBytes <= d.maxSharedBytesPerBlock;
+  const plan = decodePlan(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.maxSeqlenK, d.window, d.numSMs, d.workspaceBytes, tc, perSm);
+  return { tc, plan, stages, sharedBytes };
+}
+
 /** A layer's K and V on the device, checked against the activations `act` and rows of `kvWidth` elements. */
 export interface DeviceKvCache {
   readonly k: CudaTensor;
@@ -211,11 +235,10 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   const common = [cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
 
   if (meta.isDecode) {
-    const tcStages = decodeTcStages(fp8);
-    const tcShared = decodeTcSharedBytes(headDim, bytesPerElement(qkv.dtype), fp8, tcStages);
-    const tcPerSm = decodeTcBlocksPerSm(tcShared);
-    const tc = decodeTcWanted(numSeqs, numHeads, numKvHeads, headDim, ctx.numSMs, tcPerSm) && tcShared <= ctx.maxSharedBytesPerBlock;
-    const plan = decodePlan(numSeqs, numHeads, numKvHeads, headDim, meta.maxSeqlenK, window, ctx.numSMs, ws.sizeBytes, tc, tcPerSm);
+    const { tc, plan, stages: tcStages, sharedBytes: tcShared } = decodeLaunch({
+      numSeqs, numHeads, numKvHeads, headDim, maxSeqlenK: meta.maxSeqlenK, window, numSMs: ctx.numSMs,
+      workspaceBytes: ws.sizeBytes, elemBytes: bytesPerElement(qkv.dtype), fp8, maxSharedBytesPerBlock: ctx.maxSharedBytesPerBlock,
+    });
     const partialO = ws.ptr;
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
     const args = [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs];
