@@ -4,8 +4,9 @@
 // an mma.sync: S = Q K^T (16 x 16 keys), online softmax in the log2 domain, O += P V.
 //
 // Grid (numSplits, numKvHeads, numSeqs), 4 warps. Each warp owns its own stream of 16-key tiles
-// (tiles w, w + 4, ... of the split's keys) with a private two-stage cp.async ring in shared memory,
-// so the key loop needs no block barrier; the warps' (max, sum, accumulator) are merged at the end.
+// (tiles w, w + 4, ... of the split's keys) with a private cp.async ring of STAGES stages in shared
+// memory, so the key loop needs no block barrier; its first tiles are requested before Q is staged;
+// the warps' (max, sum, accumulator) are merged at the end.
 // Splits (flash-decoding) and their partialO / partialML layout are those of attn_decode
 // (attention_decode.cu), so attn_decode_combine finishes a split launch.
 // An fp8 cache (C = kv_fp8_t) arrives as bytes in the ring and is converted to T (exactly) into
@@ -48,23 +49,6 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
   const int* table = blockTables + (long long)seq * maxBlocksPerSeq;
   const bool plain = softcap == 0.f && alibiSlopes == nullptr;
 
-  // Q rows: the group's heads, zero past it
-  for (int i = tid; i < 16 * (D / 8); i += blockDim.x) {
-    const int r = i / (D / 8), c = (i - r * (D / 8)) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r < group) v = *reinterpret_cast<const uint4*>(qkv + (long long)qRow * qStride + (h0 + r) * D + c);
-    *reinterpret_cast<uint4*>(sQ + r * STRIDE + c) = v;
-  }
-  __syncthreads();
-  unsigned qa[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qa[kk], sQ + (lane & 15) * STRIDE + kk * 16 + (lane >> 4) * 8);
-
-  const int g = lane >> 2, t = lane & 3;  // fragment row (head g and g + 8) and column pair
-  const float qkScale = (plain ? scale * PGN_LOG2E : scale) * kScale;
-  const float slope0 = alibiSlopes && g < group ? alibiSlopes[h0 + g] : 0.f;
-  const float slope1 = alibiSlopes && g + 8 < group ? alibiSlopes[h0 + g + 8] : 0.f;
-
   // this warp's tiles: keys jBegin + 16 (warp + NW i)
   const int numTiles = jEnd > jBegin ? (jEnd - jBegin + BN - 1) / BN : 0;
   auto loadTile = [&](int tile, int stage) {
@@ -95,6 +79,23 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
     if (warp + st * NW < numTiles) loadTile(warp + st * NW, st);
     cp_async_commit();
   }
+  // Q rows: the group's heads, zero past it (after the first tiles' loads are on their way)
+  for (int i = tid; i < 16 * (D / 8); i += blockDim.x) {
+    const int r = i / (D / 8), c = (i - r * (D / 8)) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < group) v = *reinterpret_cast<const uint4*>(qkv + (long long)qRow * qStride + (h0 + r) * D + c);
+    *reinterpret_cast<uint4*>(sQ + r * STRIDE + c) = v;
+  }
+  __syncthreads();
+  unsigned qa[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qa[kk], sQ + (lane & 15) * STRIDE + kk * 16 + (lane >> 4) * 8);
+
+  const int g = lane >> 2, t = lane & 3;  // fragment row (head g and g + 8) and column pair
+  const float qkScale = (plain ? scale * PGN_LOG2E : scale) * kScale;
+  const float slope0 = alibiSlopes && g < group ? alibiSlopes[h0 + g] : 0.f;
+  const float slope1 = alibiSlopes && g + 8 < group ? alibiSlopes[h0 + g + 8] : 0.f;
+
   int stage = 0;
   for (int tile = warp; tile < numTiles; tile += NW, stage = stage + 1 == STAGES ? 0 : stage + 1) {
     const int ahead = tile + (STAGES - 1) * NW;
