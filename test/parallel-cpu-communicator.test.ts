@@ -51,3 +51,25 @@ test('a collective larger than the shared slots is an internal error, not a corr
   const comm = new CpuCommunicator(createCpuCommShared(1, 4), 0);
   assert.throws(() => comm.allReduceSum(new CpuBackend().fromF32([8], new Float32Array(8)), 8), (e: any) => e.code === 'PGN_ERR_INTERNAL' && /8 elements exceeds .* slots of 4/.test(e.message));
 });
+
+test('a reason claimed but not yet written is waited for, not read empty (the abort publishes after writing)', async () => {
+  const shared = createCpuCommShared(2, 16);
+  const ctl = new Int32Array(shared.control, 0, 4);
+  Atomics.store(ctl, 2, 1); // an abort that has claimed the word and is writing its reason
+  // another thread finishes that abort 30 ms later, as a dying rank's 'exit' handler would
+  const writer = new Worker(`
+    const { workerData } = require('node:worker_threads');
+    const ctl = new Int32Array(workerData, 0, 4);
+    Atomics.wait(ctl, 0, 0, 30);
+    const bytes = new TextEncoder().encode('rank 1 exited (code 7)');
+    new Uint8Array(workerData, 16, 512).set(bytes);
+    Atomics.store(ctl, 3, bytes.length);
+    Atomics.store(ctl, 2, 2);
+    Atomics.notify(ctl, 2);
+  `, { eval: true, workerData: shared.control });
+  const exited = new Promise((resolve) => writer.once('exit', resolve));
+  const comm = new CpuCommunicator(shared, 0, 60_000);
+  assert.throws(() => comm.allReduceSum(new CpuBackend().fromF32([2], new Float32Array(2)), 2),
+    (e: any) => e.code === 'PGN_ERR_ENGINE_DEAD' && /stopped: rank 1 exited \(code 7\)$/.test(e.message));
+  await exited;
+});

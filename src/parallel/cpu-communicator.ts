@@ -22,6 +22,13 @@ const GENERATION = 1;
 const ABORTED = 2;
 const REASON_BYTES = 3;
 const NUM_CONTROL_WORDS = 4;
+// ABORTED's states: the first abort claims the word (WRITING), writes its reason, then publishes it (ABORTED_SET),
+// so that no rank reads a reason half written (a rank seeing the claim first used to read an empty one)
+const NOT_ABORTED = 0;
+const WRITING = 1;
+const ABORTED_SET = 2;
+/** how long a reader waits for a claimed reason to be published (its writer may have been killed mid-write) */
+const REASON_WAIT_MS = 200;
 
 /** The memory one group shares; made once by the group and handed to every rank's thread. */
 export interface CpuCommShared {
@@ -93,10 +100,12 @@ export class CpuCommunicator implements Communicator {
   }
 
   abort(reason: string): void {
-    if (Atomics.compareExchange(this.ctl, ABORTED, 0, 1) !== 0) return; // the first reason wins
+    if (Atomics.compareExchange(this.ctl, ABORTED, NOT_ABORTED, WRITING) !== NOT_ABORTED) return; // the first reason wins
     const bytes = new TextEncoder().encode(reason).subarray(0, MAX_REASON_BYTES);
     this.reason.set(bytes);
     Atomics.store(this.ctl, REASON_BYTES, bytes.length);
+    Atomics.store(this.ctl, ABORTED, ABORTED_SET);
+    Atomics.notify(this.ctl, ABORTED);
     Atomics.notify(this.ctl, GENERATION);
   }
 
@@ -126,7 +135,9 @@ export class CpuCommunicator implements Communicator {
   }
 
   private throwIfAborted(): void {
-    if (Atomics.load(this.ctl, ABORTED) === 0) return;
+    if (Atomics.load(this.ctl, ABORTED) === NOT_ABORTED) return;
+    const deadline = Date.now() + REASON_WAIT_MS;
+    while (Atomics.load(this.ctl, ABORTED) === WRITING && Date.now() < deadline) Atomics.wait(this.ctl, ABORTED, WRITING, 5);
     const reason = new TextDecoder().decode(this.reason.slice(0, Atomics.load(this.ctl, REASON_BYTES)));
     throw new PeregrineError('PGN_ERR_ENGINE_DEAD', `tensor-parallel group stopped: ${reason}`, { rank: this.rank, reason });
   }
