@@ -100,22 +100,22 @@ test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 3 waves of 
   const before = process.env.PEREGRINE_DECODE_ATTN;
   try {
     delete process.env.PEREGRINE_DECODE_ATTN;
-    assert.equal(decodeTcWanted(256, 32, 8, 128, 132), true, 'batch 256 x 8 KV heads: 2048 blocks >= 3 x 396');
-    assert.equal(decodeTcWanted(64, 32, 8, 128, 132), false, 'batch 64: 512 blocks, 1.3 waves');
-    assert.equal(decodeTcWanted(1024, 32, 32, 128, 132), false, 'MHA');
-    assert.equal(decodeTcWanted(1024, 64, 2, 128, 132), false, 'a group of 32');
-    assert.equal(decodeTcWanted(1024, 32, 8, 256, 132), false, 'head size 256');
+    assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3), true, 'batch 256 x 8 KV heads: 2048 blocks >= 3 x 396');
+    assert.equal(decodeTcWanted(64, 32, 8, 128, 132, 3), false, 'batch 64: 512 blocks, 1.3 waves');
+    assert.equal(decodeTcWanted(1024, 32, 32, 128, 132, 3), false, 'MHA');
+    assert.equal(decodeTcWanted(1024, 64, 2, 128, 132, 3), false, 'a group of 32');
+    assert.equal(decodeTcWanted(1024, 32, 8, 256, 132, 3), false, 'head size 256');
     process.env.PEREGRINE_DECODE_ATTN = 'tc';
-    assert.equal(decodeTcWanted(1, 32, 8, 128, 132), true);
-    assert.equal(decodeTcWanted(1, 8, 8, 128, 132), false, 'tc only where it applies');
+    assert.equal(decodeTcWanted(1, 32, 8, 128, 132, 3), true);
+    assert.equal(decodeTcWanted(1, 8, 8, 128, 132, 3), false, 'tc only where it applies');
     process.env.PEREGRINE_DECODE_ATTN = 'simt';
-    assert.equal(decodeTcWanted(256, 32, 8, 128, 132), false);
+    assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3), false);
   } finally {
     if (before === undefined) delete process.env.PEREGRINE_DECODE_ATTN;
     else process.env.PEREGRINE_DECODE_ATTN = before;
   }
-  assert.equal(decodePlan(256, 32, 8, 128, 4096, 0, 132, 32 << 20, true).hpb, 4, 'the whole group a block');
-  assert.equal(decodePlan(1, 48, 4, 128, 4096, 0, 132, 32 << 20, true).headGroups, 1);
+  assert.equal(decodePlan(256, 32, 8, 128, 4096, 0, 132, 32 << 20, 3).hpb, 4, 'the whole group a block');
+  assert.equal(decodePlan(1, 48, 4, 128, 4096, 0, 132, 32 << 20, 3).headGroups, 1);
   assert.equal(decodeTcSharedBytes(128, 2, false), 16 * 136 * 2 + 4 * 4 * 16 * 136 * 2);
   assert.equal(decodeTcSharedBytes(128, 2, true), 16 * 136 * 2 + 4 * (4 * 16 * 128 + 2 * 16 * 136 * 2));
   assert.ok(decodeTcSharedBytes(64, 2, false) >= 16 * 72 * 2 + 4 * 16 * 64 * 4, 'room for the f32 merge');

@@ -70,7 +70,7 @@ export const decodeTcStages = (fp8: boolean): number => (fp8 ? DECODE_TC_FP8_STA
 export const decodeTcBlocksPerSm = (sharedBytes: number): number => Math.max(1, Math.min(3, Math.floor(SM_SHARED_BYTES / (sharedBytes + 1024))));
 
 /** Whether this decode step runs the tensor-core kernel (PEREGRINE_DECODE_ATTN=tc / simt / unset, read each call). */
-export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number, blocksPerSm = 3): boolean {
+export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number, blocksPerSm: number): boolean {
   const choice = process.env.PEREGRINE_DECODE_ATTN;
   if (choice === 'simt' || !decodeTcApplies(numHeads, numKvHeads, headDim)) return false;
   return choice === 'tc' || numSeqs * numKvHeads >= DECODE_TC_MIN_WAVES * blocksPerSm * numSMs;
@@ -88,10 +88,9 @@ export function decodeTcApplies(numHeads: number, numKvHeads: number, headDim: n
  * f32 accumulators [4][16][D] that the final merge reuses it for.
  */
 export function decodeTcSharedBytes(headDim: number, elemBytes: number, fp8: boolean, stages = decodeTcStages(fp8)): number {
-  const q = 16 * (headDim + 8) * elemBytes;
-  const tile = 16 * (headDim + 8) * elemBytes;
+  const tile = 16 * (headDim + 8) * elemBytes; // 16 rows of T: Q, or a K or V stage
   const perWarp = fp8 ? stages * 2 * 16 * headDim + 2 * tile : stages * 2 * tile;
-  return q + Math.max(DECODE_TC_WARPS * perWarp, DECODE_TC_WARPS * 16 * headDim * 4);
+  return tile + Math.max(DECODE_TC_WARPS * perWarp, DECODE_TC_WARPS * 16 * headDim * 4);
 }
 
 /** Device scratch for split decode: partial accumulators and (max, sum) pairs. */
@@ -127,14 +126,14 @@ export function prefillSharedBytes(headDim: number, elemBytes: number, warps: nu
  * once the unsplit grid fills at least half the block slots: measured 2026-11-28 (H100, 8B
  * shape, batch 64, context ~160), 2 splits took 31.3 us a layer and 1 split 23.3.
  */
-export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number, tensorCores = false, tcBlocksPerSm = 3) {
+/** @param tcBlocksPerSm for the tensor-core kernel (which serves the whole group in a block): its blocks an SM; null for the CUDA-core kernel */
+export function decodePlan(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, maxSeqlenK: number, window: number, numSMs: number, workspaceBytes: number, tcBlocksPerSm: number | null = null) {
   const group = numHeads / numKvHeads;
-  // the tensor-core kernel serves the whole group in a block
-  const hpb = tensorCores ? group : HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
+  const hpb = tcBlocksPerSm !== null ? group : HEADS_PER_BLOCK.find((h) => h >= Math.min(group, 8)) ?? 8;
   const headGroups = Math.ceil(group / hpb);
   const baseBlocks = numSeqs * numKvHeads * headGroups;
   const keys = window > 0 ? Math.min(maxSeqlenK, window) : maxSeqlenK;
-  const slots = (tensorCores ? tcBlocksPerSm : decodeBlocksPerSm(hpb)) * numSMs;
+  const slots = (tcBlocksPerSm ?? decodeBlocksPerSm(hpb)) * numSMs;
   let numSplits = baseBlocks * 2 > slots ? 1 : Math.min(Math.ceil(slots / baseBlocks), Math.ceil(keys / MIN_KEYS_PER_SPLIT), MAX_SPLITS);
   const bytesPerSplit = numSeqs * numHeads * (headDim + 2) * 4;
   numSplits = Math.max(1, Math.min(numSplits, Math.floor((workspaceBytes - 256) / bytesPerSplit)));
@@ -161,7 +160,7 @@ export function decodeLaunch(d: DecodeLaunchShape) {
   const sharedBytes = decodeTcSharedBytes(d.headDim, d.elemBytes, d.fp8, stages);
   const perSm = decodeTcBlocksPerSm(sharedBytes);
   const tc = decodeTcWanted(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.numSMs, perSm) && sharedBytes <= d.maxSharedBytesPerBlock;
-  const plan = decodePlan(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.maxSeqlenK, d.window, d.numSMs, d.workspaceBytes, tc, perSm);
+  const plan = decodePlan(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.maxSeqlenK, d.window, d.numSMs, d.workspaceBytes, tc ? perSm : null);
   return { tc, plan, stages, sharedBytes };
 }
 
@@ -256,10 +255,9 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     return;
   }
   const warps = prefillWarps(meta.maxSeqlenQ);
-  const wanted = prefillStages(headDim);
-  const twoStageShared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8, 2);
-  const stages = wanted === 2 && twoStageShared <= ctx.maxSharedBytesPerBlock ? 2 : 1;
-  const shared = stages === 2 ? twoStageShared : prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8);
+  const sharedFor = (stages: number) => prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8, stages);
+  const stages = prefillStages(headDim) === 2 && sharedFor(2) <= ctx.maxSharedBytesPerBlock ? 2 : 1;
+  const shared = sharedFor(stages);
   ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}${stages === 2 ? '_s2' : ''}`).launch(
     [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs], 32 * warps, shared, ctx.stream,
     [out.ptr, qkv.ptr, k.ptr, v.ptr, ...common, ...scaleArgs],

@@ -8,6 +8,15 @@ import type { CudaModule, Kernel, ParamKind } from './module.js';
 
 const ptr = 'ptr' as const, i64 = 'i64' as const, i32 = 'i32' as const, u32 = 'u32' as const, f32 = 'f32' as const;
 
+/**
+ * Both decode attention kernels (attention_decode.cu, attention_decode_tc.cu; PGN_DECODE_PARAMS in
+ * kernels/decode_common.cuh): (out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,
+ * blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, numSplits)
+ */
+const ATTN_DECODE = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32] as const;
+/** over an fp8 cache: then (kScale, vScale) */
+const ATTN_DECODE_FP8 = [...ATTN_DECODE, f32, f32] as const;
+
 export const KERNEL_PARAMS = {
   // (out, a, b, n, vec)
   add: [ptr, ptr, ptr, i64, i32],
@@ -51,18 +60,16 @@ export const KERNEL_PARAMS = {
   // (out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,
   //  numSeqs, numHeads, numKvHeads, D, maxBlocksPerSeq, blockSize, scale, window, softcap)
   attn_generic: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, f32],
-  // (out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,
-  //  numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, numSplits)
-  attn_decode: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32],
-  attn_decode_tc: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32],
+  attn_decode: ATTN_DECODE,
+  attn_decode_tc: ATTN_DECODE,
   // (out, partialO, partialML, cuSeqlensQ, numHeads, D, numSplits)
   attn_decode_combine: [ptr, ptr, ptr, ptr, i32, i32, i32],
   // the fp8 KV cache's kernels: the same parameters, then (kScale, vScale)
   rope_write_kv_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32, f32, f32],
   attn_prefill_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_generic_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, f32, f32, f32],
-  attn_decode_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32, f32, f32],
-  attn_decode_tc_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32, f32, f32],
+  attn_decode_fp8: ATTN_DECODE_FP8,
+  attn_decode_tc_fp8: ATTN_DECODE_FP8,
 } as const satisfies Record<string, readonly ParamKind[]>;
 
 export type KernelFamily = keyof typeof KERNEL_PARAMS;

@@ -66,10 +66,7 @@ template <typename V> __device__ __forceinline__ void decode_accumulate(float& l
 }
 
 template <typename T, typename C, int D, int HPB>
-__device__ void attn_decode(T* out, float* partialO, float* partialML, const T* qkv, const C* kCache, const C* vCache,
-                            const int* cuSeqlensQ, const int* contextLens, const int* blockTables,
-                            const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize,
-                            float scale, int window, float softcap, int numSplits, float kScale, float vScale) {
+__device__ void attn_decode(PGN_DECODE_PARAMS(T, C), float kScale, float vScale) {
   using KV = DecodeKv<T, C>;
   constexpr int CHUNKS = D / 8;
   constexpr int LPK = CHUNKS <= 8 ? 8 : (CHUNKS <= 16 ? 16 : 32);  // lanes per key
@@ -257,26 +254,16 @@ __device__ void attn_decode_combine(T* out, const float* partialO, const float* 
 }
 
 #define PGN_DECODE(T, S, D, HPB)                                                                                 \
-  extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB)) attn_decode_##S##_d##D##_h##HPB(                          \
-      T* out, float* partialO, float* partialML, const T* qkv, const T* kCache, const T* vCache,                 \
-      const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
-      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
-      int numSplits) {                                                                                           \
-    PGN_PDL_WAIT();                                                                                                \
-    attn_decode<T, T, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
-                              alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
-                              numSplits, 1.f, 1.f);                                                              \
-    PGN_PDL_TRIGGER();                                                                                             \
-  }                                                                                                              \
-  extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB)) attn_decode_fp8_##S##_d##D##_h##HPB( \
-      T* out, float* partialO, float* partialML, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache,   \
-      const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
-      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
-      int numSplits, float kScale, float vScale) {                                                               \
+  extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB))                                   \
+      attn_decode_##S##_d##D##_h##HPB(PGN_DECODE_PARAMS(T, T)) {                                                \
     PGN_PDL_WAIT();                                                                                              \
-    attn_decode<T, kv_fp8_t, D, HPB>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,     \
-                                     blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,  \
-                                     scale, window, softcap, numSplits, kScale, vScale);                          \
+    attn_decode<T, T, D, HPB>(PGN_DECODE_ARGS, 1.f, 1.f);                                                        \
+    PGN_PDL_TRIGGER();                                                                                           \
+  }                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(128, PGN_DECODE_MIN_BLOCKS(HPB))                                   \
+      attn_decode_fp8_##S##_d##D##_h##HPB(PGN_DECODE_PARAMS(T, kv_fp8_t), float kScale, float vScale) {          \
+    PGN_PDL_WAIT();                                                                                              \
+    attn_decode<T, kv_fp8_t, D, HPB>(PGN_DECODE_ARGS, kScale, vScale);                                           \
     PGN_PDL_TRIGGER();                                                                                           \
   }
 #define PGN_DECODE_HPB(T, S, D) PGN_DECODE(T, S, D, 1) PGN_DECODE(T, S, D, 2) PGN_DECODE(T, S, D, 4) PGN_DECODE(T, S, D, 8)

@@ -11,8 +11,8 @@
 // (attention_decode.cu), so attn_decode_combine finishes a split launch.
 // An fp8 cache (C = kv_fp8_t) arrives as bytes in the ring and is converted to T (exactly) into
 // one T tile before its MMAs; kScale is folded into the score scale and vScale into the output.
-// Shared memory (dynamic): Q [16][D+8] T, then per warp: bf16 / f16 cache: 2 stages of K, V
-// [16][D+8] T; fp8 cache: 2 stages of K, V [16][D] bytes + one K, V tile [16][D+8] T.
+// Shared memory (dynamic): Q [16][D+8] T, then per warp: bf16 / f16 cache: STAGES (2) stages of K, V
+// [16][D+8] T; fp8 cache: STAGES (2 or 4) stages of K, V [16][D] bytes + one K, V tile [16][D+8] T.
 // Keep the layout in step with decodeTcSharedBytes in cuda-attention.ts.
 #include "mma.cuh"
 #include "kv_fp8.cuh"
@@ -22,11 +22,7 @@
 #define PGN_DTC_KEYS 16
 
 template <typename T, typename C, int D, int STAGES>
-__device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const T* qkv, const C* kCache, const C* vCache,
-                               const int* cuSeqlensQ, const int* contextLens, const int* blockTables,
-                               const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq,
-                               int blockSize, float scale, int window, float softcap, int numSplits, float kScale,
-                               float vScale) {
+__device__ void attn_decode_tc(PGN_DECODE_PARAMS(T, C), float kScale, float vScale) {
   constexpr bool F8 = sizeof(C) == 1;
   constexpr int NW = PGN_DTC_WARPS, BN = PGN_DTC_KEYS, STRIDE = D + 8;
   constexpr int CHUNK = 16 / sizeof(C);               // cache elements a 16-byte copy moves
@@ -207,28 +203,17 @@ __device__ void attn_decode_tc(T* out, float* partialO, float* partialML, const 
 }
 
 #define PGN_DECODE_TC(T, S, D)                                                                                   \
-  extern "C" __global__ void __launch_bounds__(32 * PGN_DTC_WARPS, 2) attn_decode_tc_##S##_d##D(                   \
-      T* out, float* partialO, float* partialML, const T* qkv, const T* kCache, const T* vCache,                 \
-      const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
-      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
-      int numSplits) {                                                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * PGN_DTC_WARPS, 2) attn_decode_tc_##S##_d##D(PGN_DECODE_PARAMS(T, T)) { \
     PGN_PDL_WAIT();                                                                                              \
-    attn_decode_tc<T, T, D, 2>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, \
-                            alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, \
-                            numSplits, 1.f, 1.f);                                                                \
+    attn_decode_tc<T, T, D, 2>(PGN_DECODE_ARGS, 1.f, 1.f);                                                       \
     PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
   PGN_DECODE_TC_FP8(T, S, D, 2) PGN_DECODE_TC_FP8(T, S, D, 4)
 #define PGN_DECODE_TC_FP8(T, S, D, ST)                                                                            \
-  extern "C" __global__ void __launch_bounds__(32 * PGN_DTC_WARPS, 2) attn_decode_tc_fp8_##S##_d##D##_s##ST(       \
-      T* out, float* partialO, float* partialML, const T* qkv, const kv_fp8_t* kCache, const kv_fp8_t* vCache,   \
-      const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,           \
-      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
-      int numSplits, float kScale, float vScale) {                                                               \
+  extern "C" __global__ void __launch_bounds__(32 * PGN_DTC_WARPS, 2)                                              \
+      attn_decode_tc_fp8_##S##_d##D##_s##ST(PGN_DECODE_PARAMS(T, kv_fp8_t), float kScale, float vScale) {        \
     PGN_PDL_WAIT();                                                                                              \
-    attn_decode_tc<T, kv_fp8_t, D, ST>(out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens,   \
-                                       blockTables, alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, \
-                                       scale, window, softcap, numSplits, kScale, vScale);                        \
+    attn_decode_tc<T, kv_fp8_t, D, ST>(PGN_DECODE_ARGS, kScale, vScale);                                         \
     PGN_PDL_TRIGGER();                                                                                           \
   }
 #define PGN_DECODE_TC_ALL(T, S) PGN_DECODE_TC(T, S, 64) PGN_DECODE_TC(T, S, 80) PGN_DECODE_TC(T, S, 96) PGN_DECODE_TC(T, S, 128)

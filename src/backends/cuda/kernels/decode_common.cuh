@@ -4,6 +4,17 @@
 // What the decode attention kernels (attention_decode.cu, attention_decode_tc.cu) share: the keys a block's split
 // reads, and the end of a block.
 
+// The decode kernels' parameters (keep in step with ATTN_DECODE in kernels.ts); C is the cache's element type.
+// The fp8-cache kernels take (kScale, vScale) after them; the device functions always do.
+#define PGN_DECODE_PARAMS(T, C)                                                                                  \
+  T *out, float *partialO, float *partialML, const T *qkv, const C *kCache, const C *vCache,                     \
+      const int *cuSeqlensQ, const int *contextLens, const int *blockTables, const float *alibiSlopes,           \
+      int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,  \
+      int numSplits
+#define PGN_DECODE_ARGS                                                                                          \
+  out, partialO, partialML, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes, numHeads,    \
+      numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap, numSplits
+
 // Sequence seq's query row and position and the keys [jBegin, jEnd) of split `split`: its keys [kvBegin, kvLen)
 // (kvBegin > 0 with a sliding window) cut into numSplits equal ranges.
 struct DecodeKeys {
