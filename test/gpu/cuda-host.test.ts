@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isPeregrineError } from '../../src/errors.js';
 import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
-import { decodeLaunch, decodePlan, decodeTcBlocksPerSm, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
+import { decodeLaunch, decodePlan, decodeTcBlocksPerSm, decodeTcHeadBlocks, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
@@ -96,35 +96,40 @@ test('decode splits fill the GPU at small batches and fit the workspace', () => 
   assert.equal(prefillSharedBytes(128, 2, 8, true), (128 + 2 * 64) * 136 * 2 + 2 * 64 * 128);
 });
 
-test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 3 waves of blocks unless PEREGRINE_DECODE_ATTN says; its shared memory', () => {
+test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 2 waves of blocks (fp8 caches 0.75) unless PEREGRINE_DECODE_ATTN says; its shared memory', () => {
   const before = process.env.PEREGRINE_DECODE_ATTN;
   try {
     delete process.env.PEREGRINE_DECODE_ATTN;
-    assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3), true, 'batch 256 x 8 KV heads: 2048 blocks >= 3 x 396');
-    assert.equal(decodeTcWanted(64, 32, 8, 128, 132, 3), false, 'batch 64: 512 blocks, 1.3 waves');
-    assert.equal(decodeTcWanted(1024, 32, 32, 128, 132, 3), false, 'MHA');
-    assert.equal(decodeTcWanted(1024, 64, 2, 128, 132, 3), false, 'a group of 32');
-    assert.equal(decodeTcWanted(1024, 32, 8, 256, 132, 3), false, 'head size 256');
+    assert.equal(decodeTcWanted(128, 32, 8, 128, 132, 3, false), true, 'bf16 cache, batch 128 x 8 KV heads: 1024 blocks >= 2 x 396');
+    assert.equal(decodeTcWanted(64, 32, 8, 128, 132, 3, false), false, 'bf16 cache, batch 64: 512 blocks, 1.3 waves');
+    assert.equal(decodeTcWanted(64, 32, 8, 128, 132, 5, true), true, 'fp8 cache, batch 64: 512 blocks >= 0.75 x 660');
+    assert.equal(decodeTcWanted(32, 32, 8, 128, 132, 5, true), false, 'fp8 cache, batch 32');
+    assert.equal(decodeTcWanted(1024, 32, 32, 128, 132, 3, false), false, 'MHA');
+    assert.equal(decodeTcWanted(1024, 64, 2, 128, 132, 3, false), false, 'a group of 32');
+    assert.equal(decodeTcWanted(1024, 32, 8, 256, 132, 3, false), false, 'head size 256');
     process.env.PEREGRINE_DECODE_ATTN = 'tc';
-    assert.equal(decodeTcWanted(1, 32, 8, 128, 132, 3), true);
-    assert.equal(decodeTcWanted(1, 8, 8, 128, 132, 3), false, 'tc only where it applies');
+    assert.equal(decodeTcWanted(1, 32, 8, 128, 132, 3, false), true);
+    assert.equal(decodeTcWanted(1, 8, 8, 128, 132, 3, false), false, 'tc only where it applies');
     process.env.PEREGRINE_DECODE_ATTN = 'simt';
-    assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3), false);
+    assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3, false), false);
   } finally {
     if (before === undefined) delete process.env.PEREGRINE_DECODE_ATTN;
     else process.env.PEREGRINE_DECODE_ATTN = before;
   }
   assert.equal(decodePlan(256, 32, 8, 128, 4096, 0, 132, 32 << 20, 3).hpb, 4, 'the whole group a block');
   assert.equal(decodePlan(1, 48, 4, 128, 4096, 0, 132, 32 << 20, 3).headGroups, 1);
-  assert.equal(decodeTcSharedBytes(128, 2, false), 16 * 136 * 2 + 4 * 4 * 16 * 136 * 2);
-  assert.equal(decodeTcSharedBytes(128, 2, true), 16 * 136 * 2 + 4 * (4 * 16 * 128 + 2 * 16 * 136 * 2));
-  assert.ok(decodeTcSharedBytes(64, 2, false) >= 16 * 72 * 2 + 4 * 16 * 64 * 4, 'room for the f32 merge');
-  assert.equal(decodeTcSharedBytes(128, 2, true, 4), 16 * 136 * 2 + 4 * (8 * 16 * 128 + 2 * 16 * 136 * 2));
-  assert.deepEqual([decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 2)), decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 4))], [3, 2]);
-  assert.equal(decodeTcWanted(120, 32, 8, 128, 132, 2), true, '4-stage fp8: 2 blocks an SM, 3 waves from batch 99');
+  assert.equal(decodeTcSharedBytes(128, 2, false, 1), 4 * 2 * 2 * 16 * 136 * 2, 'bf16 rings: D + 8 elements a row');
+  assert.equal(decodeTcSharedBytes(128, 2, true, 1), 4 * 2 * 2 * 16 * 144, 'fp8 rings: D + 16 bytes a row');
+  assert.equal(decodeTcSharedBytes(64, 2, true, 2), 4 * 2 * 2 * 16 * 80, 'room for the f32 merge [4][16][64]');
+  assert.equal(decodeTcSharedBytes(128, 2, true, 2), 4 * 2 * 2 * 16 * 144);
+  assert.ok(decodeTcSharedBytes(64, 2, true, 1) >= 4 * 8 * 64 * 4);
+  assert.deepEqual([decodeTcHeadBlocks(4), decodeTcHeadBlocks(8), decodeTcHeadBlocks(9), decodeTcHeadBlocks(16)], [1, 1, 2, 2]);
+  assert.equal(decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 1), true, 1), 5, 'fp8, up to 8 heads: its launch bound');
+  assert.equal(decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 2), true, 2), 3);
+  assert.equal(decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, false, 1), false, 1), 3, 'bf16: ~70 KB a block');
   const shape = { numHeads: 32, numKvHeads: 8, headDim: 128, maxSeqlenK: 512, window: 0, numSMs: 132, workspaceBytes: 32 << 20, elemBytes: 2, maxSharedBytesPerBlock: 227 << 10 };
   const big = decodeLaunch({ ...shape, numSeqs: 256, fp8: true });
-  assert.deepEqual([big.tc, big.stages, big.plan.hpb, big.plan.numSplits], [true, 2, 4, 1]);
+  assert.deepEqual([big.tc, big.headBlocks, big.plan.hpb, big.plan.numSplits], [true, 1, 4, 1]);
   assert.equal(decodeLaunch({ ...shape, numSeqs: 256, fp8: false, maxSharedBytesPerBlock: 48 << 10 }).tc, false, 'not where its shared memory does not fit');
   const small = decodeLaunch({ ...shape, numSeqs: 1, fp8: false });
   assert.deepEqual([small.tc, small.plan.numSplits], [false, 8]);

@@ -46,34 +46,37 @@ const decodeBlocksPerSm = (hpb: number): number => (hpb <= 4 ? 4 : 3);
 
 /**
  * The tensor-core decode kernel (kernels/attention_decode_tc.cu) for grouped-query attention: head sizes it is
- * built for, and the group sizes (query heads a KV head) it serves in one 16-row MMA tile. By default it runs
- * where the batch gives it at least DECODE_TC_MIN_WAVES waves of blocks; PEREGRINE_DECODE_ATTN=tc wherever it
- * applies, =simt never (the CUDA-core kernel, attention_decode.cu). Measured 2026-11-28 (H100, 8B shape, BF16
- * weights, context ~1000, bench/decode-attn-ab.sh): batch 256 21.43 -> 20.80 ms/step (BF16 KV) and 19.81 ->
- * 17.73 (FP8 KV); batch 64 (1.3 waves of its blocks) 9.75 -> 10.47 (BF16 KV) and 9.32 -> 9.46; batch 1 equal.
+ * built for, and the group sizes (query heads a KV head) it serves as its MMAs' 8 or 16 columns. By default it
+ * runs where the batch gives it at least decodeTcMinWaves waves of blocks; PEREGRINE_DECODE_ATTN=tc wherever it
+ * applies, =simt never (the CUDA-core kernel, attention_decode.cu). Measured 2026-11-28 (H200, 8B shape,
+ * bench/decode-attn-ab.sh, the CUDA-core kernel -> this one, ms a step): context ~1000, FP8 KV cache, batch 64
+ * 7.91 -> 6.77 (0.8 waves of its 5 blocks an SM), 128 11.25 -> 8.44, 256 18.98 -> 13.61; BF16 KV cache, batch
+ * 64 8.28 -> 8.29 (1.3 waves of 3 an SM), 128 11.95 -> 10.67, 256 20.43 -> 17.40; FP8 weights, context ~160,
+ * batch 1024: 26.55 -> 23.15 (FP8 KV), 27.26 -> 25.42 (BF16 KV).
  */
 const DECODE_TC_HEAD_DIMS: readonly number[] = [64, 80, 96, 128];
 const DECODE_TC_MIN_GROUP = 2;
 const DECODE_TC_MAX_GROUP = 16;
 const DECODE_TC_WARPS = 4;
-/**
- * cp.async stages of each warp's ring with an fp8 cache (kernels built for 2 and 4; PEREGRINE_DECODE_TC_FP8_STAGES):
- * an fp8 tile is half the bytes of a bf16 one, so more of them keep as many bytes loading. 16-bit caches: 2.
- */
-const DECODE_TC_FP8_STAGES = process.env.PEREGRINE_DECODE_TC_FP8_STAGES === '4' ? 4 : 2;
 /** shared memory an H100 / A100 SM gives its blocks (228 / 164 KiB less 1 KiB each); sm_89: 100 KiB */
 const SM_SHARED_BYTES = 227 * 1024;
-const DECODE_TC_MIN_WAVES = 3;
+/** waves of its blocks from which the tensor-core kernel runs by default: fp8 caches from batch 64 of the 8B shape, 16-bit from 128 */
+const decodeTcMinWaves = (fp8: boolean): number => (fp8 ? 0.75 : 2);
 
-export const decodeTcStages = (fp8: boolean): number => (fp8 ? DECODE_TC_FP8_STAGES : 2);
-/** attn_decode_tc blocks an SM holds: ~70 KB a block at head size 128 and 2 stages (3 an SM), ~105 KB at 4 fp8 stages (2) */
-export const decodeTcBlocksPerSm = (sharedBytes: number): number => Math.max(1, Math.min(3, Math.floor(SM_SHARED_BYTES / (sharedBytes + 1024))));
+/** head columns of the tensor-core kernel's MMAs: 8 for groups up to 8 (kernels `_n1`), else 16 (`_n2`) */
+export const decodeTcHeadBlocks = (group: number): 1 | 2 => (group <= 8 ? 1 : 2);
+/**
+ * attn_decode_tc blocks an SM holds: as its shared memory allows, at most its launch bound (keep in step with
+ * PGN_DECODE_TC in kernels/attention_decode_tc.cu: 5 for fp8 caches with groups up to 8, else 3)
+ */
+export const decodeTcBlocksPerSm = (sharedBytes: number, fp8: boolean, headBlocks: 1 | 2): number =>
+  Math.max(1, Math.min(fp8 && headBlocks === 1 ? 5 : 3, Math.floor(SM_SHARED_BYTES / (sharedBytes + 1024))));
 
 /** Whether this decode step runs the tensor-core kernel (PEREGRINE_DECODE_ATTN=tc / simt / unset, read each call). */
-export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number, blocksPerSm: number): boolean {
+export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number, blocksPerSm: number, fp8: boolean): boolean {
   const choice = process.env.PEREGRINE_DECODE_ATTN;
   if (choice === 'simt' || !decodeTcApplies(numHeads, numKvHeads, headDim)) return false;
-  return choice === 'tc' || numSeqs * numKvHeads >= DECODE_TC_MIN_WAVES * blocksPerSm * numSMs;
+  return choice === 'tc' || numSeqs * numKvHeads >= decodeTcMinWaves(fp8) * blocksPerSm * numSMs;
 }
 
 /** Whether the tensor-core decode kernel serves this head size and GQA group. */
@@ -83,14 +86,13 @@ export function decodeTcApplies(numHeads: number, numKvHeads: number, headDim: n
 }
 
 /**
- * Dynamic shared memory of attn_decode_tc (keep in step with its layout): Q [16][D+8] T, then per warp its
- * stages of K and V (T [16][D+8], or fp8 bytes [16][D] plus one converted K and V tile); at least the warps'
- * f32 accumulators [4][16][D] that the final merge reuses it for.
+ * Dynamic shared memory of attn_decode_tc (keep in step with its layout): per warp 2 stages of K and V, rows of
+ * D cache elements and 16 bytes of padding; at least the warps' f32 accumulators [4][8 headBlocks][D] that the
+ * final merge reuses it for.
  */
-export function decodeTcSharedBytes(headDim: number, elemBytes: number, fp8: boolean, stages = decodeTcStages(fp8)): number {
-  const tile = 16 * (headDim + 8) * elemBytes; // 16 rows of T: Q, or a K or V stage
-  const perWarp = fp8 ? stages * 2 * 16 * headDim + 2 * tile : stages * 2 * tile;
-  return tile + Math.max(DECODE_TC_WARPS * perWarp, DECODE_TC_WARPS * 16 * headDim * 4);
+export function decodeTcSharedBytes(headDim: number, elemBytes: number, fp8: boolean, headBlocks: 1 | 2): number {
+  const rowBytes = fp8 ? headDim + 16 : (headDim + 8) * elemBytes;
+  return Math.max(DECODE_TC_WARPS * 2 * 2 * 16 * rowBytes, DECODE_TC_WARPS * 8 * headBlocks * headDim * 4);
 }
 
 /** Device scratch for split decode: partial accumulators and (max, sum) pairs. */
@@ -156,12 +158,12 @@ export interface DecodeLaunchShape {
   readonly maxSharedBytesPerBlock: number;
 }
 export function decodeLaunch(d: DecodeLaunchShape) {
-  const stages = decodeTcStages(d.fp8);
-  const sharedBytes = decodeTcSharedBytes(d.headDim, d.elemBytes, d.fp8, stages);
-  const perSm = decodeTcBlocksPerSm(sharedBytes);
-  const tc = decodeTcWanted(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.numSMs, perSm) && sharedBytes <= d.maxSharedBytesPerBlock;
+  const headBlocks = decodeTcHeadBlocks(d.numHeads / d.numKvHeads);
+  const sharedBytes = decodeTcSharedBytes(d.headDim, d.elemBytes, d.fp8, headBlocks);
+  const perSm = decodeTcBlocksPerSm(sharedBytes, d.fp8, headBlocks);
+  const tc = decodeTcWanted(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.numSMs, perSm, d.fp8) && sharedBytes <= d.maxSharedBytesPerBlock;
   const plan = decodePlan(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.maxSeqlenK, d.window, d.numSMs, d.workspaceBytes, tc ? perSm : null);
-  return { tc, plan, stages, sharedBytes };
+  return { tc, plan, headBlocks, sharedBytes };
 }
 
 /** A layer's K and V on the device, checked against the activations `act` and rows of `kvWidth` elements. */
@@ -234,7 +236,7 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   const common = [cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
 
   if (meta.isDecode) {
-    const { tc, plan, stages: tcStages, sharedBytes: tcShared } = decodeLaunch({
+    const { tc, plan, headBlocks, sharedBytes: tcShared } = decodeLaunch({
       numSeqs, numHeads, numKvHeads, headDim, maxSeqlenK: meta.maxSeqlenK, window, numSMs: ctx.numSMs,
       workspaceBytes: ws.sizeBytes, elemBytes: bytesPerElement(qkv.dtype), fp8, maxSharedBytesPerBlock: ctx.maxSharedBytesPerBlock,
     });
@@ -242,7 +244,7 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
     const args = [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs];
     if (tc) {
-      ctx.kernels.get(fp8 ? 'attn_decode_tc_fp8' : 'attn_decode_tc', `${qkv.dtype}_d${headDim}${fp8 ? `_s${tcStages}` : ''}`).launch(
+      ctx.kernels.get(fp8 ? 'attn_decode_tc_fp8' : 'attn_decode_tc', `${qkv.dtype}_d${headDim}_n${headBlocks}`).launch(
         [plan.numSplits, numKvHeads, numSeqs], 32 * DECODE_TC_WARPS, tcShared, ctx.stream, args);
     } else {
       ctx.kernels.get(fp8 ? 'attn_decode_fp8' : 'attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
