@@ -41,6 +41,18 @@ export interface AttentionMetadata {
   readonly maxSeqlenK: number;
   /** every sequence has exactly one query token (pure decode step). */
   readonly isDecode: boolean;
+  /**
+   * How many sequences at the start of the batch have one query token each (a mixed step's decodes: the
+   * scheduler puts running sequences first), so a backend may run them on its decode kernel; absent: 0.
+   */
+  readonly numDecodeSeqs?: number;
+}
+
+/** The leading sequences of a batch with exactly one query row each (AttentionMetadata.numDecodeSeqs). */
+export function leadingDecodeSeqs(cuSeqlensQ: ArrayLike<number>, numSeqs: number): number {
+  let n = 0;
+  while (n < numSeqs && cuSeqlensQ[n + 1]! - cuSeqlensQ[n]! === 1) n++;
+  return n;
 }
 
 /** Storage of the paged KV cache: 'auto' = the activation dtype; 'fp8' = OCP E4M3 (e4m3fn), one byte an element. */

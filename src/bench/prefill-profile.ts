@@ -4,7 +4,7 @@
  * time, and the arithmetic rate of the linears and the causal attention (TFLOP/s) or the bandwidth of
  * the rest. On CUDA the ops are timed by events behind a device delay, as decode-profile.ts does.
  */
-import type { Backend } from '../backends/backend.js';
+import { leadingDecodeSeqs, type Backend } from '../backends/backend.js';
 import type { DeviceInputs } from '../models/decoder.js';
 import type { ForwardBatch } from '../runner/forward-batch.js';
 import type { ModelRunner } from '../runner/model-runner.js';
@@ -38,7 +38,7 @@ export async function profilePrefillStep(r: ModelRunner, fb: ForwardBatch): Prom
   try {
     let maxQ = 0;
     for (let s = 0; s < S; s++) maxQ = Math.max(maxQ, fb.cuSeqlensQ[s + 1]! - fb.cuSeqlensQ[s]!);
-    const inp: DeviceInputs = { ...inputs.device, meta: { ...inputs.device.meta, numSeqs: S, numTokens: T, maxSeqlenQ: maxQ, maxSeqlenK: Math.max(...fb.contextLens), isDecode: false } };
+    const inp: DeviceInputs = { ...inputs.device, meta: { ...inputs.device.meta, numSeqs: S, numTokens: T, maxSeqlenQ: maxQ, maxSeqlenK: Math.max(...fb.contextLens), isDecode: false, numDecodeSeqs: leadingDecodeSeqs(fb.cuSeqlensQ, S) } };
     const forward = () => model.forward(inp, r.kvCache.layers, S);
     prof.enabled = false;
     forward();

@@ -14,7 +14,7 @@
  * (the previous launch's samples) are read on the device by gatherTokenIds from `sampledIds`,
  * before the embedding; decode graphs capture that gather too.
  */
-import type { Backend, Tensor } from '../backends/backend.js';
+import { leadingDecodeSeqs, type Backend, type Tensor } from '../backends/backend.js';
 import type { ExecuteResults, LaunchedStep } from '../engine/executor.js';
 import { PeregrineError } from '../errors.js';
 import { DecoderModel, type DeviceInputs } from '../models/decoder.js';
@@ -252,7 +252,7 @@ export class ModelRunner {
       maxSeqlenQ = Math.max(maxSeqlenQ, fb.cuSeqlensQ[s + 1]! - fb.cuSeqlensQ[s]!);
       maxSeqlenK = Math.max(maxSeqlenK, fb.contextLens[s]!);
     }
-    const meta = { ...inp.meta, numSeqs: fb.numSeqs, numTokens: fb.numTokens, maxSeqlenQ, maxSeqlenK, isDecode: maxSeqlenQ === 1 };
+    const meta = { ...inp.meta, numSeqs: fb.numSeqs, numTokens: fb.numTokens, maxSeqlenQ, maxSeqlenK, isDecode: maxSeqlenQ === 1, numDecodeSeqs: leadingDecodeSeqs(fb.cuSeqlensQ, fb.numSeqs) };
     const numLogits = fb.logitsIndices.length;
     if (fb.prevSampledRows) this.gatherPlaceholders(fb.numTokens);
     const logits = this.model.forward({ ...inp, meta }, this.kvCache.layers, numLogits);

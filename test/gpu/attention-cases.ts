@@ -3,7 +3,7 @@
  * batch laid out in the paged cache (block tables drawn from a shuffled pool) with its metadata on
  * either backend, and the eager / graph-replay runs that check a decode launch.
  */
-import type { AttentionMetadata } from '../../src/backends/backend.js';
+import { leadingDecodeSeqs, type AttentionMetadata } from '../../src/backends/backend.js';
 import type { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { shuffled, type Harness, type Pair } from './cuda-harness.js';
 
@@ -60,6 +60,7 @@ export function pagedBatch(h: Harness, c: AttentionCase, blockSize: number): Pag
       maxSeqlenQ: Math.max(...seqs.map(([q]) => q)),
       maxSeqlenK: c.maxSeqlenK ?? Math.max(...seqs.map(([, k]) => k)),
       isDecode: seqs.every(([q]) => q === 1),
+      numDecodeSeqs: leadingDecodeSeqs(cuQ, numSeqs),
     }),
   };
 }

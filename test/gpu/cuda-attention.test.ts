@@ -91,6 +91,11 @@ if (!gpu) {
       await check({ headDim: 64, numHeads: 4, numKvHeads: 2, seqs: [[100, 300]], blockSize: 32 });
       // prompts of 512+ queries run the 8-warp kernel
       await check({ headDim: 64, numHeads: 4, numKvHeads: 2, seqs: [[600, 650], [3, 3]] });
+      // a mixed step: its leading decodes run on the decode kernels (CUDA-core, and tensor-core for GQA), the rest
+      // (a decode among them) on the prefill kernel
+      const mixed = [[1, 20], [1, 300], [1, 2100], [37, 37], [1, 999], [70, 150], [600, 700]] as const;
+      for (const [numHeads, numKvHeads] of [[4, 4], [8, 2], [32, 8]] as const) await check({ headDim: 128, numHeads, numKvHeads, seqs: mixed });
+      await check({ headDim: 96, numHeads: 6, numKvHeads: 1, seqs: mixed, slidingWindow: 64, dtype: 'f16' });
       await check({ headDim: 256, numHeads: 2, numKvHeads: 1, seqs: [[530, 530]], slidingWindow: 200 });
     });
 

@@ -86,6 +86,8 @@ if (!gpu) {
       await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 4000]], dtype: 'f16' });
       await check({ headDim: 80, numHeads: 8, numKvHeads: 2, seqs, slidingWindow: 100 });
       await check({ headDim: 96, numHeads: 8, numKvHeads: 2, seqs });
+      // a mixed step: leading decodes on the decode kernel, the rest on the prefill kernel
+      await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 20], [1, 1300], [37, 37], [1, 999], [70, 150]] });
     });
 
     test('split decode over an fp8 cache: several split counts, eager and graph replays', async () => {

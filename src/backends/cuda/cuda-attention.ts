@@ -233,35 +233,40 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     ]);
     return;
   }
-  const common = [cuQ.ptr, ctxLens.ptr, tables.ptr, slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
+  // a mixed step's leading decodes run on the decode kernel, the rest (prompt chunks) on the prefill kernel, which
+  // would give each decode a block of 16-128 query rows per head
+  const numDecode = meta.isDecode ? numSeqs : Math.max(0, Math.min(meta.numDecodeSeqs ?? 0, numSeqs));
+  const tail = [slopes?.ptr ?? null, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap];
 
-  if (meta.isDecode) {
+  if (numDecode > 0) {
     const { tc, plan, headBlocks, sharedBytes: tcShared } = decodeLaunch({
-      numSeqs, numHeads, numKvHeads, headDim, maxSeqlenK: meta.maxSeqlenK, window, numSMs: ctx.numSMs,
+      numSeqs: numDecode, numHeads, numKvHeads, headDim, maxSeqlenK: meta.maxSeqlenK, window, numSMs: ctx.numSMs,
       workspaceBytes: ws.sizeBytes, elemBytes: bytesPerElement(qkv.dtype), fp8, maxSharedBytesPerBlock: ctx.maxSharedBytesPerBlock,
     });
     const partialO = ws.ptr;
     const partialML = ws.ptr + Math.ceil(plan.partialOBytes / 256) * 256;
-    const args = [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, ...common, plan.numSplits, ...scaleArgs];
+    const args = [out.ptr, partialO, partialML, qkv.ptr, k.ptr, v.ptr, cuQ.ptr, ctxLens.ptr, tables.ptr, ...tail, plan.numSplits, ...scaleArgs];
     if (tc) {
       ctx.kernels.get(fp8 ? 'attn_decode_tc_fp8' : 'attn_decode_tc', `${qkv.dtype}_d${headDim}_n${headBlocks}`).launch(
-        [plan.numSplits, numKvHeads, numSeqs], 32 * DECODE_TC_WARPS, tcShared, ctx.stream, args);
+        [plan.numSplits, numKvHeads, numDecode], 32 * DECODE_TC_WARPS, tcShared, ctx.stream, args);
     } else {
       ctx.kernels.get(fp8 ? 'attn_decode_fp8' : 'attn_decode', `${qkv.dtype}_d${headDim}_h${plan.hpb}`).launch(
-        [plan.numSplits, numKvHeads * plan.headGroups, numSeqs], DECODE_THREADS, 0, ctx.stream, args);
+        [plan.numSplits, numKvHeads * plan.headGroups, numDecode], DECODE_THREADS, 0, ctx.stream, args);
     }
     if (plan.numSplits > 1) {
       const threads = Math.max(headDim, Math.ceil(plan.numSplits / 32) * 32);
-      ctx.kernels.get('attn_decode_combine', qkv.dtype).launch([numHeads, numSeqs], threads, 0, ctx.stream, [out.ptr, partialO, partialML, cuQ.ptr, numHeads, headDim, plan.numSplits]);
+      ctx.kernels.get('attn_decode_combine', qkv.dtype).launch([numHeads, numDecode], threads, 0, ctx.stream, [out.ptr, partialO, partialML, cuQ.ptr, numHeads, headDim, plan.numSplits]);
     }
-    return;
   }
+  if (numDecode === numSeqs) return;
   const warps = prefillWarps(meta.maxSeqlenQ);
   const sharedFor = (stages: number) => prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8, stages);
   const stages = prefillStages(headDim) === 2 && sharedFor(2) <= ctx.maxSharedBytesPerBlock ? 2 : 1;
   const shared = sharedFor(stages);
+  // the sequences from numDecode on: their rows of cuSeqlensQ, contextLens and blockTables (i32)
+  const seqArgs = [cuQ.ptr + 4 * numDecode, ctxLens.ptr + 4 * numDecode, tables.ptr + 4 * numDecode * maxBlocksPerSeq];
   ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}${stages === 2 ? '_s2' : ''}`).launch(
-    [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs], 32 * warps, shared, ctx.stream,
-    [out.ptr, qkv.ptr, k.ptr, v.ptr, ...common, ...scaleArgs],
+    [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs - numDecode], 32 * warps, shared, ctx.stream,
+    [out.ptr, qkv.ptr, k.ptr, v.ptr, ...seqArgs, ...tail, ...scaleArgs],
   );
 }
