@@ -12,9 +12,8 @@ tests=1; [ "${1:-}" = --no-tests ] && { tests=0; shift; }
 batches=${1:-64,128,256}; isl=${2:-1000}; shift $(( $# > 2 ? 2 : $# ))
 t() { timeout 120 node --test "dist/test/gpu/$1.test.js" 2>&1 | grep -E '^# (pass|fail)|^not ok|error:' | head -6; }
 if [ $tests = 1 ]; then
-  echo "-- cuda-attention (its own tc and two-stage prefill tests)"; t cuda-attention
+  echo "-- cuda-attention (its own tc and mixed-step tests)"; t cuda-attention
   echo "-- kv-fp8, tc"; PEREGRINE_DECODE_ATTN=tc t kv-fp8
-  echo "-- kv-fp8, two-stage prefill"; PEREGRINE_PREFILL_STAGES=2 t kv-fp8
   echo "-- cuda-models, tc"; PEREGRINE_DECODE_ATTN=tc t cuda-models
 fi
 L="node dist/src/cli/main.js bench latency --shape llama-3.1-8b --random-weights --device cuda --batch $batches --isl $isl --osl 32 --prefill 128 $*"

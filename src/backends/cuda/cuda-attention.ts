@@ -107,20 +107,13 @@ export function prefillWarps(maxSeqlenQ: number): 4 | 8 {
 }
 
 /**
- * PEREGRINE_PREFILL_STAGES=2 (read each call): prefill blocks load the next K and V tiles while one computes
- * (kernels `_s2`, built for head size 128 only; not yet measured: prepared 2026-11-28 for the next device run).
- * Default 1: V loads during the scores, the next K during P V.
+ * Q, K and V tiles of T; with an fp8 cache, also the byte staging of a K and a V tile. (V loads during the
+ * scores, the next K during P V; a second K / V pair loading during the whole tile measured within spread,
+ * H200 2026-11-28, and was removed.)
  */
-export const prefillStages = (headDim: number): 1 | 2 => (process.env.PEREGRINE_PREFILL_STAGES === '2' && headDim === 128 ? 2 : 1);
-
-/**
- * Q, K and V tiles of T (two pairs with 2 stages); with an fp8 cache, also the byte staging of a K and a V tile
- * per stage (the converted tiles are one pair)
- */
-export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number, fp8 = false, stages = 1): number {
+export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number, fp8 = false): number {
   const bn = prefillBn(headDim);
-  const tiles = stages === 2 && !fp8 ? 4 : 2;
-  return (16 * warps + tiles * bn) * (headDim + 8) * elemBytes + (fp8 ? stages * 2 * bn * headDim : 0);
+  return (16 * warps + 2 * bn) * (headDim + 8) * elemBytes + (fp8 ? 2 * bn * headDim : 0);
 }
 
 /**
@@ -260,12 +253,10 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
   }
   if (numDecode === numSeqs) return;
   const warps = prefillWarps(meta.maxSeqlenQ);
-  const sharedFor = (stages: number) => prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8, stages);
-  const stages = prefillStages(headDim) === 2 && sharedFor(2) <= ctx.maxSharedBytesPerBlock ? 2 : 1;
-  const shared = sharedFor(stages);
+  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8);
   // the sequences from numDecode on: their rows of cuSeqlensQ, contextLens and blockTables (i32)
   const seqArgs = [cuQ.ptr + 4 * numDecode, ctxLens.ptr + 4 * numDecode, tables.ptr + 4 * numDecode * maxBlocksPerSeq];
-  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}${stages === 2 ? '_s2' : ''}`).launch(
+  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}`).launch(
     [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs - numDecode], 32 * warps, shared, ctx.stream,
     [out.ptr, qkv.ptr, k.ptr, v.ptr, ...seqArgs, ...tail, ...scaleArgs],
   );

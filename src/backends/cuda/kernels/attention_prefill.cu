@@ -22,7 +22,7 @@
 // 8 warps: 128 registers, a small spill); head size 256 needs ~250 registers.
 #define PGN_PREFILL_MIN_BLOCKS(D, NW) ((D) <= 96 ? 16 / (NW) : (D) == 128 ? ((NW) == 4 ? 3 : 2) : 1)
 
-template <typename T, typename C, int D, int BN, int NW, int ST>
+template <typename T, typename C, int D, int BN, int NW>
 __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCache, const int* cuSeqlensQ,
                              const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,
                              int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,
@@ -30,13 +30,10 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
   constexpr bool F8 = sizeof(C) == 1;
   constexpr int BM = 16 * NW, STRIDE = D + 8, CHUNKS = D / 8, THREADS = 32 * NW;
   extern __shared__ __align__(16) unsigned char smemRaw[];
-  // ST == 1: one K and one V tile; ST == 2: two of each (tile n + 1 loads while tile n computes), with an fp8
-  // cache two stagings of each and one converted K and V tile
   T* sQ = reinterpret_cast<T*>(smemRaw);
   T* sK = sQ + BM * STRIDE;
   T* sV = sK + BN * STRIDE;
-  constexpr int T_TILES = (ST == 2 && !F8) ? 2 : 1;  // K and V tiles of T per stage set
-  kv_fp8_t* stK = reinterpret_cast<kv_fp8_t*>(sV + (2 * T_TILES - 1) * BN * STRIDE);  // fp8 staging [ST][K | V][BN][D]
+  kv_fp8_t* stK = reinterpret_cast<kv_fp8_t*>(sV + BN * STRIDE);  // fp8 staging [K | V][BN][D]
   kv_fp8_t* stV = stK + BN * D;
 
   // the last query tiles see the most keys: start them first
@@ -80,12 +77,8 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
     }
     __syncthreads();
   };
-  // ST == 2: buffer pair b's K and V tiles (fp8: their stagings; the converted tiles are sK, sV)
-  auto tileK = [&](int b) { return sK + 2 * b * BN * STRIDE; };
-  auto stageK = [&](int b) { return stK + 2 * b * BN * D; };
   loadKv(sK, stK, kCache, nBegin);
-  if constexpr (ST == 2) loadKv(sV, stV, vCache, nBegin);
-  cp_async_commit();  // group: Q + first K (ST == 2: and first V)
+  cp_async_commit();  // group: Q + first K
 
   const int row0 = m0 + warp * 16 + (lane >> 2);  // query index of c0,c1; c2,c3 are row0 + 8
   const int pos0 = firstPos + row0, pos1 = pos0 + 8;
@@ -103,35 +96,12 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
   for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float mRow[2] = {PGN_NEG_INF, PGN_NEG_INF}, lRow[2] = {0.f, 0.f};
 
-  int buf = 0;
-  for (int n0 = nBegin; n0 < jEnd; n0 += BN, buf ^= 1) {
-    const T* tK = sK;  // this tile's K and V as T
-    const T* tV = sV;
-    if constexpr (ST == 2) {
-      // the next tile's K and V into the other pair while this one computes
-      if (n0 + BN < jEnd) {
-        T* nK = F8 ? sK : tileK(buf ^ 1);
-        kv_fp8_t* gK = stageK(buf ^ 1);
-        loadKv(nK, gK, kCache, n0 + BN);
-        loadKv(nK + BN * STRIDE, gK + BN * D, vCache, n0 + BN);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();  // this K and V
-      __syncthreads();
-      if constexpr (F8) {
-        convertKv(sK, stageK(buf));
-        convertKv(sV, stageK(buf) + BN * D);
-      } else {
-        tK = tileK(buf);
-        tV = tK + BN * STRIDE;
-      }
-    } else {
-      loadKv(sV, stV, vCache, n0);
-      cp_async_commit();
-      cp_async_wait<1>();  // Q and this K
-      __syncthreads();
-      if constexpr (F8) convertKv(sK, stK);
-    }
+  for (int n0 = nBegin; n0 < jEnd; n0 += BN) {
+    loadKv(sV, stV, vCache, n0);
+    cp_async_commit();
+    cp_async_wait<1>();  // Q and this K
+    __syncthreads();
+    if constexpr (F8) convertKv(sK, stK);
 
     float s[BN / 8][4];
 #pragma unroll
@@ -143,7 +113,7 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
 #pragma unroll
       for (int nt = 0; nt < BN / 16; nt++) {
         unsigned b[4];
-        ldmatrix_x4(b, tK + (nt * 16 + (lane & 7) + ((lane >> 4) << 3)) * STRIDE + kk * 16 + ((lane >> 3) & 1) * 8);
+        ldmatrix_x4(b, sK + (nt * 16 + (lane & 7) + ((lane >> 4) << 3)) * STRIDE + kk * 16 + ((lane >> 3) & 1) * 8);
         mma16816<T>(s[2 * nt], a, b[0], b[1]);
         mma16816<T>(s[2 * nt + 1], a, b[2], b[3]);
       }
@@ -195,15 +165,13 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
       }
     }
 
-    if constexpr (ST == 1) {
-      cp_async_wait<0>();  // this V
-      __syncthreads();     // every warp is done with K
-      if (n0 + BN < jEnd) {
-        loadKv(sK, stK, kCache, n0 + BN);
-        cp_async_commit();
-      }
-      if constexpr (F8) convertKv(sV, stV);
+    cp_async_wait<0>();  // this V
+    __syncthreads();     // every warp is done with K
+    if (n0 + BN < jEnd) {
+      loadKv(sK, stK, kCache, n0 + BN);
+      cp_async_commit();
     }
+    if constexpr (F8) convertKv(sV, stV);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
       const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
@@ -211,12 +179,12 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
 #pragma unroll
       for (int dt = 0; dt < D / 16; dt++) {
         unsigned b[4];
-        ldmatrix_x4_trans(b, tV + (kk * 16 + (lane & 15)) * STRIDE + dt * 16 + (lane >> 4) * 8);
+        ldmatrix_x4_trans(b, sV + (kk * 16 + (lane & 15)) * STRIDE + dt * 16 + (lane >> 4) * 8);
         mma16816<T>(o[2 * dt], a, b[0], b[1]);
         mma16816<T>(o[2 * dt + 1], a, b[2], b[3]);
       }
     }
-    __syncthreads();  // every warp is done with V (ST == 2: with this pair, which the next iteration refills)
+    __syncthreads();  // every warp is done with V
   }
 
   float inv[2];
@@ -234,36 +202,33 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
   }
 }
 
-// ST: 1, or 2 (SUF _s2) with the next K / V tiles loading while a tile computes
-#define PGN_PREFILL_ST(T, S, D, NW, ST, SUF)                                                                     \
+#define PGN_PREFILL_W(T, S, D, NW)                                                                                \
   extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
-      attn_prefill_##S##_d##D##_w##NW##SUF(T* out, const T* qkv, const T* kCache, const T* vCache,              \
+      attn_prefill_##S##_d##D##_w##NW(T* out, const T* qkv, const T* kCache, const T* vCache,              \
            const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,      \
            int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window,            \
            float softcap) {                                                                                      \
     PGN_PDL_WAIT();                                                                                              \
-    attn_prefill<T, T, D, PGN_PREFILL_BN(D), NW, ST>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,          \
+    attn_prefill<T, T, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,          \
                                                      blockTables, alibiSlopes, numHeads, numKvHeads,             \
                                                      maxBlocksPerSeq, blockSize, scale, window, softcap, 1.f, 1.f); \
     PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
   extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
-      attn_prefill_fp8_##S##_d##D##_w##NW##SUF(T* out, const T* qkv, const kv_fp8_t* kCache,                    \
+      attn_prefill_fp8_##S##_d##D##_w##NW(T* out, const T* qkv, const kv_fp8_t* kCache,                    \
                  const kv_fp8_t* vCache, const int* cuSeqlensQ, const int* contextLens, const int* blockTables,  \
                  const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize,     \
                  float scale, int window, float softcap, float kScale, float vScale) {                           \
     PGN_PDL_WAIT();                                                                                              \
-    attn_prefill<T, kv_fp8_t, D, PGN_PREFILL_BN(D), NW, ST>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,   \
+    attn_prefill<T, kv_fp8_t, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,   \
                                                             blockTables, alibiSlopes, numHeads, numKvHeads,      \
                                                             maxBlocksPerSeq, blockSize, scale, window, softcap,  \
                                                             kScale, vScale);                                     \
     PGN_PDL_TRIGGER();                                                                                           \
   }
-#define PGN_PREFILL_NW(T, S, D) PGN_PREFILL_ST(T, S, D, 4, 1, ) PGN_PREFILL_ST(T, S, D, 8, 1, )
-// two stages (an A/B, PEREGRINE_PREFILL_STAGES=2) built for head size 128 only, until measured
-#define PGN_PREFILL_NW2(T, S, D) PGN_PREFILL_NW(T, S, D) PGN_PREFILL_ST(T, S, D, 4, 2, _s2) PGN_PREFILL_ST(T, S, D, 8, 2, _s2)
+#define PGN_PREFILL_NW(T, S, D) PGN_PREFILL_W(T, S, D, 4) PGN_PREFILL_W(T, S, D, 8)
 #define PGN_PREFILL_ALL_D(T, S)                                                                                  \
-  PGN_PREFILL_NW(T, S, 64) PGN_PREFILL_NW(T, S, 80) PGN_PREFILL_NW(T, S, 96) PGN_PREFILL_NW2(T, S, 128)         \
+  PGN_PREFILL_NW(T, S, 64) PGN_PREFILL_NW(T, S, 80) PGN_PREFILL_NW(T, S, 96) PGN_PREFILL_NW(T, S, 128)          \
   PGN_PREFILL_NW(T, S, 256)
 
 PGN_HALF_TYPES(PGN_PREFILL_ALL_D)
