@@ -89,9 +89,9 @@ export class LtPlans {
   readonly #u64View: DataView;
   #disposed = false;
 
-  /** Needs the CUDA context current. `workspace` is device memory of `workspaceBytes`. */
-  constructor(workspace: DevicePtr, workspaceBytes: number, driverMajor: number) {
-    this.#lt = loadLt(driverMajor);
+  /** Needs the CUDA context current. `workspace` is device memory of `workspaceBytes`; `lt` the binding (tests: a fake). */
+  constructor(workspace: DevicePtr, workspaceBytes: number, driverMajor: number, lt: Lt = loadLt(driverMajor)) {
+    this.#lt = lt;
     this.workspace = workspace;
     this.#workspaceBytes = workspaceBytes;
     const box: Handle[] = [null];
