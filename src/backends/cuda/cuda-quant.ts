@@ -23,197 +23,19 @@ import { PeregrineError } from '../../errors.js';
 import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
-import { QuantGemm, type Fp8Scaling, type OutDtype } from './cuda-quant-gemm.js';
-import { BIAS_KIND, OUT_KIND, QGEMV_PARAMS, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
-import { asCuda, type CudaTensor } from './cuda-tensor.js';
-import { check } from './driver.js';
-import type { Kernel, ParamKind } from './module.js';
+import { dequantLinear } from './cuda-quant-dequant.js';
+import { fp8Cublas, fp8CublasScalar, fp8Mma, fp8TensorActivations, quantizeActivations } from './cuda-quant-fp8.js';
+import type { OutDtype } from './cuda-quant-gemm.js';
+import { BIAS_KIND, OUT_KIND, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
+import {
+  FP8_MMA_MAX_M, GEMV_CHUNK, GEMV_KERNEL_MAX_M, GEMV_ROWS_PER_WARP, GEMV_WARPS, INT_GEMV_MAX_M, KIND_CODE, MMA_KERNEL_MAX_M, quantForced,
+  stateOf, THREADS, VALUES_PER_WORD, type Call, type QuantizedX, type QuantPath, type QuantState,
+} from './cuda-quant-state.js';
+import { asCuda } from './cuda-tensor.js';
 import { floatTensor, invalid, requireCount, requireLength, requireRows } from './op-checks.js';
 
-export type QuantPath = 'qgemv' | 'mma' | 'cublas' | 'gemv' | 'dequant';
-
-/**
- * int8 / int4: most tokens for the GEMV (H100, 8B shapes: at 4 and 8 tokens it beats dequantized tiles + GEMM
- * on gate_up 2.7x / 1.6x, and is even with it on o_proj / down_proj at 8)
- */
-export const INT_GEMV_MAX_M = 8;
-/** fp8: most tokens for the tensor-core GEMV (H100: ahead of cuBLASLt at 1 token, behind at 16) */
-export const FP8_MMA_MAX_M = 8;
-const GEMV_KERNEL_MAX_M = 8;
-/** quant_fp8_mma takes two 8-token tiles */
-const MMA_KERNEL_MAX_M = 16;
-/** bytes of one dequantized weight tile (fits the 50 MiB L2 of an H100 with the GEMM's operands) */
-const TILE_BYTES = 32 << 20;
-/** tile rows are a multiple of this, so each tile's output columns start 256-byte aligned */
-const TILE_ROW_ALIGN = 128;
-/** f32 scratch for unscaled FP8 products, filled in chunks of tokens */
-const ACC_BYTES = 64 << 20;
-const GEMM_WORKSPACE_BYTES = 32 << 20;
-const THREADS = 256;
-/** quant_fp8_rows: 16-byte units a thread holds, threads a block has at most */
-const ROWS_UNITS = 8;
-const ROWS_MAX_THREADS = 1024;
-const GEMV_WARPS = 4;
-/** quant_gemv's rows per warp */
-const GEMV_ROWS_PER_WARP = 2;
-const MMA_ROWS_PER_BLOCK = 16;
-const KIND_CODE = { fp8: 0, int8: 1, int4: 2 } as const;
-const VALUES_PER_WORD = { fp8: 4, int8: 4, int4: 8 } as const;
-/** values per 16-byte chunk of a GEMV lane */
-const GEMV_CHUNK = { int8: 16, int4: 32 } as const;
-
-const p = 'ptr' as const, i32 = 'i32' as const, i64 = 'i64' as const, u32 = 'u32' as const, f32 = 'f32' as const;
-/** parameter lists of kernels/quant.cu, by kernel name prefix */
-const PARAMS = {
-  quant_fp8_act: [p, p, p, p, p, i32, f32], // (xq, rowScales, xfq, x, inputScale, K, minScale)
-  quant_fp8_rows: [p, p, p, p, i32, f32], // (xq, rowScales, x, inputScale, K, minScale)
-  qgemv: QGEMV_PARAMS,
-  quant_dequant: [p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, qw, scales, zeros, kind, n0, rows, K, groupSize, perTensor)
-  quant_gemv: [p, p, p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind)
-  quant_fp8_mma: [p, p, p, p, p, i32, p, i32, i32, i32, i32, i32], // (out, xq, xs, w, ws, wsPerTensor, bias, M, N, K, outKind, biasKind)
-  quant_scale_out: [p, p, i32, p, p, i32, p, i32, i32, i32, i32], // (out, acc, ldAcc, xs, ws, wsPerTensor, bias, M, N, outKind, biasKind)
-  quant_bias_add: [p, p, i32, i32, i32, i32], // (out, bias, M, N, outKind, biasKind)
-  quant_fill_f32: [p, p, i32], // (out, src, n)
-  quant_fill_codes: [p, i64, u32, u32], // (out, n, seed, mask)
-  quant_fp8_amax: [p, p, i64], // (amaxBits, x, n)
-  quant_fp8_tensor_scale: [p, p, f32], // (scale, amaxBits, minScale)
-} as const satisfies Record<string, readonly ParamKind[]>;
-
-/**
- * PEREGRINE_FP8_TENSOR_ACT=1: FP8 linears with per-tensor weight scales take, at more tokens than the
- * decode paths serve ('cublas'), one dynamic activation scale per tensor (amax over the whole x / 448, as
- * vLLM's default FP8 does) instead of one per token, so cuBLASLt applies both scales as scalars and writes
- * the output directly (no f32 scratch + epilogue, which cuBLASLt's refusal of outer-vector scales on H100
- * forces for per-token scales). Off by default until measured: it changes the rounding of prefill
- * activations against the per-token CPU reference (by about FP8's own error).
- */
-export const fp8TensorActivations = { enabled: process.env.PEREGRINE_FP8_TENSOR_ACT === '1' };
-
-/**
- * Tokens from which FP8 GEMMs with per-token scales take cuBLASLt's outer-vector scaling (cuBLAS >= 12.9; both
- * scales applied inside the GEMM) rather than unscaled products into f32 scratch and our epilogue. Measured on an
- * H200 (2026-11-28, 8B shape): the outer-vector kernels win at 256 decode tokens and in prefill, lose at 64.
- * PEREGRINE_FP8_OUTER_VEC_MIN_M overrides (read once: the check runs on every FP8 linear of a large batch).
- */
-const outerVecMinEnv = Number(process.env.PEREGRINE_FP8_OUTER_VEC_MIN_M);
-const FP8_OUTER_VEC_MIN_M = Number.isInteger(outerVecMinEnv) && outerVecMinEnv > 0 ? outerVecMinEnv : 128;
-
-let forcedPath: QuantPath | null = null;
-let forcedScaling: Fp8Scaling | null = null;
-
-/** Tests and benchmarks: run every quantized linear through `path` (it must suit the call), or null to choose. */
-export function forceQuantPath(path: QuantPath | null): void {
-  forcedPath = path;
-}
-
-/**
- * Tests and benchmarks: the FP8 cuBLASLt scaling to use ('none' = f32 scratch + epilogue), or null to choose;
- * a forced 'outer-vec' or 'scalar' (with fp8TensorActivations) the library refuses throws, naming why.
- */
-export function forceFp8Scaling(scaling: Fp8Scaling | null): void {
-  forcedScaling = scaling;
-}
-
-/** A device buffer that only grows, for one backend's quantized linears. */
-class GrowBuffer {
-  ptr = 0;
-  bytes = 0;
-}
-
-class QuantState {
-  readonly be: CudaBackend;
-  readonly buffers = new Map<string, GrowBuffer>();
-  /** retired buffers and per-weight copies, freed by disposeQuant */
-  readonly owned: number[] = [];
-  readonly fp8 = new WeakMap<QuantizedWeight, Fp8Prep>();
-  /** cuBLASLt has not refused outer-vector FP8 scaling yet (cuBLAS 13.1 on an H100 does refuse it) */
-  outerVec = true;
-  #gemm: QuantGemm | null = null;
-
-  constructor(be: CudaBackend) {
-    this.be = be;
-  }
-
-  get gemm(): QuantGemm {
-    if (!this.#gemm) {
-      const ws = this.alloc(GEMM_WORKSPACE_BYTES);
-      this.#gemm = new QuantGemm(this.be.dev.drv, ws, GEMM_WORKSPACE_BYTES, Math.floor(this.be.props.driverVersion / 1000));
-    }
-    return this.#gemm;
-  }
-
-  alloc(bytes: number): number {
-    const ptr = this.be.allocator.alloc(bytes);
-    this.owned.push(ptr);
-    return ptr;
-  }
-
-  buf(name: string, bytes: number): number {
-    let b = this.buffers.get(name);
-    if (!b) this.buffers.set(name, (b = new GrowBuffer()));
-    if (bytes > b.bytes) {
-      if (b.ptr) this.owned.push(b.ptr);
-      b.bytes = Math.max(bytes, Math.ceil(b.bytes * 1.5));
-      b.ptr = this.be.allocator.alloc(b.bytes);
-    }
-    return b.ptr;
-  }
-
-  kernel(prefix: keyof typeof PARAMS, suffix = ''): Kernel {
-    return this.be.kernels.module.kernel(suffix ? `${prefix}_${suffix}` : prefix, PARAMS[prefix]);
-  }
-
-  dispose(): void {
-    this.#gemm?.dispose();
-    this.#gemm = null;
-    for (const b of this.buffers.values()) if (b.ptr) this.be.allocator.free(b.ptr);
-    for (const ptr of this.owned) this.be.allocator.free(ptr);
-    this.buffers.clear();
-    this.owned.length = 0;
-  }
-}
-
-interface Fp8Prep {
-  /** E4M3 [Npad, K]: the weight's own words, or a zero-padded copy */
-  readonly w: number;
-  readonly Npad: number;
-  /** f32 [N] weight scales for outer-vector scaling (made on first use) */
-  scaleVector: number | null;
-}
-
-const states = new WeakMap<CudaBackend, QuantState>();
-
-function stateOf(be: CudaBackend): QuantState {
-  let st = states.get(be);
-  if (!st) states.set(be, (st = new QuantState(be)));
-  return st;
-}
-
-/** Frees what the quantized linears of `be` hold (scratch, cached weight copies, the cuBLASLt handle). */
-export function disposeQuant(be: CudaBackend): void {
-  states.get(be)?.dispose();
-  states.delete(be);
-}
-
-/** A checked call: tensors as CUDA tensors and the sizes every path needs. */
-interface Call {
-  readonly w: QuantizedWeight;
-  readonly out: CudaTensor;
-  readonly x: CudaTensor;
-  readonly bias: CudaTensor | null;
-  readonly qweight: CudaTensor;
-  readonly scales: CudaTensor;
-  readonly zeros: CudaTensor | null;
-  readonly inputScale: CudaTensor | null;
-  /** fp8: x as the fused norm quantized it (codes [>= M, K/4] 16-byte aligned, scales [>= M]) */
-  readonly xq: { readonly codes: CudaTensor; readonly scales: CudaTensor } | null;
-  readonly M: number;
-  readonly N: number;
-  readonly K: number;
-  readonly perTensor: boolean;
-  readonly outKind: number;
-  readonly biasKind: number;
-}
+export { forceFp8Scaling, forceQuantPath, disposeQuant, INT_GEMV_MAX_M, FP8_MMA_MAX_M, type QuantPath } from './cuda-quant-state.js';
+export { fp8TensorActivations, quantizeFp8Activations } from './cuda-quant-fp8.js';
 
 /**
  * out [T, N] = x [T, K] @ dequant(w)^T (+ bias), as the CPU reference computes it.
@@ -234,35 +56,6 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
 }
 
 /**
- * x quantized with one scale for the whole tensor (a static input scale, or amax / 448 computed on the
- * device), then cuBLASLt's FP8 GEMM with scalar scales straight into out. False (nothing queued) where
- * cuBLASLt refuses it or the weight needs padding rows: the caller takes the per-token path.
- */
-function fp8CublasScalar(st: QuantState, c: Call): boolean {
-  const { M, N, K } = c;
-  const prep = prepareFp8(st, c);
-  const refuse = (why: string): false => {
-    if (forcedScaling === 'scalar') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: no scalar-scaled FP8 GEMM for M=${M} N=${N} K=${K}: ${why}`, { M, N, K });
-    return false;
-  };
-  if (prep.Npad !== N) return refuse(`N is not a multiple of 16`);
-  const drv = st.be.dev.drv;
-  let scale = c.inputScale?.ptr ?? null;
-  if (scale === null) {
-    const amax = st.buf('amax', 32);
-    scale = amax + 16; // cuBLASLt answers NOT_SUPPORTED for a scale pointer that is not 16-byte aligned
-    check(drv, drv.cuMemsetD32Async(amax, 0, 1, st.be.stream.handle), 'cuMemsetD32Async');
-    st.kernel('quant_fp8_amax', c.x.dtype).launch(Math.min(blocksFor(st, M * K), 4 * st.be.props.numSMs), THREADS, 0, st.be.stream, [amax, c.x.ptr, M * K]);
-    st.kernel('quant_fp8_tensor_scale').launch(1, 32, 0, st.be.stream, [scale, amax, FP8_MIN_ACTIVATION_SCALE]);
-  }
-  const { xq } = quantizeActivations(st, c, scale);
-  const ran = st.gemm.fp8({ out: c.out.ptr, outDtype: c.out.dtype as OutDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'scalar', aScale: c.scales.ptr, bScale: scale }, st.be.stream);
-  if (!ran) return refuse(st.gemm.lastRefusal ?? 'cuBLASLt refused it'); // the quantized x is rewritten by the per-token path
-  addBias(st, c);
-  return true;
-}
-
-/**
  * The path `quantLinear` takes for `numTokens` tokens of x (forceQuantPath wins; it throws if the path cannot
  * run); `hasXq`: fp8 x comes quantized (or, past QGEMV_FP8_QUANT_MAX_M tokens, will be).
  */
@@ -279,9 +72,9 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
     gemv: w.kind !== 'fp8' && numTokens <= GEMV_KERNEL_MAX_M && K % GEMV_CHUNK[w.kind] === 0 && w.groupSize % GEMV_CHUNK[w.kind] === 0 && xAligned,
     dequant: true,
   };
-  if (forcedPath) {
-    if (!can[forcedPath]) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: path '${forcedPath}' cannot run ${w.kind} [${w.shape.join(', ')}] with ${numTokens} tokens`, { path: forcedPath, kind: w.kind });
-    return forcedPath;
+  if (quantForced.path) {
+    if (!can[quantForced.path]) throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: path '${quantForced.path}' cannot run ${w.kind} [${w.shape.join(', ')}] with ${numTokens} tokens`, { path: quantForced.path, kind: w.kind });
+    return quantForced.path;
   }
   if (can.qgemv && quantFastPolicy.qgemv && numTokens <= quantFastPolicy.maxM) {
     const quantized = hasXq || numTokens > QGEMV_FP8_QUANT_MAX_M;
@@ -336,10 +129,6 @@ function checkXq(xqT: Fp8Activations, M: number, K: number): Call['xq'] {
   return codes.ptr % 16 === 0 ? { codes, scales } : null;
 }
 
-function blocksFor(st: QuantState, work: number): number {
-  return Math.max(1, Math.min(Math.ceil(work / THREADS), st.be.props.numSMs * 16));
-}
-
 function gemv(st: QuantState, c: Call): void {
   const mt = c.M <= 1 ? 1 : c.M <= 2 ? 2 : c.M <= 4 ? 4 : 8;
   st.kernel('quant_gemv', `${c.w.kind}_${c.x.dtype}_m${mt}`).launch(Math.ceil(c.N / (GEMV_WARPS * GEMV_ROWS_PER_WARP)), 32 * GEMV_WARPS, 0, st.be.stream, [
@@ -369,145 +158,6 @@ function qgemv(st: QuantState, c: Call, a: QuantizedX | null): void {
       FP8_MIN_ACTIVATION_SCALE,
     ]);
   }
-}
-
-/** E4M3 activations of a call: codes [M, K] bytes and per-token scales [M] (device addresses). */
-interface QuantizedX {
-  readonly xq: number;
-  readonly xs: number;
-}
-
-/** x -> E4M3 [M, K] and per-token scales [M] in scratch (with `inputScale`, a device f32: that one scale). */
-function quantizeActivations(st: QuantState, c: Call, inputScale = c.inputScale?.ptr ?? null): QuantizedX {
-  const dst = { xq: st.buf('xq', c.M * c.K), xs: st.buf('xs', c.M * 4) };
-  quantizeInto(st, dst, c.x, c.M, c.K, inputScale);
-  return dst;
-}
-
-/** One pass per row (quant_fp8_rows) where x allows, else quant_fp8_act. */
-/** `inputScale`: a device f32 (one scale for every row), or null for per-row scales. */
-function quantizeInto(st: QuantState, dst: QuantizedX, x: CudaTensor, M: number, K: number, inputScale: number | null): void {
-  const units = K / 8;
-  if (quantFastPolicy.fused && K % 8 === 0 && x.ptr % 16 === 0 && units <= ROWS_UNITS * ROWS_MAX_THREADS) {
-    const threads = Math.min(ROWS_MAX_THREADS, Math.max(32, Math.ceil(units / 32) * 32)); // <= ROWS_UNITS units each
-    st.kernel('quant_fp8_rows', x.dtype).launch(M, threads, 0, st.be.stream, [dst.xq, dst.xs, x.ptr, inputScale, K, FP8_MIN_ACTIVATION_SCALE]);
-  } else {
-    st.kernel('quant_fp8_act', x.dtype).launch(M, THREADS, 0, st.be.stream, [dst.xq, dst.xs, null, x.ptr, inputScale, K, FP8_MIN_ACTIVATION_SCALE]);
-  }
-}
-
-function fp8Mma(st: QuantState, c: Call, { xq, xs }: QuantizedX): void {
-  st.kernel('quant_fp8_mma', c.M <= 8 ? 'n1' : 'n2').launch(Math.ceil(c.N / MMA_ROWS_PER_BLOCK), THREADS, 0, st.be.stream, [
-    c.out.ptr, xq, xs, c.qweight.ptr, c.scales.ptr, c.perTensor ? 1 : 0, c.bias?.ptr ?? null, c.M, c.N, c.K, c.outKind, c.biasKind,
-  ]);
-}
-
-function fp8Cublas(st: QuantState, c: Call, { xq, xs }: QuantizedX): void {
-  const { M, N, K } = c;
-  const prep = prepareFp8(st, c);
-  const outDtype = c.out.dtype as OutDtype;
-  if (N === prep.Npad && (forcedScaling === 'outer-vec' || (forcedScaling === null && st.outerVec && M >= FP8_OUTER_VEC_MIN_M))) {
-    const ran = st.gemm.fp8({ out: c.out.ptr, outDtype, ldOut: N, xq, w: prep.w, M, N, K, scaling: 'outer-vec', aScale: scaleVector(st, c, prep), bScale: xs }, st.be.stream);
-    if (ran) return addBias(st, c);
-    st.outerVec = false;
-    if (forcedScaling === 'outer-vec') throw new PeregrineError('PGN_ERR_UNSUPPORTED_FEATURE', `linear: cuBLASLt refuses outer-vector FP8 scaling for M=${M} N=${N} K=${K}: ${st.gemm.lastRefusal ?? 'no reason given'}`, { M, N, K });
-  }
-  // unscaled products into f32 scratch, then our epilogue, a chunk of tokens at a time
-  const outBytes = c.out.dtype === 'f32' ? 4 : 2;
-  const chunk = Math.max(1, Math.floor(ACC_BYTES / (prep.Npad * 4)));
-  for (let m0 = 0; m0 < M; m0 += chunk) {
-    const mc = Math.min(chunk, M - m0);
-    const acc = st.buf('acc', mc * prep.Npad * 4);
-    const ran = st.gemm.fp8({ out: acc, outDtype: 'f32', ldOut: prep.Npad, xq: xq + m0 * K, w: prep.w, M: mc, N: prep.Npad, K, scaling: 'none', aScale: 0, bScale: 0 }, st.be.stream);
-    if (!ran) {
-      if (m0 === 0 && forcedPath !== 'cublas') return dequantLinear(st, c);
-      throw new PeregrineError('PGN_ERR_CUBLAS', `cuBLASLt has no FP8 GEMM for M=${mc} N=${prep.Npad} K=${K}`, { M: mc, N: prep.Npad, K });
-    }
-    st.kernel('quant_scale_out').launch(blocksFor(st, mc * N), THREADS, 0, st.be.stream, [
-      c.out.ptr + m0 * N * outBytes, acc, prep.Npad, xs + m0 * 4, c.scales.ptr, c.perTensor ? 1 : 0, c.bias?.ptr ?? null, mc, N, c.outKind, c.biasKind,
-    ]);
-  }
-}
-
-function prepareFp8(st: QuantState, c: Call): Fp8Prep {
-  const hit = st.fp8.get(c.w);
-  if (hit) return hit;
-  const { N, K } = c;
-  const Npad = Math.ceil(N / 16) * 16;
-  let w = c.qweight.ptr;
-  if (Npad !== N) {
-    const drv = st.be.dev.drv;
-    w = st.alloc(Npad * K);
-    check(drv, drv.cuMemcpyDtoDAsync(w, c.qweight.ptr, N * K, st.be.stream.handle), 'cuMemcpyDtoDAsync');
-    check(drv, drv.cuMemsetD8Async(w + N * K, 0, (Npad - N) * K, st.be.stream.handle), 'cuMemsetD8Async');
-  }
-  const prep: Fp8Prep = { w, Npad, scaleVector: null };
-  st.fp8.set(c.w, prep);
-  return prep;
-}
-
-/** The weight scales as an f32 [N] vector: per-channel scales as they are, a per-tensor scale expanded once. */
-function scaleVector(st: QuantState, c: Call, prep: Fp8Prep): number {
-  if (!c.perTensor) return c.scales.ptr;
-  if (prep.scaleVector === null) {
-    prep.scaleVector = st.alloc(c.N * 4);
-    st.kernel('quant_fill_f32').launch(blocksFor(st, c.N), THREADS, 0, st.be.stream, [prep.scaleVector, c.scales.ptr, c.N]);
-  }
-  return prep.scaleVector;
-}
-
-function addBias(st: QuantState, c: Call): void {
-  if (!c.bias) return;
-  st.kernel('quant_bias_add').launch(blocksFor(st, c.M * c.N), THREADS, 0, st.be.stream, [c.out.ptr, c.bias.ptr, c.M, c.N, c.outKind, c.biasKind]);
-}
-
-/** Rows of a dequantized tile of [N, K]: TILE_BYTES of the activation dtype, a multiple of TILE_ROW_ALIGN (or all of N). */
-function tileRowsFor(N: number, K: number): number {
-  const rows = Math.max(TILE_ROW_ALIGN, Math.floor(TILE_BYTES / (2 * K) / TILE_ROW_ALIGN) * TILE_ROW_ALIGN);
-  return Math.min(N, rows);
-}
-
-function dequantLinear(st: QuantState, c: Call): void {
-  const { M, N, K, w } = c;
-  const act = c.x.dtype as 'bf16' | 'f16';
-  let x = c.x.ptr;
-  if (w.kind === 'fp8') {
-    x = st.buf('xfq', M * K * 2);
-    st.kernel('quant_fp8_act', act).launch(M, THREADS, 0, st.be.stream, [null, null, x, c.x.ptr, c.inputScale?.ptr ?? null, K, FP8_MIN_ACTIVATION_SCALE]);
-  }
-  const tileRows = tileRowsFor(N, K);
-  const tile = st.buf('tile', tileRows * K * 2);
-  const outBytes = c.out.dtype === 'f32' ? 4 : 2;
-  const wordsPerRow = K / VALUES_PER_WORD[w.kind];
-  for (let n0 = 0; n0 < N; n0 += tileRows) {
-    const rows = Math.min(tileRows, N - n0);
-    st.kernel('quant_dequant', act).launch(blocksFor(st, rows * wordsPerRow), THREADS, 0, st.be.stream, [
-      tile, c.qweight.ptr, c.scales.ptr, c.zeros?.ptr ?? null, KIND_CODE[w.kind], n0, rows, K, w.groupSize, c.perTensor ? 1 : 0,
-    ]);
-    st.gemm.half({ out: c.out.ptr + n0 * outBytes, outDtype: c.out.dtype as OutDtype, ldOut: N, x, w: tile, dtype: act, M, N: rows, K }, st.be.stream);
-  }
-  addBias(st, c);
-}
-
-/**
- * xq = x [T, K] quantized to E4M3 as an FP8 linear with `inputScale` (null: per token) quantizes it: the
- * unfused counterpart of rmsNormFp8 (tests, benchmarks). quant_fp8_rows, or quant_fp8_act where x does not
- * suit it or PEREGRINE_QUANT_FAST=0.
- */
-export function quantizeFp8Activations(be: CudaBackend, xq: Fp8Activations, xT: Tensor, numTokens: number, inputScaleT: Tensor | null): void {
-  const op = 'quantizeFp8Activations';
-  requireCount(numTokens, op, 'numTokens');
-  const x = floatTensor(xT, op, 'x', ['bf16', 'f16']);
-  const K = x.shape.at(-1)!;
-  const codes = asCuda(xq.codes, op, 'xq.codes');
-  const scales = floatTensor(xq.scales, op, 'xq.scales', ['f32']);
-  requireRows(x, numTokens, K, op, 'x');
-  if (codes.dtype !== 'i32' || K % 4 !== 0) throw invalid(op, `xq.codes must be i32 [${numTokens}, ${K / 4}], got ${codes.dtype} [${codes.shape.join(', ')}]`, { shape: codes.shape });
-  requireRows(codes, numTokens, K / 4, op, 'xq.codes');
-  requireLength(scales, numTokens, op, 'xq.scales');
-  const inputScale = inputScaleT ? floatTensor(inputScaleT, op, 'inputScale', ['f32']) : null;
-  if (inputScale) requireLength(inputScale, 1, op, 'inputScale');
-  if (numTokens > 0) quantizeInto(stateOf(be), { xq: codes.ptr, xs: scales.ptr }, x, numTokens, K, inputScale?.ptr ?? null);
 }
 
 /** Fills an i32 tensor with random words AND `mask` on the device (code tensors for benchmarks). */
