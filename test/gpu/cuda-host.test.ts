@@ -136,6 +136,8 @@ test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 2 waves of 
   assert.equal(decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 1), true, 1), 5, 'fp8, up to 8 heads: its launch bound');
   assert.equal(decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 2), true, 2), 3);
   assert.equal(decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, false, 1), false, 1), 3, 'bf16: ~70 KB a block');
+  assert.deepEqual([163, 99].map((kib) => decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, true, 1), true, 1, kib << 10)), [4, 2], 'fp8 on an A100 / sm_89 SM');
+  assert.deepEqual([163, 99].map((kib) => decodeTcBlocksPerSm(decodeTcSharedBytes(128, 2, false, 1), false, 1, kib << 10)), [2, 1], 'bf16 on an A100 / sm_89 SM');
   const shape = { numHeads: 32, numKvHeads: 8, headDim: 128, maxSeqlenK: 512, window: 0, numSMs: 132, workspaceBytes: 32 << 20, elemBytes: 2, maxSharedBytesPerBlock: 227 << 10 };
   const big = decodeLaunch({ ...shape, numSeqs: 256, fp8: true });
   assert.deepEqual([big.tc, big.headBlocks, big.plan.hpb, big.plan.numSplits], [true, 1, 4, 1]);

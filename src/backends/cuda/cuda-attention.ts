@@ -60,19 +60,20 @@ const DECODE_TC_HEAD_DIMS: readonly number[] = [64, 80, 96, 128];
 const DECODE_TC_MIN_GROUP = 2;
 const DECODE_TC_MAX_GROUP = 16;
 const DECODE_TC_WARPS = 4;
-/** shared memory an H100 / A100 SM gives its blocks (228 / 164 KiB less 1 KiB each); sm_89: 100 KiB */
-const SM_SHARED_BYTES = 227 * 1024;
+/** an H100's largest block shared memory (227 KiB): its SM holds that and 1 KiB a block (A100 163 KiB, sm_89 99 KiB) */
+const H100_BLOCK_SHARED_BYTES = 227 * 1024;
 /** waves of its blocks from which the tensor-core kernel runs by default: fp8 caches from batch 64 of the 8B shape, 16-bit from 128 */
 const decodeTcMinWaves = (fp8: boolean): number => (fp8 ? 0.75 : 2);
 
 /** head columns of the tensor-core kernel's MMAs: 8 for groups up to 8 (kernels `_n1`), else 16 (`_n2`) */
 export const decodeTcHeadBlocks = (group: number): 1 | 2 => (group <= 8 ? 1 : 2);
 /**
- * attn_decode_tc blocks an SM holds: as its shared memory allows, at most its launch bound (keep in step with
- * PGN_DECODE_TC in kernels/attention_decode_tc.cu: 5 for fp8 caches with groups up to 8, else 3)
+ * attn_decode_tc blocks an SM holds: as its shared memory allows (an SM holds the largest block's opt-in shared
+ * memory and 1 KiB a block: 228 KiB on an H100, 164 on an A100, 100 on sm_89), at most its launch bound (keep in
+ * step with PGN_DECODE_TC in kernels/attention_decode_tc.cu: 5 for fp8 caches with groups up to 8, else 3)
  */
-export const decodeTcBlocksPerSm = (sharedBytes: number, fp8: boolean, headBlocks: 1 | 2): number =>
-  Math.max(1, Math.min(fp8 && headBlocks === 1 ? 5 : 3, Math.floor(SM_SHARED_BYTES / (sharedBytes + 1024))));
+export const decodeTcBlocksPerSm = (sharedBytes: number, fp8: boolean, headBlocks: 1 | 2, maxSharedBytesPerBlock = H100_BLOCK_SHARED_BYTES): number =>
+  Math.max(1, Math.min(fp8 && headBlocks === 1 ? 5 : 3, Math.floor((maxSharedBytesPerBlock + 1024) / (sharedBytes + 1024))));
 
 /** Whether this decode step runs the tensor-core kernel (PEREGRINE_DECODE_ATTN=tc / simt / unset, read each call). */
 export function decodeTcWanted(numSeqs: number, numHeads: number, numKvHeads: number, headDim: number, numSMs: number, blocksPerSm: number, fp8: boolean): boolean {
@@ -174,7 +175,7 @@ export interface DecodeLaunchShape {
 export function decodeLaunch(d: DecodeLaunchShape) {
   const headBlocks = decodeTcHeadBlocks(d.numHeads / d.numKvHeads);
   const sharedBytes = decodeTcSharedBytes(d.headDim, d.elemBytes, d.fp8, headBlocks);
-  const perSm = decodeTcBlocksPerSm(sharedBytes, d.fp8, headBlocks);
+  const perSm = decodeTcBlocksPerSm(sharedBytes, d.fp8, headBlocks, d.maxSharedBytesPerBlock);
   const tc = decodeTcWanted(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.numSMs, perSm, d.fp8) && sharedBytes <= d.maxSharedBytesPerBlock;
   const plan = decodePlan(d.numSeqs, d.numHeads, d.numKvHeads, d.headDim, d.maxSeqlenK, d.window, d.numSMs, d.workspaceBytes, tc ? perSm : null);
   return { tc, plan, headBlocks, sharedBytes };
