@@ -10,7 +10,7 @@
  */
 import { PeregrineError } from '../../errors.js';
 import type { DevicePtr, Driver } from './driver.js';
-import { AUTOTUNE_CANDIDATES, autotunePlan, autotuneWanted } from './lt-autotune.js';
+import { autotuneCandidates, autotuneOnFirstUse } from './lt-autotune.js';
 import { CUDA_R, DESC, isRefusal, LtPlans, type DescAttr, type LtPlan } from './lt-plans.js';
 import type { CudaStream } from './stream.js';
 
@@ -64,9 +64,7 @@ export class CublasLt {
   matmul(a: GemmArgs, stream: CudaStream): void {
     const plan = this.#plan(a);
     if (a.bias !== null) this.#lt.setPointer(plan, DESC.BIAS_POINTER, a.bias);
-    if (!plan.tuned && plan.candidates.count > 1 && !stream.isCapturing) {
-      autotunePlan(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.x, a.out, stream));
-    }
+    autotuneOnFirstUse(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.x, a.out, stream));
     const rc = this.#lt.matmul(plan, a.w, a.x, a.out, stream);
     if (rc !== 0) this.#lt.check(rc, `cublasLtMatmul(M=${a.M}, N=${a.N}, K=${a.K}, ${a.dtype} -> ${a.outDtype})`);
   }
@@ -84,7 +82,7 @@ export class CublasLt {
       attrs.push({ name: 'BIAS_DATA_TYPE', attr: DESC.BIAS_DATA_TYPE, value: CUDA_R[a.outDtype], bytes: 4 });
       attrs.push({ name: 'BIAS_POINTER', attr: DESC.BIAS_POINTER, value: a.bias, bytes: 8 });
     }
-    const made = this.#lt.makePlan({ inType: CUDA_R[a.dtype], outType: CUDA_R[a.outDtype], M: a.M, N: a.N, K: a.K, ldOut: a.N, attrs }, autotuneWanted(a.M) ? AUTOTUNE_CANDIDATES : 1);
+    const made = this.#lt.makePlan({ inType: CUDA_R[a.dtype], outType: CUDA_R[a.outDtype], M: a.M, N: a.N, K: a.K, ldOut: a.N, attrs }, autotuneCandidates(a.M));
     if (isRefusal(made)) {
       const what = `M=${a.M} N=${a.N} K=${a.K} (${a.dtype} -> ${a.outDtype}${a.bias !== null ? ', bias' : ''})`;
       throw new PeregrineError('PGN_ERR_CUBLAS', `cuBLASLt has no algorithm for ${what}: ${made.reason}`, { M: a.M, N: a.N, K: a.K, status: made.status });

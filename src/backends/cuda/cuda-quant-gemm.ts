@@ -11,7 +11,7 @@
  */
 import { PeregrineError } from '../../errors.js';
 import type { DevicePtr, Driver } from './driver.js';
-import { AUTOTUNE_CANDIDATES, autotunePlan, autotuneWanted } from './lt-autotune.js';
+import { autotuneCandidates, autotuneOnFirstUse } from './lt-autotune.js';
 import { CUDA_R, DESC, isRefusal, LtPlans, type DescAttr, type LtPlan, type PlanSpec } from './lt-plans.js';
 import type { CudaStream } from './stream.js';
 
@@ -78,7 +78,7 @@ export class QuantGemm {
       this.#lt.setPointer(plan, DESC.A_SCALE_POINTER, a.aScale);
       this.#lt.setPointer(plan, DESC.B_SCALE_POINTER, a.bScale);
     }
-    this.#tune(plan, stream, () => this.#lt.matmul(plan, a.w, a.xq, a.out, stream));
+    autotuneOnFirstUse(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.xq, a.out, stream));
     const rc = this.#lt.matmul(plan, a.w, a.xq, a.out, stream);
     if (rc === 0) {
       plan.proven = true;
@@ -97,7 +97,7 @@ export class QuantGemm {
     const key = `${a.dtype}:${a.outDtype}:${a.M}:${a.N}:${a.K}:${a.ldOut}:${align}`;
     const plan = this.#plan(key, () => ({ ...shape(a, CUDA_R[a.dtype], align), attrs: [] }));
     if (!plan) throw new PeregrineError('PGN_ERR_CUBLAS', `cuBLASLt has no algorithm for M=${a.M} N=${a.N} K=${a.K} (${a.dtype} -> ${a.outDtype}, ld ${a.ldOut})`, { M: a.M, N: a.N, K: a.K });
-    this.#tune(plan, stream, () => this.#lt.matmul(plan, a.w, a.x, a.out, stream));
+    autotuneOnFirstUse(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.x, a.out, stream));
     const rc = this.#lt.matmul(plan, a.w, a.x, a.out, stream);
     if (rc !== 0) this.#lt.check(rc, `cublasLtMatmul(${a.dtype}, M=${a.M}, N=${a.N}, K=${a.K}, ld ${a.ldOut})`);
     plan.proven = true;
@@ -107,18 +107,13 @@ export class QuantGemm {
     this.#lt.dispose();
   }
 
-  /** Times the candidates of a plan made for tuning, on its first matmul outside a capture (lt-autotune.ts). */
-  #tune(plan: LtPlan, stream: CudaStream, run: () => number): void {
-    if (!plan.tuned && plan.candidates.count > 1 && !stream.isCapturing) autotunePlan(this.#lt, plan, this.#drv, stream, run);
-  }
-
   /** The plan of `key`, made from `spec()` on first use; null (and remembered) when cuBLASLt refuses it. */
   #plan(key: string, spec: () => PlanSpec): LtPlan | null {
     const hit = this.#lt.get(key);
     if (hit) return hit;
     if (this.#refused.has(key)) return null;
     const s = spec();
-    const made = this.#lt.makePlan(s, autotuneWanted(s.M) ? AUTOTUNE_CANDIDATES : 1);
+    const made = this.#lt.makePlan(s, autotuneCandidates(s.M));
     if (isRefusal(made)) {
       this.lastRefusal = `${made.reason} refused ${key}`;
       this.#refused.add(key);

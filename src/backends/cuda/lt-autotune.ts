@@ -11,7 +11,7 @@ import type { Driver } from './driver.js';
 import type { LtPlan, LtPlans } from './lt-plans.js';
 import { CudaEvent, type CudaStream } from './stream.js';
 
-export const AUTOTUNE_CANDIDATES = 8;
+const AUTOTUNE_CANDIDATES = 8;
 const AUTOTUNE_REPS = 3;
 const AUTOTUNE_MAX_M = 8192;
 
@@ -19,6 +19,14 @@ const AUTOTUNE_MAX_M = 8192;
 export function autotuneWanted(M: number): boolean {
   if (process.env.PEREGRINE_GEMM_AUTOTUNE !== '1') return false;
   return M <= 8 || (M <= AUTOTUNE_MAX_M && (M & (M - 1)) === 0);
+}
+
+/** The heuristic results a new plan for M rows keeps (LtPlans.makePlan's `candidates`): several where it is tuned. */
+export const autotuneCandidates = (M: number): number => (autotuneWanted(M) ? AUTOTUNE_CANDIDATES : 1);
+
+/** Tunes a plan made with several candidates on its first matmul outside a stream capture (autotunePlan); else nothing. */
+export function autotuneOnFirstUse(lt: LtPlans, plan: LtPlan, drv: Driver, stream: CudaStream, run: () => number): void {
+  if (!plan.tuned && plan.candidates.count > 1 && !stream.isCapturing) autotunePlan(lt, plan, drv, stream, run);
 }
 
 /**
