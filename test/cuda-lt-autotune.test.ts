@@ -9,6 +9,7 @@ import { autotunePlan, autotuneWanted } from '../src/backends/cuda/lt-autotune.j
 import type { Lt } from '../src/backends/cuda/lt-library.js';
 import { isRefusal, LtPlans, type LtPlan, type PlanSpec } from '../src/backends/cuda/lt-plans.js';
 import type { CudaStream } from '../src/backends/cuda/stream.js';
+import { withEnv } from './helpers/env.js';
 
 const RESULT_BYTES = 96;
 const NOT_SUPPORTED = 15;
@@ -88,15 +89,9 @@ test('autotunePlan keeps the fastest candidate and skips those cuBLASLt refuses'
   lt.dispose();
 });
 
-test('autotuning is opt-in, for decode-sized and power-of-two row counts', () => {
-  const before = process.env.PEREGRINE_GEMM_AUTOTUNE;
-  try {
-    delete process.env.PEREGRINE_GEMM_AUTOTUNE;
-    assert.equal(autotuneWanted(1), false);
-    process.env.PEREGRINE_GEMM_AUTOTUNE = '1';
+test('autotuning is opt-in, for decode-sized and power-of-two row counts', async () => {
+  await withEnv('PEREGRINE_GEMM_AUTOTUNE', undefined, () => assert.equal(autotuneWanted(1), false));
+  await withEnv('PEREGRINE_GEMM_AUTOTUNE', '1', () => {
     assert.deepEqual([1, 5, 8, 16, 48, 1024, 8192, 16384].map(autotuneWanted), [true, true, true, true, false, true, true, false]);
-  } finally {
-    if (before === undefined) delete process.env.PEREGRINE_GEMM_AUTOTUNE;
-    else process.env.PEREGRINE_GEMM_AUTOTUNE = before;
-  }
+  });
 });

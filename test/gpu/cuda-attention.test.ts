@@ -11,6 +11,7 @@ import type { AttentionParams } from '../../src/backends/backend.js';
 import { decodePlan, decodeTcApplies } from '../../src/backends/cuda/cuda-attention.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { ATTENTION_TOL, checkGraphRuns, pagedBatch, type AttentionCase } from './attention-cases.js';
+import { withEnv } from '../helpers/env.js';
 import { Harness, openCuda, SEED, type Pair } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
@@ -138,9 +139,7 @@ if (!gpu) {
 
     for (const mt of ['1', '2'] as const) {
       test(`prefill, head size 128${mt === '2' ? ', two row tiles a warp (PEREGRINE_PREFILL_MT=2)' : ''}: MHA/GQA/MQA, 4 and 8 warps, tile-sized and chunked prompts, window, ALiBi, soft-capping, f16, a mixed step`, async () => {
-        const before = process.env.PEREGRINE_PREFILL_MT;
-        process.env.PEREGRINE_PREFILL_MT = mt;
-        try {
+        await withEnv('PEREGRINE_PREFILL_MT', mt, async () => {
           const seqs = [[37, 37], [1, 1], [20, 90], [64, 64], [130, 200]] as const;
           for (const [numHeads, numKvHeads] of [[4, 4], [8, 2], [6, 1]] as const) {
             await check({ headDim: 128, numHeads, numKvHeads, seqs });
@@ -152,17 +151,12 @@ if (!gpu) {
           await check({ headDim: 128, numHeads: 8, numKvHeads: 8, seqs, alibi: true });
           await check({ headDim: 128, numHeads: 4, numKvHeads: 2, seqs: [[530, 530]], softcap: 50, slidingWindow: 64 });
           await check({ headDim: 128, numHeads: 32, numKvHeads: 8, seqs: [[1, 300], [1, 40], [257, 257], [1, 999], [33, 100]] });
-        } finally {
-          if (before === undefined) delete process.env.PEREGRINE_PREFILL_MT;
-          else process.env.PEREGRINE_PREFILL_MT = before;
-        }
+        });
       });
     }
 
     test('tensor-core GQA decode (PEREGRINE_DECODE_ATTN=tc): head sizes 64-128, groups 2-16, window, ALiBi, soft-capping, f16, splits with graph replays', async () => {
-      const before = process.env.PEREGRINE_DECODE_ATTN;
-      process.env.PEREGRINE_DECODE_ATTN = 'tc';
-      try {
+      await withEnv('PEREGRINE_DECODE_ATTN', 'tc', async () => {
         const seqs = [[1, 1], [1, 17], [1, 300], [1, 2100], [1, 999]] as const;
         for (const headDim of [64, 80, 96, 128]) {
           for (const [numHeads, numKvHeads] of [[8, 2], [32, 8], [6, 3], [12, 1], [16, 1]] as const) {
@@ -181,10 +175,7 @@ if (!gpu) {
         ] satisfies Case[]) {
           await check({ ...c, replays: true });
         }
-      } finally {
-        if (before === undefined) delete process.env.PEREGRINE_DECODE_ATTN;
-        else process.env.PEREGRINE_DECODE_ATTN = before;
-      }
+      });
     });
 
     test('other head sizes run the generic kernel: prefill, decode, window, ALiBi, softcap', async () => {

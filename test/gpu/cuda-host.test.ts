@@ -15,6 +15,7 @@ import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
+import { withEnv } from '../helpers/env.js';
 
 const emptyEnv = (extra: Record<string, string>): NodeJS.ProcessEnv => ({ HOME: '/nonexistent', ...extra });
 
@@ -76,7 +77,7 @@ test('allocation sizes round to 512 B below 1 MiB and to 2 MiB above', () => {
   assert.equal(roundAllocSize((5 << 20) + 3), 6 << 20);
 });
 
-test('decode splits fill the GPU at small batches and fit the workspace', () => {
+test('decode splits fill the GPU at small batches and fit the workspace', async () => {
   const llama8b = (numSeqs: number, ctx: number) => decodePlan(numSeqs, 32, 8, 128, ctx, 0, 132, 32 << 20);
   const b1 = llama8b(1, 8192);
   assert.equal(b1.hpb, 4);
@@ -92,23 +93,16 @@ test('decode splits fill the GPU at small batches and fit the workspace', () => 
   assert.equal(prefillSharedBytes(128, 2, prefillShape(100, 128)), (64 + 128) * 136 * 2);
   assert.equal(prefillSharedBytes(256, 2, prefillShape(600, 256)), (128 + 64) * 264 * 2);
   assert.equal(prefillSharedBytes(128, 2, prefillShape(600, 128), true), (128 + 2 * 64) * 136 * 2 + 2 * 64 * 128);
-  const before = process.env.PEREGRINE_PREFILL_MT;
-  try {
-    process.env.PEREGRINE_PREFILL_MT = '2';
+  await withEnv('PEREGRINE_PREFILL_MT', '2', () => {
     const m2 = prefillShape(100, 128);
     assert.deepEqual(m2, { warps: 4, rowTiles: 2, bn: 32, suffix: '_w4_m2' });
     assert.equal(prefillSharedBytes(128, 2, m2, true), (128 + 2 * 32) * 136 * 2 + 2 * 32 * 128, '128 query rows, 32-key tiles');
     assert.equal(prefillShape(100, 64).rowTiles, 1, 'head size 128 only');
-  } finally {
-    if (before === undefined) delete process.env.PEREGRINE_PREFILL_MT;
-    else process.env.PEREGRINE_PREFILL_MT = before;
-  }
+  });
 });
 
-test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 2 waves of blocks (fp8 caches 0.75) unless PEREGRINE_DECODE_ATTN says; its shared memory', () => {
-  const before = process.env.PEREGRINE_DECODE_ATTN;
-  try {
-    delete process.env.PEREGRINE_DECODE_ATTN;
+test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 2 waves of blocks (fp8 caches 0.75) unless PEREGRINE_DECODE_ATTN says; its shared memory', async () => {
+  await withEnv('PEREGRINE_DECODE_ATTN', undefined, () => {
     assert.equal(decodeTcWanted(128, 32, 8, 128, 132, 3, false), true, 'bf16 cache, batch 128 x 8 KV heads: 1024 blocks >= 2 x 396');
     assert.equal(decodeTcWanted(64, 32, 8, 128, 132, 3, false), false, 'bf16 cache, batch 64: 512 blocks, 1.3 waves');
     assert.equal(decodeTcWanted(64, 32, 8, 128, 132, 5, true), true, 'fp8 cache, batch 64: 512 blocks >= 0.75 x 660');
@@ -116,15 +110,12 @@ test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 2 waves of 
     assert.equal(decodeTcWanted(1024, 32, 32, 128, 132, 3, false), false, 'MHA');
     assert.equal(decodeTcWanted(1024, 64, 2, 128, 132, 3, false), false, 'a group of 32');
     assert.equal(decodeTcWanted(1024, 32, 8, 256, 132, 3, false), false, 'head size 256');
-    process.env.PEREGRINE_DECODE_ATTN = 'tc';
+  });
+  await withEnv('PEREGRINE_DECODE_ATTN', 'tc', () => {
     assert.equal(decodeTcWanted(1, 32, 8, 128, 132, 3, false), true);
     assert.equal(decodeTcWanted(1, 8, 8, 128, 132, 3, false), false, 'tc only where it applies');
-    process.env.PEREGRINE_DECODE_ATTN = 'simt';
-    assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3, false), false);
-  } finally {
-    if (before === undefined) delete process.env.PEREGRINE_DECODE_ATTN;
-    else process.env.PEREGRINE_DECODE_ATTN = before;
-  }
+  });
+  await withEnv('PEREGRINE_DECODE_ATTN', 'simt', () => assert.equal(decodeTcWanted(256, 32, 8, 128, 132, 3, false), false));
   assert.equal(decodePlan(256, 32, 8, 128, 4096, 0, 132, 32 << 20, 3).hpb, 4, 'the whole group a block');
   assert.equal(decodePlan(1, 48, 4, 128, 4096, 0, 132, 32 << 20, 3).headGroups, 1);
   assert.equal(decodeTcSharedBytes(128, 2, false, 1), 4 * 2 * 2 * 16 * 136 * 2, 'bf16 rings: D + 8 elements a row');
