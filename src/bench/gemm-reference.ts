@@ -29,7 +29,7 @@ export interface GemmReference {
  */
 export async function cublasLtReference(be: CudaBackend, linears: readonly LinearShape[], graphMs: (fn: () => void) => Promise<number>): Promise<GemmReference[]> {
   const workspace = be.allocator.alloc(WORKSPACE_BYTES);
-  const blas = new CublasLt(be.dev.drv, workspace, WORKSPACE_BYTES, Math.floor(be.props.driverVersion / 1000));
+  const blas = new CublasLt(workspace, WORKSPACE_BYTES, Math.floor(be.props.driverVersion / 1000));
   const out: GemmReference[] = [];
   try {
     for (const l of linears) {

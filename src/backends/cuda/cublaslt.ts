@@ -4,13 +4,11 @@
  * operand dtype or f32 (logits). In cuBLAS's column-major terms: A = w (K x N, transposed),
  * B = x (K x M), D = out (N x M); the bias epilogue adds bias[n] to every column.
  *
- * A plan (lt-plans.ts: descriptors, layouts and the heuristic's first algorithm, or with
- * PEREGRINE_GEMM_AUTOTUNE=1 the fastest of its first few: lt-autotune.ts) is made once per
- * (dtypes, bias, M, N, K) and cached; the bias pointer is set on the descriptor per call.
+ * A plan (lt-plans.ts: descriptors, layouts and the heuristic's first algorithm) is made once
+ * per (dtypes, bias, M, N, K) and cached; the bias pointer is set on the descriptor per call.
  */
 import { PeregrineError } from '../../errors.js';
-import type { DevicePtr, Driver } from './driver.js';
-import { autotuneCandidates, autotuneOnFirstUse } from './lt-autotune.js';
+import type { DevicePtr } from './driver.js';
 import { CUDA_R, DESC, isRefusal, LtPlans, type DescAttr, type LtPlan } from './lt-plans.js';
 import type { CudaStream } from './stream.js';
 
@@ -35,11 +33,9 @@ export interface GemmArgs {
 
 export class CublasLt {
   readonly #lt: LtPlans;
-  readonly #drv: Driver;
 
   /** Needs the CUDA context current. `workspace` is device memory of `workspaceBytes`. */
-  constructor(drv: Driver, workspace: DevicePtr, workspaceBytes: number, driverMajor: number) {
-    this.#drv = drv;
+  constructor(workspace: DevicePtr, workspaceBytes: number, driverMajor: number) {
     this.#lt = new LtPlans(workspace, workspaceBytes, driverMajor);
   }
 
@@ -55,16 +51,10 @@ export class CublasLt {
     return this.#lt.numPlans;
   }
 
-  /** The cached plan of these arguments, if any (tests: whether it was tuned). */
-  planOf(a: GemmArgs): LtPlan | undefined {
-    return this.#lt.get(planKey(a));
-  }
-
   /** Queues out = x @ w^T (+ bias) on `stream`. */
   matmul(a: GemmArgs, stream: CudaStream): void {
     const plan = this.#plan(a);
     if (a.bias !== null) this.#lt.setPointer(plan, DESC.BIAS_POINTER, a.bias);
-    autotuneOnFirstUse(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.x, a.out, stream));
     const rc = this.#lt.matmul(plan, a.w, a.x, a.out, stream);
     if (rc !== 0) this.#lt.check(rc, `cublasLtMatmul(M=${a.M}, N=${a.N}, K=${a.K}, ${a.dtype} -> ${a.outDtype})`);
   }
@@ -74,7 +64,7 @@ export class CublasLt {
   }
 
   #plan(a: GemmArgs): LtPlan {
-    const key = planKey(a);
+    const key = `${a.dtype}:${a.outDtype}:${a.bias !== null ? 'b' : '-'}:${a.M}:${a.N}:${a.K}`;
     const hit = this.#lt.get(key);
     if (hit) return hit;
     const attrs: DescAttr[] = [{ name: 'EPILOGUE', attr: DESC.EPILOGUE, value: a.bias !== null ? EPILOGUE_BIAS : EPILOGUE_DEFAULT, bytes: 4 }];
@@ -82,7 +72,7 @@ export class CublasLt {
       attrs.push({ name: 'BIAS_DATA_TYPE', attr: DESC.BIAS_DATA_TYPE, value: CUDA_R[a.outDtype], bytes: 4 });
       attrs.push({ name: 'BIAS_POINTER', attr: DESC.BIAS_POINTER, value: a.bias, bytes: 8 });
     }
-    const made = this.#lt.makePlan({ inType: CUDA_R[a.dtype], outType: CUDA_R[a.outDtype], M: a.M, N: a.N, K: a.K, ldOut: a.N, attrs }, autotuneCandidates(a.M));
+    const made = this.#lt.makePlan({ inType: CUDA_R[a.dtype], outType: CUDA_R[a.outDtype], M: a.M, N: a.N, K: a.K, ldOut: a.N, attrs });
     if (isRefusal(made)) {
       const what = `M=${a.M} N=${a.N} K=${a.K} (${a.dtype} -> ${a.outDtype}${a.bias !== null ? ', bias' : ''})`;
       throw new PeregrineError('PGN_ERR_CUBLAS', `cuBLASLt has no algorithm for ${what}: ${made.reason}`, { M: a.M, N: a.N, K: a.K, status: made.status });
@@ -90,5 +80,3 @@ export class CublasLt {
     return this.#lt.add(key, made);
   }
 }
-
-const planKey = (a: GemmArgs): string => `${a.dtype}:${a.outDtype}:${a.bias !== null ? 'b' : '-'}:${a.M}:${a.N}:${a.K}`;

@@ -75,7 +75,7 @@ export class CudaBackend implements Backend {
     this.kernels = new CudaKernels(module, origin);
     const gemmBytes = opts.gemmWorkspaceBytes ?? 32 * MiB;
     this.#gemmWorkspace = this.allocator.alloc(gemmBytes);
-    this.#blas = new CublasLt(dev.drv, this.#gemmWorkspace, gemmBytes, Math.floor(dev.props.driverVersion / 1000));
+    this.#blas = new CublasLt(this.#gemmWorkspace, gemmBytes, Math.floor(dev.props.driverVersion / 1000));
     const attnBytes = opts.attentionWorkspaceBytes ?? 32 * MiB;
     this.#attnWorkspace = { ptr: this.allocator.alloc(attnBytes), sizeBytes: attnBytes };
     this.#moeScratch = new Scratch(this.allocator);

@@ -10,8 +10,7 @@
  * library refuses (attribute, heuristic or first matmul) is remembered and `fp8` returns false, so the caller falls back.
  */
 import { PeregrineError } from '../../errors.js';
-import type { DevicePtr, Driver } from './driver.js';
-import { autotuneCandidates, autotuneOnFirstUse } from './lt-autotune.js';
+import type { DevicePtr } from './driver.js';
 import { CUDA_R, DESC, isRefusal, LtPlans, type DescAttr, type LtPlan, type PlanSpec } from './lt-plans.js';
 import type { CudaStream } from './stream.js';
 
@@ -60,10 +59,7 @@ export class QuantGemm {
   /** why the last refused configuration was refused (the step of cuBLASLt that said no), for error messages */
   lastRefusal: string | null = null;
 
-  readonly #drv: Driver;
-
-  constructor(drv: Driver, workspace: DevicePtr, workspaceBytes: number, driverMajor: number) {
-    this.#drv = drv;
+  constructor(workspace: DevicePtr, workspaceBytes: number, driverMajor: number) {
     this.#lt = new LtPlans(workspace, workspaceBytes, driverMajor);
   }
 
@@ -78,7 +74,6 @@ export class QuantGemm {
       this.#lt.setPointer(plan, DESC.A_SCALE_POINTER, a.aScale);
       this.#lt.setPointer(plan, DESC.B_SCALE_POINTER, a.bScale);
     }
-    autotuneOnFirstUse(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.xq, a.out, stream));
     const rc = this.#lt.matmul(plan, a.w, a.xq, a.out, stream);
     if (rc === 0) {
       plan.proven = true;
@@ -97,7 +92,6 @@ export class QuantGemm {
     const key = `${a.dtype}:${a.outDtype}:${a.M}:${a.N}:${a.K}:${a.ldOut}:${align}`;
     const plan = this.#plan(key, () => ({ ...shape(a, CUDA_R[a.dtype], align), attrs: [] }));
     if (!plan) throw new PeregrineError('PGN_ERR_CUBLAS', `cuBLASLt has no algorithm for M=${a.M} N=${a.N} K=${a.K} (${a.dtype} -> ${a.outDtype}, ld ${a.ldOut})`, { M: a.M, N: a.N, K: a.K });
-    autotuneOnFirstUse(this.#lt, plan, this.#drv, stream, () => this.#lt.matmul(plan, a.w, a.x, a.out, stream));
     const rc = this.#lt.matmul(plan, a.w, a.x, a.out, stream);
     if (rc !== 0) this.#lt.check(rc, `cublasLtMatmul(${a.dtype}, M=${a.M}, N=${a.N}, K=${a.K}, ld ${a.ldOut})`);
     plan.proven = true;
@@ -112,8 +106,7 @@ export class QuantGemm {
     const hit = this.#lt.get(key);
     if (hit) return hit;
     if (this.#refused.has(key)) return null;
-    const s = spec();
-    const made = this.#lt.makePlan(s, autotuneCandidates(s.M));
+    const made = this.#lt.makePlan(spec());
     if (isRefusal(made)) {
       this.lastRefusal = `${made.reason} refused ${key}`;
       this.#refused.add(key);

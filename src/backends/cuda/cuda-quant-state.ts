@@ -99,7 +99,7 @@ export class QuantState {
   get gemm(): QuantGemm {
     if (!this.#gemm) {
       const ws = this.alloc(GEMM_WORKSPACE_BYTES);
-      this.#gemm = new QuantGemm(this.be.dev.drv, ws, GEMM_WORKSPACE_BYTES, Math.floor(this.be.props.driverVersion / 1000));
+      this.#gemm = new QuantGemm(ws, GEMM_WORKSPACE_BYTES, Math.floor(this.be.props.driverVersion / 1000));
     }
     return this.#gemm;
   }

@@ -3,7 +3,7 @@
  * one handle with its workspace and alpha = 1 / beta = 0, and plans cached by key.
  * Every plan is "TN" with f32 compute: A = w [N, K] row-major read as K x N transposed, B = x [M, K] as K x M,
  * C = D = out as N x M with leading dimension ldOut. A plan is the descriptor, the three layouts and the
- * heuristic's first algorithm (or the fastest of its first few: lt-autotune.ts); `makePlan` answers a Refusal (the step that said no) instead when cuBLASLt
+ * heuristic's first algorithm; `makePlan` answers a Refusal (the step that said no) instead when cuBLASLt
  * refuses the configuration, and each caller decides whether that throws or falls back.
  */
 import koffi from 'koffi';
@@ -29,15 +29,11 @@ const MAX_PLANS = 512;
 export interface LtPlan {
   readonly desc: Handle;
   readonly layouts: readonly Handle[];
-  /** the heuristic result in use, whose first 64 bytes are the algorithm */
+  /** the heuristic result, whose first 64 bytes are the algorithm */
   readonly algo: unknown;
-  workspaceBytes: number;
+  readonly workspaceBytes: number;
   /** a matmul with this plan has succeeded */
   proven: boolean;
-  /** the heuristic's results, best first (lt-autotune.ts times them); `algo` holds a copy of the one in use */
-  readonly candidates: { readonly results: unknown; readonly count: number };
-  /** its algorithm was chosen by timing the candidates (lt-autotune.ts) */
-  tuned: boolean;
 }
 
 /** A descriptor attribute set before the heuristic; `name` names it when cuBLASLt refuses it. */
@@ -89,9 +85,9 @@ export class LtPlans {
   readonly #u64View: DataView;
   #disposed = false;
 
-  /** Needs the CUDA context current. `workspace` is device memory of `workspaceBytes`; `lt` the binding (tests: a fake). */
-  constructor(workspace: DevicePtr, workspaceBytes: number, driverMajor: number, lt: Lt = loadLt(driverMajor)) {
-    this.#lt = lt;
+  /** Needs the CUDA context current. `workspace` is device memory of `workspaceBytes`. */
+  constructor(workspace: DevicePtr, workspaceBytes: number, driverMajor: number) {
+    this.#lt = loadLt(driverMajor);
     this.workspace = workspace;
     this.#workspaceBytes = workspaceBytes;
     const box: Handle[] = [null];
@@ -142,39 +138,21 @@ export class LtPlans {
     this.#destroyPlan(plan);
   }
 
-  /**
-   * A new plan, not cached, with the heuristic's best algorithm in use and up to `candidates` of its results
-   * kept (for lt-autotune.ts); a Refusal when cuBLASLt says no. Throws PGN_ERR_CUBLAS when it cannot make a descriptor.
-   */
-  makePlan(s: PlanSpec, candidates = 1): LtPlan | Refusal {
+  /** A new plan, not cached; a Refusal when cuBLASLt says no. Throws PGN_ERR_CUBLAS when it cannot make a descriptor. */
+  makePlan(s: PlanSpec): LtPlan | Refusal {
     const descBox: Handle[] = [null];
     this.check(this.#lt.cublasLtMatmulDescCreate(descBox, CUBLAS_COMPUTE_32F, CUDA_R.f32), 'cublasLtMatmulDescCreate');
-    const want = Math.max(1, Math.floor(candidates));
-    const parts = {
-      desc: descBox[0], layouts: [] as Handle[], algo: koffi.alloc('uint8_t', HEURISTIC_RESULT.BYTES),
-      candidates: { results: koffi.alloc('uint8_t', want * HEURISTIC_RESULT.BYTES), count: 0 },
-    };
+    const parts = { desc: descBox[0], layouts: [] as Handle[], algo: koffi.alloc('uint8_t', HEURISTIC_RESULT.BYTES) };
     let made = false;
     try {
-      const got = this.#query(parts.desc, parts.layouts, parts.candidates.results, want, s);
-      if (typeof got !== 'number') return got;
-      const plan: LtPlan = { ...parts, candidates: { ...parts.candidates, count: got }, workspaceBytes: 0, proven: false, tuned: false };
-      this.useCandidate(plan, 0);
+      const refusal = this.#query(parts.desc, parts.layouts, parts.algo, s);
+      if (refusal) return refusal;
+      const workspaceBytes = Number(new DataView(koffi.view(parts.algo, HEURISTIC_RESULT.BYTES)).getBigUint64(HEURISTIC_RESULT.WORKSPACE_OFFSET, true));
       made = true;
-      return plan;
+      return { ...parts, workspaceBytes: Math.min(workspaceBytes, this.#workspaceBytes), proven: false };
     } finally {
       if (!made) this.#destroyPlan(parts);
     }
-  }
-
-  /** Puts the plan's candidate `i` (0: the heuristic's best) in use. */
-  useCandidate(plan: LtPlan, i: number): void {
-    if (!(i >= 0 && i < plan.candidates.count)) throw new PeregrineError('PGN_ERR_INTERNAL', `useCandidate: no candidate ${i} of ${plan.candidates.count}`);
-    const from = new Uint8Array(koffi.view(plan.candidates.results, plan.candidates.count * HEURISTIC_RESULT.BYTES), i * HEURISTIC_RESULT.BYTES, HEURISTIC_RESULT.BYTES);
-    const to = new Uint8Array(koffi.view(plan.algo, HEURISTIC_RESULT.BYTES));
-    to.set(from);
-    const ws = Number(new DataView(to.buffer, to.byteOffset, HEURISTIC_RESULT.BYTES).getBigUint64(HEURISTIC_RESULT.WORKSPACE_OFFSET, true));
-    plan.workspaceBytes = Math.min(ws, this.#workspaceBytes);
   }
 
   /** Sets a device pointer attribute (bias, scales) on a plan's descriptor; throws PGN_ERR_CUBLAS. */
@@ -211,8 +189,8 @@ export class LtPlans {
     for (const p of [this.#alpha, this.#beta, this.#i32, this.#u64]) koffi.free(p);
   }
 
-  /** Sets the attributes, makes the layouts (pushed onto `layouts`) and asks the heuristic for up to `want` algorithms into `results`; answers how many it gave. */
-  #query(desc: Handle, layouts: Handle[], results: unknown, want: number, s: PlanSpec): Refusal | number {
+  /** Sets the attributes, makes the layouts (pushed onto `layouts`) and asks the heuristic for one algorithm into `results`. */
+  #query(desc: Handle, layouts: Handle[], results: unknown, s: PlanSpec): Refusal | null {
     const lt = this.#lt;
     const refused = (step: string, status: number): Refusal => ({ reason: `${step} (${status === 0 ? 'no algorithm' : lt.cublasLtGetStatusName(status) ?? status})`, status });
     const trans = [{ name: 'TRANSA/TRANSB', attr: DESC.TRANSA, value: CUBLAS_OP.T, bytes: 4 }, { name: 'TRANSA/TRANSB', attr: DESC.TRANSB, value: CUBLAS_OP.N, bytes: 4 }] as const;
@@ -237,18 +215,17 @@ export class LtPlans {
         if (rc !== 0) return refused(`cublasLtMatmulPreferenceSetAttribute(${attr})`, rc);
       }
       const returned: number[] = [0];
-      const rc = lt.cublasLtMatmulAlgoGetHeuristic(this.#handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, want, results, returned) as number;
-      return rc !== 0 || returned[0] === 0 ? refused('cublasLtMatmulAlgoGetHeuristic', rc) : Math.min(returned[0]!, want);
+      const rc = lt.cublasLtMatmulAlgoGetHeuristic(this.#handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, 1, results, returned) as number;
+      return rc !== 0 || returned[0] === 0 ? refused('cublasLtMatmulAlgoGetHeuristic', rc) : null;
     } finally {
       lt.cublasLtMatmulPreferenceDestroy(pref);
     }
   }
 
-  #destroyPlan(p: Pick<LtPlan, 'desc' | 'layouts' | 'algo' | 'candidates'>): void {
+  #destroyPlan(p: Pick<LtPlan, 'desc' | 'layouts' | 'algo'>): void {
     this.#lt.cublasLtMatmulDescDestroy(p.desc);
     for (const l of p.layouts) this.#lt.cublasLtMatrixLayoutDestroy(l);
     koffi.free(p.algo);
-    koffi.free(p.candidates.results);
   }
 
   #setDesc(desc: Handle, attr: number, value: number, bytes: 4 | 8): number {
