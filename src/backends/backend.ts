@@ -160,14 +160,17 @@ export interface Backend {
    * quantized to E4M3 for the FP8 linear reading it next: with `inputScale` (that linear's static
    * f32 [1] scale) or per token (null). Returns false, having done nothing, where the backend has no
    * kernel for these arguments: then call rmsNorm and let linear quantize.
+   * `onlyReader`: the FP8 linear that is out's only reader (called next with `xq`); the backend may then leave
+   * `out` unwritten where that linear reads the codes alone. Omit it where anything else reads `out`.
    */
-  rmsNormFp8?(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean;
+  rmsNormFp8?(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader?: QuantizedWeight): boolean;
   /**
    * siluMul that also writes its output quantized for the FP8 down_proj reading it (as rmsNormFp8 does for
    * qkv / gate_up): out exactly as siluMul, xq exactly as that linear would quantize out (its `inputScale`, or
    * per token). Returns false, having done nothing, where the backend does not fuse it (the caller runs siluMul).
+   * `onlyReader`: as for rmsNormFp8.
    */
-  siluMulFp8?(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): boolean;
+  siluMulFp8?(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader?: QuantizedWeight): boolean;
   /**
    * qkv [T, (numHeads + 2 * numKvHeads) * headDim] holds q | k | v per token.
    * Rotates q in place (when `cosSin` is given) and writes rotated k and v into the

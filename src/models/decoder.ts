@@ -243,7 +243,8 @@ export class DecoderModel {
    */
   private preNormLayer(i: number, lw: LayerWeights, cache: LayerKvCache, inp: DeviceInputs, T: number, pending: Tensor | null): Tensor {
     const b = this.backend;
-    const qkvIn = this.normFor(lw.qkv, this.normed, pending ?? this.residual, lw.inputNorm, lw.inputNormBias, T, pending ? this.residual : null);
+    // normed's only reader is qkv_proj, but in parallel-residual layers the MLP reads it too
+    const qkvIn = this.normFor(lw.qkv, this.normed, pending ?? this.residual, lw.inputNorm, lw.inputNormBias, T, pending ? this.residual : null, !this.spec.parallelResidual);
     this.attention(i, lw, this.normed, cache, inp, T, qkvIn); // -> hidden
 
     if (this.spec.parallelResidual) {
@@ -264,7 +265,7 @@ export class DecoderModel {
       this.norm(this.branch, this.hidden, lw.attnOutNorm, null, T, null);
       attnOut = this.branch;
     }
-    const upIn = this.normFor(lw.up, this.normed, attnOut, lw.postNorm!, lw.postNormBias, T, this.residual);
+    const upIn = this.normFor(lw.up, this.normed, attnOut, lw.postNorm!, lw.postNormBias, T, this.residual, !this.spec.moe); // MoE: the router reads it
     this.mlp(lw, this.normed, this.hidden, T, upIn);
     this.reduce(this.hidden, T);
     if (lw.mlpOutNorm) {
@@ -340,7 +341,7 @@ export class DecoderModel {
   /** act = siluMul(up); where `next` is FP8 and the backend fuses (siluMulFp8), act also quantized for it: returns those E4M3 activations, else null */
   private siluFor(next: LinearWeight, act: Tensor, up: Tensor, T: number): Fp8Activations | null {
     const xq = this.actFp8;
-    if (xq && isFp8(next) && this.backend.siluMulFp8!(act, up, T, xq, next.inputScale)) return xq;
+    if (xq && isFp8(next) && this.backend.siluMulFp8!(act, up, T, xq, next.inputScale, next)) return xq; // act's only reader: down
     this.backend.siluMul(act, up, T);
     return null;
   }
@@ -348,10 +349,12 @@ export class DecoderModel {
   /**
    * this.norm for the input of linear `next`: where that is FP8 and the backend fuses (rmsNormFp8), out is also
    * quantized for it in one kernel; returns those E4M3 activations for `next`'s linear call, else null.
+   * soleReader: `next` is out's only reader (the backend may then write only the E4M3 activations).
    */
-  private normFor(next: LinearWeight, out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, n: number, residual: Tensor | null): Fp8Activations | null {
+  private normFor(next: LinearWeight, out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, n: number, residual: Tensor | null, soleReader: boolean): Fp8Activations | null {
     const xq = this.normedFp8;
-    if (xq && isFp8(next) && this.backend.rmsNormFp8!(out, x, weight, this.spec.norm.eps, n, residual, this.spec.norm.weightOffset, xq, next.inputScale)) return xq;
+    const e = this.spec.norm;
+    if (xq && isFp8(next) && this.backend.rmsNormFp8!(out, x, weight, e.eps, n, residual, e.weightOffset, xq, next.inputScale, soleReader ? next : undefined)) return xq;
     this.norm(out, x, weight, bias, n, residual);
     return null;
   }

@@ -6,16 +6,21 @@
  *   bf16 / f16, 1 / 5 / 64 rows;
  * - quant_fp8_rows = quant_fp8_act bit for bit;
  * - both = the CPU reference (fakeQuantizeActivationsFp8 of the same values): codes and scales exactly;
+ * - rows wider than the packs a thread keeps in registers (computed again for the codes) alike;
+ * - given `onlyReader`, out is left as it was where that FP8 linear reads the codes alone, and written where it
+ *   reads x (the dequantizing path); the codes and the linear's output are the same either way;
  * - the cases it does not fuse (H % 8 != 0) return false, malformed xq throws naming it.
  * Without a CUDA device the suite skips.
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Fp8Activations, Tensor } from '../../src/backends/backend.js';
-import { quantizeFp8Activations } from '../../src/backends/cuda/cuda-quant.js';
+import { forceQuantPath, quantizeFp8Activations } from '../../src/backends/cuda/cuda-quant.js';
 import { quantFastPolicy } from '../../src/backends/cuda/cuda-quant-gemv.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { decodeE4M3, fakeQuantizeActivationsFp8 } from '../../src/weights/quant/fp8.js';
+import { freeQuantWeight, uploadQuantWeight } from '../../src/weights/quant/load.js';
+import { quantizeWeight } from '../../src/weights/quant/quantize.js';
 import { Harness, openCuda, SEED } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
@@ -70,7 +75,7 @@ if (!gpu) {
   describe(`CUDA RMSNorm + FP8 quantization on ${gpu.props.name} (sm_${ccMajor}${ccMinor}, seed ${SEED})`, () => {
     test('rmsNormFp8 = rmsNorm then quantization, bit for bit, and = the CPU reference', async () => {
       for (const act of ['bf16', 'f16'] as const) {
-        for (const [T, H] of [[1, 4096], [5, 8200], [64, 1024]] as const) {
+        for (const [T, H] of [[1, 4096], [5, 8200], [64, 1024], [2, 66000]] as const) {
           for (const residual of [false, true]) {
             for (const staticScale of [null, 0.02]) {
               const what = `${act} T=${T} H=${H}${residual ? ' +residual' : ''} ${staticScale === null ? 'dynamic' : 'static'}`;
@@ -101,7 +106,7 @@ if (!gpu) {
 
     test('siluMulFp8 = siluMul then quantization, bit for bit, and = the CPU reference; declines I % 8 != 0', async () => {
       for (const act of ['bf16', 'f16'] as const) {
-        for (const [T, I] of [[1, 14336], [5, 1000], [64, 4096]] as const) {
+        for (const [T, I] of [[1, 14336], [5, 1000], [64, 4096], [2, 140000]] as const) {
           for (const staticScale of [null, 0.02]) {
             const what = `siluMulFp8 ${act} T=${T} I=${I} ${staticScale === null ? 'dynamic' : 'static'}`;
             const gateUp = h.rand([T, 2 * I], act, 4);
@@ -125,6 +130,47 @@ if (!gpu) {
         assert.equal(gpu.siluMulFp8(h.output([2, 1004], 'bf16').gpu, h.rand([2, 2008], 'bf16').gpu, 2, xq, null), false, 'I = 1004 is not a multiple of 8');
       } finally {
         freeXq(xq);
+      }
+    });
+
+    test('onlyReader: out left unwritten where the FP8 linear reads the codes alone, written where it reads x; same codes and linear output', { skip: ccMajor * 10 + ccMinor < 89 && 'FP8 tensor cores need sm_89+' }, async () => {
+      const I = 4096, N = 1024;
+      const w = uploadQuantWeight(quantizeWeight(h.uniform(N * I, 0.05), N, I, { kind: 'fp8', fp8Scale: 'channel' }), gpu);
+      try {
+        for (const T of [1, 64]) {
+          for (const path of [null, 'dequant'] as const) {
+            const what = `T=${T} path ${path ?? 'default'}`;
+            const gateUp = h.rand([T, 2 * I], 'bf16', 4);
+            const x = h.rand([T, I], 'bf16', 3), nw = h.rand([I], 'bf16', 1.5);
+            const sentinel = h.rand([T, I], 'bf16');
+            const outA = h.output([T, I], 'bf16'), outB = h.output([T, I], 'bf16');
+            const yA = h.output([T, N], 'bf16'), yB = h.output([T, N], 'bf16');
+            const a = xqOf(T, I), b = xqOf(T, I);
+            forceQuantPath(path);
+            try {
+              for (const op of ['silu', 'norm'] as const) {
+                gpu.copy(outA.gpu, sentinel.gpu, T);
+                const ran: boolean = op === 'silu'
+                  ? gpu.siluMulFp8(outA.gpu, gateUp.gpu, T, a, null, w) && gpu.siluMulFp8(outB.gpu, gateUp.gpu, T, b, null)
+                  : gpu.rmsNormFp8(outA.gpu, x.gpu, nw.gpu, 1e-5, T, null, 0, a, null, w) && gpu.rmsNormFp8(outB.gpu, x.gpu, nw.gpu, 1e-5, T, null, 0, b, null);
+                assert.equal(ran, true, `${what} ${op}: fused`);
+                sameArrays(await bytesOf(a.codes), await bytesOf(b.codes), `${what} ${op}: codes`);
+                sameArrays(await gpu.downloadF32(a.scales), await gpu.downloadF32(b.scales), `${what} ${op}: scales`);
+                const wantOut = await gpu.downloadF32(path === 'dequant' ? outB.gpu : sentinel.gpu);
+                sameArrays(await gpu.downloadF32(outA.gpu), wantOut, `${what} ${op}: out ${path === 'dequant' ? 'written' : 'left as it was'}`);
+                gpu.linear(yA.gpu, outA.gpu, w, null, T, a);
+                gpu.linear(yB.gpu, outB.gpu, w, null, T, b);
+                sameArrays(await gpu.downloadF32(yA.gpu), await gpu.downloadF32(yB.gpu), `${what} ${op}: linear output`);
+              }
+            } finally {
+              forceQuantPath(null);
+              freeXq(a);
+              freeXq(b);
+            }
+          }
+        }
+      } finally {
+        freeQuantWeight(w, gpu);
       }
     });
 

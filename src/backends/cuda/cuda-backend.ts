@@ -271,11 +271,11 @@ export class CudaBackend implements Backend {
   layerNorm(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | null, eps: number, numTokens: number, residual?: Tensor | null): void {
     ops.layerNorm(this.#ctx, out, x, weight, bias, eps, numTokens, residual);
   }
-  rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
-    return rmsNormFp8(this, out, x, weight, eps, numTokens, residual, weightOffset, xq, inputScale); // cuda-quant-norm.ts
+  rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader?: QuantizedWeight): boolean {
+    return rmsNormFp8(this, out, x, weight, eps, numTokens, residual, weightOffset, xq, inputScale, onlyReader); // cuda-quant-norm.ts
   }
-  siluMulFp8(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
-    return siluMulFp8(this, out, gateUp, numTokens, xq, inputScale); // cuda-quant-norm.ts
+  siluMulFp8(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader?: QuantizedWeight): boolean {
+    return siluMulFp8(this, out, gateUp, numTokens, xq, inputScale, onlyReader); // cuda-quant-norm.ts
   }
   linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, xq?: Fp8Activations | null): void {
     if ('qweight' in w) return quantLinear(this, out, x, w, bias, numTokens, xq ?? null); // FP8 / INT8 / INT4 (cuda-quant.ts)

@@ -3,15 +3,18 @@
  * (rms_norm_fp8, feeding qkv_proj / gate_up_proj) and SiLU * up (silu_mul_fp8, feeding down_proj) also write
  * their output as E4M3 codes and per-token scales (`Fp8Activations`), so the linear's own quantization pass
  * disappears (decode GEMV and cuBLASLt FP8 alike). `out` (and the residual) are those of `rmsNorm` / `siluMul`
- * bit for bit; the codes and scales are those the linear would make from `out`.
+ * bit for bit; the codes and scales are those the linear would make from `out`. Given `onlyReader` (the FP8 linear
+ * that is out's only reader), `out` is not written where that linear's path reads the codes alone
+ * (fp8LinearReadsX): one [T, width] store less.
  *
  * Only the vector path fuses (width % 8 == 0, 16-byte aligned rows, bf16 / f16); elsewhere, or with
  * PEREGRINE_QUANT_FAST=0, they return false and the caller runs the unfused op.
  */
-import type { Fp8Activations, Tensor } from '../backend.js';
+import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { quantFastPolicy } from './cuda-quant-gemv.js';
+import { fp8LinearReadsX } from './cuda-quant.js';
 import type { ParamKind } from './module.js';
 import { gatedArgs, normArgs } from './cuda-ops.js';
 import { floatTensor, i32Tensor, invalid, lastDim, requireLength } from './op-checks.js';
@@ -28,10 +31,19 @@ export function normRowThreads(H: number): number {
   return Math.min(1024, Math.max(32, Math.ceil(units / 32) * 32));
 }
 
+/**
+ * Threads of a silu_mul_fp8 row: four 8-wide packs a thread (the kernel keeps up to 8 in registers between its
+ * amax and its quantization). An elementwise product and a max do not depend on the thread count.
+ */
+export function siluFp8RowThreads(I: number): number {
+  const units = Math.ceil(I / PACK);
+  return Math.min(1024, Math.max(32, Math.ceil(units / 4 / 32) * 32));
+}
+
 /** rmsNorm + E4M3 codes / scales of its output in `xq` (Backend.rmsNormFp8); false where it cannot fuse. */
 export function rmsNormFp8(
   be: CudaBackend, outT: Tensor, xT: Tensor, weightT: Tensor, eps: number, numTokens: number,
-  residualT: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScaleT: Tensor | null,
+  residualT: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScaleT: Tensor | null, onlyReader?: QuantizedWeight,
 ): boolean {
   const op = 'rmsNormFp8';
   const { x, out, weight, residual, H } = normArgs(op, outT, xT, weightT, numTokens, residualT);
@@ -40,23 +52,30 @@ export function rmsNormFp8(
   if (!quantFastPolicy.fused || x.dtype === 'f32' || H % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
   be.kernels.module.kernel(`rms_norm_fp8_${x.dtype}`, PARAMS).launch(numTokens, normRowThreads(H), 0, be.stream, [
-    out.ptr, codes.ptr, scales.ptr, x.ptr, residual?.ptr ?? null, weight.ptr, eps, weightOffset, H, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
+    outPtr(be, out.ptr, x, numTokens, onlyReader), codes.ptr, scales.ptr, x.ptr, residual?.ptr ?? null, weight.ptr, eps, weightOffset, H, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
   ]);
   return true;
 }
 
 /** siluMul + E4M3 codes / scales of its output in `xq` (Backend.siluMulFp8); false where it cannot fuse. */
-export function siluMulFp8(be: CudaBackend, outT: Tensor, gateUpT: Tensor, numTokens: number, xq: Fp8Activations, inputScaleT: Tensor | null): boolean {
+export function siluMulFp8(
+  be: CudaBackend, outT: Tensor, gateUpT: Tensor, numTokens: number, xq: Fp8Activations, inputScaleT: Tensor | null, onlyReader?: QuantizedWeight,
+): boolean {
   const op = 'siluMulFp8';
   const { gateUp, out, I } = gatedArgs(op, outT, gateUpT, numTokens);
   const { codes, scales, inputScale } = fp8Outputs(op, xq, inputScaleT, numTokens, I);
   const aligned = [gateUp, out, codes].every((t) => t.ptr % 16 === 0);
   if (!quantFastPolicy.fused || out.dtype === 'f32' || I % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
-  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, normRowThreads(I), 0, be.stream, [
-    out.ptr, codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
+  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, siluFp8RowThreads(I), 0, be.stream, [
+    outPtr(be, out.ptr, out, numTokens, onlyReader), codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
   ]);
   return true;
+}
+
+/** `out`'s pointer, or null where its only reader, an FP8 linear given the codes, would not read it. */
+function outPtr(be: CudaBackend, ptr: number, x: Tensor, numTokens: number, onlyReader: QuantizedWeight | undefined): number | null {
+  return onlyReader && !fp8LinearReadsX(be, onlyReader, numTokens, x) ? null : ptr;
 }
 
 /** The checked E4M3 outputs of a fused producer: codes i32 [>= numTokens, width / 4], scales f32 [>= numTokens], the optional static scale. */

@@ -85,6 +85,17 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
   return can.gemv && numTokens <= INT_GEMV_MAX_M ? 'gemv' : 'dequant';
 }
 
+/**
+ * Whether quantLinear of `w` over `numTokens` tokens, given x already quantized (`xq`, 16-byte aligned), still
+ * reads x itself: the dequantizing path and per-tensor activation scales do; the GEMVs and cuBLASLt read the
+ * codes alone. Lets the fused producers of xq skip writing x (cuda-quant-norm.ts).
+ */
+export function fp8LinearReadsX(be: CudaBackend, w: QuantizedWeight, numTokens: number, x: Tensor): boolean {
+  if (w.kind !== 'fp8') return true;
+  const path = quantPathFor(be, w, numTokens, x, true);
+  return path === 'dequant' || (path === 'cublas' && fp8TensorActivations.enabled && w.scales.shape.reduce((a, b) => a * b, 1) === 1);
+}
+
 function checkCall(w: QuantizedWeight, outT: Tensor, xT: Tensor, biasT: Tensor | null, numTokens: number, xqT: Fp8Activations | null): Call {
   const op = 'linear';
   requireCount(numTokens, op, 'numTokens');

@@ -139,83 +139,105 @@ PGN_FLOAT_TYPES(PGN_QK_NORM)
 // rms_norm_fp8: rms_norm's vector path (the same thread mapping and reductions, so `out` and the residual come
 // out bit-identical to rms_norm with the same blockDim) that also quantizes its output to E4M3 for the FP8
 // linear reading it: xq [rows, H] bytes and xs [rows], the static *inputScale or max(rowAmax / 448, minScale)
-// of the stored out values, exactly as quant_fp8_act / quant_fp8_rows would from `out`. H % 8 == 0, 16-byte
-// aligned rows. One block per row.
+// of the out values, exactly as quant_fp8_act / quant_fp8_rows would from `out`. H % 8 == 0, 16-byte
+// aligned rows. One block per row. `out` may be null (the linear reads only xq): the codes are the same.
 #include "quant.cuh"
 
-// The quantization of a row producer's output (rms_norm_fp8, silu_mul_fp8): the row's scale (the static
-// *inputScale, or max(rowAmax / 448, minScale) over the block's amax), then this thread's own stored packs of
-// `out` as E4M3 codes, exactly as quant_fp8_act / quant_fp8_rows would quantize `out`.
-template <typename T>
-__device__ __forceinline__ void fp8_row_tail(const T* out, unsigned char* xq, float* xs, int H, float amax, float* scratch,
-                                             const float* inputScale, float minScale) {
+// Packs of a row a thread keeps in registers between the amax pass and the quantization (further packs, in rows
+// wider than FP8_ROW_KEEP * blockDim * 8, are computed again from their inputs).
+#define FP8_ROW_KEEP 8
+
+// One row producer fused with its E4M3 quantization: value(c) is the producer's pack at column c (the same
+// bits each call); it is stored to `out` (when not null), its amax reduced over the block, then the row's scale
+// (the static *inputScale, or max(rowAmax / 448, minScale)) and the codes of the same values, as quant_fp8_act /
+// quant_fp8_rows would quantize `out`. The values stay in registers: `out` is never read back.
+template <typename T, typename Value>
+__device__ __forceinline__ void fp8_row(Value value, T* out, unsigned char* xq, float* xs, int H, float* scratch,
+                                        const float* inputScale, float minScale) {
   constexpr int N = Pack<T>::N;
+  const int step = blockDim.x * N;
+  Pack<T> keep[FP8_ROW_KEEP];
+  float amax = 0.f;
+#pragma unroll
+  for (int p = 0; p < FP8_ROW_KEEP; p++) {
+    const int c = threadIdx.x * N + p * step;
+    if (c < H) {
+      keep[p] = value(c);
+      if (out) store_pack(out + c, keep[p]);
+#pragma unroll
+      for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(keep[p].get(e)));
+    }
+  }
+  for (int c = threadIdx.x * N + FP8_ROW_KEEP * step; c < H; c += step) {
+    const Pack<T> r = value(c);
+    if (out) store_pack(out + c, r);
+#pragma unroll
+    for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(r.get(e)));
+  }
   float s;
   if (inputScale != nullptr) s = *inputScale;
   else s = fmaxf(__fdiv_rn(q_block_max(amax, scratch), PGN_E4M3_MAX), minScale);
   if (threadIdx.x == 0) *xs = s;
-  for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
-    const Pack<T> r = load_pack(out + c);  // this thread's own stores
+  auto encode = [&](const Pack<T>& r, int c) {
     unsigned q[2] = {0u, 0u};
 #pragma unroll
     for (int e = 0; e < N; e++) q[e >> 2] |= e4m3_encode(__fdiv_rn(r.get(e), s)) << (8 * (e & 3));
     *reinterpret_cast<uint2*>(xq + c) = make_uint2(q[0], q[1]);
+  };
+#pragma unroll
+  for (int p = 0; p < FP8_ROW_KEEP; p++) {
+    const int c = threadIdx.x * N + p * step;
+    if (c < H) encode(keep[p], c);
   }
+  for (int c = threadIdx.x * N + FP8_ROW_KEEP * step; c < H; c += step) encode(value(c), c);
 }
 
 template <typename T>
 __device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* x, T* residual, const T* weight, float eps,
                                  float weightOffset, int H, const float* inputScale, float minScale) {
   __shared__ float scratch[32];
-  constexpr int N = Pack<T>::N;
   const T* src;
   const float sumSq = block_sum(residual_pass<T, true>(x, residual, H, &src, true), scratch);
   const float inv = rsqrtf(sumSq / H + eps);
-  float amax = 0.f;
-  for (int c = threadIdx.x * N; c < H; c += blockDim.x * N) {
+  auto value = [&](int c) {
     Pack<T> v = load_pack(src + c), w = load_pack(weight + c), r;
 #pragma unroll
-    for (int e = 0; e < N; e++) r.set(e, v.get(e) * inv * (w.get(e) + weightOffset));
-    store_pack(out + c, r);
-#pragma unroll
-    for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(r.get(e)));
-  }
-  fp8_row_tail<T>(out, xq, xs, H, amax, scratch, inputScale, minScale);
+    for (int e = 0; e < Pack<T>::N; e++) r.set(e, v.get(e) * inv * (w.get(e) + weightOffset));
+    return r;
+  };
+  fp8_row<T>(value, out, xq, xs, H, scratch, inputScale, minScale);
 }
 
 // silu_mul_fp8: silu_mul (elementwise.cu) of one row, out bit-identical to it, and that row quantized to E4M3 for
-// the FP8 down_proj reading it, as rms_norm_fp8 quantizes. I % 8 == 0, 16-byte aligned rows. One block per row.
+// the FP8 down_proj reading it, as rms_norm_fp8 quantizes. I % 8 == 0, 16-byte aligned rows. One block per row,
+// any block size (elementwise values, and the amax does not depend on the order); `out` may be null.
 template <typename T>
 __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {
   __shared__ float scratch[32];
-  constexpr int N = Pack<T>::N;
-  float amax = 0.f;
-  for (int c = threadIdx.x * N; c < I; c += blockDim.x * N) {
+  auto value = [&](int c) {
     Pack<T> g = load_pack(gateUp + c), u = load_pack(gateUp + I + c), r;
 #pragma unroll
-    for (int e = 0; e < N; e++) r.set(e, silu_f(g.get(e)) * u.get(e));
-    store_pack(out + c, r);
-#pragma unroll
-    for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(r.get(e)));
-  }
-  fp8_row_tail<T>(out, xq, xs, I, amax, scratch, inputScale, minScale);
+    for (int e = 0; e < Pack<T>::N; e++) r.set(e, silu_f(g.get(e)) * u.get(e));
+    return r;
+  };
+  fp8_row<T>(value, out, xq, xs, I, scratch, inputScale, minScale);
 }
 
-#define PGN_NORM_FP8(T, S)                                                                                         \
-  extern "C" __global__ void rms_norm_fp8_##S(T* out, unsigned char* xq, float* xs, const T* x, T* residual,      \
-                                              const T* weight, float eps, float weightOffset, int H,             \
-                                              const float* inputScale, float minScale) {                        \
-    PGN_PDL_WAIT();                                                                                                \
-    const long long r = blockIdx.x;                                                                                \
-    rms_norm_fp8_row<T>(out + r * H, xq + r * H, xs + r, x + r * H, residual ? residual + r * H : nullptr, weight,  \
-                        eps, weightOffset, H, inputScale, minScale);                                               \
-    PGN_PDL_TRIGGER();                                                                                             \
-  }                                                                                                                \
-  extern "C" __global__ void silu_mul_fp8_##S(T* out, unsigned char* xq, float* xs, const T* gateUp, int I,         \
-                                              const float* inputScale, float minScale) {                          \
-    PGN_PDL_WAIT();                                                                                                \
-    const long long r = blockIdx.x;                                                                                \
-    silu_mul_fp8_row<T>(out + r * I, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale, minScale);            \
-    PGN_PDL_TRIGGER();                                                                                             \
+#define PGN_NORM_FP8(T, S)                                                                                             \
+  extern "C" __global__ void __launch_bounds__(1024)                                                                   \
+      rms_norm_fp8_##S(T* out, unsigned char* xq, float* xs, const T* x, T* residual, const T* weight, float eps,      \
+                       float weightOffset, int H, const float* inputScale, float minScale) {                           \
+    PGN_PDL_WAIT();                                                                                                    \
+    const long long r = blockIdx.x;                                                                                    \
+    rms_norm_fp8_row<T>(out ? out + r * H : nullptr, xq + r * H, xs + r, x + r * H,                                    \
+                        residual ? residual + r * H : nullptr, weight, eps, weightOffset, H, inputScale, minScale);    \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(1024) silu_mul_fp8_##S(                                                 \
+      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
+    PGN_PDL_WAIT();                                                                                                    \
+    const long long r = blockIdx.x;                                                                                    \
+    silu_mul_fp8_row<T>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale, minScale); \
+    PGN_PDL_TRIGGER();                                                                                                 \
   }
 PGN_HALF_TYPES(PGN_NORM_FP8)
