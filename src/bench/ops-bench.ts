@@ -16,7 +16,7 @@
  */
 import type { AttentionMetadata, Tensor } from '../backends/backend.js';
 import { CudaBackend, type CudaTensor } from '../backends/cuda/cuda-backend.js';
-import { gemv, gemvPlan, gemvPolicy, gemvTakes, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
+import { gemv, gemvPlan, gemvPlanName, gemvPlans, gemvPolicy, gemvTakes, type GemvPlan } from '../backends/cuda/cuda-gemv.js';
 import { ringGemv } from '../backends/cuda/cuda-ring-gemv.js';
 import { QGEMV_MAX_M, qgemvChunkM } from '../backends/cuda/cuda-quant-gemv.js';
 import { check } from '../backends/cuda/driver.js';
@@ -33,7 +33,6 @@ const MAX_SETS = 12;
 /** Llama-3.1-8B linears: name, N (out), K (in), f32 out */
 const LINEARS = [['qkv_proj', QKV, HIDDEN, false], ['o_proj', HIDDEN, HIDDEN, false], ['gate_up_proj', 2 * FFN, HIDDEN, false], ['down_proj', HIDDEN, FFN, false], ['lm_head (f32)', VOCAB, HIDDEN, true]] as const;
 const GEMV_ROWS = [1, 2, 4, 8, 16];
-const GEMV_PLANS: GemvPlan[] = ([1, 2, 4, 8] as const).flatMap((warps) => ([4, 8] as const).map((unroll) => ({ warps, unroll })));
 
 /** One benchmarked op on one shape (ops-bench-quant.ts makes the quantized ones). */
 export interface BenchCase {
@@ -269,10 +268,10 @@ function gemvVsCublas(be: CudaBackend, copyTbs: number): void {
       gemvPolicy.enabled = enabled;
       const timePlan = (plan: GemvPlan): number =>
         timeLaunchers(be, ws.map((w) => () => gemv(ctx, { out: o.ptr, outDtype, x: x.ptr, w: (w as CudaTensor).ptr, dtype: 'bf16', bias: null, biasDtype: null, M, N, K }, plan)));
-      const auto = gemvPlan(K);
+      const auto = gemvPlan(K, M);
       const gemvUs = timePlan(auto);
       let best = { plan: auto, us: gemvUs };
-      for (const plan of GEMV_PLANS) {
+      for (const plan of gemvPlans(M)) {
         const us = timePlan(plan);
         if (us < best.us) best = { plan, us };
       }
@@ -280,7 +279,7 @@ function gemvVsCublas(be: CudaBackend, copyTbs: number): void {
       const ringUs = ringOk ? timeLaunchers(be, ws.map((w) => () => ringGemv(ctx, { out: o.ptr, outDtype, x: x.ptr, w: (w as CudaTensor).ptr, dtype: 'bf16', bias: null, biasDtype: null, M, N, K }))) : NaN;
       body.push([
         name, `${M}x${N}x${K}`, gemvTakes(M, N, K, outDtype) ? 'GEMV' : 'cuBLASLt', blasUs.toFixed(1), pct(bytes, blasUs), gemvUs.toFixed(1), (bytes / gemvUs / 1e3).toFixed(0), pct(bytes, gemvUs),
-        `${(blasUs / gemvUs).toFixed(2)}x`, `w${auto.warps} u${auto.unroll}`, `w${best.plan.warps} u${best.plan.unroll}`, best.us.toFixed(1), pct(bytes, best.us),
+        `${(blasUs / gemvUs).toFixed(2)}x`, gemvPlanName(auto), gemvPlanName(best.plan), best.us.toFixed(1), pct(bytes, best.us),
         ringOk ? ringUs.toFixed(1) : '-', ringOk ? pct(bytes, ringUs) : '-',
       ]);
     }

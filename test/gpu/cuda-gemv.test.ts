@@ -8,7 +8,7 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { DType } from '../../src/backends/backend.js';
-import { gemv, gemvPlan, gemvPolicy, gemvSuits, gemvTakes, type GemvContext, type GemvPlan } from '../../src/backends/cuda/cuda-gemv.js';
+import { gemv, gemvPlan, gemvPlanName, gemvPlans, gemvPolicy, gemvSuits, gemvTakes, type GemvContext } from '../../src/backends/cuda/cuda-gemv.js';
 import { ringGemvSuits } from '../../src/backends/cuda/cuda-ring-gemv.js';
 import type { CudaTensor } from '../../src/backends/cuda/cuda-tensor.js';
 import { Harness, openCuda, SEED, TOL, type Pair } from './cuda-harness.js';
@@ -121,7 +121,7 @@ if (!gpu) {
       }
     }));
 
-    test('every launch plan (warps 1/2/4/8, unroll 4/8) gives the same result', async () => {
+    test('every launch plan (warps 1/2/4/8, unroll 4/8, pipelined 2/4 up to 8 rows) gives the same result', async () => {
       const [N, K] = [40, 2056];
       for (const M of [3, 12]) {
         const x = h.rand([M, K], 'f16');
@@ -129,13 +129,10 @@ if (!gpu) {
         const bias = h.rand([N], 'f32');
         const ref = h.output([M, N], 'f32');
         h.cpu.linear(ref.cpu, x.cpu, w.cpu, bias.cpu, M);
-        for (const warps of [1, 2, 4, 8] as const) {
-          for (const unroll of [4, 8] as const) {
-            const plan: GemvPlan = { warps, unroll };
-            const out = h.output([M, N], 'f32');
-            gemv(ctx, { out: (out.gpu as CudaTensor).ptr, outDtype: 'f32', x: (x.gpu as CudaTensor).ptr, w: (w.gpu as CudaTensor).ptr, dtype: 'f16', bias: (bias.gpu as CudaTensor).ptr, biasDtype: 'f32', M, N, K }, plan);
-            await h.expectClose({ cpu: ref.cpu, gpu: out.gpu, dtype: 'f32' }, `gemv plan ${warps} warps, unroll ${unroll}, M=${M}`, undefined, F32_TOL);
-          }
+        for (const plan of gemvPlans(M)) {
+          const out = h.output([M, N], 'f32');
+          gemv(ctx, { out: (out.gpu as CudaTensor).ptr, outDtype: 'f32', x: (x.gpu as CudaTensor).ptr, w: (w.gpu as CudaTensor).ptr, dtype: 'f16', bias: (bias.gpu as CudaTensor).ptr, biasDtype: 'f32', M, N, K }, plan);
+          await h.expectClose({ cpu: ref.cpu, gpu: out.gpu, dtype: 'f32' }, `gemv plan ${gemvPlanName(plan)}, M=${M}`, undefined, F32_TOL);
         }
       }
     });

@@ -14,7 +14,7 @@
  *
  * Environment: PEREGRINE_GEMV=0 sends every linear to cuBLASLt (for comparison);
  * PEREGRINE_GEMV=all gives the GEMV every linear it can take (up to the row limit);
- * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit.
+ * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit; PEREGRINE_GEMV_PIPE=1 takes the pipelined kernels.
  * PEREGRINE_GEMV=ring: cuda-ring-gemv.ts takes linears of <= 8 rows first (to be measured, NOTES.md).
  */
 import { BIAS_KIND } from './cuda-quant-gemv.js';
@@ -52,6 +52,8 @@ export const gemvPolicy = {
   all: process.env.PEREGRINE_GEMV === 'all',
   /** linears of <= 8 rows to the ring-buffered GEMV first (PEREGRINE_GEMV=ring; cuda-ring-gemv.ts) */
   ring: process.env.PEREGRINE_GEMV === 'ring',
+  /** the pipelined kernels (two steps of weight loads in flight) for <= 8 rows (PEREGRINE_GEMV_PIPE=1; to be measured) */
+  pipe: process.env.PEREGRINE_GEMV_PIPE === '1',
   maxRows: envMaxRows(),
 };
 
@@ -78,10 +80,27 @@ export interface GemvArgs {
   readonly K: number;
 }
 
-/** Launch shape: warps per block splitting K, and 32-k chunks each warp loads per step. */
+/**
+ * Launch shape: warps per block splitting K, and 32-k chunks each warp loads per step; `pipe`: the next step's
+ * weights are requested before this step's MMAs (two steps of loads in flight; unroll 2 or 4, up to 8 rows).
+ */
 export interface GemvPlan {
   readonly warps: 1 | 2 | 4 | 8;
-  readonly unroll: 4 | 8;
+  readonly unroll: 2 | 4 | 8;
+  readonly pipe?: boolean;
+}
+
+/** The plans the kernels exist for (kernels/gemv.cu), for `rows` rows of x. */
+export function gemvPlans(rows: number): GemvPlan[] {
+  const warps = [1, 2, 4, 8] as const;
+  const plain = warps.flatMap((w) => ([4, 8] as const).map((unroll): GemvPlan => ({ warps: w, unroll })));
+  const piped = rows <= 8 ? warps.flatMap((w) => ([2, 4] as const).map((unroll): GemvPlan => ({ warps: w, unroll, pipe: true }))) : [];
+  return [...plain, ...piped];
+}
+
+/** A plan as the benchmarks print it: w8 u4, w8 u4p. */
+export function gemvPlanName(p: GemvPlan): string {
+  return `w${p.warps} u${p.unroll}${p.pipe ? 'p' : ''}`;
 }
 
 /**
@@ -89,11 +108,11 @@ export interface GemvPlan {
  * the 25 measured 8B-shape rows; the other 3, all at 16 rows, preferred 8 chunks), fewer warps
  * when K is too short to give each one a full step.
  */
-export function gemvPlan(K: number): GemvPlan {
+export function gemvPlan(K: number, rows = 1): GemvPlan {
   const chunks = Math.ceil(K / CHUNK_K);
   let warps = MAX_WARPS;
   while (warps > 1 && Math.ceil(chunks / warps) < DEFAULT_UNROLL) warps /= 2;
-  return { warps: warps as GemvPlan['warps'], unroll: DEFAULT_UNROLL };
+  return { warps: warps as GemvPlan['warps'], unroll: DEFAULT_UNROLL, ...(gemvPolicy.pipe && rows <= 8 ? { pipe: true } : {}) };
 }
 
 /** Whether the policy gives the GEMV a linear of M rows, weight [N, K], out dtype `outDtype`. */
@@ -104,9 +123,10 @@ export function gemvTakes(M: number, N: number, K: number, outDtype: string): bo
 }
 
 /** Queues the GEMV for `a` (shape and alignment already checked, see `linearGemv`). */
-export function gemv(ctx: GemvContext, a: GemvArgs, plan: GemvPlan = gemvPlan(a.K)): void {
+export function gemv(ctx: GemvContext, a: GemvArgs, plan: GemvPlan = gemvPlan(a.K, a.M)): void {
   const mt = a.M <= 8 ? 8 : 16;
-  const kernel = ctx.kernels.module.kernel(`gemv_${a.dtype}_${a.outDtype}_m${mt}_u${plan.unroll}`, GEMV_PARAMS);
+  if (plan.pipe ? mt !== 8 || plan.unroll === 8 : plan.unroll === 2) throw new Error(`gemv: no kernel for plan ${gemvPlanName(plan)} at ${a.M} rows`);
+  const kernel = ctx.kernels.module.kernel(`gemv_${a.dtype}_${a.outDtype}_m${mt}_u${plan.unroll}${plan.pipe ? 'p' : ''}`, GEMV_PARAMS);
   const sharedBytes = plan.warps * ROWS_PER_BLOCK * (mt + 1) * 4;
   const biasKind = a.bias !== null && a.biasDtype !== null ? BIAS_KIND[a.biasDtype] : 0;
   kernel.launch(Math.ceil(a.N / ROWS_PER_BLOCK), 32 * plan.warps, sharedBytes, ctx.stream, [a.out, a.x, a.w, biasKind ? a.bias : null, a.M, a.N, a.K, biasKind]);

@@ -55,8 +55,8 @@ __device__ __forceinline__ void gemv_mma(float (&acc)[NT][4], const uint4& lo, c
   }
 }
 
-// MT = 8 * NT: x rows the kernel can take (M <= MT); U = chunks of 32 k loaded per step.
-template <typename T, typename TO, int NT, int U>
+// MT = 8 * NT: x rows the kernel can take (M <= MT); U = chunks of 32 k loaded per step; PIPE: two steps in flight.
+template <typename T, typename TO, int NT, int U, bool PIPE>
 __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, const void* bias, int M, int N, int K,
                                             int biasKind) {
   constexpr int MT = 8 * NT, STRIDE = MT + 1;  // +1: no bank conflicts in the final sum
@@ -85,6 +85,7 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
 
   // whole chunks, U at a time, no bounds checks; then the warp's last chunks one by one. The first U
   // chunks' weights load before PGN_PDL_WAIT: under PDL they stream while the previous kernel finishes.
+  // PIPE: the next U chunks' weights are requested before this step's MMAs (two steps of loads in flight).
   const int fullEnd = min(cEnd, K >> 5);
   int c = cBegin;
   uint4 lo[U], hi[U];
@@ -101,15 +102,36 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
 #pragma unroll
     for (int j = 0; j < U; j++) {
       const int k = (c + j) * 32;
-      if (c != cBegin) {
+      if (!PIPE && c != cBegin) {
         lo[j] = gemv_load_stream(wLo + k);
         hi[j] = gemv_load_stream(wHi + k);
       }
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) xb[nt][j] = hasRow[nt] ? __ldg(reinterpret_cast<const uint4*>(xRow[nt] + k)) : zero;
     }
+    if (PIPE) {
+      uint4 nlo[U], nhi[U];
+      const bool more = c + 2 * U <= fullEnd;
+      if (more) {
 #pragma unroll
-    for (int j = 0; j < U; j++) gemv_mma<T, NT>(acc, lo[j], hi[j], xb, j);
+        for (int j = 0; j < U; j++) {
+          nlo[j] = gemv_load_stream_early(wLo + (c + U + j) * 32);
+          nhi[j] = gemv_load_stream_early(wHi + (c + U + j) * 32);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < U; j++) gemv_mma<T, NT>(acc, lo[j], hi[j], xb, j);
+      if (more) {
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+          lo[j] = nlo[j];
+          hi[j] = nhi[j];
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < U; j++) gemv_mma<T, NT>(acc, lo[j], hi[j], xb, j);
+    }
   }
   for (; c < cEnd; c++) {
     const int k = c * 32;
@@ -145,16 +167,17 @@ __device__ __forceinline__ void gemv_rows16(TO* out, const T* x, const T* w, con
   }
 }
 
-// gemv_<dtype>_<out dtype>_m<MT>_u<U>(out, x, w, bias, M, N, K, biasKind)
-#define PGN_GEMV(T, S, TO, SO, MT, U)                                                                            \
+// gemv_<dtype>_<out dtype>_m<MT>_u<U>[p](out, x, w, bias, M, N, K, biasKind); the p kernels pipeline their loads
+#define PGN_GEMV(T, S, TO, SO, MT, U, PIPE, P)                                                                   \
   extern "C" __global__ void __launch_bounds__(PGN_GEMV_MAX_THREADS)                                           \
-      gemv_##S##_##SO##_m##MT##_u##U(TO* out, const T* x, const T* w, const void* bias, int M, int N, int K,      \
-                                     int biasKind) {                                                           \
-    gemv_rows16<T, TO, MT / 8, U>(out, x, w, bias, M, N, K, biasKind);                                          \
+      gemv_##S##_##SO##_m##MT##_u##U##P(TO* out, const T* x, const T* w, const void* bias, int M, int N, int K,   \
+                                        int biasKind) {                                                        \
+    gemv_rows16<T, TO, MT / 8, U, PIPE>(out, x, w, bias, M, N, K, biasKind);                                    \
     PGN_PDL_TRIGGER();                                                                                          \
   }
-#define PGN_GEMV_OUT(T, S, TO, SO) \
-  PGN_GEMV(T, S, TO, SO, 8, 4) PGN_GEMV(T, S, TO, SO, 8, 8) PGN_GEMV(T, S, TO, SO, 16, 4) PGN_GEMV(T, S, TO, SO, 16, 8)
+#define PGN_GEMV_OUT(T, S, TO, SO)                                                                              \
+  PGN_GEMV(T, S, TO, SO, 8, 4, false, ) PGN_GEMV(T, S, TO, SO, 8, 8, false, ) PGN_GEMV(T, S, TO, SO, 16, 4, false, ) \
+  PGN_GEMV(T, S, TO, SO, 16, 8, false, ) PGN_GEMV(T, S, TO, SO, 8, 2, true, p) PGN_GEMV(T, S, TO, SO, 8, 4, true, p)
 #define PGN_GEMV_ALL(T, S) PGN_GEMV_OUT(T, S, T, S) PGN_GEMV_OUT(T, S, float, f32)
 
 PGN_HALF_TYPES(PGN_GEMV_ALL)
