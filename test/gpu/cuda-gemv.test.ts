@@ -27,11 +27,17 @@ async function withPolicy(patch: Partial<typeof gemvPolicy>, fn: () => unknown):
   }
 }
 
-test('gemvPlan: 8 warps split K, fewer when K gives them less than one 4-chunk step each', () => {
-  assert.deepEqual(gemvPlan(4096), { warps: 8, unroll: 4 });
-  assert.deepEqual(gemvPlan(14336), { warps: 8, unroll: 4 });
-  assert.deepEqual(gemvPlan(256), { warps: 2, unroll: 4 }); // 8 chunks: 4 per warp
-  assert.deepEqual(gemvPlan(64), { warps: 1, unroll: 4 });
+test('gemvPlan: 8 warps split K, fewer when K gives them less than one 4-chunk step each; pipelined up to 8 rows (PEREGRINE_GEMV_PIPE=0: not)', async () => {
+  await withPolicy({ pipe: true }, () => {
+    assert.deepEqual(gemvPlan(4096), { warps: 8, unroll: 4, pipe: true });
+    assert.deepEqual(gemvPlan(14336, 8), { warps: 8, unroll: 4, pipe: true });
+    assert.deepEqual(gemvPlan(4096, 9), { warps: 8, unroll: 4 }); // no pipelined kernels for 16 rows
+    assert.deepEqual(gemvPlan(256), { warps: 2, unroll: 4, pipe: true }); // 8 chunks: 4 per warp
+    assert.deepEqual(gemvPlan(64), { warps: 1, unroll: 4, pipe: true });
+  });
+  await withPolicy({ pipe: false }, () => {
+    assert.deepEqual(gemvPlan(4096), { warps: 8, unroll: 4 });
+  });
 });
 
 test('gemvTakes: up to 8 rows, weights up to 64 MiB or f32 out; PEREGRINE_GEMV=0 / all; K % 8', async () => {

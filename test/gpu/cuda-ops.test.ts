@@ -10,6 +10,7 @@ import type { DType, LayerKvCache, RopeParams } from '../../src/backends/backend
 import { cpuData } from '../../src/backends/cpu/cpu-backend.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
+import { ropeVec } from '../../src/backends/cuda/cuda-ops.js';
 import { Harness, openCuda, SEED } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
@@ -151,9 +152,10 @@ if (!gpu) {
       }
     });
 
-    test('ropeWriteKv: neox and gptj, partial rotary, GQA, shuffled slots with padding', async () => {
-      for (const dtype of ['bf16', 'f16', 'f32'] as const) {
-        for (const [style, headDim, rotaryDim, numHeads, numKvHeads] of [['neox', 128, 128, 8, 2], ['gptj', 64, 32, 4, 4], ['neox', 80, 40, 6, 1]] as const) {
+    test('ropeWriteKv: neox and gptj, partial rotary, GQA, shuffled slots with padding; both kernels (thread per item, warp per head)', async () => {
+      for (const [dtype, vecOn] of [['bf16', true], ['f16', true], ['f32', true], ['bf16', false], ['f32', false]] as const) {
+        ropeVec.enabled = vecOn;
+        for (const [style, headDim, rotaryDim, numHeads, numKvHeads] of [['neox', 128, 128, 8, 2], ['gptj', 64, 32, 4, 4], ['neox', 80, 40, 6, 1], ['neox', 64, 20, 4, 2]] as const) {
           const T = 11;
           const numSlots = 64;
           const p: RopeParams = { numHeads, numKvHeads, headDim, rotaryDim, style };
@@ -178,12 +180,13 @@ if (!gpu) {
           const gpuCache: LayerKvCache = { k: k.gpu, v: v.gpu };
           h.cpu.ropeWriteKv(qkv.cpu, positions.cpu, cosSin.cpu, cpuCache, slotMapping.cpu, T, p);
           gpu.ropeWriteKv(qkv.gpu, positions.gpu, cosSin.gpu, gpuCache, slotMapping.gpu, T, p);
-          const what = `ropeWriteKv ${dtype} ${style} D=${headDim} r=${rotaryDim} ${numHeads}/${numKvHeads}`;
+          const what = `ropeWriteKv ${dtype} ${style} D=${headDim} r=${rotaryDim} ${numHeads}/${numKvHeads}${vecOn ? '' : ' (warp per head)'}`;
           await h.expectClose(qkv, `${what}: q`);
           await h.expectClose(k, `${what}: k cache`);
           await h.expectClose(v, `${what}: v cache`, undefined, 0);
         }
       }
+      ropeVec.enabled = true;
     });
 
     test('fromBytes converts on the host straight to the target dtype', async () => {

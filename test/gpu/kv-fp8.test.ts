@@ -19,6 +19,7 @@ import { encodeE4M3 } from '../../src/weights/quant/fp8.js';
 import { chunkedPrefillLogits } from '../helpers/chunked-prefill.js';
 import { loadGolden } from '../helpers/golden.js';
 import { ATTENTION_TOL, checkGraphRuns, pagedBatch, type AttentionCase } from './attention-cases.js';
+import { ropeVec } from '../../src/backends/cuda/cuda-ops.js';
 import { Harness, openCuda, SEED } from './cuda-harness.js';
 
 const { gpu, reason } = openCuda();
@@ -118,6 +119,8 @@ if (!gpu) {
     test('ropeWriteKv writes the codes the CPU reference writes', async () => {
       const numHeads = 8, numKvHeads = 2, headDim = 128, T = 40, rows = 64, kvWidth = numKvHeads * headDim;
       const qkv = h.rand([T, (numHeads + 2 * numKvHeads) * headDim], 'bf16', 4);
+      const qkvSaved = h.rand([T, (numHeads + 2 * numKvHeads) * headDim], 'bf16');
+      gpu!.copy(qkvSaved.gpu, qkv.gpu, T);
       const table = new Float32Array(512 * headDim);
       for (let p = 0; p < 512; p++) {
         for (let j = 0; j < headDim / 2; j++) {
@@ -133,6 +136,22 @@ if (!gpu) {
       const p = { numHeads, numKvHeads, headDim, rotaryDim: headDim, style: 'neox' as const };
       h.cpu.ropeWriteKv(qkv.cpu, positions.cpu, cosSin.cpu, cache.cpu, slots.cpu, T, p);
       gpu!.ropeWriteKv(qkv.gpu, positions.gpu, cosSin.gpu, cache.gpu, slots.gpu, T, p);
+      // the warp-per-head kernel writes the same codes (into a second cache, q rotated from a copy)
+      ropeVec.enabled = false;
+      const qkv2 = h.rand([T, (numHeads + 2 * numKvHeads) * headDim], 'bf16');
+      gpu!.copy(qkv2.gpu, qkvSaved.gpu, T);
+      const cache2 = fp8Cache(rows, kvWidth, 0.02, 0.01);
+      try {
+        gpu!.ropeWriteKv(qkv2.gpu, positions.gpu, cosSin.gpu, cache2.gpu, slots.gpu, T, p);
+      } finally {
+        ropeVec.enabled = true;
+      }
+      for (const which of ['k', 'v'] as const) {
+        const a: Uint8Array = new Uint8Array((await gpu!.downloadI32(cache.gpu[which])).buffer), b: Uint8Array = new Uint8Array((await gpu!.downloadI32(cache2.gpu[which])).buffer);
+        assert.deepEqual(a, b, `${which}: the two kernels' codes`);
+      }
+      assert.deepEqual(await gpu!.downloadF32(qkv2.gpu), await gpu!.downloadF32(qkv.gpu), 'the two kernels\' rotated q');
+      cache2.free();
       for (const which of ['k', 'v'] as const) {
         const want = new Uint8Array((cpuData(cache.cpu[which]) as Int32Array).buffer);
         const got = new Uint8Array((await gpu!.downloadI32(cache.gpu[which])).buffer);

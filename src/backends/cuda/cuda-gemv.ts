@@ -14,7 +14,8 @@
  *
  * Environment: PEREGRINE_GEMV=0 sends every linear to cuBLASLt (for comparison);
  * PEREGRINE_GEMV=all gives the GEMV every linear it can take (up to the row limit);
- * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit; PEREGRINE_GEMV_PIPE=1 takes the pipelined kernels.
+ * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit; PEREGRINE_GEMV_PIPE=0 takes the plain kernels
+ * instead of the pipelined ones (H200, 2026-11-28: o_proj 12.1 -> 9.4 us at 1 row, 63% -> 84% of copy bandwidth).
  * PEREGRINE_GEMV=ring: cuda-ring-gemv.ts takes linears of <= 8 rows first (to be measured, NOTES.md).
  */
 import { BIAS_KIND } from './cuda-quant-gemv.js';
@@ -52,8 +53,8 @@ export const gemvPolicy = {
   all: process.env.PEREGRINE_GEMV === 'all',
   /** linears of <= 8 rows to the ring-buffered GEMV first (PEREGRINE_GEMV=ring; cuda-ring-gemv.ts) */
   ring: process.env.PEREGRINE_GEMV === 'ring',
-  /** the pipelined kernels (two steps of weight loads in flight) for <= 8 rows (PEREGRINE_GEMV_PIPE=1; to be measured) */
-  pipe: process.env.PEREGRINE_GEMV_PIPE === '1',
+  /** the pipelined kernels (two steps of weight loads in flight) for <= 8 rows; PEREGRINE_GEMV_PIPE=0: the plain ones */
+  pipe: process.env.PEREGRINE_GEMV_PIPE !== '0',
   maxRows: envMaxRows(),
 };
 

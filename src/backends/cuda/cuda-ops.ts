@@ -259,6 +259,9 @@ export function fusedLinear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor
   return numTokens > 0 && fusedLinearRing(ctx, out, x, w, bias, numTokens, fusion, normWeight);
 }
 
+/** The thread-per-item RoPE kernel where it can run (PEREGRINE_ROPE_VEC=0: the warp-per-head kernel always; tests, A/B). */
+export const ropeVec = { enabled: process.env.PEREGRINE_ROPE_VEC !== '0' };
+
 export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, cosSinT: Tensor | null, cache: LayerKvCache, slotMappingT: Tensor, numTokens: number, p: RopeParams): void {
   const op = 'ropeWriteKv';
   requireCount(numTokens, op, 'numTokens');
@@ -278,7 +281,12 @@ export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, co
     positions = i32Tensor(positionsT, op, 'positions', numTokens);
   }
   const numPositions = cosSin ? Math.floor(cosSin.numel / rotaryDim) : 0;
-  ctx.kernels.typed(fp8 ? 'rope_write_kv_fp8' : 'rope_write_kv', qkv.dtype).launch([numTokens, Math.ceil((numHeads + numKvHeads) / 4)], 128, 0, ctx.stream, [
+  // the thread-per-item kernel where rows split into 8-element packs (kernels/rope.cu); else a warp per head
+  const vec = ropeVec.enabled && headDim % 8 === 0 && (!cosSin || rotaryDim % 8 === 0) && [qkv, k, v, cosSin].every((t) => t === null || t.ptr % 16 === 0);
+  const items = vec ? (cosSin ? numHeads * (rotaryDim / 8) : 0) + numKvHeads * (2 * headDim) / 8 : 0;
+  const grid: [number, number] = vec ? [numTokens, Math.ceil(items / 128)] : [numTokens, Math.ceil((numHeads + numKvHeads) / 4)];
+  const family = `rope_write_kv${vec ? '_vec' : ''}${fp8 ? '_fp8' : ''}` as const;
+  ctx.kernels.typed(family, qkv.dtype).launch(grid, 128, 0, ctx.stream, [
     qkv.ptr, positions?.ptr ?? null, cosSin?.ptr ?? null, k.ptr, v.ptr, slots.ptr,
     numHeads, numKvHeads, headDim, rotaryDim, style === 'gptj' ? 1 : 0, numPositions, numSlots, ...scaleArgs,
   ]);

@@ -31,15 +31,6 @@ export function normRowThreads(H: number): number {
   return Math.min(1024, Math.max(32, Math.ceil(units / 32) * 32));
 }
 
-/**
- * Threads of a silu_mul_fp8 row: four 8-wide packs a thread (the kernel keeps up to 8 in registers between its
- * amax and its quantization). An elementwise product and a max do not depend on the thread count.
- */
-export function siluFp8RowThreads(I: number): number {
-  const units = Math.ceil(I / PACK);
-  return Math.min(1024, Math.max(32, Math.ceil(units / 4 / 32) * 32));
-}
-
 /** rmsNorm + E4M3 codes / scales of its output in `xq` (Backend.rmsNormFp8); false where it cannot fuse. */
 export function rmsNormFp8(
   be: CudaBackend, outT: Tensor, xT: Tensor, weightT: Tensor, eps: number, numTokens: number,
@@ -67,7 +58,7 @@ export function siluMulFp8(
   const aligned = [gateUp, out, codes].every((t) => t.ptr % 16 === 0);
   if (!quantFastPolicy.fused || out.dtype === 'f32' || I % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
-  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, siluFp8RowThreads(I), 0, be.stream, [
+  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, normRowThreads(I), 0, be.stream, [
     outPtr(be, out.ptr, out, numTokens, onlyReader), codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
   ]);
   return true;

@@ -54,6 +54,7 @@ export const KERNEL_PARAMS = {
   moe_down: [ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32],
   // (qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D, rotaryDim, gptj, numPositions, numSlots)
   rope_write_kv: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32],
+  rope_write_kv_vec: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32],
   // (out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,
   //  numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap)
   attn_prefill: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32],
@@ -66,6 +67,7 @@ export const KERNEL_PARAMS = {
   attn_decode_combine: [ptr, ptr, ptr, ptr, i32, i32, i32],
   // the fp8 KV cache's kernels: the same parameters, then (kScale, vScale)
   rope_write_kv_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32, f32, f32],
+  rope_write_kv_vec_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32, f32, f32],
   attn_prefill_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_generic_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_decode_fp8: ATTN_DECODE_FP8,

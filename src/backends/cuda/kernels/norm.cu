@@ -145,7 +145,7 @@ PGN_FLOAT_TYPES(PGN_QK_NORM)
 
 // Packs of a row a thread keeps in registers between the amax pass and the quantization (further packs, in rows
 // wider than FP8_ROW_KEEP * blockDim * 8, are computed again from their inputs).
-#define FP8_ROW_KEEP 8
+#define FP8_ROW_KEEP 2
 
 // One row producer fused with its E4M3 quantization: value(c) is the producer's pack at column c (the same
 // bits each call); it is stored to `out` (when not null), its amax reduced over the block, then the row's scale

@@ -37,6 +37,12 @@ __device__ __forceinline__ unsigned e4m3_encode(float x) {
   const unsigned sign = (u >> 24) & 0x80u;
   const unsigned a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return sign | 0x7fu;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  // the hardware conversion rounds and saturates alike (to nearest even, +-448 for anything larger, subnormals)
+  unsigned short pair;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.f), "f"(x));
+  return pair & 0xffu;
+#endif
   if (a >= 0x43e00000u) return sign | 0x7eu;                       // >= 448
   if (a < 0x3c800000u) return sign | (unsigned)__float2int_rn(__uint_as_float(a) * 512.f);  // subnormal: m * 2^-9
   const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;      // keep 3 mantissa bits, ties to even
