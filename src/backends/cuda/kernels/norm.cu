@@ -143,23 +143,24 @@ PGN_FLOAT_TYPES(PGN_QK_NORM)
 // aligned rows. One block per row. `out` may be null (the linear reads only xq): the codes are the same.
 #include "quant.cuh"
 
-// Packs of a row a thread keeps in registers between the amax pass and the quantization (further packs, in rows
-// wider than FP8_ROW_KEEP * blockDim * 8, are computed again from their inputs).
-#define FP8_ROW_KEEP 2
+// KEEP: packs of a row a thread keeps in registers between the amax pass and the quantization (further packs, in
+// rows wider than KEEP * blockDim * 8, are computed again from their inputs). More kept packs cost registers, and
+// blocks an SM: rms_norm_fp8 keeps 2 (its thread count is rms_norm's); silu_mul_fp8 2 at up to 1024 threads a
+// row, silu_mul_fp8_k8 8 at up to 256 (3-4 blocks an SM overlap one another's load and quantization phases).
 
 // One row producer fused with its E4M3 quantization: value(c) is the producer's pack at column c (the same
 // bits each call); it is stored to `out` (when not null), its amax reduced over the block, then the row's scale
 // (the static *inputScale, or max(rowAmax / 448, minScale)) and the codes of the same values, as quant_fp8_act /
 // quant_fp8_rows would quantize `out`. The values stay in registers: `out` is never read back.
-template <typename T, typename Value>
+template <typename T, int KEEP, typename Value>
 __device__ __forceinline__ void fp8_row(Value value, T* out, unsigned char* xq, float* xs, int H, float* scratch,
                                         const float* inputScale, float minScale) {
   constexpr int N = Pack<T>::N;
   const int step = blockDim.x * N;
-  Pack<T> keep[FP8_ROW_KEEP];
+  Pack<T> keep[KEEP];
   float amax = 0.f;
 #pragma unroll
-  for (int p = 0; p < FP8_ROW_KEEP; p++) {
+  for (int p = 0; p < KEEP; p++) {
     const int c = threadIdx.x * N + p * step;
     if (c < H) {
       keep[p] = value(c);
@@ -168,7 +169,7 @@ __device__ __forceinline__ void fp8_row(Value value, T* out, unsigned char* xq, 
       for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(keep[p].get(e)));
     }
   }
-  for (int c = threadIdx.x * N + FP8_ROW_KEEP * step; c < H; c += step) {
+  for (int c = threadIdx.x * N + KEEP * step; c < H; c += step) {
     const Pack<T> r = value(c);
     if (out) store_pack(out + c, r);
 #pragma unroll
@@ -185,11 +186,11 @@ __device__ __forceinline__ void fp8_row(Value value, T* out, unsigned char* xq, 
     *reinterpret_cast<uint2*>(xq + c) = make_uint2(q[0], q[1]);
   };
 #pragma unroll
-  for (int p = 0; p < FP8_ROW_KEEP; p++) {
+  for (int p = 0; p < KEEP; p++) {
     const int c = threadIdx.x * N + p * step;
     if (c < H) encode(keep[p], c);
   }
-  for (int c = threadIdx.x * N + FP8_ROW_KEEP * step; c < H; c += step) encode(value(c), c);
+  for (int c = threadIdx.x * N + KEEP * step; c < H; c += step) encode(value(c), c);
 }
 
 template <typename T>
@@ -205,13 +206,13 @@ __device__ void rms_norm_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
     for (int e = 0; e < Pack<T>::N; e++) r.set(e, v.get(e) * inv * (w.get(e) + weightOffset));
     return r;
   };
-  fp8_row<T>(value, out, xq, xs, H, scratch, inputScale, minScale);
+  fp8_row<T, 2>(value, out, xq, xs, H, scratch, inputScale, minScale);
 }
 
 // silu_mul_fp8: silu_mul (elementwise.cu) of one row, out bit-identical to it, and that row quantized to E4M3 for
 // the FP8 down_proj reading it, as rms_norm_fp8 quantizes. I % 8 == 0, 16-byte aligned rows. One block per row,
 // any block size (elementwise values, and the amax does not depend on the order); `out` may be null.
-template <typename T>
+template <typename T, int KEEP>
 __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {
   __shared__ float scratch[32];
   auto value = [&](int c) {
@@ -220,7 +221,7 @@ __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
     for (int e = 0; e < Pack<T>::N; e++) r.set(e, silu_f(g.get(e)) * u.get(e));
     return r;
   };
-  fp8_row<T>(value, out, xq, xs, I, scratch, inputScale, minScale);
+  fp8_row<T, KEEP>(value, out, xq, xs, I, scratch, inputScale, minScale);
 }
 
 #define PGN_NORM_FP8(T, S)                                                                                             \
@@ -237,7 +238,16 @@ __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
       T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
     PGN_PDL_WAIT();                                                                                                    \
     const long long r = blockIdx.x;                                                                                    \
-    silu_mul_fp8_row<T>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale, minScale); \
+    silu_mul_fp8_row<T, 2>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale,         \
+                           minScale);                                                                                  \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256, 3) silu_mul_fp8_k8_##S(                                            \
+      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
+    PGN_PDL_WAIT();                                                                                                    \
+    const long long r = blockIdx.x;                                                                                    \
+    silu_mul_fp8_row<T, 8>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale,         \
+                           minScale);                                                                                  \
     PGN_PDL_TRIGGER();                                                                                                 \
   }
 PGN_HALF_TYPES(PGN_NORM_FP8)
