@@ -28,8 +28,6 @@ export const MAX_GENERIC_HEAD_DIM = 256;
 const GENERIC_THREADS = 128;
 /** keep in step with PGN_PREFILL_BN in kernels/attention_prefill.cu; a block of W warps serves 16 W query rows */
 const prefillBn = (headDim: number): number => (headDim <= 128 ? 64 : 32);
-/** keep in step with PGN_PREFILL_M2_BN: the key tile of the kernels with two row tiles a warp */
-const PREFILL_M2_BN = 32;
 /** prompts at least this long use 8-warp prefill blocks (fewer, larger tiles) */
 const PREFILL_WIDE_MIN_QUERIES = 512;
 /** PEREGRINE_PREFILL_WARPS=4|8 pins the prefill block size (benchmarks) */
@@ -109,33 +107,14 @@ export function prefillWarps(maxSeqlenQ: number): 4 | 8 {
   return maxSeqlenQ >= PREFILL_WIDE_MIN_QUERIES ? 8 : 4;
 }
 
-/** A prefill attention launch: warps a block, 16-row query tiles a warp, keys a K / V tile, the kernel's suffix. */
-export interface PrefillShape {
-  readonly warps: number;
-  readonly rowTiles: 1 | 2;
-  readonly bn: number;
-  readonly suffix: string;
-}
-
-/**
- * The prefill kernel for prompts of up to maxSeqlenQ queries: 4 or 8 warps of one row tile (prefillWarps); with
- * PEREGRINE_PREFILL_MT=2 (read each call; head size 128 only) 4 warps of two row tiles and 32-key tiles, where
- * each K / V fragment read from shared memory serves 32 query rows (not yet measured).
- */
-export function prefillShape(maxSeqlenQ: number, headDim: number): PrefillShape {
-  if (process.env.PEREGRINE_PREFILL_MT === '2' && headDim === 128) return { warps: 4, rowTiles: 2, bn: PREFILL_M2_BN, suffix: '_w4_m2' };
-  const warps = prefillWarps(maxSeqlenQ);
-  return { warps, rowTiles: 1, bn: prefillBn(headDim), suffix: `_w${warps}` };
-}
-
 /**
  * Q, K and V tiles of T; with an fp8 cache, also the byte staging of a K and a V tile. (V loads during the
  * scores, the next K during P V; a second K / V pair loading during the whole tile measured within spread,
  * H200 2026-11-28, and was removed.)
  */
-export function prefillSharedBytes(headDim: number, elemBytes: number, shape: Pick<PrefillShape, 'warps' | 'rowTiles' | 'bn'>, fp8 = false): number {
-  const { warps, rowTiles, bn } = shape;
-  return (16 * warps * rowTiles + 2 * bn) * (headDim + 8) * elemBytes + (fp8 ? 2 * bn * headDim : 0);
+export function prefillSharedBytes(headDim: number, elemBytes: number, warps: number, fp8 = false): number {
+  const bn = prefillBn(headDim);
+  return (16 * warps + 2 * bn) * (headDim + 8) * elemBytes + (fp8 ? 2 * bn * headDim : 0);
 }
 
 /**
@@ -274,12 +253,12 @@ export function attention(ctx: OpContext, ws: AttentionWorkspace, outT: Tensor, 
     }
   }
   if (numDecode === numSeqs) return;
-  const shape = prefillShape(meta.maxSeqlenQ, headDim);
-  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), shape, fp8);
+  const warps = prefillWarps(meta.maxSeqlenQ);
+  const shared = prefillSharedBytes(headDim, bytesPerElement(qkv.dtype), warps, fp8);
   // the sequences from numDecode on: their rows of cuSeqlensQ, contextLens and blockTables (i32)
   const seqArgs = [cuQ.ptr + 4 * numDecode, ctxLens.ptr + 4 * numDecode, tables.ptr + 4 * numDecode * maxBlocksPerSeq];
-  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}${shape.suffix}`).launch(
-    [Math.ceil(meta.maxSeqlenQ / (16 * shape.warps * shape.rowTiles)), numHeads, numSeqs - numDecode], 32 * shape.warps, shared, ctx.stream,
+  ctx.kernels.get(fp8 ? 'attn_prefill_fp8' : 'attn_prefill', `${qkv.dtype}_d${headDim}_w${warps}`).launch(
+    [Math.ceil(meta.maxSeqlenQ / (16 * warps)), numHeads, numSeqs - numDecode], 32 * warps, shared, ctx.stream,
     [out.ptr, qkv.ptr, k.ptr, v.ptr, ...seqArgs, ...tail, ...scaleArgs],
   );
 }

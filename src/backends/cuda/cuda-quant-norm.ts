@@ -31,15 +31,10 @@ export function normRowThreads(H: number): number {
   return Math.min(1024, Math.max(32, Math.ceil(units / 32) * 32));
 }
 
-/**
- * silu_mul_fp8's kernel and threads for rows of I: `k8` (default) keeps 8 packs a thread in up to 256 threads
- * (several blocks an SM overlap their phases), `k2` 2 packs in up to 1024 (PEREGRINE_SILU_FP8=k2; A/B).
- */
-export const siluFp8Kernel = { variant: process.env.PEREGRINE_SILU_FP8 === 'k2' ? 'k2' : 'k8' } as { variant: 'k2' | 'k8' };
-export function siluFp8Launch(I: number): { name: string; threads: number } {
-  if (siluFp8Kernel.variant === 'k2') return { name: 'silu_mul_fp8', threads: normRowThreads(I) };
+/** silu_mul_fp8's threads for rows of I: 8 packs a thread (the kernel keeps them in registers), at most 256. */
+export function siluFp8RowThreads(I: number): number {
   const units = Math.ceil(I / PACK);
-  return { name: 'silu_mul_fp8_k8', threads: Math.min(256, Math.max(32, Math.ceil(units / 8 / 32) * 32)) };
+  return Math.min(256, Math.max(32, Math.ceil(units / 8 / 32) * 32));
 }
 
 /** rmsNorm + E4M3 codes / scales of its output in `xq` (Backend.rmsNormFp8); false where it cannot fuse. */
@@ -69,8 +64,7 @@ export function siluMulFp8(
   const aligned = [gateUp, out, codes].every((t) => t.ptr % 16 === 0);
   if (!quantFastPolicy.fused || out.dtype === 'f32' || I % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
-  const { name, threads } = siluFp8Launch(I);
-  be.kernels.module.kernel(`${name}_${out.dtype}`, SILU_PARAMS).launch(numTokens, threads, 0, be.stream, [
+  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, siluFp8RowThreads(I), 0, be.stream, [
     outPtr(be, out.ptr, out, numTokens, onlyReader), codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
   ]);
   return true;

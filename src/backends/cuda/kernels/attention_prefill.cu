@@ -2,9 +2,8 @@
 // cores (mma.sync m16n8k16, f32 accumulators) with online softmax, reading every key and
 // value from the paged cache, so earlier chunks and reused prefix blocks are seen alike.
 //
-// Grid (ceil(maxSeqlenQ / BM), numHeads, numSeqs), NW warps of MT tiles of 16 query rows (BM = 16 NW MT):
-// 4 warps for short prompts (more blocks), 8 for long ones (K/V tiles shared by more rows); the `_m2` kernels
-// give each warp two row tiles, so each K / V fragment a warp reads from shared memory serves 32 rows.
+// Grid (ceil(maxSeqlenQ / BM), numHeads, numSeqs), NW warps of 16 query rows (BM = 16 NW):
+// 4 warps for short prompts (more blocks), 8 for long ones (K/V tiles shared by more rows).
 // Seq s owns query rows cuSeqlensQ[s] .. cuSeqlensQ[s+1] (qLen) and has kvLen = contextLens[s]
 // keys; query i sits at position kvLen - qLen + i and sees keys 0..pos (causal), or
 // pos - window + 1 .. pos. Score = q.k * scale, then softcap * tanh(score / softcap), then
@@ -23,13 +22,13 @@
 // 8 warps: 128 registers, a small spill); head size 256 needs ~250 registers.
 #define PGN_PREFILL_MIN_BLOCKS(D, NW) ((D) <= 96 ? 16 / (NW) : (D) == 128 ? ((NW) == 4 ? 3 : 2) : 1)
 
-template <typename T, typename C, int D, int BN, int NW, int MT>
+template <typename T, typename C, int D, int BN, int NW>
 __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCache, const int* cuSeqlensQ,
                              const int* contextLens, const int* blockTables, const float* alibiSlopes, int numHeads,
                              int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window, float softcap,
                              float kScale, float vScale) {
   constexpr bool F8 = sizeof(C) == 1;
-  constexpr int BM = 16 * NW * MT, STRIDE = D + 8, CHUNKS = D / 8, THREADS = 32 * NW;
+  constexpr int BM = 16 * NW, STRIDE = D + 8, CHUNKS = D / 8, THREADS = 32 * NW;
   extern __shared__ __align__(16) unsigned char smemRaw[];
   T* sQ = reinterpret_cast<T*>(smemRaw);
   T* sK = sQ + BM * STRIDE;
@@ -81,17 +80,9 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
   loadKv(sK, stK, kCache, nBegin);
   cp_async_commit();  // group: Q + first K
 
-  // this warp's MT tiles of 16 query rows; in tile mt, c0,c1 are query row0[mt] and c2,c3 row0[mt] + 8
-  int row0[MT], pos0[MT], pos1[MT];
-  bool valid0[MT], valid1[MT];
-#pragma unroll
-  for (int mt = 0; mt < MT; mt++) {
-    row0[mt] = m0 + (warp * MT + mt) * 16 + (lane >> 2);
-    pos0[mt] = firstPos + row0[mt];
-    pos1[mt] = pos0[mt] + 8;
-    valid0[mt] = row0[mt] < qLen;
-    valid1[mt] = row0[mt] + 8 < qLen;
-  }
+  const int row0 = m0 + warp * 16 + (lane >> 2);  // query index of c0,c1; c2,c3 are row0 + 8
+  const int pos0 = firstPos + row0, pos1 = pos0 + 8;
+  const bool valid0 = row0 < qLen, valid1 = row0 + 8 < qLen;
   const bool plain = softcap == 0.f && alibiSlopes == nullptr;
   const float qkScale = (plain ? scale * PGN_LOG2E : scale) * kScale;
   const float slope = alibiSlopes ? alibiSlopes[head] : 0.f;
@@ -100,14 +91,10 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
   const int minPos = firstPos + m0;
   const bool ragged = m0 + BM > qLen || window > 0;
 
-  float o[MT][D / 8][4], mRow[MT][2], lRow[MT][2];
+  float o[D / 8][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++) {
-#pragma unroll
-    for (int i = 0; i < D / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
-    mRow[mt][0] = mRow[mt][1] = PGN_NEG_INF;
-    lRow[mt][0] = lRow[mt][1] = 0.f;
-  }
+  for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float mRow[2] = {PGN_NEG_INF, PGN_NEG_INF}, lRow[2] = {0.f, 0.f};
 
   for (int n0 = nBegin; n0 < jEnd; n0 += BN) {
     loadKv(sV, stV, vCache, n0);
@@ -116,76 +103,65 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
     __syncthreads();
     if constexpr (F8) convertKv(sK, stK);
 
-    // S = Q K^T; each K fragment serves the warp's MT row tiles
-    float s[MT][BN / 8][4];
+    float s[BN / 8][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-      for (int i = 0; i < BN / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+    for (int i = 0; i < BN / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
-      unsigned a[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; mt++) ldmatrix_x4(a[mt], sQ + ((warp * MT + mt) * 16 + (lane & 15)) * STRIDE + kk * 16 + (lane >> 4) * 8);
+      unsigned a[4];
+      ldmatrix_x4(a, sQ + (warp * 16 + (lane & 15)) * STRIDE + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
       for (int nt = 0; nt < BN / 16; nt++) {
         unsigned b[4];
         ldmatrix_x4(b, sK + (nt * 16 + (lane & 7) + ((lane >> 4) << 3)) * STRIDE + kk * 16 + ((lane >> 3) & 1) * 8);
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-          mma16816<T>(s[mt][2 * nt], a[mt], b[0], b[1]);
-          mma16816<T>(s[mt][2 * nt + 1], a[mt], b[2], b[3]);
-        }
+        mma16816<T>(s[2 * nt], a, b[0], b[1]);
+        mma16816<T>(s[2 * nt + 1], a, b[2], b[3]);
       }
     }
 
-    // masks and online softmax, a row tile at a time
     const bool mask = ragged || n0 < jBegin || n0 + BN - 1 > minPos;
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
+    for (int nt = 0; nt < BN / 8; nt++) {
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; nt++) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          const int pos = e < 2 ? pos0[mt] : pos1[mt];
-          float x = s[mt][nt][e] * qkScale;
-          if (!plain) {
-            if (softcap > 0.f) x = softcap * tanhf(x / softcap);
-            x = (x + slope * (float)(j - pos)) * PGN_LOG2E;
-          }
-          if (mask && (!(e < 2 ? valid0[mt] : valid1[mt]) || j > pos || (window > 0 && j <= pos - window))) x = PGN_NEG_INF;
-          s[mt][nt][e] = x;
+      for (int e = 0; e < 4; e++) {
+        const int j = n0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+        const int pos = e < 2 ? pos0 : pos1;
+        float x = s[nt][e] * qkScale;
+        if (!plain) {
+          if (softcap > 0.f) x = softcap * tanhf(x / softcap);
+          x = (x + slope * (float)(j - pos)) * PGN_LOG2E;
         }
+        if (mask && (!(e < 2 ? valid0 : valid1) || j > pos || (window > 0 && j <= pos - window))) x = PGN_NEG_INF;
+        s[nt][e] = x;
       }
+    }
 
-      // online softmax over rows g (r = 0) and g + 8 (r = 1); a row is spread over 4 lanes
-      float mx[2] = {mRow[mt][0], mRow[mt][1]};
+    // online softmax over rows g (r = 0) and g + 8 (r = 1); a row is spread over 4 lanes
+    float mx[2] = {mRow[0], mRow[1]};
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; nt++) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
-      }
-      float mUse[2];
+    for (int nt = 0; nt < BN / 8; nt++) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    }
+    float mUse[2];
 #pragma unroll
-      for (int r = 0; r < 2; r++) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        mUse[r] = mx[r] == PGN_NEG_INF ? 0.f : mx[r];
-        const float alpha = fast_exp2(mRow[mt][r] - mUse[r]);
-        mRow[mt][r] = mx[r];
-        lRow[mt][r] *= alpha;
+    for (int r = 0; r < 2; r++) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mUse[r] = mx[r] == PGN_NEG_INF ? 0.f : mx[r];
+      const float alpha = fast_exp2(mRow[r] - mUse[r]);
+      mRow[r] = mx[r];
+      lRow[r] *= alpha;
 #pragma unroll
-        for (int i = 0; i < D / 8; i++) { o[mt][i][2 * r] *= alpha; o[mt][i][2 * r + 1] *= alpha; }
-      }
+      for (int i = 0; i < D / 8; i++) { o[i][2 * r] *= alpha; o[i][2 * r + 1] *= alpha; }
+    }
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; nt++) {
+    for (int nt = 0; nt < BN / 8; nt++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const float p = fast_exp2(s[mt][nt][e] - mUse[e >> 1]);
-          s[mt][nt][e] = p;
-          lRow[mt][e >> 1] += p;
-        }
+      for (int e = 0; e < 4; e++) {
+        const float p = fast_exp2(s[nt][e] - mUse[e >> 1]);
+        s[nt][e] = p;
+        lRow[e >> 1] += p;
       }
     }
 
@@ -196,81 +172,63 @@ __device__ void attn_prefill(T* out, const T* qkv, const C* kCache, const C* vCa
       cp_async_commit();
     }
     if constexpr (F8) convertKv(sV, stV);
-    // O += P V; each V fragment serves the warp's MT row tiles
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      unsigned a[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+      const unsigned a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int dt = 0; dt < D / 16; dt++) {
         unsigned b[4];
         ldmatrix_x4_trans(b, sV + (kk * 16 + (lane & 15)) * STRIDE + dt * 16 + (lane >> 4) * 8);
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-          mma16816<T>(o[mt][2 * dt], a[mt], b[0], b[1]);
-          mma16816<T>(o[mt][2 * dt + 1], a[mt], b[2], b[3]);
-        }
+        mma16816<T>(o[2 * dt], a, b[0], b[1]);
+        mma16816<T>(o[2 * dt + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // every warp is done with V
   }
 
+  float inv[2];
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++) {
-    float inv[2];
+  for (int r = 0; r < 2; r++) {
+    lRow[r] += __shfl_xor_sync(0xffffffffu, lRow[r], 1);
+    lRow[r] += __shfl_xor_sync(0xffffffffu, lRow[r], 2);
+    inv[r] = lRow[r] > 0.f ? vScale / lRow[r] : 0.f;
+  }
+  T* out0 = out + (long long)(q0 + row0) * outStride + head * D + 2 * (lane & 3);
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-      lRow[mt][r] += __shfl_xor_sync(0xffffffffu, lRow[mt][r], 1);
-      lRow[mt][r] += __shfl_xor_sync(0xffffffffu, lRow[mt][r], 2);
-      inv[r] = lRow[mt][r] > 0.f ? vScale / lRow[mt][r] : 0.f;
-    }
-    T* out0 = out + (long long)(q0 + row0[mt]) * outStride + head * D + 2 * (lane & 3);
-#pragma unroll
-    for (int i = 0; i < D / 8; i++) {
-      if (valid0[mt]) *reinterpret_cast<unsigned*>(out0 + i * 8) = pack2<T>(o[mt][i][0] * inv[0], o[mt][i][1] * inv[0]);
-      if (valid1[mt]) *reinterpret_cast<unsigned*>(out0 + 8 * outStride + i * 8) = pack2<T>(o[mt][i][2] * inv[1], o[mt][i][3] * inv[1]);
-    }
+  for (int i = 0; i < D / 8; i++) {
+    if (valid0) *reinterpret_cast<unsigned*>(out0 + i * 8) = pack2<T>(o[i][0] * inv[0], o[i][1] * inv[0]);
+    if (valid1) *reinterpret_cast<unsigned*>(out0 + 8 * outStride + i * 8) = pack2<T>(o[i][2] * inv[1], o[i][3] * inv[1]);
   }
 }
 
-// NW warps of MT tiles of 16 query rows, BN keys a K / V tile, MINB blocks an SM (caps registers); SUF names it
-#define PGN_PREFILL_K(T, S, D, NW, MT, BN, MINB, SUF)                                                            \
-  extern "C" __global__ void __launch_bounds__(32 * NW, MINB)                                                     \
-      attn_prefill_##S##_d##D##_w##NW##SUF(T* out, const T* qkv, const T* kCache, const T* vCache,              \
+#define PGN_PREFILL_W(T, S, D, NW)                                                                                \
+  extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
+      attn_prefill_##S##_d##D##_w##NW(T* out, const T* qkv, const T* kCache, const T* vCache,              \
            const int* cuSeqlensQ, const int* contextLens, const int* blockTables, const float* alibiSlopes,      \
            int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize, float scale, int window,            \
            float softcap) {                                                                                      \
     PGN_PDL_WAIT();                                                                                              \
-    attn_prefill<T, T, D, BN, NW, MT>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables,            \
-                                      alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale,      \
-                                      window, softcap, 1.f, 1.f);                                                \
+    attn_prefill<T, T, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,          \
+                                                     blockTables, alibiSlopes, numHeads, numKvHeads,             \
+                                                     maxBlocksPerSeq, blockSize, scale, window, softcap, 1.f, 1.f); \
     PGN_PDL_TRIGGER();                                                                                           \
   }                                                                                                              \
-  extern "C" __global__ void __launch_bounds__(32 * NW, MINB)                                                     \
-      attn_prefill_fp8_##S##_d##D##_w##NW##SUF(T* out, const T* qkv, const kv_fp8_t* kCache,                    \
+  extern "C" __global__ void __launch_bounds__(32 * NW, PGN_PREFILL_MIN_BLOCKS(D, NW))                           \
+      attn_prefill_fp8_##S##_d##D##_w##NW(T* out, const T* qkv, const kv_fp8_t* kCache,                    \
                  const kv_fp8_t* vCache, const int* cuSeqlensQ, const int* contextLens, const int* blockTables,  \
                  const float* alibiSlopes, int numHeads, int numKvHeads, int maxBlocksPerSeq, int blockSize,     \
                  float scale, int window, float softcap, float kScale, float vScale) {                           \
     PGN_PDL_WAIT();                                                                                              \
-    attn_prefill<T, kv_fp8_t, D, BN, NW, MT>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables,     \
-                                             alibiSlopes, numHeads, numKvHeads, maxBlocksPerSeq, blockSize,      \
-                                             scale, window, softcap, kScale, vScale);                            \
+    attn_prefill<T, kv_fp8_t, D, PGN_PREFILL_BN(D), NW>(out, qkv, kCache, vCache, cuSeqlensQ, contextLens,   \
+                                                            blockTables, alibiSlopes, numHeads, numKvHeads,      \
+                                                            maxBlocksPerSeq, blockSize, scale, window, softcap,  \
+                                                            kScale, vScale);                                     \
     PGN_PDL_TRIGGER();                                                                                           \
   }
-#define PGN_PREFILL_W(T, S, D, NW) PGN_PREFILL_K(T, S, D, NW, 1, PGN_PREFILL_BN(D), PGN_PREFILL_MIN_BLOCKS(D, NW), )
-// two row tiles a warp (each K / V fragment read from shared memory serves 32 query rows), head size 128, 4 warps
-// (128 rows a block), 32-key tiles: PEREGRINE_PREFILL_MT=2 (not yet measured)
-#define PGN_PREFILL_M2(T, S) PGN_PREFILL_K(T, S, 128, 4, 2, PGN_PREFILL_M2_BN, 2, _m2)
-#define PGN_PREFILL_M2_BN 32
 #define PGN_PREFILL_NW(T, S, D) PGN_PREFILL_W(T, S, D, 4) PGN_PREFILL_W(T, S, D, 8)
 #define PGN_PREFILL_ALL_D(T, S)                                                                                  \
   PGN_PREFILL_NW(T, S, 64) PGN_PREFILL_NW(T, S, 80) PGN_PREFILL_NW(T, S, 96) PGN_PREFILL_NW(T, S, 128)          \
-  PGN_PREFILL_NW(T, S, 256) PGN_PREFILL_M2(T, S)
+  PGN_PREFILL_NW(T, S, 256)
 
 PGN_HALF_TYPES(PGN_PREFILL_ALL_D)
