@@ -17,6 +17,7 @@ import assert from 'node:assert/strict';
 import type { Fp8Activations, Tensor } from '../../src/backends/backend.js';
 import { forceQuantPath, quantizeFp8Activations } from '../../src/backends/cuda/cuda-quant.js';
 import { quantFastPolicy } from '../../src/backends/cuda/cuda-quant-gemv.js';
+import { siluFp8Forced } from '../../src/backends/cuda/cuda-quant-norm.js';
 import { isPeregrineError } from '../../src/errors.js';
 import { decodeE4M3, fakeQuantizeActivationsFp8 } from '../../src/weights/quant/fp8.js';
 import { freeQuantWeight, uploadQuantWeight } from '../../src/weights/quant/load.js';
@@ -104,11 +105,12 @@ if (!gpu) {
       }
     });
 
-    test('siluMulFp8 = siluMul then quantization, bit for bit, and = the CPU reference; declines I % 8 != 0', async () => {
-      for (const act of ['bf16', 'f16'] as const) {
+    test('siluMulFp8 = siluMul then quantization, bit for bit, and = the CPU reference, both kernels (few / many rows); declines I % 8 != 0', async () => {
+      for (const [act, variant] of [['bf16', 'few'], ['f16', 'few'], ['bf16', 'many'], ['f16', 'many']] as const) {
+        siluFp8Forced.variant = variant;
         for (const [T, I] of [[1, 14336], [5, 1000], [64, 4096], [2, 140000]] as const) {
           for (const staticScale of [null, 0.02]) {
-            const what = `siluMulFp8 ${act} T=${T} I=${I} ${staticScale === null ? 'dynamic' : 'static'}`;
+            const what = `siluMulFp8 (${variant} rows kernel) ${act} T=${T} I=${I} ${staticScale === null ? 'dynamic' : 'static'}`;
             const gateUp = h.rand([T, 2 * I], act, 4);
             const inputScale = staticScale === null ? null : h.fromF32([1], Float32Array.of(staticScale), 'f32').gpu;
             const outA = h.output([T, I], act), outB = h.output([T, I], act);
@@ -125,6 +127,7 @@ if (!gpu) {
           }
         }
       }
+      siluFp8Forced.variant = null;
       const xq = xqOf(2, 1004);
       try {
         assert.equal(gpu.siluMulFp8(h.output([2, 1004], 'bf16').gpu, h.rand([2, 2008], 'bf16').gpu, 2, xq, null), false, 'I = 1004 is not a multiple of 8');

@@ -31,10 +31,18 @@ export function normRowThreads(H: number): number {
   return Math.min(1024, Math.max(32, Math.ceil(units / 32) * 32));
 }
 
-/** silu_mul_fp8's threads for rows of I: 8 packs a thread (the kernel keeps them in registers), at most 256. */
-export function siluFp8RowThreads(I: number): number {
+/** Tests: the silu_mul_fp8 kernel to take whatever the row count (null: by rows, siluFp8Launch). */
+export const siluFp8Forced: { variant: 'few' | 'many' | null } = { variant: null };
+
+/**
+ * silu_mul_fp8's kernel and threads for `rows` rows of I: from 4 rows an SM, silu_mul_fp8_k8 (8 packs a thread in up
+ * to 256 threads: several blocks an SM); fewer rows, silu_mul_fp8 (2 packs a thread in up to 1024, rmsNorm's count).
+ */
+export function siluFp8Launch(I: number, rows: number, numSMs: number): { kernel: string; threads: number } {
+  const many = siluFp8Forced.variant ? siluFp8Forced.variant === 'many' : rows >= 4 * numSMs;
+  if (!many) return { kernel: 'silu_mul_fp8', threads: normRowThreads(I) };
   const units = Math.ceil(I / PACK);
-  return Math.min(256, Math.max(32, Math.ceil(units / 8 / 32) * 32));
+  return { kernel: 'silu_mul_fp8_k8', threads: Math.min(256, Math.max(32, Math.ceil(units / 8 / 32) * 32)) };
 }
 
 /** rmsNorm + E4M3 codes / scales of its output in `xq` (Backend.rmsNormFp8); false where it cannot fuse. */
@@ -64,7 +72,8 @@ export function siluMulFp8(
   const aligned = [gateUp, out, codes].every((t) => t.ptr % 16 === 0);
   if (!quantFastPolicy.fused || out.dtype === 'f32' || I % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
-  be.kernels.module.kernel(`silu_mul_fp8_${out.dtype}`, SILU_PARAMS).launch(numTokens, siluFp8RowThreads(I), 0, be.stream, [
+  const { kernel, threads } = siluFp8Launch(I, numTokens, be.props.numSMs);
+  be.kernels.module.kernel(`${kernel}_${out.dtype}`, SILU_PARAMS).launch(numTokens, threads, 0, be.stream, [
     outPtr(be, out.ptr, out, numTokens, onlyReader), codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
   ]);
   return true;

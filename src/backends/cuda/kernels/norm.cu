@@ -145,9 +145,10 @@ PGN_FLOAT_TYPES(PGN_QK_NORM)
 
 // KEEP: packs of a row a thread keeps in registers between the amax pass and the quantization (further packs, in
 // rows wider than KEEP * blockDim * 8, are computed again from their inputs). More kept packs cost registers, and
-// blocks an SM: rms_norm_fp8 keeps 2 (its thread count is rms_norm's); silu_mul_fp8 8 in up to 256 threads a row,
-// so that 3-4 blocks an SM overlap one another's load and quantization phases (H200, 2026-11-28, batch 1024: 1.15
-// ms a step against 1.40 with 2 packs in up to 1024 threads, one block an SM; 8192-token prefill 8.56 vs 10.79).
+// blocks an SM: rms_norm_fp8 keeps 2 (its thread count is rms_norm's). silu_mul_fp8 keeps 2 in up to 1024 threads
+// a row, for few rows; silu_mul_fp8_k8 8 in up to 256, for many, so that 3-4 blocks an SM overlap one another's
+// load and quantization phases (H200, 2026-11-28: batch 1024 1.15 ms a step against 1.40, 8192-token prefill 8.56
+// vs 10.79 ms; but 1 row 9.4 us against ~5, 128 rows 22 us a call: few long blocks).
 
 // One row producer fused with its E4M3 quantization: value(c) is the producer's pack at column c (the same
 // bits each call); it is stored to `out` (when not null), its amax reduced over the block, then the row's scale
@@ -235,7 +236,15 @@ __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
                         residual ? residual + r * H : nullptr, weight, eps, weightOffset, H, inputScale, minScale);    \
     PGN_PDL_TRIGGER();                                                                                                 \
   }                                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256, 3) silu_mul_fp8_##S(                                               \
+  extern "C" __global__ void __launch_bounds__(1024) silu_mul_fp8_##S(                                                 \
+      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
+    PGN_PDL_WAIT();                                                                                                    \
+    const long long r = blockIdx.x;                                                                                    \
+    silu_mul_fp8_row<T, 2>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale,         \
+                           minScale);                                                                                  \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256, 3) silu_mul_fp8_k8_##S(                                            \
       T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
     PGN_PDL_WAIT();                                                                                                    \
     const long long r = blockIdx.x;                                                                                    \
