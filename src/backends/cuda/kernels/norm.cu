@@ -226,6 +226,16 @@ __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
   fp8_row<T, KEEP>(value, out, xq, xs, I, scratch, inputScale, minScale);
 }
 
+// silu_mul_fp8<SUFFIX>_<dtype>: KEEP packs kept a thread, launch bounds BOUNDS
+#define PGN_SILU_FP8(T, S, SUFFIX, KEEP, BOUNDS)                                                                       \
+  extern "C" __global__ void __launch_bounds__ BOUNDS silu_mul_fp8##SUFFIX##_##S(                                      \
+      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
+    PGN_PDL_WAIT();                                                                                                    \
+    const long long r = blockIdx.x;                                                                                    \
+    silu_mul_fp8_row<T, KEEP>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale,      \
+                              minScale);                                                                               \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }
 #define PGN_NORM_FP8(T, S)                                                                                             \
   extern "C" __global__ void __launch_bounds__(1024)                                                                   \
       rms_norm_fp8_##S(T* out, unsigned char* xq, float* xs, const T* x, T* residual, const T* weight, float eps,      \
@@ -236,20 +246,5 @@ __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
                         residual ? residual + r * H : nullptr, weight, eps, weightOffset, H, inputScale, minScale);    \
     PGN_PDL_TRIGGER();                                                                                                 \
   }                                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(1024) silu_mul_fp8_##S(                                                 \
-      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
-    PGN_PDL_WAIT();                                                                                                    \
-    const long long r = blockIdx.x;                                                                                    \
-    silu_mul_fp8_row<T, 2>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale,         \
-                           minScale);                                                                                  \
-    PGN_PDL_TRIGGER();                                                                                                 \
-  }                                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256, 3) silu_mul_fp8_k8_##S(                                            \
-      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
-    PGN_PDL_WAIT();                                                                                                    \
-    const long long r = blockIdx.x;                                                                                    \
-    silu_mul_fp8_row<T, 8>(out ? out + r * I : nullptr, xq + r * I, xs + r, gateUp + r * 2 * I, I, inputScale,         \
-                           minScale);                                                                                  \
-    PGN_PDL_TRIGGER();                                                                                                 \
-  }
+  PGN_SILU_FP8(T, S, , 2, (1024)) PGN_SILU_FP8(T, S, _k8, 8, (256, 3))
 PGN_HALF_TYPES(PGN_NORM_FP8)

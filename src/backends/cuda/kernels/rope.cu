@@ -14,6 +14,15 @@
 // once. The warp-per-head kernel above was latency-bound: 18 us a layer at 1024 tokens, 32% of copy bandwidth.
 #include "kv_fp8.cuh"
 
+// Token t's row of the cos / sin table (its position clamped into the table), or null without rotation.
+__device__ __forceinline__ const float* rope_cos_sin(const int* positions, const float* cosSin, long long t, int rotaryDim,
+                                                     int numPositions) {
+  if (!cosSin) return nullptr;
+  int p = positions[t];
+  p = p < 0 ? 0 : (p >= numPositions ? numPositions - 1 : p);
+  return cosSin + (long long)p * rotaryDim;
+}
+
 template <typename T, typename C>
 __device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin, C* kCache, C* vCache, const int* slotMapping,
                               int numHeads, int numKvHeads, int D, int rotaryDim, int gptj, int numPositions, int numSlots,
@@ -24,12 +33,7 @@ __device__ void rope_write_kv(T* qkv, const int* positions, const float* cosSin,
   const int qWidth = numHeads * D, kvWidth = numKvHeads * D;
   T* row = qkv + t * (long long)(qWidth + 2 * kvWidth);
   const int half = rotaryDim / 2;
-  const float* cs = nullptr;
-  if (cosSin) {
-    int p = positions[t];
-    p = p < 0 ? 0 : (p >= numPositions ? numPositions - 1 : p);
-    cs = cosSin + (long long)p * rotaryDim;
-  }
+  const float* cs = rope_cos_sin(positions, cosSin, t, rotaryDim, numPositions);
   if (head < numHeads) {
     if (!cs) return;
     T* q = row + head * D;
@@ -126,12 +130,7 @@ __device__ void rope_write_kv_vec(T* qkv, const int* positions, const float* cos
   if (item >= qItems + kItems + vItems) return;
   T* row = qkv + t * (long long)((numHeads + 2 * numKvHeads) * D);
   const int half = rotaryDim / 2;
-  const float* cs = nullptr;
-  if (cosSin) {
-    int p = positions[t];
-    p = p < 0 ? 0 : (p >= numPositions ? numPositions - 1 : p);
-    cs = cosSin + (long long)p * rotaryDim;
-  }
+  const float* cs = rope_cos_sin(positions, cosSin, t, rotaryDim, numPositions);
   if (item < qItems) {
     const int head = item / R;
     T* q = row + head * D;
