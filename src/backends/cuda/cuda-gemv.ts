@@ -18,6 +18,7 @@
  * instead of the pipelined ones (H200, 2026-11-28: o_proj 12.1 -> 9.4 us at 1 row, 63% -> 84% of copy bandwidth).
  * PEREGRINE_GEMV=ring: cuda-ring-gemv.ts takes linears of <= 8 rows first (to be measured, NOTES.md).
  */
+import { PeregrineError } from '../../errors.js';
 import { BIAS_KIND } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { DevicePtr } from './driver.js';
@@ -126,7 +127,7 @@ export function gemvTakes(M: number, N: number, K: number, outDtype: string): bo
 /** Queues the GEMV for `a` (shape and alignment already checked, see `linearGemv`). */
 export function gemv(ctx: GemvContext, a: GemvArgs, plan: GemvPlan = gemvPlan(a.K, a.M)): void {
   const mt = a.M <= 8 ? 8 : 16;
-  if (plan.pipe ? mt !== 8 || plan.unroll === 8 : plan.unroll === 2) throw new Error(`gemv: no kernel for plan ${gemvPlanName(plan)} at ${a.M} rows`);
+  if (plan.pipe ? mt !== 8 || plan.unroll === 8 : plan.unroll === 2) throw new PeregrineError('PGN_ERR_INTERNAL', `gemv: no kernel for plan ${gemvPlanName(plan)} at ${a.M} rows`, { plan: gemvPlanName(plan), M: a.M });
   const kernel = ctx.kernels.module.kernel(`gemv_${a.dtype}_${a.outDtype}_m${mt}_u${plan.unroll}${plan.pipe ? 'p' : ''}`, GEMV_PARAMS);
   const sharedBytes = plan.warps * ROWS_PER_BLOCK * (mt + 1) * 4;
   const biasKind = a.bias !== null && a.biasDtype !== null ? BIAS_KIND[a.biasDtype] : 0;

@@ -20,7 +20,7 @@
  * Scratch only grows; a replaced buffer stays allocated until disposeQuant, as captured graphs may read it.
  */
 import { PeregrineError } from '../../errors.js';
-import type { Fp8Activations, QuantizedWeight, Tensor } from '../backend.js';
+import { numel, type Fp8Activations, type QuantizedWeight, type Tensor } from '../backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { dequantLinear } from './cuda-quant-dequant.js';
@@ -93,7 +93,7 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
 export function fp8LinearReadsX(be: CudaBackend, w: QuantizedWeight, numTokens: number, x: Tensor): boolean {
   if (w.kind !== 'fp8') return true;
   const path = quantPathFor(be, w, numTokens, x, true);
-  return path === 'dequant' || (path === 'cublas' && fp8TensorActivations.enabled && w.scales.shape.reduce((a, b) => a * b, 1) === 1);
+  return path === 'dequant' || (path === 'cublas' && fp8TensorActivations.enabled && numel(w.scales.shape) === 1);
 }
 
 function checkCall(w: QuantizedWeight, outT: Tensor, xT: Tensor, biasT: Tensor | null, numTokens: number, xqT: Fp8Activations | null): Call {
