@@ -2,7 +2,9 @@
 // quantization (Backend.rmsNormFp8 for qkv / gate_up, Backend.siluMulFp8 for down; issue 6): checked on the CPU
 // with a backend that offers the fused ops (its own reference of them) and checks, in every linear that receives
 // `xq`, that xq is exactly x quantized for that weight. The logits must not change, and backends without the ops
-// (or returning false) see the plain path.
+// (or returning false) see the plain path. Where the decoder names the linear as out's only reader (`onlyReader`)
+// a backend may leave out unwritten: the backend here then fills out with NaN (the linear computes from the true
+// values kept aside), so any other reader of out would change the logits.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isQuantizedWeight, type Fp8Activations, type QuantizedWeight, type Tensor } from '../src/backends/backend.js';
@@ -30,34 +32,61 @@ function quantizeRows(x: Float32Array, T: number, K: number, inputScale: number 
 }
 
 class FusingCpu extends CpuBackend {
-  readonly calls = { norms: 0, silus: 0, fp8Inputs: 0, inputScales: [] as (Tensor | null)[] };
-  constructor(private readonly fuse: boolean) {
+  readonly calls = { norms: 0, silus: 0, fp8Inputs: 0, onlyReaders: 0, inputScales: [] as (Tensor | null)[] };
+  /** outs left "unwritten" (NaN) under onlyReader -> their true values, which only the named linear may use */
+  readonly #withheld = new Map<Tensor, Float32Array>();
+  constructor(private readonly fuse: boolean, private readonly withhold = false) {
     super();
   }
 
-  rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
+  rmsNormFp8(out: Tensor, x: Tensor, weight: Tensor, eps: number, numTokens: number, residual: Tensor | null, weightOffset: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader?: QuantizedWeight): boolean {
     if (!this.fuse) return false;
-    this.rmsNorm(out, x, weight, eps, numTokens, residual, weightOffset);
+    super.rmsNorm(out, x, weight, eps, numTokens, residual, weightOffset);
     this.calls.norms++;
-    return this.quantizeOut(out, numTokens, xq, inputScale);
+    return this.quantizeOut(out, numTokens, xq, inputScale, onlyReader);
   }
 
-  siluMulFp8(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): boolean {
+  siluMulFp8(out: Tensor, gateUp: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader?: QuantizedWeight): boolean {
     if (!this.fuse) return false;
-    this.siluMul(out, gateUp, numTokens);
+    super.siluMul(out, gateUp, numTokens);
     this.calls.silus++;
-    return this.quantizeOut(out, numTokens, xq, inputScale);
+    return this.quantizeOut(out, numTokens, xq, inputScale, onlyReader);
   }
 
-  /** The fused ops' second half: out's rows into xq as the FP8 linear would quantize them. */
-  private quantizeOut(out: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null): true {
+  override rmsNorm(out: Tensor, x: Tensor, weight: Tensor, eps: number, n: number, residual?: Tensor | null, weightOffset?: number): void {
+    this.#withheld.delete(out);
+    super.rmsNorm(out, x, weight, eps, n, residual, weightOffset);
+  }
+
+  override siluMul(out: Tensor, gateUp: Tensor, numTokens: number): void {
+    this.#withheld.delete(out);
+    super.siluMul(out, gateUp, numTokens);
+  }
+
+  /** The fused ops' second half: out's rows into xq as the FP8 linear would quantize them; out withheld (NaN) where allowed. */
+  private quantizeOut(out: Tensor, numTokens: number, xq: Fp8Activations, inputScale: Tensor | null, onlyReader: QuantizedWeight | undefined): true {
     const codes = cpuData(xq.codes) as Int32Array;
-    quantizeRows(cpuData(out) as Float32Array, numTokens, out.shape.at(-1)!, inputScale ? cpuData(inputScale)[0]! : null, new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength), cpuData(xq.scales) as Float32Array);
+    const values = cpuData(out) as Float32Array;
+    quantizeRows(values, numTokens, out.shape.at(-1)!, inputScale ? cpuData(inputScale)[0]! : null, new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength), cpuData(xq.scales) as Float32Array);
     this.calls.inputScales.push(inputScale);
+    if (onlyReader) this.calls.onlyReaders++;
+    if (onlyReader && this.withhold) {
+      this.#withheld.set(out, values.slice());
+      values.fill(Number.NaN);
+    } else {
+      this.#withheld.delete(out);
+    }
     return true;
   }
 
   override linear(out: Tensor, x: Tensor, w: Tensor | QuantizedWeight, bias: Tensor | null, numTokens: number, xq?: Fp8Activations | null): void {
+    const withheld = this.#withheld.get(x);
+    if (withheld) {
+      assert.ok(xq, 'a withheld output is read only by the linear given its codes');
+      const values = cpuData(x) as Float32Array;
+      values.set(withheld);
+      this.#withheld.delete(x);
+    }
     if (xq) {
       assert.ok(isQuantizedWeight(w) && w.kind === 'fp8', 'xq only for FP8 weights');
       const K = w.shape[1];
@@ -101,5 +130,8 @@ for (const staticScale of [null, 0.05]) {
     assert.equal(declined.calls.fp8Inputs, 0, 'no xq where the backend declines');
     assert.deepEqual(got, want);
     assert.deepEqual(await logits(new CpuBackend(), staticScale), want, 'a backend without rmsNormFp8');
+    assert.equal(fused.calls.onlyReaders, 3 * 2 * layers, 'each fused producer names its linear as the only reader');
+    const withholding = new FusingCpu(true, true);
+    assert.deepEqual(await logits(withholding, staticScale), want, 'outs left unwritten (NaN) under onlyReader: nothing else reads them');
   });
 }
