@@ -12,6 +12,8 @@ import { isPeregrineError } from '../../src/errors.js';
 import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
 import { decodeLaunch, decodePlan, decodeTcBlocksPerSm, decodeTcHeadBlocks, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
+import { ropeLaunch } from '../../src/backends/cuda/cuda-ops.js';
+import { siluFp8Forced, siluFp8Launch } from '../../src/backends/cuda/cuda-quant-norm.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
@@ -129,6 +131,30 @@ test('tensor-core decode: GQA groups 2-16 of head sizes 64-128, from 2 waves of 
   assert.equal(decodeLaunch({ ...shape, numSeqs: 256, fp8: false, maxSharedBytesPerBlock: 48 << 10 }).tc, false, 'not where its shared memory does not fit');
   const small = decodeLaunch({ ...shape, numSeqs: 1, fp8: false });
   assert.deepEqual([small.tc, small.plan.numSplits], [false, 8]);
+});
+
+test('RoPE: a thread per 8 elements where rows split into packs (items of the 8B shape: 32 x 16 + 8 x 32), else a warp per head', () => {
+  const llama = { numHeads: 32, numKvHeads: 8, headDim: 128, rotaryDim: 128, style: 'neox' as const };
+  assert.deepEqual(ropeLaunch(llama, true, true), { vec: true, blocksPerToken: 6 }, '512 q items + 256 k / v items');
+  assert.deepEqual(ropeLaunch(llama, false, true), { vec: true, blocksPerToken: 2 }, 'no rotation: k and v copies only');
+  assert.deepEqual(ropeLaunch({ ...llama, rotaryDim: 32 }, true, true), { vec: true, blocksPerToken: 3 }, 'partial rotary: 128 + 256 items');
+  assert.deepEqual(ropeLaunch({ ...llama, rotaryDim: 20 }, true, true), { vec: false, blocksPerToken: 10 }, 'rotary dims not in packs of 8');
+  assert.deepEqual(ropeLaunch({ ...llama, headDim: 100, rotaryDim: 100 }, true, true).vec, false, 'head size not in packs of 8');
+  assert.deepEqual(ropeLaunch(llama, true, false).vec, false, 'unaligned rows');
+});
+
+test('silu_mul_fp8: 2 packs a thread in up to 1024 threads below 4 rows an SM, 8 packs in up to 256 from there', () => {
+  assert.deepEqual(siluFp8Launch(14336, 1, 132), { kernel: 'silu_mul_fp8', threads: 1024 });
+  assert.deepEqual(siluFp8Launch(14336, 527, 132), { kernel: 'silu_mul_fp8', threads: 1024 });
+  assert.deepEqual(siluFp8Launch(14336, 528, 132), { kernel: 'silu_mul_fp8_k8', threads: 224 });
+  assert.deepEqual(siluFp8Launch(1000, 8192, 132), { kernel: 'silu_mul_fp8_k8', threads: 32 });
+  assert.deepEqual(siluFp8Launch(1000, 8, 132), { kernel: 'silu_mul_fp8', threads: 128 });
+  siluFp8Forced.variant = 'many';
+  try {
+    assert.equal(siluFp8Launch(14336, 1, 132).kernel, 'silu_mul_fp8_k8', 'forced');
+  } finally {
+    siluFp8Forced.variant = null;
+  }
 });
 
 test('isAvailable answers without throwing; create fails with a typed error when it is false', () => {

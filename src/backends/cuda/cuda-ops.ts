@@ -262,6 +262,19 @@ export function fusedLinear(ctx: OpContext, outT: Tensor, xT: Tensor, wT: Tensor
 /** The thread-per-item RoPE kernel where it can run (PEREGRINE_ROPE_VEC=0: the warp-per-head kernel always; tests, A/B). */
 export const ropeVec = { enabled: process.env.PEREGRINE_ROPE_VEC !== '0' };
 
+/**
+ * Which RoPE kernel (kernels/rope.cu) and how many 128-thread blocks a token: the thread-per-item kernel where
+ * rows split into 8-element packs (one thread per 4 rotated pairs of q / k or 8 elements of k past the rotary
+ * dims or of v), else a warp per head.
+ */
+export function ropeLaunch(p: RopeParams, rotates: boolean, aligned: boolean): { vec: boolean; blocksPerToken: number } {
+  const { numHeads, numKvHeads, headDim, rotaryDim } = p;
+  const vec = ropeVec.enabled && aligned && headDim % 8 === 0 && (!rotates || rotaryDim % 8 === 0);
+  if (!vec) return { vec, blocksPerToken: Math.ceil((numHeads + numKvHeads) / 4) };
+  const items = (rotates ? numHeads * (rotaryDim / 8) : 0) + (numKvHeads * 2 * headDim) / 8;
+  return { vec, blocksPerToken: Math.ceil(items / 128) };
+}
+
 export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, cosSinT: Tensor | null, cache: LayerKvCache, slotMappingT: Tensor, numTokens: number, p: RopeParams): void {
   const op = 'ropeWriteKv';
   requireCount(numTokens, op, 'numTokens');
@@ -281,12 +294,10 @@ export function ropeWriteKv(ctx: OpContext, qkvT: Tensor, positionsT: Tensor, co
     positions = i32Tensor(positionsT, op, 'positions', numTokens);
   }
   const numPositions = cosSin ? Math.floor(cosSin.numel / rotaryDim) : 0;
-  // the thread-per-item kernel where rows split into 8-element packs (kernels/rope.cu); else a warp per head
-  const vec = ropeVec.enabled && headDim % 8 === 0 && (!cosSin || rotaryDim % 8 === 0) && [qkv, k, v, cosSin].every((t) => t === null || t.ptr % 16 === 0);
-  const items = vec ? (cosSin ? numHeads * (rotaryDim / 8) : 0) + numKvHeads * (2 * headDim) / 8 : 0;
-  const grid: [number, number] = vec ? [numTokens, Math.ceil(items / 128)] : [numTokens, Math.ceil((numHeads + numKvHeads) / 4)];
+  const aligned = [qkv, k, v, cosSin].every((t) => t === null || t.ptr % 16 === 0);
+  const { vec, blocksPerToken } = ropeLaunch(p, cosSin !== null, aligned);
   const family = `rope_write_kv${vec ? '_vec' : ''}${fp8 ? '_fp8' : ''}` as const;
-  ctx.kernels.typed(family, qkv.dtype).launch(grid, 128, 0, ctx.stream, [
+  ctx.kernels.typed(family, qkv.dtype).launch([numTokens, blocksPerToken], 128, 0, ctx.stream, [
     qkv.ptr, positions?.ptr ?? null, cosSin?.ptr ?? null, k.ptr, v.ptr, slots.ptr,
     numHeads, numKvHeads, headDim, rotaryDim, style === 'gptj' ? 1 : 0, numPositions, numSlots, ...scaleArgs,
   ]);
