@@ -15,7 +15,7 @@
  * Environment: PEREGRINE_GEMV=0 sends every linear to cuBLASLt (for comparison);
  * PEREGRINE_GEMV=all gives the GEMV every linear it can take (up to the row limit);
  * PEREGRINE_GEMV_MAX_ROWS=n (0..16, default 8) is that row limit; PEREGRINE_GEMV_PIPE=0 takes the plain kernels
- * instead of the pipelined ones (H200, 2026-11-28: o_proj 12.1 -> 9.4 us at 1 row, 63% -> 84% of copy bandwidth).
+ * instead of the pipelined ones (H200, 2026-11-28: o_proj 12.1 -> 9.4 us at 1 row, 65% -> 84% of copy bandwidth).
  * PEREGRINE_GEMV=ring: cuda-ring-gemv.ts takes linears of <= 8 rows first (to be measured, NOTES.md).
  */
 import { PeregrineError } from '../../errors.js';

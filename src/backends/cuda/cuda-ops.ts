@@ -33,9 +33,10 @@ function blocksFor(ctx: OpContext, work: number): number {
 }
 
 /** Threads for one block per row of `width` elements moved in packs of `pack`. */
-function rowThreads(width: number, pack: number): number {
+/** Threads of a one-block-per-row kernel: one per `pack` elements of the row, whole warps, 32 .. maxThreads. */
+export function rowThreads(width: number, pack: number, maxThreads = 1024): number {
   const units = Math.ceil(width / pack);
-  return Math.min(1024, Math.max(32, Math.ceil(units / 32) * 32));
+  return Math.min(maxThreads, Math.max(32, Math.ceil(units / 32) * 32));
 }
 
 export function embedding(ctx: OpContext, out: Tensor, table: Tensor, ids: Tensor, numTokens: number): void {

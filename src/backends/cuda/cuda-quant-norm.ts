@@ -16,7 +16,7 @@ import type { CudaBackend } from './cuda-backend.js';
 import { quantFastPolicy } from './cuda-quant-gemv.js';
 import { fp8LinearReadsX } from './cuda-quant.js';
 import type { ParamKind } from './module.js';
-import { gatedArgs, normArgs } from './cuda-ops.js';
+import { gatedArgs, normArgs, rowThreads } from './cuda-ops.js';
 import { floatTensor, i32Tensor, invalid, lastDim, requireLength } from './op-checks.js';
 
 const PACK = 8;
@@ -25,11 +25,8 @@ const PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'ptr', 'ptr', 
 // (out, xq, xs, gateUp, I, inputScale, minScale)
 const SILU_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'ptr', 'f32'];
 
-/** Threads of a row: cuda-ops.ts rowThreads(H, 8), which rms_norm uses; the same count keeps `out` identical. */
-export function normRowThreads(H: number): number {
-  const units = Math.ceil(H / PACK);
-  return Math.min(1024, Math.max(32, Math.ceil(units / 32) * 32));
-}
+/** Threads of a row: rowThreads(H, 8), which rms_norm uses; the same count keeps `out` identical. */
+export const normRowThreads = (H: number): number => rowThreads(H, PACK);
 
 /** Tests: the silu_mul_fp8 kernel to take whatever the row count (null: by rows, siluFp8Launch). */
 export const siluFp8Forced: { variant: 'few' | 'many' | null } = { variant: null };
@@ -40,9 +37,7 @@ export const siluFp8Forced: { variant: 'few' | 'many' | null } = { variant: null
  */
 export function siluFp8Launch(I: number, rows: number, numSMs: number): { kernel: string; threads: number } {
   const many = siluFp8Forced.variant ? siluFp8Forced.variant === 'many' : rows >= 4 * numSMs;
-  if (!many) return { kernel: 'silu_mul_fp8', threads: normRowThreads(I) };
-  const units = Math.ceil(I / PACK);
-  return { kernel: 'silu_mul_fp8_k8', threads: Math.min(256, Math.max(32, Math.ceil(units / 8 / 32) * 32)) };
+  return many ? { kernel: 'silu_mul_fp8_k8', threads: rowThreads(I, 8 * PACK, 256) } : { kernel: 'silu_mul_fp8', threads: normRowThreads(I) };
 }
 
 /** rmsNorm + E4M3 codes / scales of its output in `xq` (Backend.rmsNormFp8); false where it cannot fuse. */

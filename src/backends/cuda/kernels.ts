@@ -16,6 +16,10 @@ const ptr = 'ptr' as const, i64 = 'i64' as const, i32 = 'i32' as const, u32 = 'u
 const ATTN_DECODE = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, i32] as const;
 /** over an fp8 cache: then (kScale, vScale) */
 const ATTN_DECODE_FP8 = [...ATTN_DECODE, f32, f32] as const;
+/** Both RoPE kernels (rope.cu): (qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D, rotaryDim, gptj, numPositions, numSlots) */
+const ROPE_WRITE_KV = [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32] as const;
+/** over an fp8 cache: then (kScale, vScale) */
+const ROPE_WRITE_KV_FP8 = [...ROPE_WRITE_KV, f32, f32] as const;
 
 export const KERNEL_PARAMS = {
   // (out, a, b, n, vec)
@@ -52,9 +56,8 @@ export const KERNEL_PARAMS = {
   moe_gate_up: [ptr, ptr, ptr, ptr, i32, i32, i32, i32],
   // (out, act f32, down, topkIds, topkWeights, topK, H, I, E)
   moe_down: [ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32],
-  // (qkv, positions, cosSin, kCache, vCache, slotMapping, numHeads, numKvHeads, D, rotaryDim, gptj, numPositions, numSlots)
-  rope_write_kv: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32],
-  rope_write_kv_vec: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32],
+  rope_write_kv: ROPE_WRITE_KV,
+  rope_write_kv_vec: ROPE_WRITE_KV,
   // (out, qkv, kCache, vCache, cuSeqlensQ, contextLens, blockTables, alibiSlopes,
   //  numHeads, numKvHeads, maxBlocksPerSeq, blockSize, scale, window, softcap)
   attn_prefill: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32],
@@ -66,8 +69,8 @@ export const KERNEL_PARAMS = {
   // (out, partialO, partialML, cuSeqlensQ, numHeads, D, numSplits)
   attn_decode_combine: [ptr, ptr, ptr, ptr, i32, i32, i32],
   // the fp8 KV cache's kernels: the same parameters, then (kScale, vScale)
-  rope_write_kv_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32, f32, f32],
-  rope_write_kv_vec_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, i32, f32, f32],
+  rope_write_kv_fp8: ROPE_WRITE_KV_FP8,
+  rope_write_kv_vec_fp8: ROPE_WRITE_KV_FP8,
   attn_prefill_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_generic_fp8: [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, f32, f32, f32],
   attn_decode_fp8: ATTN_DECODE_FP8,

@@ -15,7 +15,7 @@
 //
 // The pipelined kernels (PIPE, suffix p) request the next step's weights before this step's MMAs, so two steps of
 // loads are in flight a warp; without it a warp's loads wait on its MMAs, and a short K (o_proj: 4 steps a warp)
-// never fills the memory pipe: H200, 2026-11-28, o_proj at 1 row 12.1 -> 9.4 us (63% -> 84% of copy bandwidth).
+// never fills the memory pipe: H200, 2026-11-28, o_proj at 1 row 12.1 -> 9.4 us (65% -> 84% of copy bandwidth).
 //
 // Grid: ceil(N / 16) blocks of 32 * numWarps threads; dynamic shared memory
 // numWarps * 16 * (MT + 1) floats. No atomics and no scratch: deterministic, graph-safe.

@@ -3,28 +3,10 @@
 // the output) and so convert codes exactly: E4M3 -> f16 loses nothing, and f16 -> f32 / bf16 neither.
 // Cache rows are bytes: element e of slot s at byte s * numKvHeads * D + e.
 #pragma once
-#include "common.cuh"
+#include "quant.cuh"  // e4m3_encode
 
 // The cache element type of the fp8 kernels.
 typedef unsigned char kv_fp8_t;
-
-// f32 -> E4M3 byte: round to nearest even, saturating to +-448, NaN -> NaN (fp8.ts encodeE4M3).
-__device__ __forceinline__ unsigned char kv_e4m3_encode(float x) {
-  const unsigned u = __float_as_uint(x);
-  const unsigned sign = (u >> 24) & 0x80u;
-  const unsigned a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (unsigned char)(sign | 0x7fu);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  // the hardware conversion rounds and saturates alike (to nearest even, +-448 for anything larger, subnormals)
-  unsigned short pair;
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.f), "f"(x));
-  return (unsigned char)(pair & 0xffu);
-#endif
-  if (a >= 0x43e00000u) return (unsigned char)(sign | 0x7eu);  // >= 448
-  if (a < 0x3c800000u) return (unsigned char)(sign | (unsigned)__float2int_rn(__uint_as_float(a) * 512.f));  // subnormal: m * 2^-9
-  const unsigned r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;  // keep 3 mantissa bits, ties to even
-  return (unsigned char)(sign | (r - (120u << 3)));            // f32 bias 127 -> E4M3 bias 7
-}
 
 // Two E4M3 codes (low byte first) -> f16x2, exactly.
 __device__ __forceinline__ __half2 kv_e4m3x2_to_half2(unsigned short codes) {
@@ -64,7 +46,7 @@ __device__ __forceinline__ float kv_to_f32(f16 x) { return __half2float(x); }
 
 // float -> cache element: T rounded, fp8 as code(x / scale).
 template <typename C> __device__ __forceinline__ C kv_from_f32(float x, float scale);
-template <> __device__ __forceinline__ kv_fp8_t kv_from_f32<kv_fp8_t>(float x, float scale) { return kv_e4m3_encode(__fdiv_rn(x, scale)); }
+template <> __device__ __forceinline__ kv_fp8_t kv_from_f32<kv_fp8_t>(float x, float scale) { return (kv_fp8_t)e4m3_encode(__fdiv_rn(x, scale)); }
 template <> __device__ __forceinline__ float kv_from_f32<float>(float x, float) { return x; }
 template <> __device__ __forceinline__ bf16 kv_from_f32<bf16>(float x, float) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ f16 kv_from_f32<f16>(float x, float) { return __float2half_rn(x); }
