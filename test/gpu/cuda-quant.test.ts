@@ -150,10 +150,11 @@ if (!gpu) {
     test('fp8: f32 / f16 outputs, biases, 16 tokens, a 4096-wide row', { skip: !fp8Cores && 'FP8 tensor cores need sm_89+' }, async () => {
       const [tensor, channel] = fp8Specs as [WeightSpec, WeightSpec];
       await run({ w: tensor, M: 1, N: 4099, K: 4096, out: 'f32', expect: 'qgemv' });
-      // quantized x (handed over, or past 2 tokens quantized first): the decode GEMV up to 4096 rows, the older GEMV above
-      await run({ w: tensor, M: 1, N: 4099, K: 4096, xq: true, expect: 'mma' });
-      await run({ w: channel, M: 5, N: 4097, K: 512, expect: 'mma', bias: 'bf16' });
-      await run({ w: channel, M: 5, N: 4096, K: 512, expect: 'qgemv', bias: 'bf16' });
+      // quantized x (handed over, or past 2 tokens quantized first): the decode GEMV up to 8192 rows, the older GEMV above
+      await run({ w: tensor, M: 1, N: 8193, K: 4096, xq: true, expect: 'mma' });
+      await run({ w: tensor, M: 1, N: 6144, K: 4096, xq: true, expect: 'qgemv' });
+      await run({ w: channel, M: 5, N: 8193, K: 512, expect: 'mma', bias: 'bf16' });
+      await run({ w: channel, M: 5, N: 8192, K: 512, expect: 'qgemv', bias: 'bf16' });
       await run({ w: channel, M: 16, N: 1000, K: 512, bias: 'f32', out: 'f32', expect: 'cublas' });
       await run({ w: channel, M: 64, N: 1000, K: 512, bias: 'f32', out: 'f32' });
       await run({ w: tensor, M: 7, N: 257, K: 384, act: 'f16' });

@@ -33,10 +33,12 @@ export const QGEMV_MAX_M = 8;
 export const QGEMV_FP8_QUANT_MAX_M = 2;
 /**
  * fp8 with quantized x: the decode GEMV up to this many weight rows, the older tensor-core GEMV (quant_fp8_mma)
- * above, where it measured faster (H100, 1 / 8 tokens: N = 4096 8.8-9.5 / 24.7-25.3 us against 9.4-9.8 /
- * 26.7-27.4; qkv_proj N = 6144 12.1 / 12.8 against 11.6 / 12.3; gate_up_proj 45.4 / 44.6 against 42.2 / 43.6).
+ * above, where it measured faster. H200 with PDL (2026-11-28, ops-bench, 1 / 8 tokens): qkv_proj N = 6144 7.84 /
+ * 9.72 us against 10.41 / 11.17 (8B FP8 batch 1: 0.08 ms a token faster served, two A/B pairs); gate_up_proj N =
+ * 28672 32.09 / 32.70 against 31.10 / 32.44. (The H100 runs without PDL had put qkv_proj on the older GEMV: 12.1
+ * / 12.8 against 11.6 / 12.3; N = 4096 8.8-9.5 / 24.7-25.3 against 9.4-9.8 / 26.7-27.4.)
  */
-export const QGEMV_FP8_MAX_N = 4096;
+export const QGEMV_FP8_MAX_N = 8192;
 /** kernels/quant_gemv.cu: QG_WARPS, QG_STAGES, QG_RING_W / QG_RING_S, QG_MIN_BLOCKS */
 export const QGEMV_THREADS = 256;
 const WARPS = 8;

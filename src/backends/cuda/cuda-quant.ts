@@ -3,7 +3,7 @@
  * (cpu/ops/quant-linear.ts). The path depends on the kind and the number of tokens M:
  * - 'qgemv'   every kind, M <= 8 (cuda-quant-gemv.ts says where): the decode GEMV streaming the weights
  *             through a cp.async ring; FP8 activations come from the fused norm (`xq`), or are quantized in it
- *             (<= 2 tokens) or by one quant_fp8_rows pass first. FP8 weights of > 4096 rows with quantized x
+ *             (<= 2 tokens) or by one quant_fp8_rows pass first. FP8 weights of > 8192 rows with quantized x
  *             go to 'mma' instead, which measured faster there;
  * - 'mma'     fp8, M <= FP8_MMA_MAX_M, sm_89+: activations quantized to E4M3 (static input scale, or per
  *             token), then a tensor-core GEMV (mma m16n8k32 e4m3) applying both scales and the bias;

@@ -283,6 +283,104 @@ __device__ __forceinline__ float qg_round(float v, int outKind) {
   return v;
 }
 
+// One step of a lane into acc: weights lo / hi (rows g, g + 8); int formats' scales and zero points sz (x, y: rows
+// g and g + 8's scales; z, w: their zeros when hasZeros, else 8); x at xp[i] + xoff (see qg_x_ptrs).
+template <int KIND, typename T>
+__device__ __forceinline__ void qg_step(float (&acc)[4], const uint4& lo, const uint4& hi, const float4& sz, bool hasZeros,
+                                        const unsigned char* const* xp, int xoff) {
+  if (KIND == PGN_Q_DENSE) {
+    qg_step_dense<T>(acc, lo, hi, xp[0] + xoff);
+  } else if (KIND == PGN_Q_FP8) {
+    qg_step64<KIND, T>(acc, lo, hi, xp[0] + xoff);
+  } else {
+    float part[4] = {0.f, 0.f, 0.f, 0.f};
+    if (KIND == PGN_Q_INT8) {
+      qg_step64<KIND, T>(part, lo, hi, xp[0] + xoff);
+    } else {
+      const float zLo = hasZeros ? sz.z : 8.f, zHi = hasZeros ? sz.w : 8.f;
+      const unsigned zl = pack2<T>(QgMagic<T>::VALUE + zLo, QgMagic<T>::VALUE + zLo), zh = pack2<T>(QgMagic<T>::VALUE + zHi, QgMagic<T>::VALUE + zHi);
+      qg_step_int4<T>(part, lo, hi, xp, xoff, zl, zh);
+    }
+    acc[0] = fmaf(part[0], sz.x, acc[0]);
+    acc[1] = fmaf(part[1], sz.x, acc[1]);
+    acc[2] = fmaf(part[2], sz.y, acc[2]);
+    acc[3] = fmaf(part[3], sz.y, acc[3]);
+  }
+}
+
+// x as the plain (QG_PRO_COPY) kinds stage it: int formats copied in the activation dtype (int4 swizzled), fp8
+// copied from xq with its scales xs, or quantized here from x. Every thread; the copies are one cp.async group
+// the caller waits for.
+template <int KIND, typename T, bool XQ>
+__device__ __forceinline__ void qg_stage_x(unsigned char* xsm, int xStride, float* xscale, float* scratch, const T* x, const unsigned char* xq,
+                                           const float* xs, const float* inputScale, int M, int K, float minScale) {
+  const int tid = threadIdx.x;
+  if (KIND != PGN_Q_FP8) {
+    const int kUnits = K >> 3;
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      qg_cp16(xsm + m * xStride + (KIND == PGN_Q_INT4 ? qg_swz(c) : c) * 16, x + (long long)m * K + c * 8, true);
+    }
+  } else if (XQ) {
+    const int kUnits = K >> 4;
+    for (int u = tid; u < M * kUnits; u += blockDim.x) {
+      const int m = u / kUnits, c = u - m * kUnits;
+      qg_cp16(xsm + m * xStride + c * 16, xq + (long long)m * K + c * 16, true);
+    }
+    if (tid < M) xscale[tid] = xs[tid];
+  }
+  qg_commit();
+  if (KIND == PGN_Q_FP8 && !XQ) qg_quantize_x<T>(xsm, xStride, xscale, scratch, x, inputScale, M, K, minScale);
+}
+
+// Where lane (g, t) of `warp` reads x for its first step (xp; int4: one pointer per word, swizzled), its token's
+// row or the zero slot for tokens >= M; returns the bytes between the warp's steps (0 for the zero slot).
+template <int KIND>
+__device__ __forceinline__ int qg_x_ptrs(const unsigned char* (&xp)[4], const unsigned char* xsm, int xStride, const void* zero16, int M, int warp) {
+  constexpr bool WIDE = KIND == PGN_Q_FP8 || KIND == PGN_Q_DENSE;  // 16 bytes of x a lane and step
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const bool hasX = g < M;
+  const unsigned char* z16 = reinterpret_cast<const unsigned char*>(zero16);
+  const unsigned char* xrow = xsm + g * xStride;
+  if (KIND == PGN_Q_INT4) {
+    const int sw = t & 2;  // qg_swz of unit 16 step + 4t + i is 16 step + 4t + (i ^ sw)
+#pragma unroll
+    for (int i = 0; i < 4; i++) xp[i] = hasX ? xrow + warp * 256 + t * 64 + (i ^ sw) * 16 : z16;
+  } else {
+    xp[0] = hasX ? xrow + warp * (WIDE ? 64 : 128) + t * (WIDE ? 16 : 32) : z16;
+  }
+  return hasX ? (KIND == PGN_Q_INT4 ? 256 : WIDE ? 64 : 128) * QG_WARPS : 0;
+}
+
+// The end of a tile: the warps' partial sums acc meet in red ([WARPS][16][8], this tile's buffer: the caller
+// alternates two when a block takes several tiles), then threads < 16 M write out row tile * 16 + (tid & 15) of
+// token tid >> 4: fp8 scaled by the token's and the weight's scales, + bias; dense with `accumulate` added to out.
+template <int KIND>
+__device__ __forceinline__ void qg_tile_out(float* red, const float (&acc)[4], void* out, int tile, int M, int N, const float* xscale,
+                                            const float* scales, int wsPerTensor, const void* bias, int biasKind, int outKind, int accumulate) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  // C fragment: acc0,1 = (row g, tokens 2t, 2t+1), acc2,3 = (row g+8, same) -> red[warp][row][token]
+  float* r = red + warp * 128;
+  r[g * 8 + 2 * t] = acc[0];
+  r[g * 8 + 2 * t + 1] = acc[1];
+  r[(g + 8) * 8 + 2 * t] = acc[2];
+  r[(g + 8) * 8 + 2 * t + 1] = acc[3];
+  __syncthreads();
+  if (tid < 16 * M) {
+    const int m = tid >> 4, row = tid & 15, n = tile * 16 + row;
+    if (n < N) {
+      float s = 0.f;
+#pragma unroll
+      for (int w = 0; w < QG_WARPS; w++) s += red[w * 128 + row * 8 + m];
+      if (KIND == PGN_Q_FP8) s *= xscale[m] * scales[wsPerTensor ? 0 : n];
+      const long long o = (long long)m * N + n;
+      s += q_bias(bias, n, biasKind);
+      if (KIND == PGN_Q_DENSE && accumulate) s = q_load(out, o, outKind) + qg_round(s, outKind);
+      q_store(out, o, s, outKind);
+    }
+  }
+}
+
 template <int KIND, typename T, bool XQ, int PRO = QG_PRO_COPY>
 __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const float* xs, const float* inputScale, const unsigned char* qw,
                       const float* scales, const float* zeros, const void* bias, int M, int N, int K, int groupShift, int wsPerTensor,
@@ -441,38 +539,16 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
         *reinterpret_cast<uint4*>(xsm + m * xStride + c * 16) = r.raw;
       }
     }
-  } else if (!FP8) {
-    const int kUnits = K >> 3;
-    for (int u = tid; u < M * kUnits; u += blockDim.x) {
-      const int m = u / kUnits, c = u - m * kUnits;
-      qg_cp16(xsm + m * xStride + (KIND == PGN_Q_INT4 ? qg_swz(c) : c) * 16, x + (long long)m * K + c * 8, true);
-    }
-  } else if (XQ) {
-    const int kUnits = K >> 4;
-    for (int u = tid; u < M * kUnits; u += blockDim.x) {
-      const int m = u / kUnits, c = u - m * kUnits;
-      qg_cp16(xsm + m * xStride + c * 16, xq + (long long)m * K + c * 16, true);
-    }
-    if (tid < M) xscale[tid] = xs[tid];
+  } else {
+    qg_stage_x<KIND, T, XQ>(xsm, xStride, xscale, red, x, xq, xs, inputScale, M, K, minScale);
   }
-  qg_commit();
-  if (FP8 && !XQ) qg_quantize_x<T>(xsm, xStride, xscale, red, x, inputScale, M, K, minScale);
+  if (PRO != QG_PRO_COPY) qg_commit();
   qg_wait<0>();  // this thread's x copies (and the ring's first steps, loaded by now)
   __syncthreads();
 
   // where this lane reads x: its token's row (or the zero slot), advanced per step
-  const bool hasX = g < M;
-  const unsigned char* z16 = reinterpret_cast<const unsigned char*>(zero16);
-  const unsigned char* xrow = xsm + g * xStride;
-  const int xStep = hasX ? (KIND == PGN_Q_INT4 ? 256 : FP8 || DENSE ? 64 : 128) * QG_WARPS : 0;  // bytes between a warp's steps
   const unsigned char* xp[4];
-  if (KIND == PGN_Q_INT4) {
-    const int sw = t & 2;  // qg_swz of unit 16 step + 4t + i is 16 step + 4t + (i ^ sw)
-#pragma unroll
-    for (int i = 0; i < 4; i++) xp[i] = hasX ? xrow + warp * 256 + t * 64 + (i ^ sw) * 16 : z16;
-  } else {
-    xp[0] = hasX ? xrow + warp * (FP8 || DENSE ? 64 : 128) + t * (FP8 || DENSE ? 16 : 32) : z16;
-  }
+  const int xStep = qg_x_ptrs<KIND>(xp, xsm, xStride, zero16, M, warp);
   int slot = 0, par = 0;
   for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -480,54 +556,12 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
       issue();
       qg_wait<S - 1>();
       const uint4 lo = myW[slot * 64], hi = myW[slot * 64 + 32];
-      const int xoff = i * xStep;
-      if (DENSE) {
-        qg_step_dense<T>(acc, lo, hi, xp[0] + xoff);
-      } else if (KIND != PGN_Q_INT4) {
-        if (FP8) {
-          qg_step64<KIND, T>(acc, lo, hi, xp[0] + xoff);
-        } else {
-          const float4 sz = myS[slot * 32];
-          float part[4] = {0.f, 0.f, 0.f, 0.f};
-          qg_step64<KIND, T>(part, lo, hi, xp[0] + xoff);
-          acc[0] = fmaf(part[0], sz.x, acc[0]);
-          acc[1] = fmaf(part[1], sz.x, acc[1]);
-          acc[2] = fmaf(part[2], sz.y, acc[2]);
-          acc[3] = fmaf(part[3], sz.y, acc[3]);
-        }
-      } else {
-        const float4 sz = myS[slot * 32];
-        const float zLo = zeros != nullptr ? sz.z : 8.f, zHi = zeros != nullptr ? sz.w : 8.f;
-        const unsigned zl = pack2<T>(QgMagic<T>::VALUE + zLo, QgMagic<T>::VALUE + zLo), zh = pack2<T>(QgMagic<T>::VALUE + zHi, QgMagic<T>::VALUE + zHi);
-        float part[4] = {0.f, 0.f, 0.f, 0.f};
-        qg_step_int4<T>(part, lo, hi, xp, xoff, zl, zh);
-        acc[0] = fmaf(part[0], sz.x, acc[0]);
-        acc[1] = fmaf(part[1], sz.x, acc[1]);
-        acc[2] = fmaf(part[2], sz.y, acc[2]);
-        acc[3] = fmaf(part[3], sz.y, acc[3]);
-      }
+      const float4 sz = SCALED ? myS[slot * 32] : make_float4(0.f, 0.f, 0.f, 0.f);
+      qg_step<KIND, T>(acc, lo, hi, sz, zeros != nullptr, xp, i * xStep);
       slot = slot + 1 == S ? 0 : slot + 1;
     }
-    // C fragment: acc0,1 = (row g, tokens 2t, 2t+1), acc2,3 = (row g+8, same) -> red[par][warp][row][token]
-    float* r = red + (par * QG_WARPS + warp) * 128;
-    r[g * 8 + 2 * t] = acc[0];
-    r[g * 8 + 2 * t + 1] = acc[1];
-    r[(g + 8) * 8 + 2 * t] = acc[2];
-    r[(g + 8) * 8 + 2 * t + 1] = acc[3];
-    __syncthreads();  // the next tile writes the other buffer; the one after waits at its own barrier
-    if (tid < 16 * M) {
-      const int m = tid >> 4, row = tid & 15, n = tile * 16 + row;
-      if (n < N) {
-        float s = 0.f;
-#pragma unroll
-        for (int w = 0; w < QG_WARPS; w++) s += red[(par * QG_WARPS + w) * 128 + row * 8 + m];
-        if (FP8) s *= xscale[m] * scales[wsPerTensor ? 0 : n];
-        const long long o = (long long)m * N + n;
-        s += q_bias(bias, n, biasKind);
-        if (DENSE && dn.accumulate) s = q_load(out, o, outKind) + qg_round(s, outKind);
-        q_store(out, o, s, outKind);
-      }
-    }
+    // the next tile writes the other buffer; the one after waits at the barrier inside this one's qg_tile_out
+    qg_tile_out<KIND>(red + par * QG_WARPS * 128, acc, out, tile, M, N, xscale, scales, wsPerTensor, bias, biasKind, outKind, dn.accumulate);
     par ^= 1;
   }
   qg_wait<0>();

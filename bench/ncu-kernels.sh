@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Nsight Compute over single launches of the decode kernels that run below copy bandwidth: the quantized GEMVs
+# (ops-bench rows, M = 1) beside the BF16 GEMV, and the sampler at 1024 rows. Hardware counters need a
+# Firecracker machine (KINDS.md); clocks are left alone (--clock-control none). Run on the GPU machine after
+# `source .devslim/boot.sh`; reports go to $OUT/ncu-<name>.txt.
+#   bash bench/ncu-kernels.sh [name ...]   (default: all of the list below)
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-out}; mkdir -p "$out"
+NCU="timeout 120 ncu --clock-control none --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis"
+OPS="node dist/src/bench/ops-bench.js --only"
+# name | kernel regex | ops-bench row filter (its first launch is the M = 1 row)
+cases=(
+  "int4-gate_up|qgemv_int4|qgemm int4 gate_up_proj"
+  "int4-o_proj|qgemv_int4|qgemm int4 o_proj"
+  "fp8xq-o_proj|qgemv_fp8q|qgemm fp8+xq o_proj"
+  "fp8xq-down|qgemv_fp8q|qgemm fp8+xq down_proj"
+  "fp8xq-gate_up|qgemv_fp8q|qgemm fp8+xq gate_up_proj"
+  "bf16-o_proj|gemv_|qgemm bf16 o_proj"
+)
+want=" ${*:-all} "
+for c in "${cases[@]}"; do
+  IFS='|' read -r name kernel filter <<< "$c"
+  [[ "$want" == " all " || "$want" == *" $name "* ]] || continue
+  $NCU -k "regex:$kernel" $OPS "$filter" > "$out/ncu-$name.txt" 2>&1
+  echo "$name: exit $?"
+done
+if [[ "$want" == " all " || "$want" == *" sample "* ]]; then
+  $NCU -k regex:sample_rows --launch-skip 17 node dist/src/cli/main.js bench latency --shape llama-3.1-8b --random-weights --device cuda --quantization fp8 --batch 1024 --isl 128 --osl 6 --prefill 128 > "$out/ncu-sample.txt" 2>&1
+  echo "sample: exit $?"
+fi
