@@ -13,7 +13,7 @@ import { roundAllocSize } from '../../src/backends/cuda/allocator.js';
 import { decodeLaunch, decodePlan, decodeTcBlocksPerSm, decodeTcHeadBlocks, decodeTcSharedBytes, decodeTcWanted, prefillSharedBytes } from '../../src/backends/cuda/cuda-attention.js';
 import { CudaBackend } from '../../src/backends/cuda/cuda-backend.js';
 import { ropeLaunch } from '../../src/backends/cuda/cuda-ops.js';
-import { siluFp8Forced, siluFp8Launch } from '../../src/backends/cuda/cuda-quant-norm.js';
+import { SILU_CLUSTER, siluFp8Forced, siluFp8Launch } from '../../src/backends/cuda/cuda-quant-norm.js';
 import { convertStorage, decodeToF32, encodeF32 } from '../../src/backends/cuda/host-convert.js';
 import { CUBLASLT, findLibrary, librarySearchDirs } from '../../src/backends/cuda/library-finder.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/weights/dtype.js';
@@ -143,15 +143,24 @@ test('RoPE: a thread per 8 elements where rows split into packs (items of the 8B
   assert.deepEqual(ropeLaunch(llama, true, false).vec, false, 'unaligned rows');
 });
 
-test('silu_mul_fp8: 2 packs a thread in up to 1024 threads below 4 rows an SM, 8 packs in up to 256 from there', () => {
-  assert.deepEqual(siluFp8Launch(14336, 1, 132), { kernel: 'silu_mul_fp8', threads: 1024 });
-  assert.deepEqual(siluFp8Launch(14336, 527, 132), { kernel: 'silu_mul_fp8', threads: 1024 });
-  assert.deepEqual(siluFp8Launch(14336, 528, 132), { kernel: 'silu_mul_fp8_k8', threads: 224 });
-  assert.deepEqual(siluFp8Launch(1000, 8192, 132), { kernel: 'silu_mul_fp8_k8', threads: 32 });
-  assert.deepEqual(siluFp8Launch(1000, 8, 132), { kernel: 'silu_mul_fp8', threads: 128 });
+test('silu_mul_fp8: a row over a cluster of 8 blocks for few rows (sm_90+), 2 packs a thread in up to 1024 threads below 4 rows an SM, 8 packs in up to 256 from there', () => {
+  // without clusters (sm_80 / sm_89)
+  assert.deepEqual(siluFp8Launch(14336, 1, 132), { kernel: 'silu_mul_fp8', threads: 1024, blocks: 1 });
+  assert.deepEqual(siluFp8Launch(14336, 527, 132), { kernel: 'silu_mul_fp8', threads: 1024, blocks: 527 });
+  assert.deepEqual(siluFp8Launch(14336, 528, 132), { kernel: 'silu_mul_fp8_k8', threads: 224, blocks: 528 });
+  assert.deepEqual(siluFp8Launch(1000, 8192, 132), { kernel: 'silu_mul_fp8_k8', threads: 32, blocks: 8192 });
+  assert.deepEqual(siluFp8Launch(1000, 8, 132), { kernel: 'silu_mul_fp8', threads: 128, blocks: 8 });
+  // with clusters: 1792 columns a block of the 14336 (224 threads), up to one block an SM
+  assert.deepEqual(siluFp8Launch(14336, 1, 132, true), { kernel: 'silu_mul_fp8_cl', threads: 224, blocks: SILU_CLUSTER });
+  assert.deepEqual(siluFp8Launch(14336, 16, 132, true), { kernel: 'silu_mul_fp8_cl', threads: 224, blocks: 16 * SILU_CLUSTER });
+  assert.deepEqual(siluFp8Launch(14336, 17, 132, true), { kernel: 'silu_mul_fp8', threads: 1024, blocks: 17 });
+  assert.deepEqual(siluFp8Launch(140000, 1, 132, true), { kernel: 'silu_mul_fp8_cl', threads: 1024, blocks: SILU_CLUSTER }, 'wide rows: more than a pack a thread');
+  assert.deepEqual(siluFp8Launch(14336, 528, 132, true).kernel, 'silu_mul_fp8_k8');
   siluFp8Forced.variant = 'many';
   try {
     assert.equal(siluFp8Launch(14336, 1, 132).kernel, 'silu_mul_fp8_k8', 'forced');
+    siluFp8Forced.variant = 'cluster';
+    assert.deepEqual(siluFp8Launch(1000, 600, 132, true), { kernel: 'silu_mul_fp8_cl', threads: 32, blocks: 600 * SILU_CLUSTER }, 'forced');
   } finally {
     siluFp8Forced.variant = null;
   }

@@ -105,8 +105,11 @@ if (!gpu) {
       }
     });
 
-    test('siluMulFp8 = siluMul then quantization, bit for bit, and = the CPU reference, both kernels (few / many rows); declines I % 8 != 0', async () => {
-      for (const [act, variant] of [['bf16', 'few'], ['f16', 'few'], ['bf16', 'many'], ['f16', 'many']] as const) {
+    test('siluMulFp8 = siluMul then quantization, bit for bit, and = the CPU reference, every kernel (few / many rows, a row over a cluster on sm_90+); declines I % 8 != 0', async () => {
+      type Variant = readonly ['bf16' | 'f16', 'few' | 'many' | 'cluster'];
+      const clusters: Variant[] = gpu.props.computeCapability[0] >= 9 ? [['bf16', 'cluster'], ['f16', 'cluster']] : [];
+      const variants: Variant[] = [['bf16', 'few'], ['f16', 'few'], ['bf16', 'many'], ['f16', 'many'], ...clusters];
+      for (const [act, variant] of variants) {
         siluFp8Forced.variant = variant;
         for (const [T, I] of [[1, 14336], [5, 1000], [64, 4096], [2, 140000]] as const) {
           for (const staticScale of [null, 0.02]) {

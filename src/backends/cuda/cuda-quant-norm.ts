@@ -29,15 +29,25 @@ const SILU_PARAMS: readonly ParamKind[] = ['ptr', 'ptr', 'ptr', 'ptr', 'i32', 'p
 export const normRowThreads = (H: number): number => rowThreads(H, PACK);
 
 /** Tests: the silu_mul_fp8 kernel to take whatever the row count (null: by rows, siluFp8Launch). */
-export const siluFp8Forced: { variant: 'few' | 'many' | null } = { variant: null };
+export const siluFp8Forced: { variant: 'few' | 'many' | 'cluster' | null } = { variant: null };
+
+/** blocks a row of silu_mul_fp8_cl (kernels/norm.cu SILU_CLUSTER) */
+export const SILU_CLUSTER = 8;
+/** PEREGRINE_SILU_CLUSTER=0: never the cluster kernel (for comparisons) */
+const siluClusterEnabled = process.env.PEREGRINE_SILU_CLUSTER !== '0';
 
 /**
- * silu_mul_fp8's kernel and threads for `rows` rows of I: from 4 rows an SM, silu_mul_fp8_k8 (8 packs a thread in up
- * to 256 threads: several blocks an SM); fewer rows, silu_mul_fp8 (2 packs a thread in up to 1024, rmsNorm's count).
+ * silu_mul_fp8's kernel, threads and blocks for `rows` rows of I. From 4 rows an SM, silu_mul_fp8_k8 (8 packs a thread
+ * in up to 256 threads: several blocks an SM); with clusters (sm_90+) and at most one block an SM when each row takes
+ * SILU_CLUSTER blocks, silu_mul_fp8_cl (a row over a cluster, one pack a thread); else silu_mul_fp8 (2 packs a
+ * thread in up to 1024, rmsNorm's count), one block a row.
  */
-export function siluFp8Launch(I: number, rows: number, numSMs: number): { kernel: string; threads: number } {
-  const many = siluFp8Forced.variant ? siluFp8Forced.variant === 'many' : rows >= 4 * numSMs;
-  return many ? { kernel: 'silu_mul_fp8_k8', threads: rowThreads(I, 8 * PACK, 256) } : { kernel: 'silu_mul_fp8', threads: normRowThreads(I) };
+export function siluFp8Launch(I: number, rows: number, numSMs: number, clusters = false): { kernel: string; threads: number; blocks: number } {
+  const forced = siluFp8Forced.variant;
+  const variant = forced ?? (rows >= 4 * numSMs ? 'many' : clusters && siluClusterEnabled && rows * SILU_CLUSTER <= numSMs ? 'cluster' : 'few');
+  if (variant === 'many') return { kernel: 'silu_mul_fp8_k8', threads: rowThreads(I, 8 * PACK, 256), blocks: rows };
+  if (variant === 'cluster') return { kernel: 'silu_mul_fp8_cl', threads: rowThreads(Math.ceil(I / PACK / SILU_CLUSTER) * PACK, PACK), blocks: rows * SILU_CLUSTER };
+  return { kernel: 'silu_mul_fp8', threads: normRowThreads(I), blocks: rows };
 }
 
 /** rmsNorm + E4M3 codes / scales of its output in `xq` (Backend.rmsNormFp8); false where it cannot fuse. */
@@ -67,8 +77,9 @@ export function siluMulFp8(
   const aligned = [gateUp, out, codes].every((t) => t.ptr % 16 === 0);
   if (!quantFastPolicy.fused || out.dtype === 'f32' || I % PACK !== 0 || !aligned) return false;
   if (numTokens === 0) return true;
-  const { kernel, threads } = siluFp8Launch(I, numTokens, be.props.numSMs);
-  be.kernels.module.kernel(`${kernel}_${out.dtype}`, SILU_PARAMS).launch(numTokens, threads, 0, be.stream, [
+  const clusters = be.props.computeCapability[0] >= 9;
+  const { kernel, threads, blocks } = siluFp8Launch(I, numTokens, be.props.numSMs, clusters);
+  be.kernels.module.kernel(`${kernel}_${out.dtype}`, SILU_PARAMS).launch(blocks, threads, 0, be.stream, [
     outPtr(be, out.ptr, out, numTokens, onlyReader), codes.ptr, scales.ptr, gateUp.ptr, I, inputScale?.ptr ?? null, FP8_MIN_ACTIVATION_SCALE,
   ]);
   return true;

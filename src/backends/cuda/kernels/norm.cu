@@ -236,6 +236,97 @@ __device__ void silu_mul_fp8_row(T* out, unsigned char* xq, float* xs, const T* 
                               minScale);                                                                               \
     PGN_PDL_TRIGGER();                                                                                                 \
   }
+// silu_mul_fp8_cl: the same row split over a cluster of SILU_CLUSTER blocks (sm_90+), for few rows, where one
+// block a row leaves most SMs idle (1 row: ~5 us a call on one SM). Block `rank` of the cluster takes columns
+// [rank * span, (rank + 1) * span) of row blockIdx.x / SILU_CLUSTER, keeps one pack a thread (further packs are
+// computed again), and the row's amax is the max of the blocks' amaxes read through distributed shared memory;
+// codes and scales are those of silu_mul_fp8 (a max does not depend on the order), `out` bit for bit the same.
+#define SILU_CLUSTER 8
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+// every thread of every block of the cluster arrives, then waits (release / acquire: shared-memory writes before are seen after)
+__device__ __forceinline__ void cluster_sync() { asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// the f32 at `p` (this block's shared memory) in block `rank` of the cluster
+__device__ __forceinline__ float cluster_load(const float* p, unsigned rank) {
+  unsigned a;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"((unsigned)__cvta_generic_to_shared(p)), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+  return v;
+}
+#endif
+template <typename T>
+__device__ void silu_mul_fp8_cluster_row(T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int N = Pack<T>::N;
+  __shared__ float scratch[32];
+  __shared__ float blockAmax;
+  const int rank = (int)cluster_rank();
+  const long long r = blockIdx.x / SILU_CLUSTER;
+  const int span = (I / N + SILU_CLUSTER - 1) / SILU_CLUSTER * N;
+  const int c0 = rank * span, c1 = min(I, c0 + span), step = blockDim.x * N;
+  const T* g = gateUp + r * 2 * I;
+  T* o = out ? out + r * I : nullptr;
+  auto value = [&](int c) {
+    Pack<T> a = load_pack(g + c), u = load_pack(g + I + c), v;
+#pragma unroll
+    for (int e = 0; e < N; e++) v.set(e, silu_f(a.get(e)) * u.get(e));
+    return v;
+  };
+  const int cKeep = c0 + threadIdx.x * N;
+  Pack<T> keep;
+  float amax = 0.f;
+  for (int c = cKeep; c < c1; c += step) {
+    const Pack<T> v = value(c);
+    if (c == cKeep) keep = v;
+    if (o) store_pack(o + c, v);
+#pragma unroll
+    for (int e = 0; e < N; e++) amax = fmaxf(amax, fabsf(v.get(e)));
+  }
+  float s;
+  if (inputScale != nullptr) {
+    s = *inputScale;
+  } else {
+    const float b = q_block_max(amax, scratch);
+    if (threadIdx.x == 0) blockAmax = b;
+    cluster_sync();
+    float m = 0.f;
+#pragma unroll
+    for (int k = 0; k < SILU_CLUSTER; k++) m = fmaxf(m, cluster_load(&blockAmax, k));
+    cluster_sync();  // no block leaves while another reads its blockAmax
+    s = fmaxf(__fdiv_rn(m, PGN_E4M3_MAX), minScale);
+  }
+  if (rank == 0 && threadIdx.x == 0) xs[r] = s;
+  for (int c = cKeep; c < c1; c += step) {
+    const Pack<T> v = c == cKeep ? keep : value(c);
+    unsigned q[2] = {0u, 0u};
+#pragma unroll
+    for (int e = 0; e < N; e++) q[e >> 2] |= e4m3_encode(__fdiv_rn(v.get(e), s)) << (8 * (e & 3));
+    *reinterpret_cast<uint2*>(xq + r * I + c) = make_uint2(q[0], q[1]);
+  }
+#else
+  __trap();  // the host launches it on sm_90+ only
+#endif
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define PGN_SILU_CLUSTER_DIMS
+#else
+#define PGN_SILU_CLUSTER_DIMS __cluster_dims__(SILU_CLUSTER, 1, 1)
+#endif
+// silu_mul_fp8_cl_<dtype>: grid SILU_CLUSTER blocks a row
+#define PGN_SILU_FP8_CL(T, S)                                                                                          \
+  extern "C" __global__ void __launch_bounds__(1024) PGN_SILU_CLUSTER_DIMS silu_mul_fp8_cl_##S(                       \
+      T* out, unsigned char* xq, float* xs, const T* gateUp, int I, const float* inputScale, float minScale) {         \
+    PGN_PDL_WAIT();                                                                                                    \
+    silu_mul_fp8_cluster_row<T>(out, xq, xs, gateUp, I, inputScale, minScale);                                         \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }
+PGN_HALF_TYPES(PGN_SILU_FP8_CL)
+
 #define PGN_NORM_FP8(T, S)                                                                                             \
   extern "C" __global__ void __launch_bounds__(1024)                                                                   \
       rms_norm_fp8_##S(T* out, unsigned char* xq, float* xs, const T* x, T* residual, const T* weight, float eps,      \
