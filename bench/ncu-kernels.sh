@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Nsight Compute over single launches of the decode kernels that run below copy bandwidth: the quantized GEMVs
-# (ops-bench rows, M = 1) beside the BF16 GEMV, and the sampler at 1024 rows. Hardware counters need a
+# (ops-bench rows, M = 1) beside the BF16 GEMV, and the sampler at 1024 rows; with the warps' stall reasons
+# (smsp__average_warps_issue_stalled_*: cycles a warp waits for that reason per instruction issued). Hardware counters need a
 # Firecracker machine (KINDS.md); clocks are left alone (--clock-control none). Run on the GPU machine after
 # `source .devslim/boot.sh`; reports go to $OUT/ncu-<name>.txt.
 #   bash bench/ncu-kernels.sh [name ...]   (default: all of the list below)
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-out}; mkdir -p "$out"
-NCU="timeout 120 ncu --clock-control none --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis"
+NCU="timeout 120 ncu --clock-control none --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\\.ratio"
 OPS="node dist/src/bench/ops-bench.js --only"
 # name | kernel regex | ops-bench row filter (its first launch is the M = 1 row)
 cases=(
@@ -15,7 +16,8 @@ cases=(
   "int4-o_proj|qgemv_int4|qgemm int4 o_proj"
   "fp8xq-o_proj|qgemv_fp8q|qgemm fp8+xq o_proj"
   "fp8xq-down|qgemv_fp8q|qgemm fp8+xq down_proj"
-  "fp8xq-gate_up|qgemv_fp8q|qgemm fp8+xq gate_up_proj"
+  "fp8xq-qkv|qgemv_fp8q|qgemm fp8+xq qkv_proj"
+  "fp8-o_proj|qgemv_fp8_|qgemm fp8 o_proj"
   "bf16-o_proj|gemv_|qgemm bf16 o_proj"
 )
 want=" ${*:-all} "

@@ -2,7 +2,7 @@
 // takes, its shared memory (the kernel lays it out the same way), and how many persistent blocks it launches.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { QGEMV_MAX_M, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvXStride } from '../src/backends/cuda/cuda-quant-gemv.js';
+import { QGEMV_MAX_M, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvStages, qgemvXStride, quantFastPolicy } from '../src/backends/cuda/cuda-quant-gemv.js';
 
 const H100 = { fp8Cores: true, maxSharedBytesPerBlock: 227 * 1024 };
 const A100 = { fp8Cores: false, maxSharedBytesPerBlock: 163 * 1024 };
@@ -76,4 +76,23 @@ test('dense kind (bf16 / f16 weights, PEREGRINE_GEMV=ring): 32-k steps, x in hal
   assert.ok(qgemvCan({ kind: 'dense', M: 1, K: 32, groupSize: 32 }, H100) && !qgemvCan({ kind: 'dense', M: 1, K: 48, groupSize: 48 }, H100), 'K % 32');
   assert.equal(qgemvChunkM('dense', 14336, H100.maxSharedBytesPerBlock), 6, 'x of 6 x 14336 halves fits an H100 block (down_proj)');
   assert.equal(qgemvChunkM('dense', 4096, H100.maxSharedBytesPerBlock), 8);
+});
+
+test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared memory too), everything else 6; PEREGRINE_QGEMV_FP8_STAGES forces', () => {
+  assert.equal(qgemvStages('fp8', 4096), 6);
+  assert.equal(qgemvStages('fp8', 8192), 10);
+  assert.equal(qgemvStages('fp8', 14336), 10);
+  assert.equal(qgemvStages('int4', 14336), 6);
+  assert.equal(qgemvStages('dense', 14336), 6);
+  assert.equal(qgemvSharedBytes('fp8', 1, 14336), 81920 + 8256 + 14400, 'down_proj: 8 warps x 10 steps x 1 KiB');
+  const saved = quantFastPolicy.fp8Stages;
+  try {
+    quantFastPolicy.fp8Stages = 6;
+    assert.equal(qgemvStages('fp8', 14336), 6);
+    quantFastPolicy.fp8Stages = 10;
+    assert.equal(qgemvStages('fp8', 4096), 10);
+    assert.equal(qgemvStages('int8', 4096), 6);
+  } finally {
+    quantFastPolicy.fp8Stages = saved;
+  }
 });

@@ -267,6 +267,13 @@ if (!gpu) {
       for (const w of [...(fp8Cores ? [fp8Specs[1]!] : []), intSpecs[3]!]) await run({ w, M: 8, N: many, K: 256, path: 'qgemv' });
       // int x of 8 tokens x 14336 does not fit one block: the tokens run in chunks
       for (const w of [intSpecs[0]!, intSpecs[3]!]) await run({ w, M: 8, N: 33, K: 14336, path: 'qgemv', expect: 'qgemv' });
+      // fp8 rows of K >= 8192: the deeper ring (qgemv_fp8*_s10)
+      if (fp8Cores) {
+        for (const M of [1, 3, 8]) {
+          await run({ w: fp8Specs[1]!, M, N: 77, K: 8192, path: 'qgemv', bias: 'bf16' });
+          await run({ w: fp8Specs[0]!, M, N: 77, K: 14336, path: 'qgemv', xq: true });
+        }
+      }
     });
 
     test('decode GEMV policy: PEREGRINE_QGEMV_MAX_M and the switch back to the older kernels', () => {

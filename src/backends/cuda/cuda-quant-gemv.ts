@@ -42,7 +42,8 @@ export const QGEMV_FP8_MAX_N = 8192;
 /** kernels/quant_gemv.cu: QG_WARPS, QG_STAGES, QG_RING_W / QG_RING_S, QG_MIN_BLOCKS */
 export const QGEMV_THREADS = 256;
 const WARPS = 8;
-const STAGES = 6;
+/** ring steps a warp (QG_STAGES), of every kind but fp8 rows from FP8_DEEP_RING_MIN_K */
+export const QGEMV_STAGES = 6;
 const RING_CODE_BYTES = 1024;
 const RING_SCALE_BYTES = 512;
 const MAX_BLOCKS_PER_SM = 3;
@@ -75,7 +76,14 @@ export const quantFastPolicy = {
    * GEMV loads its first weights early and quant_fp8_mma does not, so the A/B is worth repeating there)
    */
   fp8MaxN: envCount('PEREGRINE_QGEMV_FP8_MAX_N', QGEMV_FP8_MAX_N),
+  /** fp8's ring for every K: 6 or 10 steps a warp (PEREGRINE_QGEMV_FP8_STAGES=6|10); null: by K (qgemvStages) */
+  fp8Stages: envStages(),
 };
+
+function envStages(): 6 | 10 | null {
+  const v = process.env.PEREGRINE_QGEMV_FP8_STAGES;
+  return v === '6' ? 6 : v === '10' ? 10 : null;
+}
 
 function envCount(name: string, fallback: number): number {
   const n = Number(process.env[name] ?? fallback);
@@ -89,9 +97,25 @@ export function qgemvXStride(kind: QgemvKind, K: number): number {
   return kind === 'dense' ? 2 * K + mod(64 - 2 * K) : 2 * K + mod(16 - 2 * K);
 }
 
+/**
+ * fp8 rows of at least this K take the deeper ring (FP8_DEEP_STAGES steps a warp): H200, 2026-11-28, ops-bench at 1
+ * token: down_proj (K = 14336, 28 steps a warp) 21.76 -> 16.62 us with x quantized (63% -> 83% of copy), 21.28 ->
+ * 19.00 quantizing x itself; at K = 4096 (8 steps a warp, 5 of them already in flight) o_proj 6.01 -> 6.59 and
+ * qkv_proj 7.86 -> 8.51 (slower). ncu had the 6-step ring's warps waiting on memory (long scoreboard 3.9 cycles an
+ * instruction issued, DRAM 63%).
+ */
+export const FP8_DEEP_RING_MIN_K = 8192;
+const FP8_DEEP_STAGES = 10;
+
+/** Ring steps a warp of the kernel for this kind and K (fp8: the deeper ring from FP8_DEEP_RING_MIN_K, or as forced). */
+export function qgemvStages(kind: QgemvKind, K: number): number {
+  if (kind !== 'fp8') return QGEMV_STAGES;
+  return quantFastPolicy.fp8Stages ?? (K >= FP8_DEEP_RING_MIN_K ? FP8_DEEP_STAGES : QGEMV_STAGES);
+}
+
 /** Dynamic shared memory of one block for M tokens of K. */
 export function qgemvSharedBytes(kind: QgemvKind, M: number, K: number): number {
-  const ring = WARPS * STAGES * (RING_CODE_BYTES + (kind === 'int8' || kind === 'int4' ? RING_SCALE_BYTES : 0));
+  const ring = WARPS * qgemvStages(kind, K) * (RING_CODE_BYTES + (kind === 'int8' || kind === 'int4' ? RING_SCALE_BYTES : 0));
   return ring + RED_BYTES + M * qgemvXStride(kind, K);
 }
 

@@ -26,7 +26,7 @@ import type { CudaBackend } from './cuda-backend.js';
 import { dequantLinear } from './cuda-quant-dequant.js';
 import { fp8Cublas, fp8CublasScalar, fp8Mma, fp8TensorActivations, quantizeActivations } from './cuda-quant-fp8.js';
 import type { OutDtype } from './cuda-quant-gemm.js';
-import { BIAS_KIND, OUT_KIND, QGEMV_FP8_QUANT_MAX_M, QGEMV_THREADS, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
+import { BIAS_KIND, OUT_KIND, QGEMV_FP8_QUANT_MAX_M, QGEMV_STAGES, QGEMV_THREADS, qgemvCan, qgemvStages, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
 import {
   FP8_MMA_MAX_M, GEMV_CHUNK, GEMV_KERNEL_MAX_M, GEMV_ROWS_PER_WARP, GEMV_WARPS, INT_GEMV_MAX_M, KIND_CODE, MMA_KERNEL_MAX_M, quantForced,
   stateOf, THREADS, VALUES_PER_WORD, type Call, type QuantizedX, type QuantPath, type QuantState,
@@ -155,7 +155,9 @@ function gemv(st: QuantState, c: Call): void {
 function qgemv(st: QuantState, c: Call, a: QuantizedX | null): void {
   const { N, K, w } = c;
   const q = c.xq ? { xq: c.xq.codes.ptr, xs: c.xq.scales.ptr } : a;
-  const name = w.kind !== 'fp8' ? `${w.kind}_${c.x.dtype}` : q ? 'fp8q' : `fp8_${c.x.dtype}`;
+  const stages = qgemvStages(w.kind, K);
+  const deep = stages !== QGEMV_STAGES ? `_s${stages}` : '';
+  const name = `${w.kind !== 'fp8' ? `${w.kind}_${c.x.dtype}` : q ? 'fp8q' : `fp8_${c.x.dtype}`}${deep}`;
   const kernel = st.kernel('qgemv', name);
   const chunk = qgemvChunkM(w.kind, K, st.be.props.maxSharedBytesPerBlock);
   const outBytes = c.out.dtype === 'f32' ? 4 : 2;

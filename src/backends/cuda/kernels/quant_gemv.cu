@@ -8,9 +8,10 @@
 // values): lane (g, t) = (lane / 4, lane % 4) owns bytes 16t .. 16t+15 of rows g and g+8.
 //
 // Weights never wait in registers: each lane cp.asyncs its two 16-byte pieces (int formats: also the two rows'
-// scale and zero of the step's group) into its own slots of a per-warp ring of QG_STAGES steps, QG_STAGES - 1
-// steps ahead of the one it computes, across tile boundaries. So 40 KiB per block stay in flight whatever ptxas
-// makes of the compute, and a lane only reads back what it copied itself: no barrier per step.
+// scale and zero of the step's group) into its own slots of a per-warp ring of S steps (QG_STAGES; fp8 rows of
+// K >= 8192: 10), S - 1 steps ahead of the one it computes, across tile boundaries. So 40 KiB per block (72 with
+// 10 steps) stay in flight whatever ptxas makes of the compute, and a lane only reads back what it copied itself:
+// no barrier per step.
 //
 // x is staged once per block in shared memory: fp8 as E4M3 (copied when the caller quantized it, e.g. the fused
 // RMSNorm, else quantized here from bf16 / f16 with the static scale or each row's amax / 448 as quant_fp8_act
@@ -381,13 +382,12 @@ __device__ __forceinline__ void qg_tile_out(float* red, const float (&acc)[4], v
   }
 }
 
-template <int KIND, typename T, bool XQ, int PRO = QG_PRO_COPY>
+template <int KIND, typename T, bool XQ, int PRO = QG_PRO_COPY, int S = QG_STAGES>
 __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const float* xs, const float* inputScale, const unsigned char* qw,
                       const float* scales, const float* zeros, const void* bias, int M, int N, int K, int groupShift, int wsPerTensor,
                       int outKind, int biasKind, float minScale, QgDense dn = QgDense()) {
   constexpr bool FP8 = KIND == PGN_Q_FP8, DENSE = KIND == PGN_Q_DENSE;
   constexpr bool SCALED = !FP8 && !DENSE;  // int formats: group scales (and zeros) ride in the ring
-  constexpr int S = QG_STAGES;
   constexpr int STEP_K = KIND == PGN_Q_INT4 ? 128 : DENSE ? 32 : 64;
   extern __shared__ __align__(16) unsigned char qg_smem[];
   uint4* ringW = reinterpret_cast<uint4*>(qg_smem);                              // [WARPS][S][2][32]
@@ -581,6 +581,15 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
   extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
 PGN_HALF_TYPES(PGN_QGEMV)
+// qgemv_fp8_<dtype>_s10 / qgemv_fp8q_s10: fp8 with a ring of 10 steps, for long rows (cuda-quant-gemv.ts qgemvStages:
+// K >= 8192, where 28 steps a warp left the 6-step ring's warps waiting on memory)
+#define PGN_QGEMV_FP8_STAGES(T, S)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S##_s10(PGN_QGEMV_ARGS) {   \
+    qgemv<PGN_Q_FP8, T, false, QG_PRO_COPY, 10>(PGN_QGEMV_PASS(T));                                                    \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }
+PGN_HALF_TYPES(PGN_QGEMV_FP8_STAGES)
+extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q_s10(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true, QG_PRO_COPY, 10>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
 // qgemv_dense_<copy|silu|norm>_<dtype>(out, x, w, bias, normWeight, M, N, K, outKind, biasKind, eps, weightOffset,
 // accumulate): bf16 / f16 weights (cuda-gemv.ts ring GEMV), x staged by the prologue named (see QG_PRO_*).
 #define PGN_QGEMV_DENSE_ARGS(T)                                                                                   \
