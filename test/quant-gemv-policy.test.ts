@@ -78,21 +78,26 @@ test('dense kind (bf16 / f16 weights, PEREGRINE_GEMV=ring): 32-k steps, x in hal
   assert.equal(qgemvChunkM('dense', 4096, H100.maxSharedBytesPerBlock), 8);
 });
 
-test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared memory too), everything else 6; PEREGRINE_QGEMV_FP8_STAGES forces', () => {
+test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared memory too), everything else 6; PEREGRINE_QGEMV_FP8_STAGES / _INT_STAGES force', () => {
   assert.equal(qgemvStages('fp8', 4096), 6);
   assert.equal(qgemvStages('fp8', 8192), 10);
   assert.equal(qgemvStages('fp8', 14336), 10);
   assert.equal(qgemvStages('int4', 14336), 6);
   assert.equal(qgemvStages('dense', 14336), 6);
   assert.equal(qgemvSharedBytes('fp8', 1, 14336), 81920 + 8256 + 14400, 'down_proj: 8 warps x 10 steps x 1 KiB');
-  const saved = quantFastPolicy.fp8Stages;
+  const saved = { ...quantFastPolicy };
   try {
     quantFastPolicy.fp8Stages = 6;
     assert.equal(qgemvStages('fp8', 14336), 6);
     quantFastPolicy.fp8Stages = 10;
     assert.equal(qgemvStages('fp8', 4096), 10);
     assert.equal(qgemvStages('int8', 4096), 6);
+    quantFastPolicy.intStages = 4;
+    assert.equal(qgemvStages('int4', 4096), 4);
+    assert.equal(qgemvStages('int8', 14336), 4);
+    assert.equal(qgemvStages('dense', 4096), 6);
+    assert.equal(qgemvSharedBytes('int4', 1, 4096), 8 * 4 * 1536 + 8256 + 8208, 'int4 with 4 steps: 48 KiB of ring');
   } finally {
-    quantFastPolicy.fp8Stages = saved;
+    Object.assign(quantFastPolicy, saved);
   }
 });

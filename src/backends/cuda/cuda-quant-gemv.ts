@@ -77,12 +77,15 @@ export const quantFastPolicy = {
    */
   fp8MaxN: envCount('PEREGRINE_QGEMV_FP8_MAX_N', QGEMV_FP8_MAX_N),
   /** fp8's ring for every K: 6 or 10 steps a warp (PEREGRINE_QGEMV_FP8_STAGES=6|10); null: by K (qgemvStages) */
-  fp8Stages: envStages(),
+  fp8Stages: envStages('PEREGRINE_QGEMV_FP8_STAGES', [6, 10]),
+  /** int8 / int4's ring: 6 steps a warp, or 4 (PEREGRINE_QGEMV_INT_STAGES=4: 3 blocks an SM at K = 4096; not yet measured) */
+  intStages: envStages('PEREGRINE_QGEMV_INT_STAGES', [4, 6]),
 };
 
-function envStages(): 6 | 10 | null {
-  const v = process.env.PEREGRINE_QGEMV_FP8_STAGES;
-  return v === '6' ? 6 : v === '10' ? 10 : null;
+/** A ring depth from the environment, one of `allowed`, or null (the default for the kind). */
+function envStages(name: string, allowed: readonly number[]): number | null {
+  const v = Number(process.env[name]);
+  return allowed.includes(v) ? v : null;
 }
 
 function envCount(name: string, fallback: number): number {
@@ -107,10 +110,14 @@ export function qgemvXStride(kind: QgemvKind, K: number): number {
 export const FP8_DEEP_RING_MIN_K = 8192;
 const FP8_DEEP_STAGES = 10;
 
-/** Ring steps a warp of the kernel for this kind and K (fp8: the deeper ring from FP8_DEEP_RING_MIN_K, or as forced). */
+/**
+ * Ring steps a warp of the kernel for this kind and K (fp8: the deeper ring from FP8_DEEP_RING_MIN_K; int8 / int4:
+ * 6; either as forced). The kernels exist for fp8 6 / 10 and int 4 / 6 steps (kernels/quant_gemv.cu).
+ */
 export function qgemvStages(kind: QgemvKind, K: number): number {
-  if (kind !== 'fp8') return QGEMV_STAGES;
-  return quantFastPolicy.fp8Stages ?? (K >= FP8_DEEP_RING_MIN_K ? FP8_DEEP_STAGES : QGEMV_STAGES);
+  if (kind === 'fp8') return quantFastPolicy.fp8Stages ?? (K >= FP8_DEEP_RING_MIN_K ? FP8_DEEP_STAGES : QGEMV_STAGES);
+  if (kind === 'int8' || kind === 'int4') return quantFastPolicy.intStages ?? QGEMV_STAGES;
+  return QGEMV_STAGES;
 }
 
 /** Dynamic shared memory of one block for M tokens of K. */

@@ -589,6 +589,18 @@ PGN_HALF_TYPES(PGN_QGEMV)
     PGN_PDL_TRIGGER();                                                                                                 \
   }
 PGN_HALF_TYPES(PGN_QGEMV_FP8_STAGES)
+// qgemv_int8_<dtype>_s4 / qgemv_int4_<dtype>_s4: int formats with a 4-step ring (PEREGRINE_QGEMV_INT_STAGES=4, to be
+// measured): 48 KiB of ring instead of 72, so 3 blocks an SM (24 warps) fit at K = 4096 instead of 2
+#define PGN_QGEMV_INT_STAGES(T, S)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S##_s4(PGN_QGEMV_ARGS) {   \
+    qgemv<PGN_Q_INT8, T, false, QG_PRO_COPY, 4>(PGN_QGEMV_PASS(T));                                                    \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }                                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S##_s4(PGN_QGEMV_ARGS) {   \
+    qgemv<PGN_Q_INT4, T, false, QG_PRO_COPY, 4>(PGN_QGEMV_PASS(T));                                                    \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }
+PGN_HALF_TYPES(PGN_QGEMV_INT_STAGES)
 extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q_s10(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true, QG_PRO_COPY, 10>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
 // qgemv_dense_<copy|silu|norm>_<dtype>(out, x, w, bias, normWeight, M, N, K, outKind, biasKind, eps, weightOffset,
 // accumulate): bf16 / f16 weights (cuda-gemv.ts ring GEMV), x staged by the prologue named (see QG_PRO_*).
