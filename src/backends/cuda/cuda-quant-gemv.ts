@@ -8,7 +8,8 @@
  * power of two of 64-k (int8) / 128-k (int4) steps; fp8 only on sm_89+; x staged in shared memory must fit a block. Policy (`qgemvPolicy`): on by
  * default for M <= QGEMV_MAX_M; PEREGRINE_QGEMV=0 (or PEREGRINE_QUANT_FAST=0, which also turns off the fused
  * norm and the one-pass activation quantizer: the code as it was before) sends linears to the older kernels;
- * PEREGRINE_QGEMV_MAX_M=n (0..8) bounds the tokens.
+ * PEREGRINE_QGEMV_MAX_M=n (0..8) bounds the tokens. The ring holds 6 steps a warp, 10 for FP8 rows of K >= 8192
+ * (`qgemvStages`; PEREGRINE_QGEMV_FP8_STAGES=6|10 and PEREGRINE_QGEMV_INT_STAGES=4 force a depth, for comparisons).
  */
 import type { QuantizedWeight } from '../backend.js';
 import type { ParamKind } from './module.js';
