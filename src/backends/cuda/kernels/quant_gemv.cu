@@ -576,32 +576,22 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
       int outKind, int biasKind, float minScale
 #define PGN_QGEMV_PASS(T) \
   out, static_cast<const T*>(x), xq, xs, inputScale, qw, scales, zeros, bias, M, N, K, groupShift, wsPerTensor, outKind, biasKind, minScale
-#define PGN_QGEMV(T, S)                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT8, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); } \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S(PGN_QGEMV_ARGS) { qgemv<PGN_Q_INT4, T, false>(PGN_QGEMV_PASS(T)); PGN_PDL_TRIGGER(); }
+// one kernel: qgemv_<NAME>, weights KIND, activations T (XQ: x handed over in E4M3), a ring of STAGES steps
+#define PGN_QGEMV_ONE(NAME, KIND, T, XQ, STAGES)                                                                       \
+  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_##NAME(PGN_QGEMV_ARGS) {           \
+    qgemv<KIND, T, XQ, QG_PRO_COPY, STAGES>(PGN_QGEMV_PASS(T));                                                        \
+    PGN_PDL_TRIGGER();                                                                                                 \
+  }
+// _s10: fp8 with a ring of 10 steps, for long rows (cuda-quant-gemv.ts qgemvStages: K >= 8192, where 28 steps a warp
+// left the 6-step ring's warps waiting on memory). _s4: int formats with a 4-step ring (PEREGRINE_QGEMV_INT_STAGES=4,
+// to be measured): 48 KiB of ring instead of 72, so 3 blocks an SM (24 warps) fit at K = 4096 instead of 2.
+#define PGN_QGEMV(T, S)                                                                                                \
+  PGN_QGEMV_ONE(fp8_##S, PGN_Q_FP8, T, false, QG_STAGES) PGN_QGEMV_ONE(int8_##S, PGN_Q_INT8, T, false, QG_STAGES)      \
+  PGN_QGEMV_ONE(int4_##S, PGN_Q_INT4, T, false, QG_STAGES) PGN_QGEMV_ONE(fp8_##S##_s10, PGN_Q_FP8, T, false, 10)        \
+  PGN_QGEMV_ONE(int8_##S##_s4, PGN_Q_INT8, T, false, 4) PGN_QGEMV_ONE(int4_##S##_s4, PGN_Q_INT4, T, false, 4)
 PGN_HALF_TYPES(PGN_QGEMV)
-// qgemv_fp8_<dtype>_s10 / qgemv_fp8q_s10: fp8 with a ring of 10 steps, for long rows (cuda-quant-gemv.ts qgemvStages:
-// K >= 8192, where 28 steps a warp left the 6-step ring's warps waiting on memory)
-#define PGN_QGEMV_FP8_STAGES(T, S)                                                                                     \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8_##S##_s10(PGN_QGEMV_ARGS) {   \
-    qgemv<PGN_Q_FP8, T, false, QG_PRO_COPY, 10>(PGN_QGEMV_PASS(T));                                                    \
-    PGN_PDL_TRIGGER();                                                                                                 \
-  }
-PGN_HALF_TYPES(PGN_QGEMV_FP8_STAGES)
-// qgemv_int8_<dtype>_s4 / qgemv_int4_<dtype>_s4: int formats with a 4-step ring (PEREGRINE_QGEMV_INT_STAGES=4, to be
-// measured): 48 KiB of ring instead of 72, so 3 blocks an SM (24 warps) fit at K = 4096 instead of 2
-#define PGN_QGEMV_INT_STAGES(T, S)                                                                                     \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int8_##S##_s4(PGN_QGEMV_ARGS) {   \
-    qgemv<PGN_Q_INT8, T, false, QG_PRO_COPY, 4>(PGN_QGEMV_PASS(T));                                                    \
-    PGN_PDL_TRIGGER();                                                                                                 \
-  }                                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_int4_##S##_s4(PGN_QGEMV_ARGS) {   \
-    qgemv<PGN_Q_INT4, T, false, QG_PRO_COPY, 4>(PGN_QGEMV_PASS(T));                                                    \
-    PGN_PDL_TRIGGER();                                                                                                 \
-  }
-PGN_HALF_TYPES(PGN_QGEMV_INT_STAGES)
-extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q_s10(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true, QG_PRO_COPY, 10>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
+PGN_QGEMV_ONE(fp8q, PGN_Q_FP8, bf16, true, QG_STAGES)
+PGN_QGEMV_ONE(fp8q_s10, PGN_Q_FP8, bf16, true, 10)
 // qgemv_dense_<copy|silu|norm>_<dtype>(out, x, w, bias, normWeight, M, N, K, outKind, biasKind, eps, weightOffset,
 // accumulate): bf16 / f16 weights (cuda-gemv.ts ring GEMV), x staged by the prologue named (see QG_PRO_*).
 #define PGN_QGEMV_DENSE_ARGS(T)                                                                                   \
@@ -617,4 +607,3 @@ extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv
 #define PGN_QGEMV_DENSE(T, S) \
   PGN_QGEMV_DENSE_ONE(T, S, copy, QG_PRO_COPY) PGN_QGEMV_DENSE_ONE(T, S, silu, QG_PRO_SILU) PGN_QGEMV_DENSE_ONE(T, S, norm, QG_PRO_RMSNORM)
 PGN_HALF_TYPES(PGN_QGEMV_DENSE)
-extern "C" __global__ void __launch_bounds__(QG_WARPS * 32, QG_MIN_BLOCKS) qgemv_fp8q(PGN_QGEMV_ARGS) { qgemv<PGN_Q_FP8, bf16, true>(PGN_QGEMV_PASS(bf16)); PGN_PDL_TRIGGER(); }
