@@ -78,7 +78,7 @@ test('dense kind (bf16 / f16 weights, PEREGRINE_GEMV=ring): 32-k steps, x in hal
   assert.equal(qgemvChunkM('dense', 4096, H100.maxSharedBytesPerBlock), 8);
 });
 
-test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared memory too), everything else 6; PEREGRINE_QGEMV_FP8_STAGES / _INT_STAGES force', () => {
+test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared memory too), everything else 6; PEREGRINE_QGEMV_FP8_STAGES forces', () => {
   assert.equal(qgemvStages('fp8', 4096), 6);
   assert.equal(qgemvStages('fp8', 8192), 10);
   assert.equal(qgemvStages('fp8', 14336), 10);
@@ -92,11 +92,9 @@ test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared 
     quantFastPolicy.fp8Stages = 10;
     assert.equal(qgemvStages('fp8', 4096), 10);
     assert.equal(qgemvStages('int8', 4096), 6);
-    quantFastPolicy.intStages = 4;
-    assert.equal(qgemvStages('int4', 4096), 4);
-    assert.equal(qgemvStages('int8', 14336), 4);
+    assert.equal(qgemvStages('int4', 4096), 6);
     assert.equal(qgemvStages('dense', 4096), 6);
-    assert.equal(qgemvSharedBytes('int4', 1, 4096), 8 * 4 * 1536 + 8256 + 8208, 'int4 with 4 steps: 48 KiB of ring');
+    assert.equal(qgemvSharedBytes('int4', 1, 4096), 8 * 6 * 1152 + 8256 + 8208, 'int4: 1 KiB of codes + 128 bytes of scales a warp and step');
   } finally {
     Object.assign(quantFastPolicy, saved);
   }

@@ -276,22 +276,6 @@ if (!gpu) {
       }
     });
 
-    test('decode GEMV, int formats on the 4-step ring (PEREGRINE_QGEMV_INT_STAGES=4)', async () => {
-      const saved = quantFastPolicy.intStages;
-      quantFastPolicy.intStages = 4;
-      try {
-        for (const w of [intSpecs[0]!, { kind: 'int8', groupSize: 64 } as WeightSpec, intSpecs[2]!, { kind: 'int4', groupSize: 256, symmetric: false } as WeightSpec]) {
-          for (const [M, N, K] of [[1, 1031, 1024], [3, 77, 2304], [8, 333, 256], [8, 33, 14336]] as const) {
-            const gs = w.groupSize ?? 128;
-            if (K % gs !== 0) continue;
-            await run({ w, M, N, K, path: 'qgemv', bias: M % 2 ? 'bf16' : undefined });
-          }
-        }
-      } finally {
-        quantFastPolicy.intStages = saved;
-      }
-    });
-
     test('decode GEMV policy: PEREGRINE_QGEMV_MAX_M and the switch back to the older kernels', () => {
       const w = makeWeight(intSpecs[2]!, 64, 256);
       const saved = { ...quantFastPolicy };

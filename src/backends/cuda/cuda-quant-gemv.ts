@@ -9,7 +9,7 @@
  * default for M <= QGEMV_MAX_M; PEREGRINE_QGEMV=0 (or PEREGRINE_QUANT_FAST=0, which also turns off the fused
  * norm and the one-pass activation quantizer: the code as it was before) sends linears to the older kernels;
  * PEREGRINE_QGEMV_MAX_M=n (0..8) bounds the tokens. The ring holds 6 steps a warp, 10 for FP8 rows of K >= 8192
- * (`qgemvStages`; PEREGRINE_QGEMV_FP8_STAGES=6|10 and PEREGRINE_QGEMV_INT_STAGES=4 force a depth, for comparisons).
+ * (`qgemvStages`; PEREGRINE_QGEMV_FP8_STAGES=6|10 forces a depth, for comparisons).
  */
 import type { QuantizedWeight } from '../backend.js';
 import type { ParamKind } from './module.js';
@@ -46,7 +46,8 @@ const WARPS = 8;
 /** ring steps a warp (QG_STAGES), of every kind but fp8 rows from FP8_DEEP_RING_MIN_K */
 export const QGEMV_STAGES = 6;
 const RING_CODE_BYTES = 1024;
-const RING_SCALE_BYTES = 512;
+/** int formats: a float a lane (its quad's two rows' scales and zeros) */
+const RING_SCALE_BYTES = 128;
 const MAX_BLOCKS_PER_SM = 3;
 /** partial sums [2][WARPS][16][8] f32 + token scales [8] f32 + a 32-byte zero slot */
 const RED_BYTES = 2 * WARPS * 16 * 8 * 4 + 8 * 4 + 32;
@@ -79,8 +80,6 @@ export const quantFastPolicy = {
   fp8MaxN: envCount('PEREGRINE_QGEMV_FP8_MAX_N', QGEMV_FP8_MAX_N),
   /** fp8's ring for every K: 6 or 10 steps a warp (PEREGRINE_QGEMV_FP8_STAGES=6|10); null: by K (qgemvStages) */
   fp8Stages: envStages('PEREGRINE_QGEMV_FP8_STAGES', [6, 10]),
-  /** int8 / int4's ring: 6 steps a warp, or 4 (PEREGRINE_QGEMV_INT_STAGES=4: 3 blocks an SM at K = 4096; not yet measured) */
-  intStages: envStages('PEREGRINE_QGEMV_INT_STAGES', [4, 6]),
 };
 
 /** A ring depth from the environment, one of `allowed`, or null (the default for the kind). */
@@ -112,12 +111,13 @@ export const FP8_DEEP_RING_MIN_K = 8192;
 const FP8_DEEP_STAGES = 10;
 
 /**
- * Ring steps a warp of the kernel for this kind and K (fp8: the deeper ring from FP8_DEEP_RING_MIN_K; int8 / int4:
- * 6; either as forced). The kernels exist for fp8 6 / 10 and int 4 / 6 steps (kernels/quant_gemv.cu).
+ * Ring steps a warp of the kernel for this kind and K (fp8: the deeper ring from FP8_DEEP_RING_MIN_K, or as forced;
+ * every other kind 6). The kernels exist for fp8 6 / 10 steps, the rest 6 (kernels/quant_gemv.cu). Int formats
+ * on an 8-step ring measured no faster (H200, 2026-11-28, 1 token: int4 down_proj 14.59 -> 15.02 us, gate_up_proj
+ * 27.03 -> 27.34).
  */
 export function qgemvStages(kind: QgemvKind, K: number): number {
   if (kind === 'fp8') return quantFastPolicy.fp8Stages ?? (K >= FP8_DEEP_RING_MIN_K ? FP8_DEEP_STAGES : QGEMV_STAGES);
-  if (kind === 'int8' || kind === 'int4') return quantFastPolicy.intStages ?? QGEMV_STAGES;
   return QGEMV_STAGES;
 }
 

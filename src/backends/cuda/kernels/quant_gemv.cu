@@ -7,10 +7,12 @@
 // contiguous bytes of each row at a time. A step is 64 bytes of each of the 16 rows (64 fp8 / int8 or 128 int4
 // values): lane (g, t) = (lane / 4, lane % 4) owns bytes 16t .. 16t+15 of rows g and g+8.
 //
-// Weights never wait in registers: each lane cp.asyncs its two 16-byte pieces (int formats: also the two rows'
-// scale and zero of the step's group) into its own slots of a per-warp ring of S steps (QG_STAGES; fp8 rows of
-// K >= 8192: 10), S - 1 steps ahead of the one it computes, across tile boundaries. So 40 KiB per block (72 with
-// 10 steps) stay in flight whatever ptxas makes of the compute, and a lane only reads back what it copied itself:
+// Weights never wait in registers: each lane cp.asyncs its two 16-byte pieces (int formats: also one of its
+// rows' step-group scale and zero: lane t of quad g copies row g's scale, row g + 8's, row g's zero, row g + 8's,
+// and the quad reads the four back as one float4) into its own slots of a per-warp ring of S steps (QG_STAGES;
+// fp8 rows of K >= 8192: 10), S - 1 steps ahead of the one it computes, across tile
+// boundaries. So 40 KiB per block (72 with 10 steps) stay in flight whatever ptxas makes of the compute, and a
+// lane only reads back what its own quad copied (a quad's lanes are one warp, the copies one commit group each):
 // no barrier per step.
 //
 // x is staged once per block in shared memory: fp8 as E4M3 (copied when the caller quantized it, e.g. the fused
@@ -45,9 +47,9 @@
 #define QG_MAX_M 8
 // blocks per SM the register budget must allow (<= 85 registers); the host never assumes more
 #define QG_MIN_BLOCKS 3
-// bytes per warp and stage: 2 rows x 32 lanes x 16 bytes of codes, + 32 lanes x 16 bytes of scales / zeros
+// bytes per warp and stage: 2 rows x 32 lanes x 16 bytes of codes, + 32 lanes x 4 bytes of scales / zeros
 #define QG_RING_W 1024
-#define QG_RING_S 512
+#define QG_RING_S 128
 
 // cp.async with "memory" clobbers: the compiler keeps shared-memory reads of a slot after its wait and before
 // the copy that refills it.
@@ -391,7 +393,7 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   constexpr int STEP_K = KIND == PGN_Q_INT4 ? 128 : DENSE ? 32 : 64;
   extern __shared__ __align__(16) unsigned char qg_smem[];
   uint4* ringW = reinterpret_cast<uint4*>(qg_smem);                              // [WARPS][S][2][32]
-  float4* ringS = reinterpret_cast<float4*>(qg_smem + QG_WARPS * S * QG_RING_W);  // [WARPS][S][32] (int formats)
+  float* ringS = reinterpret_cast<float*>(qg_smem + QG_WARPS * S * QG_RING_W);    // [WARPS][S][8 quads][4] (int formats)
   float* red = reinterpret_cast<float*>(qg_smem + QG_WARPS * S * (QG_RING_W + (SCALED ? QG_RING_S : 0)));  // [2][WARPS][16][8]
   float* xscale = red + 2 * QG_WARPS * 128;                                      // [QG_MAX_M] (fp8)
   uint4* zero16 = reinterpret_cast<uint4*>(xscale + QG_MAX_M);                  // 32 zero bytes: x of tokens >= M
@@ -406,13 +408,14 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   const int numTiles = (N + 15) >> 4;
   const int numG = groupShift < 0 ? 1 : (numSteps + (1 << groupShift) - 1) >> groupShift;  // groups of 2^groupShift steps
   uint4* const myW = ringW + warp * S * 64 + lane;
-  float4* const myS = ringS + warp * S * 32 + lane;
+  float* const myS = ringS + warp * S * 32;
 
   // the copy side of the ring: item (tile, step) in the order the warp computes them
   int issTile = blockIdx.x, issI = 0, issSlot = 0;
   bool v0 = false, v1 = false;
   const unsigned char *w0 = qw, *w1 = qw;
-  const float *s0 = scales, *s1 = scales, *z0 = zeros, *z1 = zeros;
+  const float* sp = scales;  // this lane's scale / zero row of the tile (see above), its validity sv
+  bool sv = false;
   auto rowsOf = [&](int tile) {
     const int r0 = tile * 16 + g, r1 = r0 + 8;
     v0 = r0 < N;
@@ -421,12 +424,10 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
     w0 = qw + c0 * rowBytes + warp * 64 + t * 16;
     w1 = qw + c1 * rowBytes + warp * 64 + t * 16;
     if (SCALED) {
-      s0 = scales + c0 * numG;
-      s1 = scales + c1 * numG;
-      if (zeros != nullptr) {
-        z0 = zeros + c0 * numG;
-        z1 = zeros + c1 * numG;
-      }
+      const long long c = t & 1 ? c1 : c0;
+      const bool zero = t >= 2;
+      sv = (t & 1 ? v1 : v0) && (!zero || zeros != nullptr);
+      sp = (zero && zeros != nullptr ? zeros : scales) + (sv ? c * numG : 0);
     }
   };
   rowsOf(issTile);
@@ -436,14 +437,8 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
       qg_cp16(myW + issSlot * 64, w0 + off, v0);
       qg_cp16(myW + issSlot * 64 + 32, w1 + off, v1);
       if (SCALED) {
-        float* sz = reinterpret_cast<float*>(myS + issSlot * 32);
         const int gi = groupShift < 0 ? 0 : (warp + issI * QG_WARPS) >> groupShift;
-        qg_cp4(sz, s0 + gi, v0);
-        qg_cp4(sz + 1, s1 + gi, v1);
-        if (zeros != nullptr) {
-          qg_cp4(sz + 2, z0 + gi, v0);
-          qg_cp4(sz + 3, z1 + gi, v1);
-        }
+        qg_cp4(myS + issSlot * 32 + lane, sp + (sv ? gi : 0), sv);
       }
       if (++issI == cnt) {
         issI = 0;
@@ -553,10 +548,19 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     for (int i = 0; i < cnt; i++) {
-      issue();
-      qg_wait<S - 1>();
+      if (SCALED) {
+        // a step's scales and zeros are read by the other lanes of the quad that copied them: each lane waits for
+        // its own copies of this step, then __syncwarp makes them visible to the quad (and orders the quad's
+        // reads of the slot the next copy refills, last step's, before that copy)
+        qg_wait<S - 2>();
+        __syncwarp();
+        issue();
+      } else {
+        issue();
+        qg_wait<S - 1>();
+      }
       const uint4 lo = myW[slot * 64], hi = myW[slot * 64 + 32];
-      const float4 sz = SCALED ? myS[slot * 32] : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 sz = SCALED ? *reinterpret_cast<const float4*>(myS + slot * 32 + g * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
       qg_step<KIND, T>(acc, lo, hi, sz, zeros != nullptr, xp, i * xStep);
       slot = slot + 1 == S ? 0 : slot + 1;
     }
@@ -583,12 +587,10 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
     PGN_PDL_TRIGGER();                                                                                                 \
   }
 // _s10: fp8 with a ring of 10 steps, for long rows (cuda-quant-gemv.ts qgemvStages: K >= 8192, where 28 steps a warp
-// left the 6-step ring's warps waiting on memory). _s4: int formats with a 4-step ring (PEREGRINE_QGEMV_INT_STAGES=4,
-// to be measured): 48 KiB of ring instead of 72, so 3 blocks an SM (24 warps) fit at K = 4096 instead of 2.
+// left the 6-step ring's warps waiting on memory).
 #define PGN_QGEMV(T, S)                                                                                                \
   PGN_QGEMV_ONE(fp8_##S, PGN_Q_FP8, T, false, QG_STAGES) PGN_QGEMV_ONE(int8_##S, PGN_Q_INT8, T, false, QG_STAGES)      \
-  PGN_QGEMV_ONE(int4_##S, PGN_Q_INT4, T, false, QG_STAGES) PGN_QGEMV_ONE(fp8_##S##_s10, PGN_Q_FP8, T, false, 10)        \
-  PGN_QGEMV_ONE(int8_##S##_s4, PGN_Q_INT8, T, false, 4) PGN_QGEMV_ONE(int4_##S##_s4, PGN_Q_INT4, T, false, 4)
+  PGN_QGEMV_ONE(int4_##S, PGN_Q_INT4, T, false, QG_STAGES) PGN_QGEMV_ONE(fp8_##S##_s10, PGN_Q_FP8, T, false, 10)
 PGN_HALF_TYPES(PGN_QGEMV)
 PGN_QGEMV_ONE(fp8q, PGN_Q_FP8, bf16, true, QG_STAGES)
 PGN_QGEMV_ONE(fp8q_s10, PGN_Q_FP8, bf16, true, 10)
