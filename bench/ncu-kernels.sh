@@ -5,6 +5,8 @@
 # Firecracker machine (KINDS.md); clocks are left alone (--clock-control none). Run on the GPU machine after
 # `source .devslim/boot.sh`; reports go to $OUT/ncu-<name>.txt.
 #   bash bench/ncu-kernels.sh [name ...]   (default: all of the list below)
+# SASS=1 also samples where the warps stall, per instruction: $OUT/ncu-<name>-sass.csv (ncu --page source; columns
+# include the stall samples by reason), for reading beside `cuobjdump -sass`.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-out}; mkdir -p "$out"
@@ -14,6 +16,7 @@ OPS="node dist/src/bench/ops-bench.js --only"
 cases=(
   "int4-gate_up|qgemv_int4|qgemm int4 gate_up_proj"
   "int4-o_proj|qgemv_int4|qgemm int4 o_proj"
+  "int4-qkv|qgemv_int4|qgemm int4 qkv_proj"
   "fp8xq-o_proj|qgemv_fp8q|qgemm fp8+xq o_proj"
   "fp8xq-down|qgemv_fp8q|qgemm fp8+xq down_proj"
   "fp8xq-qkv|qgemv_fp8q|qgemm fp8+xq qkv_proj"
@@ -24,8 +27,16 @@ want=" ${*:-all} "
 for c in "${cases[@]}"; do
   IFS='|' read -r name kernel filter <<< "$c"
   [[ "$want" == " all " || "$want" == *" $name "* ]] || continue
-  $NCU -k "regex:$kernel" $OPS "$filter" > "$out/ncu-$name.txt" 2>&1
-  echo "$name: exit $?"
+  if [[ "${SASS:-0}" == 1 ]]; then
+    $NCU --section SourceCounters --import-source no -o "$out/ncu-$name" -f -k "regex:$kernel" $OPS "$filter" > "$out/ncu-$name.log" 2>&1
+    echo "$name: exit $?"
+    ncu --import "$out/ncu-$name.ncu-rep" > "$out/ncu-$name.txt" 2>&1
+    ncu --import "$out/ncu-$name.ncu-rep" --page source --csv --print-source sass > "$out/ncu-$name-sass.csv" 2>&1
+    rm -f "$out/ncu-$name.ncu-rep"
+  else
+    $NCU -k "regex:$kernel" $OPS "$filter" > "$out/ncu-$name.txt" 2>&1
+    echo "$name: exit $?"
+  fi
 done
 if [[ "$want" == " all " || "$want" == *" sample "* ]]; then
   $NCU -k regex:sample_rows --launch-skip 17 node dist/src/cli/main.js bench latency --shape llama-3.1-8b --random-weights --device cuda --quantization fp8 --batch 1024 --isl 128 --osl 6 --prefill 128 > "$out/ncu-sample.txt" 2>&1
