@@ -26,8 +26,12 @@
 //   sm_90 has no FP8 mma.sync, its m16n8k32 e4m3 is this same conversion plus more adds) or as T via f32 (int8,
 //   exact); x alike (fp8: its E4M3 converted the same way).
 // - int4 (m16n8k16): word i (k 8i .. 8i+7 of the lane's 32) gives nibble pairs (0,4), (1,5) to mma 2i and
-//   (2,6), (3,7) to mma 2i+1, as (magic + q) - (magic + zero) in bf16 / f16: small integers, exact; x's pairs
-//   are made with byte permutes. x rows are swizzled in shared memory so these reads hit no bank twice.
+//   (2,6), (3,7) to mma 2i+1, as (magic + q) - (magic + zero) in bf16 / f16: small integers, exact; each pair
+//   is one LOP3 ((w >> 4j) & 0x000f000f | magic, the magic in a register). x is staged with each 8 values in
+//   that order (x0 x4 x1 x5 x2 x6 x3 x7), so one 16-byte read gives the two mmas' B fragments as they are; x
+//   rows are swizzled in shared memory so these reads hit no bank twice. ncu (H200, int4 gate_up_proj at 1
+//   token): the integer pipe is what bounds this kernel (stall_math, not_selected), so every integer
+//   instruction a step counts.
 // Int formats scale each step's partial sums by its rows' group scales (f32); fp8 applies the token and weight
 // scales at the end. The 8 warps' partial sums meet in shared memory at each tile's end.
 //
@@ -79,6 +83,14 @@ __device__ __forceinline__ int qg_swz(int u) { return u ^ (((u >> 3) & 1) << 1);
 template <typename T> struct QgMagic;
 template <> struct QgMagic<bf16> { static constexpr unsigned BITS = 0x43004300u; static constexpr float VALUE = 128.f; };
 template <> struct QgMagic<f16> { static constexpr unsigned BITS = 0x64006400u; static constexpr float VALUE = 1024.f; };
+
+// (w & 0x000f000f) | magic: nibbles 0 and 4 of w as two (magic + q) halves, in one LOP3 (the C expression with
+// two constants compiles to two, one immediate an instruction; here the magic rides in a register)
+template <typename T> __device__ __forceinline__ unsigned qg_nibbles(unsigned w) {
+  unsigned d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(w), "n"(0x000f000f), "r"(QgMagic<T>::BITS));
+  return d;
+}
 
 template <typename T> __device__ __forceinline__ unsigned qg_hsub2(unsigned a, unsigned b);
 template <> __device__ __forceinline__ unsigned qg_hsub2<bf16>(unsigned a, unsigned b) {
@@ -162,28 +174,25 @@ __device__ __forceinline__ void qg_step_dense(float* c, const uint4& lo, const u
 }
 
 // One int4 step of a lane: k = 128 step + 32t + (0..31); c += (rows - zero) . x (unscaled). xp[i]: the 8 x
-// values of word i (k 8i .. 8i+7 of the lane), or the zero slot.
+// values of word i (k 8i .. 8i+7 of the lane) as staged (pairs (0,4), (1,5), (2,6), (3,7)), or the zero slot.
 template <typename T>
 __device__ __forceinline__ void qg_step_int4(float* c, const uint4& lo, const uint4& hi, const unsigned char* const* xp, int xoff, unsigned zl, unsigned zh) {
-  constexpr unsigned MAGIC = QgMagic<T>::BITS;
   const unsigned wl[4] = {lo.x, lo.y, lo.z, lo.w}, wh[4] = {hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     const uint4 x = qg_lds16(xp[i] + xoff);
-    const unsigned x04 = __byte_perm(x.x, x.z, 0x5410), x15 = __byte_perm(x.x, x.z, 0x7632);
-    const unsigned x26 = __byte_perm(x.y, x.w, 0x5410), x37 = __byte_perm(x.y, x.w, 0x7632);
-    const unsigned l = wl[i], h = wh[i], l8 = l >> 8, h8 = h >> 8;
+    const unsigned l = wl[i], h = wh[i];
     unsigned a[4];
-    a[0] = qg_hsub2<T>((l & 0x000f000fu) | MAGIC, zl);
-    a[1] = qg_hsub2<T>((h & 0x000f000fu) | MAGIC, zh);
-    a[2] = qg_hsub2<T>(((l >> 4) & 0x000f000fu) | MAGIC, zl);
-    a[3] = qg_hsub2<T>(((h >> 4) & 0x000f000fu) | MAGIC, zh);
-    mma16816<T>(c, a, x04, x15);
-    a[0] = qg_hsub2<T>((l8 & 0x000f000fu) | MAGIC, zl);
-    a[1] = qg_hsub2<T>((h8 & 0x000f000fu) | MAGIC, zh);
-    a[2] = qg_hsub2<T>(((l8 >> 4) & 0x000f000fu) | MAGIC, zl);
-    a[3] = qg_hsub2<T>(((h8 >> 4) & 0x000f000fu) | MAGIC, zh);
-    mma16816<T>(c, a, x26, x37);
+    a[0] = qg_hsub2<T>(qg_nibbles<T>(l), zl);
+    a[1] = qg_hsub2<T>(qg_nibbles<T>(h), zh);
+    a[2] = qg_hsub2<T>(qg_nibbles<T>(l >> 4), zl);
+    a[3] = qg_hsub2<T>(qg_nibbles<T>(h >> 4), zh);
+    mma16816<T>(c, a, x.x, x.y);
+    a[0] = qg_hsub2<T>(qg_nibbles<T>(l >> 8), zl);
+    a[1] = qg_hsub2<T>(qg_nibbles<T>(h >> 8), zh);
+    a[2] = qg_hsub2<T>(qg_nibbles<T>(l >> 12), zl);
+    a[3] = qg_hsub2<T>(qg_nibbles<T>(h >> 12), zh);
+    mma16816<T>(c, a, x.z, x.w);
   }
 }
 
@@ -311,18 +320,27 @@ __device__ __forceinline__ void qg_step(float (&acc)[4], const uint4& lo, const 
   }
 }
 
-// x as the plain (QG_PRO_COPY) kinds stage it: int formats copied in the activation dtype (int4 swizzled), fp8
-// copied from xq with its scales xs, or quantized here from x. Every thread; the copies are one cp.async group
-// the caller waits for.
+// x as the plain (QG_PRO_COPY) kinds stage it: int8 copied in the activation dtype, int4 too but each unit of 8
+// values as pairs (0,4), (1,5), (2,6), (3,7) and swizzled (qg_step_int4), fp8 copied from xq with its scales xs,
+// or quantized here from x. Every thread; the copies are one cp.async group the caller waits for (then a
+// barrier, which the int4 stores need too).
 template <int KIND, typename T, bool XQ>
 __device__ __forceinline__ void qg_stage_x(unsigned char* xsm, int xStride, float* xscale, float* scratch, const T* x, const unsigned char* xq,
                                            const float* xs, const float* inputScale, int M, int K, float minScale) {
   const int tid = threadIdx.x;
-  if (KIND != PGN_Q_FP8) {
+  if (KIND == PGN_Q_INT4) {
+    const int kUnits = K >> 3;
+    qg_for_x_units<4>(x, K, kUnits, M * kUnits, [&](int u, int m, const uint4& v) {
+      if (u < M * kUnits) {
+        const uint4 p = make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.y, v.w, 0x5410), __byte_perm(v.y, v.w, 0x7632));
+        *reinterpret_cast<uint4*>(xsm + m * xStride + qg_swz(u - m * kUnits) * 16) = p;
+      }
+    });
+  } else if (KIND != PGN_Q_FP8) {
     const int kUnits = K >> 3;
     for (int u = tid; u < M * kUnits; u += blockDim.x) {
       const int m = u / kUnits, c = u - m * kUnits;
-      qg_cp16(xsm + m * xStride + (KIND == PGN_Q_INT4 ? qg_swz(c) : c) * 16, x + (long long)m * K + c * 8, true);
+      qg_cp16(xsm + m * xStride + c * 16, x + (long long)m * K + c * 8, true);
     }
   } else if (XQ) {
     const int kUnits = K >> 4;
