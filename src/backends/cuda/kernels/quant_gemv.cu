@@ -57,11 +57,12 @@
 
 // cp.async with "memory" clobbers: the compiler keeps shared-memory reads of a slot after its wait and before
 // the copy that refills it.
-__device__ __forceinline__ void qg_cp16(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+__device__ __forceinline__ void qg_cp16(unsigned smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
 }
-__device__ __forceinline__ void qg_cp4(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 4 : 0) : "memory");
+__device__ __forceinline__ void qg_cp16(void* smem, const void* gmem, bool valid) { qg_cp16(smem_u32(smem), gmem, valid); }
+__device__ __forceinline__ void qg_cp4(unsigned smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 4 : 0) : "memory");
 }
 __device__ __forceinline__ void qg_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N> __device__ __forceinline__ void qg_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
@@ -425,15 +426,21 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   const int cnt = numSteps > warp ? (numSteps - warp + QG_WARPS - 1) / QG_WARPS : 0;
   const int numTiles = (N + 15) >> 4;
   const int numG = groupShift < 0 ? 1 : (numSteps + (1 << groupShift) - 1) >> groupShift;  // groups of 2^groupShift steps
-  uint4* const myW = ringW + warp * S * 64 + lane;
-  float* const myS = ringS + warp * S * 32;
+  const unsigned char* const myW = reinterpret_cast<const unsigned char*>(ringW + warp * S * 64 + lane);  // slot 0: rows g, g + 8 512 bytes apart
+  const float* const myS = ringS + warp * S * 32;                                                       // slot 0 of the quads' scales
+  constexpr int LAST_SLOT = (S - 1) * QG_RING_W;  // byte offset of the ring's last slot (scales: / 8)
 
-  // the copy side of the ring: item (tile, step) in the order the warp computes them
-  int issTile = blockIdx.x, issI = 0, issSlot = 0;
+  // the copy side of the ring: item (tile, step) in the order the warp computes them. w0 / w1 point at the next
+  // item's bytes (advanced a step at a time), sp at this lane's scale / zero row of the tile (see above; its
+  // validity sv; when not valid, row 0 of scales, so that sp + group stays a real address), issOff at the
+  // item's slot (byte offset in the lane's ring).
+  int issTile = blockIdx.x, issI = 0, issOff = 0;
   bool v0 = false, v1 = false;
   const unsigned char *w0 = qw, *w1 = qw;
-  const float* sp = scales;  // this lane's scale / zero row of the tile (see above), its validity sv
+  const float* sp = scales;
   bool sv = false;
+  const int gShift = groupShift < 0 ? 31 : groupShift;  // one group a row: (step >> 31) = 0
+  const unsigned issW = smem_u32(myW), issS = smem_u32(myS + lane);
   auto rowsOf = [&](int tile) {
     const int r0 = tile * 16 + g, r1 = r0 + 8;
     v0 = r0 < N;
@@ -451,13 +458,11 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   rowsOf(issTile);
   auto issue = [&]() {
     if (cnt > 0 && issTile < numTiles) {
-      const int off = issI * (QG_WARPS * 64);
-      qg_cp16(myW + issSlot * 64, w0 + off, v0);
-      qg_cp16(myW + issSlot * 64 + 32, w1 + off, v1);
-      if (SCALED) {
-        const int gi = groupShift < 0 ? 0 : (warp + issI * QG_WARPS) >> groupShift;
-        qg_cp4(myS + issSlot * 32 + lane, sp + (sv ? gi : 0), sv);
-      }
+      qg_cp16(issW + issOff, w0, v0);
+      qg_cp16(issW + issOff + 512, w1, v1);
+      if (SCALED) qg_cp4(issS + (issOff >> 3), sp + ((warp + issI * QG_WARPS) >> gShift), sv);
+      w0 += QG_WARPS * 64;
+      w1 += QG_WARPS * 64;
       if (++issI == cnt) {
         issI = 0;
         issTile += gridDim.x;
@@ -465,7 +470,7 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
       }
     }
     qg_commit();  // empty groups past the end keep the count uniform
-    issSlot = issSlot + 1 == S ? 0 : issSlot + 1;
+    issOff = issOff == LAST_SLOT ? 0 : issOff + QG_RING_W;
   };
 
   // the ring's first S - 1 steps: weights only, so before PGN_PDL_WAIT (under PDL they stream while the
@@ -562,7 +567,7 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
   // where this lane reads x: its token's row (or the zero slot), advanced per step
   const unsigned char* xp[4];
   const int xStep = qg_x_ptrs<KIND>(xp, xsm, xStride, zero16, M, warp);
-  int slot = 0, par = 0;
+  int rdOff = 0, par = 0;  // the slot computed next (byte offset, as issOff)
   for (int tile = blockIdx.x; tile < numTiles; tile += gridDim.x) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     for (int i = 0; i < cnt; i++) {
@@ -577,10 +582,10 @@ __device__ void qgemv(void* out, const T* x, const unsigned char* xq, const floa
         issue();
         qg_wait<S - 1>();
       }
-      const uint4 lo = myW[slot * 64], hi = myW[slot * 64 + 32];
-      const float4 sz = SCALED ? *reinterpret_cast<const float4*>(myS + slot * 32 + g * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const uint4 lo = *reinterpret_cast<const uint4*>(myW + rdOff), hi = *reinterpret_cast<const uint4*>(myW + rdOff + 512);
+      const float4 sz = SCALED ? *reinterpret_cast<const float4*>(myS + g * 4 + (rdOff >> 5)) : make_float4(0.f, 0.f, 0.f, 0.f);
       qg_step<KIND, T>(acc, lo, hi, sz, zeros != nullptr, xp, i * xStep);
-      slot = slot + 1 == S ? 0 : slot + 1;
+      rdOff = rdOff == LAST_SLOT ? 0 : rdOff + QG_RING_W;
     }
     // the next tile writes the other buffer; the one after waits at the barrier inside this one's qg_tile_out
     qg_tile_out<KIND>(red + par * QG_WARPS * 128, acc, out, tile, M, N, xscale, scales, wsPerTensor, bias, biasKind, outKind, dn.accumulate);
