@@ -176,9 +176,11 @@ __device__ __forceinline__ void qg_step_dense(float* c, const uint4& lo, const u
 
 // One int4 step of a lane: k = 128 step + 32t + (0..31); c += (rows - zero) . x (unscaled). xp[i]: the 8 x
 // values of word i (k 8i .. 8i+7 of the lane) as staged (pairs (0,4), (1,5), (2,6), (3,7)), or the zero slot.
+// The odd mmas sum into c1, so two chains of 4 dependent mmas instead of one of 8.
 template <typename T>
 __device__ __forceinline__ void qg_step_int4(float* c, const uint4& lo, const uint4& hi, const unsigned char* const* xp, int xoff, unsigned zl, unsigned zh) {
   const unsigned wl[4] = {lo.x, lo.y, lo.z, lo.w}, wh[4] = {hi.x, hi.y, hi.z, hi.w};
+  float c1[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < 4; i++) {
     const uint4 x = qg_lds16(xp[i] + xoff);
@@ -193,8 +195,10 @@ __device__ __forceinline__ void qg_step_int4(float* c, const uint4& lo, const ui
     a[1] = qg_hsub2<T>(qg_nibbles<T>(h >> 8), zh);
     a[2] = qg_hsub2<T>(qg_nibbles<T>(l >> 12), zl);
     a[3] = qg_hsub2<T>(qg_nibbles<T>(h >> 12), zh);
-    mma16816<T>(c, a, x.z, x.w);
+    mma16816<T>(c1, a, x.z, x.w);
   }
+#pragma unroll
+  for (int j = 0; j < 4; j++) c[j] += c1[j];
 }
 
 // Calls f(u, m, unit) for each 16-byte unit u (of row m) of x [M, K] (T) this thread takes, QB loads in flight
