@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { QGEMV_MAX_M, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvStages, qgemvXStride, quantFastPolicy } from '../src/backends/cuda/cuda-quant-gemv.js';
+import { dequant16Fits } from '../src/backends/cuda/cuda-quant-dequant.js';
 
 const H100 = { fp8Cores: true, maxSharedBytesPerBlock: 227 * 1024 };
 const A100 = { fp8Cores: false, maxSharedBytesPerBlock: 163 * 1024 };
@@ -19,10 +20,10 @@ test('x rows in shared memory: fp8 stride = 64 mod 128, int stride = 16 mod 128,
   assert.equal(qgemvXStride('int8', 4096), 8208);
 });
 
-test('shared memory: rings (fp8 48 KiB, int 72 KiB) + partial sums, token scales, zero slot + x rows', () => {
+test('shared memory: rings (fp8 48 KiB, int 54 KiB: codes + a float a lane) + partial sums, token scales, zero slot + x rows', () => {
   assert.equal(qgemvSharedBytes('fp8', 1, 4096), 49152 + 8256 + 4160);
-  assert.equal(qgemvSharedBytes('int4', 1, 14336), 73728 + 8256 + 28688);
-  assert.equal(qgemvSharedBytes('int8', 3, 4096), 73728 + 8256 + 3 * 8208);
+  assert.equal(qgemvSharedBytes('int4', 1, 14336), 55296 + 8256 + 28688);
+  assert.equal(qgemvSharedBytes('int8', 3, 4096), 55296 + 8256 + 3 * 8208);
 });
 
 test('group shift: one group a row -> -1, else log2 of the steps a group spans, null where that is no power of two', () => {
@@ -98,4 +99,13 @@ test('qgemv ring depth: fp8 rows of K >= 8192 take the 10-step ring (its shared 
   } finally {
     Object.assign(quantFastPolicy, saved);
   }
+});
+
+test('dequantizing path: a thread per 16 bytes of codes where whole units fit K and the groups, else a thread per word', () => {
+  assert.ok(dequant16Fits({ kind: 'int4', groupSize: 128 }, 4096, 0x1000));
+  assert.ok(!dequant16Fits({ kind: 'int4', groupSize: 16 }, 4096, 0x1000), 'int4 units are 32 values: groups of 16 split them');
+  assert.ok(!dequant16Fits({ kind: 'int4', groupSize: 128 }, 4112, 0x1000), 'K % 32');
+  assert.ok(dequant16Fits({ kind: 'int8', groupSize: 4096 }, 4096, 0x1000) && !dequant16Fits({ kind: 'int8', groupSize: 24 }, 96, 0x1000));
+  assert.ok(!dequant16Fits({ kind: 'fp8', groupSize: 72 }, 72, 0x1000) && dequant16Fits({ kind: 'fp8', groupSize: 80 }, 80, 0x1000), 'fp8: K % 16, any group');
+  assert.ok(!dequant16Fits({ kind: 'int4', groupSize: 128 }, 4096, 0x1008), 'codes 16-byte aligned');
 });

@@ -239,6 +239,9 @@ if (!gpu) {
       await run({ w: intSpecs[3]!, M: 1, N: 4097, K: 4096, out: 'f32' });
       await run({ w: intSpecs[0]!, M: 3, N: 1001, K: 1024, act: 'f16' });
       await run({ w: intSpecs[2]!, M: 64, N: 257, K: 384, act: 'f16', out: 'f32', bias: 'f16' });
+      // the dequantizing path a thread per 32-bit word, where 16-byte units do not fit (K, or a group, not whole units)
+      const oddGroups: [WeightSpec, number][] = [[{ kind: 'int8', groupSize: 8 }, 72], [{ kind: 'int8', groupSize: 24 }, 96], [{ kind: 'int4', groupSize: 16, symmetric: false }, 48]];
+      for (const [w, K] of oddGroups) await run({ w, M: 64, N: 65, K, path: 'dequant' });
     });
 
     test('decode GEMV (qgemv): 1..8 tokens, odd N, K from 1 step to more steps than warps, many tiles per block', async () => {

@@ -14,6 +14,15 @@ function tileRowsFor(N: number, K: number): number {
   return Math.min(N, rows);
 }
 
+/**
+ * Whether quant_dequant16 (a thread per 16 bytes of codes) takes this weight: rows of whole 16-byte units, each
+ * unit inside one group, 16-byte aligned codes; else quant_dequant (a thread per 32-bit word).
+ */
+export function dequant16Fits(w: { readonly kind: 'fp8' | 'int8' | 'int4'; readonly groupSize: number }, K: number, codesPtr: number): boolean {
+  const valuesPerUnit = 4 * VALUES_PER_WORD[w.kind];
+  return K % valuesPerUnit === 0 && (w.kind === 'fp8' || w.groupSize % valuesPerUnit === 0) && codesPtr % 16 === 0;
+}
+
 export function dequantLinear(st: QuantState, c: Call): void {
   const { M, N, K, w } = c;
   const act = c.x.dtype as 'bf16' | 'f16';
@@ -26,9 +35,11 @@ export function dequantLinear(st: QuantState, c: Call): void {
   const tile = st.buf('tile', tileRows * K * 2);
   const outBytes = c.out.dtype === 'f32' ? 4 : 2;
   const wordsPerRow = K / VALUES_PER_WORD[w.kind];
+  const wide = dequant16Fits(w, K, c.qweight.ptr);
+  const unitsPerRow = wide ? wordsPerRow / 4 : wordsPerRow;
   for (let n0 = 0; n0 < N; n0 += tileRows) {
     const rows = Math.min(tileRows, N - n0);
-    st.kernel('quant_dequant', act).launch(blocksFor(st, rows * wordsPerRow), THREADS, 0, st.be.stream, [
+    st.kernel(wide ? 'quant_dequant16' : 'quant_dequant', act).launch(blocksFor(st, rows * unitsPerRow), THREADS, 0, st.be.stream, [
       tile, c.qweight.ptr, c.scales.ptr, c.zeros?.ptr ?? null, KIND_CODE[w.kind], n0, rows, K, w.groupSize, c.perTensor ? 1 : 0,
     ]);
     st.gemm.half({ out: c.out.ptr + n0 * outBytes, outDtype: c.out.dtype as OutDtype, ldOut: N, x, w: tile, dtype: act, M, N: rows, K }, st.be.stream);

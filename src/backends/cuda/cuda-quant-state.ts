@@ -50,6 +50,7 @@ const PARAMS = {
   quant_fp8_rows: [p, p, p, p, i32, f32], // (xq, rowScales, x, inputScale, K, minScale)
   qgemv: QGEMV_PARAMS,
   quant_dequant: [p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, qw, scales, zeros, kind, n0, rows, K, groupSize, perTensor)
+  quant_dequant16: [p, p, p, p, i32, i32, i32, i32, i32, i32], // the same, a thread per 16 bytes of codes
   quant_gemv: [p, p, p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind)
   quant_fp8_mma: [p, p, p, p, p, i32, p, i32, i32, i32, i32, i32], // (out, xq, xs, w, ws, wsPerTensor, bias, M, N, K, outKind, biasKind)
   quant_scale_out: [p, p, i32, p, p, i32, p, i32, i32, i32, i32], // (out, acc, ldAcc, xs, ws, wsPerTensor, bias, M, N, outKind, biasKind)
