@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { QGEMV_MAX_M, qgemvCan, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, qgemvStages, qgemvXStride, quantFastPolicy } from '../src/backends/cuda/cuda-quant-gemv.js';
 import { dequant16Fits } from '../src/backends/cuda/cuda-quant-dequant.js';
+import { igemmCan, igemmSharedBytes } from '../src/backends/cuda/cuda-quant-igemm.js';
 
 const H100 = { fp8Cores: true, maxSharedBytesPerBlock: 227 * 1024 };
 const A100 = { fp8Cores: false, maxSharedBytesPerBlock: 163 * 1024 };
@@ -108,4 +109,13 @@ test('dequantizing path: a thread per 16 bytes of codes where whole units fit K 
   assert.ok(dequant16Fits({ kind: 'int8', groupSize: 4096 }, 4096, 0x1000) && !dequant16Fits({ kind: 'int8', groupSize: 24 }, 96, 0x1000));
   assert.ok(!dequant16Fits({ kind: 'fp8', groupSize: 72 }, 72, 0x1000) && dequant16Fits({ kind: 'fp8', groupSize: 80 }, 80, 0x1000), 'fp8: K % 16, any group');
   assert.ok(!dequant16Fits({ kind: 'int4', groupSize: 128 }, 4096, 0x1008), 'codes 16-byte aligned');
+});
+
+test('tiled int GEMM: int8 / int4 with K and groups in whole 64-k chunks; its shared memory', () => {
+  assert.ok(igemmCan('int4', 4096, 128) && igemmCan('int8', 4096, 4096) && igemmCan('int4', 640, 64));
+  assert.ok(!igemmCan('fp8', 4096, 4096), 'fp8 has its own paths');
+  assert.ok(!igemmCan('int4', 4096, 32), 'a chunk would span groups');
+  assert.ok(!igemmCan('int8', 4128, 4128), 'K % 64');
+  assert.equal(igemmSharedBytes('int4'), 2 * 64 * 144 + 2 * 128 * 32 + 2048 + 128 * 144);
+  assert.equal(igemmSharedBytes('int8'), 2 * 64 * 144 + 2 * 128 * 64 + 2048 + 128 * 144);
 });

@@ -53,6 +53,9 @@ const VARIANTS: readonly Variant[] = [
   { kind: 'fp8', oldQuant: true, tokens: [16, 128], linears: ['o_proj', 'down_proj'] },
   { kind: 'fp8', path: 'cublas', tokens: [8], linears: ['o_proj', 'gate_up_proj'] },
   { kind: 'int4', path: 'dequant', tokens: [8], linears: ['o_proj', 'gate_up_proj', 'down_proj'] },
+  // the tiled int GEMM (PEREGRINE_INT_GEMM=1's path) beside the default dequantized tiles at 128 tokens
+  { kind: 'int8', path: 'igemm', tokens: [16, 128, 512] },
+  { kind: 'int4', path: 'igemm', tokens: [16, 128, 512] },
 ];
 const NORM_TOKENS = [1, 64, 256];
 

@@ -20,6 +20,7 @@ import { CpuBackend, cpuData } from '../../src/backends/cpu/cpu-backend.js';
 import { FP8_MIN_ACTIVATION_SCALE } from '../../src/weights/quant/fp8.js';
 import { disposeQuant, forceFp8Scaling, fp8TensorActivations, forceQuantPath, quantizeFp8Activations, quantPathFor, type QuantPath } from '../../src/backends/cuda/cuda-quant.js';
 import { quantFastPolicy } from '../../src/backends/cuda/cuda-quant-gemv.js';
+import { igemmPolicy } from '../../src/backends/cuda/cuda-quant-igemm.js';
 import type { Backend } from '../../src/backends/backend.js';
 import { computePerplexity } from '../../src/bench/perplexity.js';
 import { isPeregrineError } from '../../src/errors.js';
@@ -116,7 +117,7 @@ if (!gpu) {
         }
       }
       const path = c.path ?? quantPathFor(gpu, w.gpu, c.M, x.gpu, c.xq ?? false);
-      await h.expectClose(out, label, undefined, TOL_OUT[outDtype] + (path === 'dequant' ? TOL_DEQUANT[act] : 0));
+      await h.expectClose(out, label, undefined, TOL_OUT[outDtype] + (path === 'dequant' || path === 'igemm' ? TOL_DEQUANT[act] : 0));
     } finally {
       freeQuantWeight(w.gpu, gpu);
     }
@@ -242,6 +243,24 @@ if (!gpu) {
       // the dequantizing path a thread per 32-bit word, where 16-byte units do not fit (K, or a group, not whole units)
       const oddGroups: [WeightSpec, number][] = [[{ kind: 'int8', groupSize: 8 }, 72], [{ kind: 'int8', groupSize: 24 }, 96], [{ kind: 'int4', groupSize: 16, symmetric: false }, 48]];
       for (const [w, K] of oddGroups) await run({ w, M: 64, N: 65, K, path: 'dequant' });
+    });
+
+    test('tiled int GEMM (igemm, PEREGRINE_INT_GEMM=1): tokens past one 64-token tile, odd N, groups of 64 / 128 / a row, biases, f16', async () => {
+      for (const w of [...intSpecs, { kind: 'int4', groupSize: 64, symmetric: false } as WeightSpec]) {
+        for (const [M, N, K] of [[9, 333, 256], [64, 128, 640], [130, 257, 384]] as const) {
+          if (K % (w.groupSize ?? K) !== 0) continue;
+          await run({ w, M, N, K, path: 'igemm', bias: M % 2 ? 'bf16' : undefined });
+        }
+        await run({ w, M: 77, N: 200, K: 512, act: 'f16', out: 'f32', bias: 'f32', path: 'igemm' });
+      }
+      const saved = igemmPolicy.enabled;
+      igemmPolicy.enabled = true;
+      try {
+        await run({ w: intSpecs[2]!, M: 64, N: 256, K: 512, expect: 'igemm' });
+        await run({ w: intSpecs[3]!, M: 8, N: 256, K: 512, expect: 'qgemv' });
+      } finally {
+        igemmPolicy.enabled = saved;
+      }
     });
 
     test('decode GEMV (qgemv): 1..8 tokens, odd N, K from 1 step to more steps than warps, many tiles per block', async () => {

@@ -11,7 +11,7 @@ import { QGEMV_PARAMS } from './cuda-quant-gemv.js';
 import type { CudaTensor } from './cuda-tensor.js';
 import type { Kernel, ParamKind } from './module.js';
 
-export type QuantPath = 'qgemv' | 'mma' | 'cublas' | 'gemv' | 'dequant';
+export type QuantPath = 'qgemv' | 'mma' | 'cublas' | 'gemv' | 'igemm' | 'dequant';
 
 /**
  * int8 / int4: most tokens for the GEMV (H100, 8B shapes: at 4 and 8 tokens it beats dequantized tiles + GEMM
@@ -51,6 +51,7 @@ const PARAMS = {
   qgemv: QGEMV_PARAMS,
   quant_dequant: [p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, qw, scales, zeros, kind, n0, rows, K, groupSize, perTensor)
   quant_dequant16: [p, p, p, p, i32, i32, i32, i32, i32, i32], // the same, a thread per 16 bytes of codes
+  quant_igemm: [p, p, p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind)
   quant_gemv: [p, p, p, p, p, p, i32, i32, i32, i32, i32, i32], // (out, x, qw, scales, zeros, bias, M, N, K, groupSize, outKind, biasKind)
   quant_fp8_mma: [p, p, p, p, p, i32, p, i32, i32, i32, i32, i32], // (out, xq, xs, w, ws, wsPerTensor, bias, M, N, K, outKind, biasKind)
   quant_scale_out: [p, p, i32, p, p, i32, p, i32, i32, i32, i32], // (out, acc, ldAcc, xs, ws, wsPerTensor, bias, M, N, outKind, biasKind)

@@ -12,6 +12,8 @@
  *             scales (per token x per channel) straight into out; where cuBLASLt refuses that (cuBLAS 13.1 on an
  *             H100 does) or N % 16 != 0, an unscaled product into f32 scratch and our scale epilogue;
  * - 'gemv'    int8 / int4, M <= INT_GEMV_MAX_M: a dequantizing GEMV (unpack, scale, FMA, f32 accumulation);
+ * - 'igemm'   int8 / int4, more tokens, under PEREGRINE_INT_GEMM=1 (not yet measured): a tiled GEMM dequantizing
+ *             64-k chunks of the codes into shared memory (cuda-quant-igemm.ts);
  * - 'dequant' everything else (and fp8 before sm_89): the weight dequantized tile by tile into the activation
  *             dtype, each tile through the half GEMM (fp8 activations quantized and dequantized first). Weights
  *             round to bf16 / f16 on this path, so it is within that dtype's tolerance of the reference.
@@ -24,6 +26,7 @@ import { numel, type Fp8Activations, type QuantizedWeight, type Tensor } from '.
 import { FP8_MIN_ACTIVATION_SCALE } from '../../weights/quant/fp8.js';
 import type { CudaBackend } from './cuda-backend.js';
 import { dequantLinear } from './cuda-quant-dequant.js';
+import { igemm, igemmCan, igemmPolicy } from './cuda-quant-igemm.js';
 import { fp8Cublas, fp8CublasScalar, fp8Mma, fp8TensorActivations, quantizeActivations } from './cuda-quant-fp8.js';
 import type { OutDtype } from './cuda-quant-gemm.js';
 import { BIAS_KIND, OUT_KIND, QGEMV_FP8_QUANT_MAX_M, QGEMV_STAGES, QGEMV_THREADS, qgemvCan, qgemvStages, qgemvChunkM, qgemvGrid, qgemvGroupShift, qgemvSharedBytes, quantFastPolicy } from './cuda-quant-gemv.js';
@@ -48,6 +51,7 @@ export function quantLinear(be: CudaBackend, outT: Tensor, xT: Tensor, w: Quanti
   const path = quantPathFor(be, w, c.M, c.x, c.xq !== null);
   if (path === 'qgemv') return qgemv(st, c, c.w.kind === 'fp8' && !c.xq && c.M > QGEMV_FP8_QUANT_MAX_M ? quantizeActivations(st, c) : null);
   if (path === 'gemv') return gemv(st, c);
+  if (path === 'igemm') return igemm(st, c);
   if (path === 'dequant') return dequantLinear(st, c);
   if (path === 'cublas' && fp8TensorActivations.enabled && c.perTensor && fp8CublasScalar(st, c)) return;
   const a = c.xq ? { xq: c.xq.codes.ptr, xs: c.xq.scales.ptr } : quantizeActivations(st, c);
@@ -70,6 +74,7 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
     mma: w.kind === 'fp8' && fp8Cores && numTokens <= MMA_KERNEL_MAX_M && K % 64 === 0,
     cublas: w.kind === 'fp8' && fp8Cores && K % 16 === 0,
     gemv: w.kind !== 'fp8' && numTokens <= GEMV_KERNEL_MAX_M && K % GEMV_CHUNK[w.kind] === 0 && w.groupSize % GEMV_CHUNK[w.kind] === 0 && xAligned,
+    igemm: qgemvAligned && igemmCan(w.kind, K, w.groupSize),
     dequant: true,
   };
   if (quantForced.path) {
@@ -82,7 +87,8 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
     return 'mma';
   }
   if (w.kind === 'fp8') return can.mma && numTokens <= FP8_MMA_MAX_M ? 'mma' : can.cublas ? 'cublas' : 'dequant';
-  return can.gemv && numTokens <= INT_GEMV_MAX_M ? 'gemv' : 'dequant';
+  if (can.gemv && numTokens <= INT_GEMV_MAX_M) return 'gemv';
+  return can.igemm && igemmPolicy.enabled ? 'igemm' : 'dequant';
 }
 
 /**
