@@ -7,7 +7,8 @@ set -euo pipefail
 shape=${1:-llama-3.1-8b}; n=${2:-512}; isl=${3:-128}; osl=${4:-128}; shift $(( $# < 4 ? $# : 4 )) || true
 engine=(--device "${PEREGRINE_BENCH_DEVICE:-cuda}" --max-num-seqs 256 --max-num-batched-tokens 8192 "$@")
 cli="node dist/src/cli/main.js"
-$cli bench throughput --shape "$shape" --random-weights "${engine[@]}" --num-requests "$n" --isl "$isl" --osl "$osl"
+# sampled at temperature 1 like the `bench serve` client's requests (bench throughput is greedy by default)
+$cli bench throughput --shape "$shape" --random-weights "${engine[@]}" --num-requests "$n" --isl "$isl" --osl "$osl" --temperature 1
 log=$(mktemp)
 $cli serve --shape "$shape" --random-weights "${engine[@]}" --port 0 --max-waiting-requests 100000 >"$log" 2>&1 &
 pid=$!

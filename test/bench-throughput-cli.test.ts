@@ -14,11 +14,12 @@ function run(extra: string[]) {
   return spawnSync(process.execPath, [CLI, ...BASE, ...extra], { encoding: 'utf8', timeout: 60_000 });
 }
 
-for (const temperature of ['0', '1']) {
-  test(`bench throughput --temperature ${temperature}: every request finishes, steps split by kind`, () => {
-    const r = run(['--temperature', temperature]);
+for (const temperature of [undefined, '0', '1']) {
+  test(`bench throughput ${temperature === undefined ? '(greedy by default, as trtllm-bench)' : `--temperature ${temperature}`}: every request finishes, steps split by kind`, () => {
+    const r = run(temperature === undefined ? [] : ['--temperature', temperature]);
     assert.equal(r.status, 0, r.stderr);
-    const out = JSON.parse(r.stdout) as { numRequests: number; osl: number; outputTokPerS: number; numPreemptions: number; decode: { numSteps: number }; prefill: { numSteps: number } };
+    const out = JSON.parse(r.stdout) as { numRequests: number; osl: number; temperature: number; outputTokPerS: number; numPreemptions: number; decode: { numSteps: number }; prefill: { numSteps: number } };
+    assert.equal(out.temperature, Number(temperature ?? 0));
     assert.equal(out.numRequests, 4);
     assert.ok(out.outputTokPerS > 0);
     assert.equal(out.numPreemptions, 0);

@@ -1,6 +1,9 @@
 /**
  * Offline throughput (like trtllm-bench / vLLM benchmark_throughput): every request is
- * submitted at once with ignore_eos; reports total output tok/s and requests/s.
+ * submitted at once with ignore_eos; reports total output tok/s and requests/s. Greedy by default, as
+ * trtllm-bench samples (its SamplingParams set no temperature, top-k or top-p, which TensorRT-LLM reads as
+ * greedy decoding), since TensorRT-LLM's published throughput is what the issues compare with; vLLM's
+ * benchmark_throughput samples at temperature 1 (`temperature: 1`).
  */
 import { LLM, type LLMOptions } from '../api/llm.js';
 import type { StepKindTiming } from '../runner/step-timing.js';
@@ -10,6 +13,7 @@ export interface ThroughputOptions extends LLMOptions {
   readonly numRequests: number;
   readonly isl: number;
   readonly osl: number;
+  /** 0 (the default): greedy; else sampled at that temperature, top-p 1 */
   readonly temperature?: number;
 }
 
@@ -17,6 +21,8 @@ export interface ThroughputResult {
   readonly numRequests: number;
   readonly isl: number;
   readonly osl: number;
+  /** the sampling temperature the run used (0: greedy) */
+  readonly temperature: number;
   readonly elapsedS: number;
   readonly outputTokPerS: number;
   readonly totalTokPerS: number;
@@ -38,8 +44,9 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
   const before = llm.stats().numPreemptions;
   const runner = llm.tp === 1 ? llm.runner : null;
   runner?.stepTiming(true);
+  const temperature = o.temperature ?? 0;
   const t0 = performance.now();
-  const outs = await llm.generate(prompts, { maxTokens: o.osl, ignoreEos: true, temperature: o.temperature ?? 1, topP: 1 });
+  const outs = await llm.generate(prompts, { maxTokens: o.osl, ignoreEos: true, temperature, topP: 1 });
   const elapsedS = (performance.now() - t0) / 1000;
   const timing = runner ? runner.stepTiming() : null;
   const outTokens = outs.reduce((a, r) => a + r.outputs[0]!.tokenIds.length, 0);
@@ -47,6 +54,7 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
     numRequests: o.numRequests,
     isl: o.isl,
     osl: o.osl,
+    temperature,
     elapsedS,
     outputTokPerS: outTokens / elapsedS,
     totalTokPerS: (outTokens + o.numRequests * o.isl) / elapsedS,
@@ -61,8 +69,8 @@ export async function runThroughput(llm: LLM, o: ThroughputOptions): Promise<Thr
 
 export function throughputTable(r: ThroughputResult, label: string): string {
   return formatTable([
-    ['model', 'requests', 'isl/osl', 'elapsed s', 'output tok/s', 'total tok/s', 'req/s', 'preemptions', 'mean step ms', 'device idle %'],
-    [label, r.numRequests, `${r.isl}/${r.osl}`, r.elapsedS, r.outputTokPerS, r.totalTokPerS, r.requestsPerS, r.numPreemptions,
+    ['model', 'requests', 'isl/osl', 'sampling', 'elapsed s', 'output tok/s', 'total tok/s', 'req/s', 'preemptions', 'mean step ms', 'device idle %'],
+    [label, r.numRequests, `${r.isl}/${r.osl}`, r.temperature === 0 ? 'greedy' : `temperature ${r.temperature}`, r.elapsedS, r.outputTokPerS, r.totalTokPerS, r.requestsPerS, r.numPreemptions,
       r.meanStepMs ?? '-', r.hostGapFraction === null ? '-' : 100 * r.hostGapFraction],
   ]) + (r.decode && r.prefill ? '\n\n' + formatTable([
     ['steps', 'count', 'mean device ms', 'device s'],

@@ -12,7 +12,8 @@ export const BENCH_HELP = `peregrine bench <throughput|latency|ppl|serve|build> 
   throughput   offline: all requests at once with ignore_eos; total output tok/s, req/s
                (--model DIR | --shape NAME --random-weights) [--isl 128] [--osl 128]
                [--num-requests 256] [--max-num-seqs 256] [--max-num-batched-tokens 8192]
-               [--temperature 1]  (0: greedy; any other value samples, top-p 1)
+               [--temperature 0]  (0: greedy, as trtllm-bench; 1 samples as vLLM's
+               benchmark_throughput does; top-p 1)
                [--tp N]  (tensor parallel over N ranks)
   latency      decode ms/step per batch size, prefill TFLOP/s, bandwidth against a device copy
                (--model DIR | --shape NAME --random-weights) [--batch 1,8,64,256]
