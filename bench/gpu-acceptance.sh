@@ -9,11 +9,13 @@
 #   GPU 1: 8B FP8 and INT4 latency; FP8 offline 128/128 at 512 and 1024 sequences, 1000/1000 with
 #          the FP8 KV cache (issue 6; the throughput table splits decode and prefill device time)
 #   then, on 2 GPUs: 8B tp 2 offline 128/128 (issue 7)
-# Usage: bash bench/gpu-acceptance.sh [tests|bench|all]   (default all; one device call runs at most
-# 10 minutes: on a cold machine run `tests` and `bench` as two calls)
+# Usage: bash bench/gpu-acceptance.sh [tests|bench|bench0|bench1|all]   (default all; one device call runs at
+# most 10 minutes: on a cold machine run `tests` and `bench` as two calls; on one GPU `bench0` (the GPU 0 list)
+# and `bench1` (the GPU 1 list) as two more, since the two lists one after the other may pass 10 minutes)
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-all}
+case "$mode" in tests|bench|bench0|bench1|all) ;; *) echo "usage: bash bench/gpu-acceptance.sh [tests|bench|bench0|bench1|all]" >&2; exit 2 ;; esac
 out=${OUT:-out}; mkdir -p "$out"
 # each benchmark is bounded (PEREGRINE_BENCH_TIMEOUT_S, default 240 s) so that one that hangs cannot use
 # up the call; its exit status is printed after it (124: killed by the timeout)
@@ -26,7 +28,7 @@ bounded() {
 S=llama-3.1-8b
 gpus=$(nvidia-smi -L | wc -l)
 t0=$(date +%s)
-if [ "$mode" != bench ]; then
+if [ "$mode" = tests ] || [ "$mode" = all ]; then
   PEREGRINE_GPU_TEST_FILE_TIMEOUT_S=${PEREGRINE_GPU_TEST_FILE_TIMEOUT_S:-180} node scripts/run-tests.mjs --gpu > "$out/gpu-tests.log" 2>&1
   echo "GPU suites: exit $? in $(( $(date +%s) - t0 )) s"
   sed -n '/^GPU suites:/,$p' "$out/gpu-tests.log"
@@ -48,16 +50,20 @@ gpu1() {
   $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --kv-cache-dtype fp8 --num-requests 1024 --isl 128 --osl 128 --max-num-seqs 1024
   $cli bench throughput --shape $S --random-weights --device cuda --quantization fp8 --kv-cache-dtype fp8 --num-requests 256 --isl 1000 --osl 1000
 }
-if [ "$gpus" -gt 1 ]; then
+if [ "$mode" = bench0 ]; then
+  gpu0 > "$out/gpu0.log" 2>&1
+elif [ "$mode" = bench1 ]; then
+  gpu1 > "$out/gpu1.log" 2>&1
+elif [ "$gpus" -gt 1 ]; then
   gpu0 > "$out/gpu0.log" 2>&1 & gpu1 > "$out/gpu1.log" 2>&1 & wait
 else
   gpu0 > "$out/gpu0.log" 2>&1; gpu1 > "$out/gpu1.log" 2>&1
 fi
 # issue 7: 8B tp 2, offline 128/128 (async scheduling, the default)
-if [ "$gpus" -gt 1 ]; then
+if [ "$gpus" -gt 1 ] && [ "$mode" != bench0 ] && [ "$mode" != bench1 ]; then
   $cli bench throughput --shape $S --random-weights --device cuda --tp 2 --num-requests 512 --isl 128 --osl 128 > "$out/tp2.log" 2>&1
 fi
 echo "benchmarks done in $(( $(date +%s) - t0 )) s"
-grep -v '^\[#' "$out/gpu0.log" | tail -40
-tail -30 "$out/gpu1.log"
+[ -f "$out/gpu0.log" ] && grep -v '^\[#' "$out/gpu0.log" | tail -40
+[ -f "$out/gpu1.log" ] && tail -30 "$out/gpu1.log"
 [ -f "$out/tp2.log" ] && tail -8 "$out/tp2.log"
