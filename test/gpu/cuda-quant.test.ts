@@ -258,6 +258,7 @@ if (!gpu) {
       try {
         await run({ w: intSpecs[2]!, M: 64, N: 256, K: 512, expect: 'igemm' });
         await run({ w: intSpecs[3]!, M: 8, N: 256, K: 512, expect: 'qgemv' });
+        await run({ w: intSpecs[0]!, M: igemmPolicy.maxM + 1, N: 64, K: 256, expect: 'dequant' });
       } finally {
         igemmPolicy.enabled = saved;
       }

@@ -16,9 +16,19 @@ const ROW_STRIDE = 72;
 
 /** Read once from the environment; tests and benchmarks may change it. */
 export const igemmPolicy = {
-  /** int8 / int4 linears of more than 8 tokens on the tiled GEMM instead of dequantized tiles + cuBLASLt */
+  /** int8 / int4 linears of 9 .. maxM tokens on the tiled GEMM instead of dequantized tiles + cuBLASLt */
   enabled: process.env.PEREGRINE_INT_GEMM === '1',
+  /**
+   * the most tokens it takes (PEREGRINE_INT_GEMM_MAX_M, default 512): long prompts are compute-bound, where
+   * cuBLASLt on the dequantized tiles is the faster tensor-core GEMM (mma.sync here, not wgmma)
+   */
+  maxM: envCount('PEREGRINE_INT_GEMM_MAX_M', 512),
 };
+
+function envCount(name: string, fallback: number): number {
+  const n = Number(process.env[name] ?? fallback);
+  return Number.isInteger(n) && n >= 0 ? n : fallback;
+}
 
 /** Whether the kernel takes this weight: int8 / int4, K % 64 == 0 and every 64-k chunk inside one group. */
 export function igemmCan(kind: QuantizedWeight['kind'], K: number, groupSize: number): boolean {

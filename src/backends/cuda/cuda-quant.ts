@@ -12,7 +12,7 @@
  *             scales (per token x per channel) straight into out; where cuBLASLt refuses that (cuBLAS 13.1 on an
  *             H100 does) or N % 16 != 0, an unscaled product into f32 scratch and our scale epilogue;
  * - 'gemv'    int8 / int4, M <= INT_GEMV_MAX_M: a dequantizing GEMV (unpack, scale, FMA, f32 accumulation);
- * - 'igemm'   int8 / int4, more tokens, under PEREGRINE_INT_GEMM=1 (not yet measured): a tiled GEMM dequantizing
+ * - 'igemm'   int8 / int4, up to 512 tokens, under PEREGRINE_INT_GEMM=1 (not yet measured): a tiled GEMM dequantizing
  *             64-k chunks of the codes into shared memory (cuda-quant-igemm.ts);
  * - 'dequant' everything else (and fp8 before sm_89): the weight dequantized tile by tile into the activation
  *             dtype, each tile through the half GEMM (fp8 activations quantized and dequantized first). Weights
@@ -88,7 +88,7 @@ export function quantPathFor(be: CudaBackend, w: QuantizedWeight, numTokens: num
   }
   if (w.kind === 'fp8') return can.mma && numTokens <= FP8_MMA_MAX_M ? 'mma' : can.cublas ? 'cublas' : 'dequant';
   if (can.gemv && numTokens <= INT_GEMV_MAX_M) return 'gemv';
-  return can.igemm && igemmPolicy.enabled ? 'igemm' : 'dequant';
+  return can.igemm && igemmPolicy.enabled && numTokens <= igemmPolicy.maxM ? 'igemm' : 'dequant';
 }
 
 /**
