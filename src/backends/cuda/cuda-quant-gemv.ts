@@ -88,7 +88,8 @@ function envStages(name: string, allowed: readonly number[]): number | null {
   return allowed.includes(v) ? v : null;
 }
 
-function envCount(name: string, fallback: number): number {
+/** A non-negative integer from the environment, or `fallback` when unset or not one. */
+export function envCount(name: string, fallback: number): number {
   const n = Number(process.env[name] ?? fallback);
   return Number.isInteger(n) && n >= 0 ? n : fallback;
 }

@@ -6,6 +6,7 @@
  * and a measurement against the dequantizing path (`ops-bench --only "qgemm int4/igemm"`) have run.
  */
 import type { QuantizedWeight } from '../backend.js';
+import { envCount } from './cuda-quant-gemv.js';
 import type { Call, QuantState } from './cuda-quant-state.js';
 
 export const IGEMM_TILE_M = 64;
@@ -25,10 +26,6 @@ export const igemmPolicy = {
   maxM: envCount('PEREGRINE_INT_GEMM_MAX_M', 512),
 };
 
-function envCount(name: string, fallback: number): number {
-  const n = Number(process.env[name] ?? fallback);
-  return Number.isInteger(n) && n >= 0 ? n : fallback;
-}
 
 /** Whether the kernel takes this weight: int8 / int4, K % 64 == 0 and every 64-k chunk inside one group. */
 export function igemmCan(kind: QuantizedWeight['kind'], K: number, groupSize: number): boolean {
