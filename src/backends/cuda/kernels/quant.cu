@@ -155,40 +155,9 @@ __device__ void quant_dequant16(T* out, const uint4* qw, const float* scales, co
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
     const int r = i / upr, c = i - r * upr, k0 = c * vpu;
     const long long n = n0 + r;
-    const uint4 u = qw[n * upr + c];
-    const unsigned words[4] = {u.x, u.y, u.z, u.w};
-    T* o = out + (long long)r * K + k0;
-    if (kind == PGN_Q_FP8) {
-      const float s = scales[perTensor ? 0 : n];
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        Pack<T> pk;
-#pragma unroll
-        for (int j = 0; j < 8; j++) pk.set(j, e4m3_decode((words[2 * h + j / 4] >> (8 * (j % 4))) & 0xffu) * s);
-        *reinterpret_cast<uint4*>(o + 8 * h) = pk.raw;
-      }
-    } else {
-      const long long gi = n * numG + k0 / groupSize;
-      const float s = scales[gi];
-      if (kind == PGN_Q_INT8) {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          Pack<T> pk;
-#pragma unroll
-          for (int j = 0; j < 8; j++) pk.set(j, (float)(signed char)((words[2 * h + j / 4] >> (8 * (j % 4))) & 0xffu) * s);
-          *reinterpret_cast<uint4*>(o + 8 * h) = pk.raw;
-        }
-      } else {
-        const float z = zeros != nullptr ? zeros[gi] : 8.f;
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-          Pack<T> pk;
-#pragma unroll
-          for (int j = 0; j < 8; j++) pk.set(j, ((float)((words[q] >> (4 * j)) & 0xfu) - z) * s);
-          *reinterpret_cast<uint4*>(o + 8 * q) = pk.raw;
-        }
-      }
-    }
+    const long long gi = kind == PGN_Q_FP8 ? (perTensor ? 0 : n) : n * numG + k0 / groupSize;
+    const float z = kind == PGN_Q_INT4 ? (zeros != nullptr ? zeros[gi] : 8.f) : 0.f;
+    q_dequant16(out + (long long)r * K + k0, qw[n * upr + c], kind, scales[gi], z);
   }
 }
 

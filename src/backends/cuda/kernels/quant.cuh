@@ -56,6 +56,35 @@ __device__ __forceinline__ float e4m3_decode(unsigned b) {
   return (b & 0x80u) ? -mag : mag;
 }
 
+// 16 bytes of codes -> their values in T at dst (16-byte aligned), each computed in f32 and rounded once: fp8
+// 16 values e4m3 * scale, int8 16 values q * scale, int4 32 values (q - zero) * scale (value v is byte v, or
+// nibble v, of the little-endian words). The dequantizing kernels' unit (quant.cu quant_dequant16,
+// quant_igemm.cu's w tile).
+template <typename T>
+__device__ __forceinline__ void q_dequant16(T* dst, const uint4& codes, int kind, float scale, float zero) {
+  const unsigned words[4] = {codes.x, codes.y, codes.z, codes.w};
+  if (kind == PGN_Q_INT4) {
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      Pack<T> pk;
+#pragma unroll
+      for (int j = 0; j < 8; j++) pk.set(j, ((float)((words[q] >> (4 * j)) & 0xfu) - zero) * scale);
+      *reinterpret_cast<uint4*>(dst + 8 * q) = pk.raw;
+    }
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      Pack<T> pk;
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const unsigned b = (words[2 * h + j / 4] >> (8 * (j % 4))) & 0xffu;
+        pk.set(j, (kind == PGN_Q_FP8 ? e4m3_decode(b) : (float)(signed char)b) * scale);
+      }
+      *reinterpret_cast<uint4*>(dst + 8 * h) = pk.raw;
+    }
+  }
+}
+
 __device__ __forceinline__ float q_block_max(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int numWarps = (blockDim.x + 31) >> 5;

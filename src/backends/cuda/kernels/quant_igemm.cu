@@ -24,13 +24,6 @@
 #define IG_LD 72  // T a row of the x / w tiles in shared memory
 #define IG_THREADS 256
 
-__device__ __forceinline__ void ig_cp16(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void ig_cp4(void* smem, const void* gmem, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 4 : 0) : "memory");
-}
-
 // Shared memory of one block (bytes), by kind: x stages, code stages, scale / zero stages, the w tile.
 __host__ __device__ constexpr int ig_code_bytes(int kind) { return kind == PGN_Q_INT4 ? IG_BK / 2 : IG_BK; }
 __host__ __device__ constexpr int ig_shared_bytes(int kind) {
@@ -57,19 +50,19 @@ __device__ void quant_igemm(void* out, const T* x, const unsigned char* qw, cons
     const int k0 = c * IG_BK;
     for (int u = tid; u < IG_BM * (IG_BK / 8); u += IG_THREADS) {  // 16-byte units of x
       const int r = u >> 3, c8 = (u & 7) * 8, m = mBase + r;
-      ig_cp16(xs + (s * IG_BM + r) * IG_LD + c8, x + (long long)(m < M ? m : 0) * K + k0 + c8, m < M);
+      cp_async16(xs + (s * IG_BM + r) * IG_LD + c8, x + (long long)(m < M ? m : 0) * K + k0 + c8, m < M);
     }
     for (int u = tid; u < IG_BN * (CB / 16); u += IG_THREADS) {  // 16-byte units of codes
       const int r = u / (CB / 16), part = u % (CB / 16), n = nBase + r;
-      ig_cp16(cs + (s * IG_BN + r) * CB + part * 16, qw + (long long)(n < N ? n : 0) * rowBytes + (long long)k0 * CB / IG_BK + part * 16, n < N);
+      cp_async16(cs + (s * IG_BN + r) * CB + part * 16, qw + (long long)(n < N ? n : 0) * rowBytes + (long long)k0 * CB / IG_BK + part * 16, n < N);
     }
     {
       const int r = tid & (IG_BN - 1), n = nBase + r, g = k0 / groupSize;
       const bool zero = tid >= IG_BN, valid = n < N && (!zero || zeros != nullptr);
       const float* src = (zero && zeros != nullptr ? zeros : scales) + (valid ? (long long)n * numG + g : 0);
-      ig_cp4(sz + (s * 2 + (zero ? 1 : 0)) * IG_BN + r, src, valid);
+      cp_async4(sz + (s * 2 + (zero ? 1 : 0)) * IG_BN + r, src, valid);
     }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    cp_async_commit();
   };
 
   float acc[2][4][4];
@@ -86,36 +79,18 @@ __device__ void quant_igemm(void* out, const T* x, const unsigned char* qw, cons
     const int s = c & 1;
     if (c + 1 < numChunks) {
       load(c + 1, s ^ 1);  // stage s ^ 1 was last read by chunk c - 1, before the barrier that ended it
-      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+      cp_async_wait<1>();
     } else {
-      asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+      cp_async_wait<0>();
     }
     __syncthreads();
-    // codes of stage s -> w tile: each thread 16 bytes of one row (int4 32 values, int8 16), as quant_dequant does
+    // codes of stage s -> w tile: each thread 16 bytes of one row (int4 32 values, int8 16), as quant_dequant16 does
     for (int u = tid; u < IG_BN * (CB / 16); u += IG_THREADS) {
       const int r = u / (CB / 16), part = u % (CB / 16);
       const uint4 q = *reinterpret_cast<const uint4*>(cs + (s * IG_BN + r) * CB + part * 16);
-      const unsigned words[4] = {q.x, q.y, q.z, q.w};
-      const float scale = sz[(s * 2) * IG_BN + r];
-      T* dst = ws + r * IG_LD + part * (KIND == PGN_Q_INT4 ? 32 : 16);
-      if (KIND == PGN_Q_INT4) {
-        const float z = zeros != nullptr ? sz[(s * 2 + 1) * IG_BN + r] : 8.f;
-#pragma unroll
-        for (int w = 0; w < 4; w++) {
-          Pack<T> pk;
-#pragma unroll
-          for (int j = 0; j < 8; j++) pk.set(j, ((float)((words[w] >> (4 * j)) & 0xfu) - z) * scale);
-          *reinterpret_cast<uint4*>(dst + 8 * w) = pk.raw;
-        }
-      } else {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          Pack<T> pk;
-#pragma unroll
-          for (int j = 0; j < 8; j++) pk.set(j, (float)(signed char)((words[2 * h + j / 4] >> (8 * (j % 4))) & 0xffu) * scale);
-          *reinterpret_cast<uint4*>(dst + 8 * h) = pk.raw;
-        }
-      }
+      const float scale = sz[(s * 2) * IG_BN + r];  // (read after the codes: the other order cost int8 31 registers)
+      const float zero = KIND == PGN_Q_INT4 && zeros != nullptr ? sz[(s * 2 + 1) * IG_BN + r] : 8.f;  // int4 only
+      q_dequant16(ws + r * IG_LD + part * (KIND == PGN_Q_INT4 ? 32 : 16), q, KIND, scale, zero);
     }
     __syncthreads();
     const T* xt = xs + s * IG_BM * IG_LD;
