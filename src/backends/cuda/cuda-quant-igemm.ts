@@ -26,7 +26,6 @@ export const igemmPolicy = {
   maxM: envCount('PEREGRINE_INT_GEMM_MAX_M', 512),
 };
 
-
 /** Whether the kernel takes this weight: int8 / int4, K % 64 == 0 and every 64-k chunk inside one group. */
 export function igemmCan(kind: QuantizedWeight['kind'], K: number, groupSize: number): boolean {
   return (kind === 'int8' || kind === 'int4') && K > 0 && K % CHUNK_K === 0 && groupSize % CHUNK_K === 0;
